@@ -1,0 +1,318 @@
+//! The consuming builder for [`BalancedChannel`].
+
+use super::control::{Control, Shared, Snapshot};
+use super::{BalancedChannel, Inner};
+use crate::backoff::BackoffParams;
+use crate::balance::Policy;
+use crate::error::{Error, ErrorKind};
+use crate::resolver::{Address, Resolve, StaticList, Target};
+use crate::subchannel::ConnectSettings;
+use arc_swap::ArcSwap;
+use std::fmt;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{oneshot, watch};
+use tonic::transport::Endpoint;
+
+/// Default [`ConnectionBackoff::base_delay`]: gRPC waits 1 s before the first reconnect.
+pub const DEFAULT_BACKOFF_BASE_DELAY: Duration = Duration::from_secs(1);
+/// Default [`ConnectionBackoff::multiplier`]: gRPC's 1.6.
+pub const DEFAULT_BACKOFF_MULTIPLIER: f64 = 1.6;
+/// Default [`ConnectionBackoff::jitter`]: ±20 %, so clients that lost a backend together
+/// do not reconnect in lockstep.
+pub const DEFAULT_BACKOFF_JITTER: f64 = 0.2;
+/// Default [`ConnectionBackoff::max_delay`]: gRPC's 120 s.
+pub const DEFAULT_BACKOFF_MAX_DELAY: Duration = Duration::from_secs(120);
+/// Default [`ConnectionBackoff::min_connect_timeout`]: gRPC gives every attempt 20 s.
+pub const DEFAULT_MIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How subchannels reconnect (grpc/grpc `doc/connection-backoff.md`).
+///
+/// After a failed connection attempt, the next waits `base_delay`, then each wait grows
+/// by `multiplier` up to `max_delay`, each spread by ±`jitter`. A connection that reaches
+/// READY resets the sequence. Each attempt may take `min_connect_timeout`, or the current
+/// backoff if that has grown longer.
+///
+/// ```
+/// # use std::time::Duration;
+/// # use tonic_balancer::ConnectionBackoff;
+/// let mut backoff = ConnectionBackoff::default();
+/// backoff.base_delay = Duration::from_millis(50);
+/// backoff.max_delay = Duration::from_secs(2);
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct ConnectionBackoff {
+    /// Wait before the first reconnect. Default [`DEFAULT_BACKOFF_BASE_DELAY`].
+    pub base_delay: Duration,
+    /// Growth of each further wait; at least 1. Default [`DEFAULT_BACKOFF_MULTIPLIER`].
+    pub multiplier: f64,
+    /// Relative spread of each wait, in [0, 1]. Default [`DEFAULT_BACKOFF_JITTER`].
+    pub jitter: f64,
+    /// The longest wait. Default [`DEFAULT_BACKOFF_MAX_DELAY`].
+    pub max_delay: Duration,
+    /// The least time a connection attempt is given. Default [`DEFAULT_MIN_CONNECT_TIMEOUT`].
+    pub min_connect_timeout: Duration,
+}
+
+impl Default for ConnectionBackoff {
+    fn default() -> Self {
+        Self {
+            base_delay: DEFAULT_BACKOFF_BASE_DELAY,
+            multiplier: DEFAULT_BACKOFF_MULTIPLIER,
+            jitter: DEFAULT_BACKOFF_JITTER,
+            max_delay: DEFAULT_BACKOFF_MAX_DELAY,
+            min_connect_timeout: DEFAULT_MIN_CONNECT_TIMEOUT,
+        }
+    }
+}
+
+impl ConnectionBackoff {
+    fn validate(&self) -> Result<BackoffParams, Error> {
+        let invalid = |field: &str, why: &str| {
+            Error::new(
+                ErrorKind::InvalidConfig,
+                format!("connection_backoff.{field}: {why}"),
+            )
+        };
+        if self.base_delay.is_zero() {
+            return Err(invalid("base_delay", "must be > 0"));
+        }
+        if !(self.multiplier >= 1.0 && self.multiplier.is_finite()) {
+            return Err(invalid("multiplier", "must be a finite number >= 1"));
+        }
+        if !(0.0..=1.0).contains(&self.jitter) {
+            return Err(invalid("jitter", "must be in [0, 1]"));
+        }
+        if self.max_delay < self.base_delay {
+            return Err(invalid("max_delay", "must be >= base_delay"));
+        }
+        if self.min_connect_timeout.is_zero() {
+            return Err(invalid("min_connect_timeout", "must be > 0"));
+        }
+        Ok(BackoffParams {
+            initial: self.base_delay,
+            multiplier: self.multiplier,
+            max: self.max_delay,
+            jitter: self.jitter,
+        })
+    }
+}
+
+type MakeEndpoint = Arc<dyn Fn(&Address) -> Endpoint + Send + Sync>;
+type ConfigureEndpoint = Arc<dyn Fn(Endpoint) -> Endpoint + Send + Sync>;
+
+enum Source {
+    Target(Target),
+    Resolver(Box<dyn Resolve>),
+}
+
+/// Builds a [`BalancedChannel`]. Settings are checked by [`Builder::build`].
+pub struct Builder {
+    source: Result<Source, Error>,
+    name: String,
+    endpoint: Option<MakeEndpoint>,
+    configure: Option<ConfigureEndpoint>,
+    policy: Policy,
+    backoff: ConnectionBackoff,
+    wait_for_ready: bool,
+    seed: Option<u64>,
+}
+
+impl Builder {
+    pub(super) fn from_target(target: &str) -> Self {
+        Self::new(Target::parse(target).map(Source::Target), target.to_owned())
+    }
+
+    pub(super) fn from_resolver(resolver: Box<dyn Resolve>) -> Self {
+        Self::new(Ok(Source::Resolver(resolver)), "custom resolver".to_owned())
+    }
+
+    fn new(source: Result<Source, Error>, name: String) -> Self {
+        Self {
+            source,
+            name,
+            endpoint: None,
+            configure: None,
+            policy: Policy::default(),
+            backoff: ConnectionBackoff::default(),
+            wait_for_ready: false,
+            seed: None,
+        }
+    }
+
+    /// The load-balancing policy. Default: [`Policy::round_robin`].
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Makes the tonic [`Endpoint`] for each address: timeouts, keepalive, HTTP/2
+    /// settings, user agent, TLS.
+    ///
+    /// The endpoint's URI is what calls carry as `:authority` (and, with TLS, the name
+    /// the certificate is checked against); the connection itself always goes to the
+    /// address. The subchannel connects over its own TCP connector, so the endpoint's
+    /// TCP options (`tcp_nodelay`, `tcp_keepalive`) do not apply: `TCP_NODELAY` is on.
+    ///
+    /// The default is `http://ADDRESS` for address targets and `http://HOST:PORT` for
+    /// DNS targets, with tonic's defaults.
+    pub fn endpoint<F>(mut self, make: F) -> Self
+    where
+        F: Fn(&Address) -> Endpoint + Send + Sync + 'static,
+    {
+        self.endpoint = Some(Arc::new(make));
+        self
+    }
+
+    /// Adjusts the default endpoint of every address, for settings that do not depend
+    /// on the address: `.configure_endpoint(|e| e.timeout(Duration::from_secs(1)))`.
+    /// Applied after [`Builder::endpoint`] if both are set.
+    pub fn configure_endpoint<F>(mut self, configure: F) -> Self
+    where
+        F: Fn(Endpoint) -> Endpoint + Send + Sync + 'static,
+    {
+        self.configure = Some(Arc::new(configure));
+        self
+    }
+
+    /// How subchannels reconnect. Default: gRPC's connection backoff.
+    pub fn connection_backoff(mut self, backoff: ConnectionBackoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Whether calls wait for a READY backend instead of failing fast when every backend
+    /// is failing. Per call, the [`WaitForReady`](super::WaitForReady) extension wins.
+    /// Default: false, as in gRPC.
+    pub fn wait_for_ready(mut self, wait: bool) -> Self {
+        self.wait_for_ready = wait;
+        self
+    }
+
+    /// Seeds every random choice the channel makes (picker offsets and samples, backoff
+    /// jitter), for reproducible tests and benchmarks. Default: a random seed.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Checks the settings, starts the channel's control task and returns the channel.
+    /// Connections are made in the background; the first calls queue until a backend is
+    /// READY (or all have failed).
+    ///
+    /// # Errors
+    /// - [`ErrorKind::InvalidTarget`] / [`ErrorKind::UnsupportedTarget`]: the target.
+    /// - [`ErrorKind::InvalidConfig`]: a setting out of range, naming it.
+    /// - [`ErrorKind::NoRuntime`]: called outside a tokio runtime.
+    pub fn build(self) -> Result<BalancedChannel, Error> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::new(
+                ErrorKind::NoRuntime,
+                "BalancedChannel::build must be called within a tokio runtime",
+            )
+        })?;
+        let backoff = self.backoff.validate()?;
+        let (resolver, authority): (Box<dyn Resolve>, Option<String>) = match self.source? {
+            Source::Resolver(resolver) => (resolver, None),
+            Source::Target(Target::Static(addrs)) => (Box::new(StaticList::new(addrs)), None),
+            Source::Target(target @ Target::Dns { .. }) => {
+                let Target::Dns { host, port, .. } = &target else {
+                    unreachable!("matched above")
+                };
+                match host.parse::<std::net::IpAddr>() {
+                    // An IP literal needs no lookup.
+                    Ok(ip) => (
+                        Box::new(StaticList::new([std::net::SocketAddr::new(ip, *port)])),
+                        Some(target.authority()),
+                    ),
+                    Err(_) => {
+                        return Err(Error::new(
+                            ErrorKind::UnsupportedTarget,
+                            format!(
+                                "target {:?}: resolving host names through DNS is not \
+                                 supported yet; use an ipv4:/ipv6: target or \
+                                 builder_with_resolver",
+                                self.name
+                            ),
+                        ));
+                    }
+                }
+            }
+        };
+        let endpoint = make_endpoint(self.endpoint, self.configure, authority)?;
+        let seed = self
+            .seed
+            .unwrap_or_else(|| RandomState::new().hash_one(std::process::id()));
+
+        let shared = Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(Snapshot::initial()),
+            published: watch::Sender::new(()),
+        });
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let control = Control {
+            shared: shared.clone(),
+            resolver,
+            settings: ConnectSettings {
+                backoff,
+                min_connect_timeout: self.backoff.min_connect_timeout,
+                endpoint,
+            },
+            seed,
+            target: self.name.clone(),
+        };
+        runtime.spawn(control.run(stop_rx));
+        Ok(BalancedChannel {
+            inner: Arc::new(Inner {
+                shared,
+                target: self.name,
+                picker: self.policy.picker(seed),
+                wait_for_ready: self.wait_for_ready,
+                _stop: stop_tx,
+            }),
+        })
+    }
+}
+
+/// The endpoint maker: the user's, or `http://AUTHORITY` (per address when the target
+/// names no host), then the user's adjustments.
+fn make_endpoint(
+    custom: Option<MakeEndpoint>,
+    configure: Option<ConfigureEndpoint>,
+    authority: Option<String>,
+) -> Result<MakeEndpoint, Error> {
+    let base: MakeEndpoint = match (custom, authority) {
+        (Some(custom), _) => custom,
+        (None, Some(authority)) => {
+            let endpoint = Endpoint::from_shared(format!("http://{authority}")).map_err(|e| {
+                Error::new(
+                    ErrorKind::InvalidTarget,
+                    format!("{authority:?} is not a valid authority: {e}"),
+                )
+            })?;
+            Arc::new(move |_: &Address| endpoint.clone())
+        }
+        (None, None) => Arc::new(|address: &Address| {
+            // A socket address always makes a valid URI authority.
+            Endpoint::from_shared(format!("http://{}", address.addr))
+                .expect("a socket address is a valid URI authority")
+        }),
+    };
+    Ok(match configure {
+        Some(configure) => Arc::new(move |address: &Address| configure(base(address))),
+        None => base,
+    })
+}
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("target", &self.name)
+            .field("policy", &self.policy)
+            .field("connection_backoff", &self.backoff)
+            .field("wait_for_ready", &self.wait_for_ready)
+            .field("seed", &self.seed)
+            .finish_non_exhaustive()
+    }
+}

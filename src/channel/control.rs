@@ -1,0 +1,254 @@
+//! The control task: one per channel, off the call path.
+//!
+//! It owns the subchannels. It applies each address set from the resolver (new addresses
+//! connect, removed ones drain, unchanged ones are left alone), collects the workers'
+//! state changes, and after each batch of changes publishes a new [`Snapshot`] that calls
+//! read without a lock.
+
+use crate::resolver::{Address, Resolve};
+use crate::subchannel::{
+    self, ConnectSettings, ConnectivityState, Event, ReadySubchannel, Subchannel, Update,
+};
+use arc_swap::ArcSwap;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// What calls see of the channel: an immutable picture, replaced whole on every change.
+#[derive(Debug)]
+pub(crate) struct Snapshot {
+    /// READY subchannels, in resolver order.
+    pub(crate) ready: Vec<ReadySubchannel>,
+    /// The channel's aggregate state (gRPC's round_robin rule, with sticky failure).
+    pub(crate) state: ConnectivityState,
+    /// The newest connection or resolution error, for the message of failed calls.
+    pub(crate) error: Option<String>,
+    /// Every subchannel, in resolver order.
+    pub(crate) subchannels: Vec<Arc<Subchannel>>,
+}
+
+impl Snapshot {
+    pub(crate) fn initial() -> Self {
+        Self {
+            ready: Vec::new(),
+            state: ConnectivityState::Idle,
+            error: None,
+            subchannels: Vec::new(),
+        }
+    }
+}
+
+/// Where the control task publishes, and where calls and observers look.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) snapshot: ArcSwap<Snapshot>,
+    /// Bumped after every publish; queued calls and observers wait on it.
+    pub(crate) published: watch::Sender<()>,
+}
+
+struct Entry {
+    subchannel: Arc<Subchannel>,
+    ready: Option<ReadySubchannel>,
+    /// Failed to connect since it was last READY. Such a subchannel counts as failing
+    /// even while it tries again, so the channel does not flip back to CONNECTING (and
+    /// queue calls) on every reconnect attempt: gRPC's "sticky TRANSIENT_FAILURE".
+    failing: bool,
+    /// Dropping it stops the worker.
+    _stop: oneshot::Sender<()>,
+}
+
+pub(crate) struct Control {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) resolver: Box<dyn Resolve>,
+    pub(crate) settings: ConnectSettings,
+    pub(crate) seed: u64,
+    pub(crate) target: String,
+}
+
+struct State {
+    order: Vec<SocketAddr>,
+    entries: HashMap<SocketAddr, Entry>,
+    ids: HashMap<u64, SocketAddr>,
+    next_id: u64,
+    /// Whether the resolver has produced an address set yet.
+    resolved: bool,
+    resolver_error: Option<String>,
+    last_error: Option<String>,
+    published_state: ConnectivityState,
+}
+
+impl Control {
+    /// Runs until `stop` fires or is dropped (the last channel handle is gone).
+    pub(crate) async fn run(mut self, mut stop: oneshot::Receiver<()>) {
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let mut state = State {
+            order: Vec::new(),
+            entries: HashMap::new(),
+            ids: HashMap::new(),
+            next_id: 0,
+            resolved: false,
+            resolver_error: None,
+            last_error: None,
+            published_state: ConnectivityState::Idle,
+        };
+        let mut resolver_done = false;
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                next = std::future::poll_fn(|cx| self.resolver.poll_resolve(cx)), if !resolver_done => {
+                    match next {
+                        Some(Ok(addrs)) => self.apply(&mut state, addrs, &events_tx),
+                        Some(Err(error)) => {
+                            tracing::debug!(target = %self.target, %error, "resolution failed");
+                            state.resolver_error = Some(error.to_string());
+                        }
+                        None => resolver_done = true,
+                    }
+                }
+                Some(event) = events.recv() => {
+                    self.handle(&mut state, event);
+                    // Take every change already queued, then publish once.
+                    while let Ok(event) = events.try_recv() {
+                        self.handle(&mut state, event);
+                    }
+                }
+            }
+            self.publish(&mut state);
+        }
+        for entry in state.entries.values() {
+            entry.subchannel.shut_down();
+        }
+        self.shared.snapshot.store(Arc::new(Snapshot {
+            state: ConnectivityState::Shutdown,
+            ..Snapshot::initial()
+        }));
+        self.shared.published.send_replace(());
+    }
+
+    fn apply(
+        &mut self,
+        state: &mut State,
+        addrs: Vec<Address>,
+        events: &mpsc::UnboundedSender<Event>,
+    ) {
+        state.resolved = true;
+        state.resolver_error = None;
+        let mut order = Vec::with_capacity(addrs.len());
+        for address in addrs {
+            let addr = address.addr;
+            if order.contains(&addr) {
+                continue;
+            }
+            order.push(addr);
+            if state.entries.contains_key(&addr) {
+                continue;
+            }
+            let id = state.next_id;
+            state.next_id += 1;
+            let subchannel = subchannel::new_subchannel(id, address);
+            let stop = subchannel::spawn(
+                subchannel.clone(),
+                self.settings.clone(),
+                self.seed,
+                events.clone(),
+            );
+            tracing::debug!(target = %self.target, %addr, "address added");
+            state.ids.insert(id, addr);
+            state.entries.insert(
+                addr,
+                Entry {
+                    subchannel,
+                    ready: None,
+                    failing: false,
+                    _stop: stop,
+                },
+            );
+        }
+        state.entries.retain(|addr, entry| {
+            let keep = order.contains(addr);
+            if !keep {
+                // No new picks from the next snapshot on; calls in flight keep their own
+                // handle on the connection and finish (drain).
+                tracing::debug!(target = %self.target, %addr, "address removed, draining");
+                entry.subchannel.shut_down();
+                state.ids.remove(&entry.subchannel.id);
+            }
+            keep
+        });
+        state.order = order;
+    }
+
+    fn handle(&mut self, state: &mut State, event: Event) {
+        let Some(entry) = state
+            .ids
+            .get(&event.id)
+            .and_then(|addr| state.entries.get_mut(addr))
+        else {
+            return; // A worker of a removed address, winding down.
+        };
+        match event.update {
+            Update::Connecting => {}
+            Update::Ready(ready) => {
+                entry.ready = Some(ready);
+                entry.failing = false;
+            }
+            Update::Lost(error) => {
+                entry.ready = None;
+                state.last_error = Some(error);
+                self.resolver.re_resolve();
+            }
+            Update::Failed(error) => {
+                entry.ready = None;
+                entry.failing = true;
+                state.last_error = Some(error);
+                self.resolver.re_resolve();
+            }
+        }
+    }
+
+    fn publish(&self, state: &mut State) {
+        let entries = state.order.iter().filter_map(|a| state.entries.get(a));
+        let mut ready = Vec::new();
+        let mut subchannels = Vec::with_capacity(state.order.len());
+        let mut connecting = false;
+        for entry in entries {
+            subchannels.push(entry.subchannel.clone());
+            match &entry.ready {
+                Some(r) => ready.push(r.clone()),
+                None => connecting |= !entry.failing,
+            }
+        }
+        let (aggregate, error) = if !ready.is_empty() {
+            (ConnectivityState::Ready, state.last_error.clone())
+        } else if !state.resolved {
+            match &state.resolver_error {
+                Some(e) => (ConnectivityState::TransientFailure, Some(e.clone())),
+                None => (ConnectivityState::Connecting, None),
+            }
+        } else if subchannels.is_empty() {
+            (
+                ConnectivityState::TransientFailure,
+                Some("the resolver returned no addresses".to_owned()),
+            )
+        } else if connecting {
+            (ConnectivityState::Connecting, state.last_error.clone())
+        } else {
+            (
+                ConnectivityState::TransientFailure,
+                state.last_error.clone(),
+            )
+        };
+        if aggregate != state.published_state {
+            tracing::debug!(target = %self.target, from = %state.published_state, to = %aggregate, "channel state");
+            state.published_state = aggregate;
+        }
+        self.shared.snapshot.store(Arc::new(Snapshot {
+            ready,
+            state: aggregate,
+            error,
+            subchannels,
+        }));
+        self.shared.published.send_replace(());
+    }
+}

@@ -1,0 +1,179 @@
+//! Deadlines: the `grpc-timeout` header's wire format.
+//!
+//! gRPC carries a call's remaining time in the `grpc-timeout` request header: at most eight
+//! ASCII digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`). The channel reads it from each
+//! request (tonic's `Request::set_timeout` writes it) to know how long a call may wait for a
+//! ready subchannel, and rewrites it with the time actually left when the call is sent.
+
+use http::HeaderValue;
+use std::time::Duration;
+
+/// The header that carries a call's timeout.
+pub const GRPC_TIMEOUT: &str = "grpc-timeout";
+
+/// The largest value the header can carry: eight digits.
+const MAX_VALUE: u128 = 99_999_999;
+
+/// Units from finest to coarsest, with their length in nanoseconds.
+const UNITS: [(u8, u128); 6] = [
+    (b'n', 1),
+    (b'u', 1_000),
+    (b'm', 1_000_000),
+    (b'S', 1_000_000_000),
+    (b'M', 60_000_000_000),
+    (b'H', 3_600_000_000_000),
+];
+
+/// A `grpc-timeout` value that does not follow the wire format.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid grpc-timeout {value:?}: {reason}")]
+pub struct InvalidTimeout {
+    value: String,
+    reason: &'static str,
+}
+
+/// Encodes a timeout with the finest unit whose value fits in eight digits, rounding up
+/// so the peer never sees less time than there is (1.5 s → `1500000u`, 100 h → `360000S`).
+///
+/// A zero timeout encodes as `0n`; one beyond the format's range (about 11 400 years)
+/// is clamped to `99999999H`.
+pub fn encode_timeout(timeout: Duration) -> HeaderValue {
+    let nanos = timeout.as_nanos();
+    let (unit, value) = UNITS
+        .iter()
+        .find_map(|&(unit, len)| {
+            let value = nanos.div_ceil(len);
+            (value <= MAX_VALUE).then_some((unit, value))
+        })
+        .unwrap_or((b'H', MAX_VALUE));
+    let mut text = value.to_string();
+    text.push(char::from(unit));
+    HeaderValue::try_from(text).expect("digits and an ASCII unit are a valid header value")
+}
+
+/// Decodes a `grpc-timeout` value. Anything but 1 to 8 ASCII digits followed by one unit
+/// is rejected: no sign, no spaces, no missing unit.
+///
+/// # Errors
+/// [`InvalidTimeout`] naming the value and what is wrong with it.
+pub fn decode_timeout(value: &[u8]) -> Result<Duration, InvalidTimeout> {
+    let invalid = |reason| InvalidTimeout {
+        value: String::from_utf8_lossy(value).into_owned(),
+        reason,
+    };
+    let Some((&unit, digits)) = value.split_last() else {
+        return Err(invalid("empty"));
+    };
+    let Some(&(_, unit_nanos)) = UNITS.iter().find(|(u, _)| *u == unit) else {
+        return Err(invalid(
+            "the last character must be a unit: H, M, S, m, u or n",
+        ));
+    };
+    if digits.is_empty() {
+        return Err(invalid("no digits before the unit"));
+    }
+    if digits.len() > 8 {
+        return Err(invalid("more than 8 digits"));
+    }
+    if !digits.iter().all(u8::is_ascii_digit) {
+        return Err(invalid("only ASCII digits may precede the unit"));
+    }
+    let number = digits
+        .iter()
+        .fold(0u128, |acc, d| acc * 10 + u128::from(d - b'0'));
+    let nanos = number * unit_nanos;
+    // At most 99_999_999 hours: fits a Duration (u64 seconds) with room to spare.
+    let secs = u64::try_from(nanos / 1_000_000_000).map_err(|_| invalid("out of range"))?;
+    let subsec = u32::try_from(nanos % 1_000_000_000).map_err(|_| invalid("out of range"))?;
+    Ok(Duration::new(secs, subsec))
+}
+
+/// The timeout a request carries in its `grpc-timeout` header, if any.
+///
+/// A malformed header is reported rather than ignored: a caller that asked for a
+/// deadline must not silently get none.
+pub(crate) fn request_timeout(
+    headers: &http::HeaderMap,
+) -> Option<Result<Duration, InvalidTimeout>> {
+    headers
+        .get(GRPC_TIMEOUT)
+        .map(|value| decode_timeout(value.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn enc(d: Duration) -> String {
+        encode_timeout(d).to_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn encodes_with_the_finest_unit_that_fits() {
+        assert_eq!(enc(Duration::from_millis(1500)), "1500000u");
+        assert_eq!(enc(Duration::from_secs(360_000)), "360000S");
+        assert_eq!(enc(Duration::from_nanos(99_999_999)), "99999999n");
+        assert_eq!(enc(Duration::from_nanos(100_000_001)), "100001u");
+        assert_eq!(enc(Duration::ZERO), "0n");
+        assert_eq!(enc(Duration::MAX), "99999999H");
+    }
+
+    #[test]
+    fn decodes_every_unit() {
+        let cases = [
+            ("1H", Duration::from_secs(3600)),
+            ("2M", Duration::from_secs(120)),
+            ("3S", Duration::from_secs(3)),
+            ("4m", Duration::from_millis(4)),
+            ("5u", Duration::from_micros(5)),
+            ("6n", Duration::from_nanos(6)),
+            ("0n", Duration::ZERO),
+            ("99999999H", Duration::from_secs(99_999_999 * 3600)),
+        ];
+        for (text, want) in cases {
+            assert_eq!(decode_timeout(text.as_bytes()), Ok(want), "{text}");
+        }
+    }
+
+    #[test]
+    fn rejects_malformed_values() {
+        for bad in [
+            "",
+            "S",
+            "1",
+            "123456789S",
+            "-1S",
+            "+1S",
+            " 1S",
+            "1S ",
+            "1 S",
+            "1s",
+            "1.5S",
+            "1x",
+            "１S",
+        ] {
+            assert!(decode_timeout(bad.as_bytes()).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn round_trips_within_one_unit(nanos in 0u64..u64::MAX) {
+            let d = Duration::from_nanos(nanos);
+            let header = encode_timeout(d);
+            let text = header.to_str().unwrap();
+            prop_assert!(text.len() <= 9, "{text}");
+            let back = decode_timeout(text.as_bytes()).unwrap();
+            // Rounded up, and by less than one unit of the chosen size.
+            let unit = UNITS.iter().find(|(u, _)| *u == *text.as_bytes().last().unwrap()).unwrap().1;
+            prop_assert!(back >= d);
+            prop_assert!(back.as_nanos() - d.as_nanos() < unit);
+        }
+
+        #[test]
+        fn never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..12)) {
+            let _ = decode_timeout(&bytes);
+        }
+    }
+}

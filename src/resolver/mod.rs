@@ -1,0 +1,258 @@
+//! Resolvers turn a target into the set of addresses to balance over.
+//!
+//! A resolver is a stream of address sets: each item replaces the previous set, and the
+//! channel diffs it against the subchannels it has (new addresses connect, removed ones
+//! drain, unchanged ones keep their connection and load state). When a connection is lost
+//! or fails, the channel calls [`Resolve::re_resolve`] so a resolver that looks things up
+//! (DNS) can refresh early; a fixed list ignores it.
+//!
+//! Three resolvers ship here: [`StaticList`] (what `ipv4:`/`ipv6:` targets use),
+//! [`Manual`] (push address sets from code: tests, or a service registry you already
+//! watch) and [`from_stream`] (any `Stream` of address sets). Implement [`Resolve`] for
+//! anything else.
+
+mod target;
+
+pub use target::{DEFAULT_PORT, Target};
+
+use futures_core::Stream;
+use std::fmt;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::sync::watch;
+
+/// One address a resolver found.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct Address {
+    /// Where to connect.
+    pub addr: SocketAddr,
+}
+
+impl Address {
+    /// An address with no attributes.
+    pub fn new(addr: SocketAddr) -> Self {
+        Self { addr }
+    }
+}
+
+impl From<SocketAddr> for Address {
+    fn from(addr: SocketAddr) -> Self {
+        Self::new(addr)
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.addr.fmt(f)
+    }
+}
+
+/// A resolver's failure to produce addresses. The channel keeps serving the last good
+/// set; if there never was one, calls fail with UNAVAILABLE carrying this message.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ResolveError(String);
+
+impl ResolveError {
+    /// A resolution error with a message for the user ("lookup of x: NXDOMAIN").
+    pub fn new(message: impl fmt::Display) -> Self {
+        Self(message.to_string())
+    }
+}
+
+/// The result of one resolution: a full address set (replacing the previous one) or an error.
+pub type Resolution = Result<Vec<Address>, ResolveError>;
+
+/// A source of address sets for a channel.
+///
+/// The channel's control task polls it; it is never touched on the call path.
+/// Returning `Poll::Ready(None)` means the resolver has finished: the channel keeps the
+/// last set it got for the rest of its life.
+pub trait Resolve: Send + 'static {
+    /// Polls for the next address set.
+    fn poll_resolve(&mut self, cx: &mut Context<'_>) -> Poll<Option<Resolution>>;
+
+    /// Asks for a fresh resolution soon, because a connection was lost or failed.
+    /// Resolvers that look things up should rate-limit these requests. The default
+    /// ignores them.
+    fn re_resolve(&mut self) {}
+}
+
+impl<R: Resolve + ?Sized> Resolve for Box<R> {
+    fn poll_resolve(&mut self, cx: &mut Context<'_>) -> Poll<Option<Resolution>> {
+        (**self).poll_resolve(cx)
+    }
+    fn re_resolve(&mut self) {
+        (**self).re_resolve()
+    }
+}
+
+// === impl StaticList ===
+
+/// A fixed set of addresses, produced once.
+#[derive(Clone, Debug)]
+pub struct StaticList {
+    addrs: Option<Vec<Address>>,
+}
+
+impl StaticList {
+    /// A resolver that yields these addresses once and then stays quiet.
+    pub fn new<I, A>(addrs: I) -> Self
+    where
+        I: IntoIterator<Item = A>,
+        A: Into<Address>,
+    {
+        Self {
+            addrs: Some(addrs.into_iter().map(Into::into).collect()),
+        }
+    }
+}
+
+impl Resolve for StaticList {
+    fn poll_resolve(&mut self, _: &mut Context<'_>) -> Poll<Option<Resolution>> {
+        match self.addrs.take() {
+            Some(addrs) => Poll::Ready(Some(Ok(addrs))),
+            // Pending (not finished): a fixed list has nothing more to say, but the
+            // channel must not read that as the end of the resolver.
+            None => Poll::Pending,
+        }
+    }
+}
+
+// === impl Manual ===
+
+/// A resolver fed from code through a [`ManualHandle`].
+///
+/// Only the latest set matters: updates made faster than the channel reads them are
+/// coalesced.
+#[derive(Debug)]
+pub struct Manual {
+    rx: tokio_stream_watch::WatchStream,
+}
+
+/// Pushes address sets into a [`Manual`] resolver. Cloneable.
+#[derive(Clone, Debug)]
+pub struct ManualHandle {
+    tx: watch::Sender<Option<Resolution>>,
+}
+
+impl Manual {
+    /// A resolver and the handle that feeds it. The resolver has no addresses until the
+    /// first [`ManualHandle::update`].
+    pub fn new() -> (Manual, ManualHandle) {
+        let (tx, rx) = watch::channel(None);
+        (
+            Manual {
+                rx: tokio_stream_watch::WatchStream::new(rx),
+            },
+            ManualHandle { tx },
+        )
+    }
+}
+
+impl ManualHandle {
+    /// Replaces the address set.
+    pub fn update<I, A>(&self, addrs: I)
+    where
+        I: IntoIterator<Item = A>,
+        A: Into<Address>,
+    {
+        let addrs = addrs.into_iter().map(Into::into).collect();
+        self.tx.send_replace(Some(Ok(addrs)));
+    }
+
+    /// Reports a resolution failure (the channel keeps its last good set).
+    pub fn fail(&self, error: ResolveError) {
+        self.tx.send_replace(Some(Err(error)));
+    }
+}
+
+impl Resolve for Manual {
+    fn poll_resolve(&mut self, cx: &mut Context<'_>) -> Poll<Option<Resolution>> {
+        self.rx.poll_next(cx)
+    }
+}
+
+/// A minimal `watch` → poll adapter, so `Manual` needs no extra dependency.
+mod tokio_stream_watch {
+    use super::Resolution;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use tokio::sync::watch;
+
+    type Changed =
+        Pin<Box<dyn Future<Output = (watch::Receiver<Option<Resolution>>, bool)> + Send>>;
+
+    pub(super) struct WatchStream {
+        pending: Changed,
+    }
+
+    impl WatchStream {
+        pub(super) fn new(rx: watch::Receiver<Option<Resolution>>) -> Self {
+            Self { pending: wait(rx) }
+        }
+
+        pub(super) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Resolution>> {
+            let (mut rx, changed) = std::task::ready!(self.pending.as_mut().poll(cx));
+            if !changed {
+                // Every handle is gone and nothing new was sent: the resolver is finished.
+                return Poll::Ready(None);
+            }
+            let value = rx.borrow_and_update().clone();
+            self.pending = wait(rx);
+            // Only `update` and `fail` send, and both send `Some`.
+            Poll::Ready(value)
+        }
+    }
+
+    /// Resolves once the receiver has a value it has not seen (true), or once every
+    /// sender is gone with nothing new (false).
+    fn wait(mut rx: watch::Receiver<Option<Resolution>>) -> Changed {
+        Box::pin(async move {
+            let changed = rx.changed().await.is_ok();
+            (rx, changed)
+        })
+    }
+
+    impl std::fmt::Debug for WatchStream {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("WatchStream").finish_non_exhaustive()
+        }
+    }
+}
+
+// === impl FromStream ===
+
+/// A resolver from any stream of address sets; see [`from_stream`].
+pub struct FromStream<S> {
+    stream: Pin<Box<S>>,
+}
+
+/// Adapts a stream of resolutions into a [`Resolve`]. Re-resolution requests are ignored;
+/// implement [`Resolve`] directly to act on them.
+pub fn from_stream<S>(stream: S) -> FromStream<S>
+where
+    S: Stream<Item = Resolution> + Send + 'static,
+{
+    FromStream {
+        stream: Box::pin(stream),
+    }
+}
+
+impl<S> fmt::Debug for FromStream<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FromStream").finish_non_exhaustive()
+    }
+}
+
+impl<S> Resolve for FromStream<S>
+where
+    S: Stream<Item = Resolution> + Send + 'static,
+{
+    fn poll_resolve(&mut self, cx: &mut Context<'_>) -> Poll<Option<Resolution>> {
+        self.stream.as_mut().poll_next(cx)
+    }
+}
