@@ -32,6 +32,7 @@
 mod backoff;
 pub mod balance;
 mod channel;
+mod config;
 pub mod deadline;
 mod error;
 pub mod resolver;

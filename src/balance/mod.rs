@@ -2,16 +2,47 @@
 //!
 //! The channel's control task keeps the list of READY subchannels and publishes it as an
 //! immutable snapshot whenever it changes; a call reads the current snapshot without a
-//! lock and asks the policy's [`Picker`] for one entry. Pickers see the live load counters
-//! of each subchannel (atomics), so load-aware policies need no coordination either.
+//! lock and asks its method's [`Picker`] for one entry. Every policy reads the same live
+//! load counters of each subchannel (atomics), so several policies can share a channel
+//! (one per method) and load-aware policies need no coordination.
+//!
+//! | policy | picks | use it when |
+//! |---|---|---|
+//! | [`round_robin`](Policy::round_robin) | the next READY subchannel in turn | backends are alike and calls cost about the same (the default) |
+//! | [`pick_first`](Policy::pick_first) | the first READY address in resolver order | one backend at a time, others as fail-over (gRPC's default) |
+//! | [`least_request`](Policy::least_request) | the fewest calls in flight among `choice_count` random ones | call costs vary; backends alike |
+//! | [`peak_ewma`](Policy::peak_ewma) | the lower `rtt × (in_flight + 1)` of two random ones | backends differ or degrade: latency-aware |
 
+mod least_request;
+mod peak_ewma;
+mod pick_first;
+mod rng;
 mod round_robin;
 
+pub use least_request::LeastRequest;
+pub use peak_ewma::PeakEwma;
+pub use pick_first::PickFirst;
 pub use round_robin::RoundRobin;
 
-use crate::subchannel::ReadySubchannel;
+use crate::subchannel::{EwmaParams, ReadySubchannel};
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// Default `least_request` sample size: two choices already give most of the benefit of
+/// comparing all (gRFC A48).
+pub const DEFAULT_CHOICE_COUNT: usize = 2;
+/// The largest `least_request` sample size gRPC accepts; larger values are clamped.
+pub const MAX_CHOICE_COUNT: usize = 10;
+/// Default `peak_ewma` decay: how slowly a backend that answered slowly is trusted again.
+/// At 10 s (Finagle's and linkerd's choice) one slow answer keeps traffic away for
+/// seconds, while a backend that recovers is back to its fast estimate within ~30 s.
+pub const DEFAULT_EWMA_DECAY: Duration = Duration::from_secs(10);
+/// Default `peak_ewma` RTT of a backend not yet measured. Its first successful answer
+/// replaces it outright. 30 ms sits above typical in-cluster RPC times, so a new backend
+/// is not flooded before its first answer, and below the slow outliers peak EWMA exists
+/// to avoid, so it is not starved either.
+pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
 
 /// Chooses one READY subchannel for a call.
 ///
@@ -19,40 +50,157 @@ use std::sync::Arc;
 /// not block, and should keep any state of their own in atomics.
 pub trait Picker: Send + Sync + fmt::Debug + 'static {
     /// Returns the index in `ready` of the subchannel to use. `ready` is never empty
-    /// and lists subchannels in resolver order.
+    /// and lists subchannels in resolver order. An index past the end wraps around.
     fn pick(&self, ready: &[ReadySubchannel]) -> usize;
 }
 
 /// A load-balancing policy: which [`Picker`] a channel (or a method) uses.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// ```
+/// # use std::time::Duration;
+/// # use tonic_balancer::Policy;
+/// let p2c = Policy::least_request().choice_count(3);
+/// let ewma = Policy::peak_ewma().decay(Duration::from_secs(5));
+/// ```
+#[derive(Clone, Debug, PartialEq)]
 pub struct Policy {
-    kind: PolicyKind,
+    kind: Kind,
+    /// A parameter set that does not belong to this policy, reported by `build()`.
+    misuse: Option<&'static str>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum PolicyKind {
+#[derive(Clone, Debug, PartialEq)]
+enum Kind {
     RoundRobin,
+    PickFirst,
+    LeastRequest { choice_count: usize },
+    PeakEwma(EwmaParams),
 }
 
 impl Policy {
+    fn of(kind: Kind) -> Self {
+        Self { kind, misuse: None }
+    }
+
     /// `round_robin`: each call goes to the next READY subchannel in turn. The default:
     /// it needs no load information and spreads calls evenly over equal backends.
     pub fn round_robin() -> Self {
-        Self {
-            kind: PolicyKind::RoundRobin,
+        Self::of(Kind::RoundRobin)
+    }
+
+    /// `pick_first`: every call goes to the first READY address in resolver order; the
+    /// others are fail-over. As the channel's only policy it also keeps one connection
+    /// at a time, connecting to the addresses in order until one works (gRPC's default
+    /// policy and gRFC A62).
+    pub fn pick_first() -> Self {
+        Self::of(Kind::PickFirst)
+    }
+
+    /// `least_request` (gRFC A48): sample [`choice_count`](Policy::choice_count) distinct
+    /// READY subchannels at random (default [`DEFAULT_CHOICE_COUNT`]) and take the one
+    /// with the fewest calls in flight. With two READY subchannels both are compared.
+    pub fn least_request() -> Self {
+        Self::of(Kind::LeastRequest {
+            choice_count: DEFAULT_CHOICE_COUNT,
+        })
+    }
+
+    /// `peak_ewma`: power of two choices over `rtt × (in_flight + 1)`, where `rtt` is a
+    /// peak-sensitive moving average of each backend's round-trip time (Finagle's and
+    /// linkerd's balancer).
+    ///
+    /// **What is measured:** the time from sending a call to receiving its response
+    /// headers. For a unary call that is the whole server-side handling (tonic sends
+    /// headers with the response); for a stream it is the time to the stream's start, so
+    /// a long-lived stream does not make its backend look slow.
+    ///
+    /// **How it moves:** a sample slower than the estimate replaces it at once (peak);
+    /// faster samples pull it down exponentially, halving the gap every
+    /// [`decay`](Policy::decay) × ln 2. A backend not yet measured starts at
+    /// [`default_rtt`](Policy::default_rtt).
+    ///
+    /// **Failures:** a call answered with UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL,
+    /// UNKNOWN or RESOURCE_EXHAUSTED, one that fails at the transport, and one abandoned
+    /// before its headers can only *raise* the estimate, so a backend that fails fast
+    /// never looks fast.
+    pub fn peak_ewma() -> Self {
+        Self::of(Kind::PeakEwma(EwmaParams {
+            decay: DEFAULT_EWMA_DECAY,
+            default_rtt: DEFAULT_RTT,
+        }))
+    }
+
+    /// `least_request`'s sample size: 2..=10; above 10 is clamped to 10 (as gRPC does),
+    /// below 2 is rejected by `build()`.
+    pub fn choice_count(mut self, count: usize) -> Self {
+        match &mut self.kind {
+            Kind::LeastRequest { choice_count } => *choice_count = count,
+            _ => self.misuse = Some("choice_count applies to least_request only"),
         }
+        self
+    }
+
+    /// `peak_ewma`'s decay time (default [`DEFAULT_EWMA_DECAY`]); must be > 0.
+    pub fn decay(mut self, decay: Duration) -> Self {
+        match &mut self.kind {
+            Kind::PeakEwma(params) => params.decay = decay,
+            _ => self.misuse = Some("decay applies to peak_ewma only"),
+        }
+        self
+    }
+
+    /// `peak_ewma`'s RTT for a backend not yet measured (default [`DEFAULT_RTT`]).
+    pub fn default_rtt(mut self, rtt: Duration) -> Self {
+        match &mut self.kind {
+            Kind::PeakEwma(params) => params.default_rtt = rtt,
+            _ => self.misuse = Some("default_rtt applies to peak_ewma only"),
+        }
+        self
     }
 
     /// The policy's name as the gRPC service config spells it.
     pub fn name(&self) -> &'static str {
         match self.kind {
-            PolicyKind::RoundRobin => "round_robin",
+            Kind::RoundRobin => "round_robin",
+            Kind::PickFirst => "pick_first",
+            Kind::LeastRequest { .. } => "least_request",
+            Kind::PeakEwma(_) => "peak_ewma",
+        }
+    }
+
+    /// Checks the parameters; the message names the offending one.
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        if let Some(misuse) = self.misuse {
+            return Err(misuse.to_owned());
+        }
+        match &self.kind {
+            Kind::LeastRequest { choice_count } if *choice_count < 2 => Err(format!(
+                "least_request.choice_count: must be at least 2, got {choice_count}"
+            )),
+            Kind::PeakEwma(params) if params.decay.is_zero() => {
+                Err("peak_ewma.decay: must be > 0".to_owned())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub(crate) fn is_pick_first(&self) -> bool {
+        self.kind == Kind::PickFirst
+    }
+
+    pub(crate) fn ewma_params(&self) -> Option<EwmaParams> {
+        match self.kind {
+            Kind::PeakEwma(params) => Some(params),
+            _ => None,
         }
     }
 
     pub(crate) fn picker(&self, seed: u64) -> Arc<dyn Picker> {
         match self.kind {
-            PolicyKind::RoundRobin => Arc::new(RoundRobin::with_seed(seed)),
+            Kind::RoundRobin => Arc::new(RoundRobin::with_seed(seed)),
+            Kind::PickFirst => Arc::new(PickFirst),
+            Kind::LeastRequest { choice_count } => Arc::new(LeastRequest::new(choice_count, seed)),
+            Kind::PeakEwma(_) => Arc::new(PeakEwma::new(seed)),
         }
     }
 }
@@ -60,5 +208,152 @@ impl Policy {
 impl Default for Policy {
     fn default() -> Self {
         Self::round_robin()
+    }
+}
+
+/// EWMA parameters used when no peak_ewma policy sets them (the estimate is kept anyway,
+/// for per-method policies and metrics).
+pub(crate) fn default_ewma_params() -> EwmaParams {
+    EwmaParams {
+        decay: DEFAULT_EWMA_DECAY,
+        default_rtt: DEFAULT_RTT,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::subchannel::{self, CallGuard};
+    use proptest::prelude::*;
+
+    fn fleet(n: usize) -> (tokio::runtime::Runtime, Vec<ReadySubchannel>) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let ready = {
+            let _enter = rt.enter();
+            (0..n as u64)
+                .map(|id| subchannel::fixture(id, default_ewma_params()))
+                .collect()
+        };
+        (rt, ready)
+    }
+
+    fn policies() -> [Policy; 4] {
+        [
+            Policy::round_robin(),
+            Policy::pick_first(),
+            Policy::least_request(),
+            Policy::peak_ewma(),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn round_robin_visits_every_ready_subchannel_once_per_cycle(n in 1usize..40, seed: u64) {
+            let (_rt, ready) = fleet(n);
+            let picker = RoundRobin::with_seed(seed);
+            for _ in 0..3 {
+                let mut cycle: Vec<usize> = (0..n).map(|_| picker.pick(&ready)).collect();
+                cycle.sort_unstable();
+                prop_assert_eq!(cycle, (0..n).collect::<Vec<_>>());
+            }
+        }
+
+        #[test]
+        fn in_flight_returns_to_zero_after_any_interleaving(
+            n in 1usize..8,
+            policy in 0usize..4,
+            seed: u64,
+            ops in proptest::collection::vec((0u8..3, any::<prop::sample::Index>()), 0..200),
+        ) {
+            let (_rt, ready) = fleet(n);
+            let picker = policies()[policy].picker(seed);
+            let mut calls: Vec<CallGuard> = Vec::new();
+            for (op, index) in ops {
+                match op {
+                    // A call is sent.
+                    0 => {
+                        let i = picker.pick(&ready) % n;
+                        calls.push(CallGuard::new(ready[i].subchannel.clone()));
+                    }
+                    // A call completes (its response arrives, then its stream ends).
+                    1 if !calls.is_empty() => {
+                        let mut call = calls.swap_remove(index.index(calls.len()));
+                        call.responded(None);
+                    }
+                    // A call is cancelled (its future or stream dropped).
+                    _ if !calls.is_empty() => drop(calls.swap_remove(index.index(calls.len()))),
+                    _ => {}
+                }
+                let total: usize = ready.iter().map(|r| r.in_flight()).sum();
+                prop_assert_eq!(total, calls.len());
+            }
+            drop(calls);
+            prop_assert!(ready.iter().all(|r| r.in_flight() == 0));
+        }
+    }
+
+    #[test]
+    fn least_request_with_two_ready_compares_both() {
+        let (_rt, ready) = fleet(2);
+        let _busy: Vec<_> = (0..3)
+            .map(|_| CallGuard::new(ready[0].subchannel.clone()))
+            .collect();
+        for choices in [2, 3, 10] {
+            let picker = LeastRequest::new(choices, 9);
+            for _ in 0..100 {
+                assert_eq!(picker.pick(&ready), 1);
+            }
+        }
+    }
+
+    #[test]
+    fn least_request_prefers_idle_subchannels() {
+        let (_rt, ready) = fleet(10);
+        // Every subchannel but #7 has a call in flight: #7 wins every sample it is in.
+        let _busy: Vec<_> = (0..10)
+            .filter(|&i| i != 7)
+            .map(|i| CallGuard::new(ready[i].subchannel.clone()))
+            .collect();
+        let picker = LeastRequest::new(2, 1);
+        let wins = (0..10_000).filter(|_| picker.pick(&ready) == 7).count();
+        // P(#7 among 2 of 10) = 1 - (9/10)(8/9) = 0.2.
+        assert!((1_800..=2_200).contains(&wins), "{wins}");
+    }
+
+    #[test]
+    fn peak_ewma_avoids_the_slow_subchannel() {
+        let (rt, ready) = fleet(5);
+        rt.block_on(async {
+            let now = tokio::time::Instant::now();
+            for (i, r) in ready.iter().enumerate() {
+                let rtt = Duration::from_millis(if i == 3 { 50 } else { 5 });
+                r.subchannel.load.rtt.observe(now, rtt, true);
+            }
+        });
+        let picker = PeakEwma::new(5);
+        assert!((0..10_000).all(|_| picker.pick(&ready) != 3));
+    }
+
+    #[test]
+    fn parameters_are_validated() {
+        assert!(Policy::least_request().choice_count(1).validate().is_err());
+        assert!(Policy::least_request().choice_count(2).validate().is_ok());
+        // Above 10 is clamped, as gRPC does.
+        assert!(Policy::least_request().choice_count(50).validate().is_ok());
+        assert!(
+            Policy::peak_ewma()
+                .decay(Duration::ZERO)
+                .validate()
+                .is_err()
+        );
+        let misuse = Policy::round_robin()
+            .choice_count(3)
+            .validate()
+            .unwrap_err();
+        assert!(misuse.contains("least_request"), "{misuse}");
+        assert_eq!(Policy::peak_ewma().name(), "peak_ewma");
     }
 }

@@ -1,9 +1,10 @@
 //! The consuming builder for [`BalancedChannel`].
 
-use super::control::{Control, Shared, Snapshot};
+use super::control::{ConnectMode, Control, Shared, Snapshot};
 use super::{BalancedChannel, Inner};
 use crate::backoff::BackoffParams;
-use crate::balance::Policy;
+use crate::balance::{self, Picker, Policy};
+use crate::config::{MethodMap, MethodName};
 use crate::error::{Error, ErrorKind};
 use crate::resolver::{Address, Resolve, StaticList, Target};
 use crate::subchannel::ConnectSettings;
@@ -100,6 +101,7 @@ impl ConnectionBackoff {
     }
 }
 
+type PolicyMap = MethodMap<(Policy, Arc<dyn Picker>)>;
 type MakeEndpoint = Arc<dyn Fn(&Address) -> Endpoint + Send + Sync>;
 type ConfigureEndpoint = Arc<dyn Fn(Endpoint) -> Endpoint + Send + Sync>;
 
@@ -115,6 +117,7 @@ pub struct Builder {
     endpoint: Option<MakeEndpoint>,
     configure: Option<ConfigureEndpoint>,
     policy: Policy,
+    method_policies: Vec<(String, Policy)>,
     backoff: ConnectionBackoff,
     wait_for_ready: bool,
     seed: Option<u64>,
@@ -136,6 +139,7 @@ impl Builder {
             endpoint: None,
             configure: None,
             policy: Policy::default(),
+            method_policies: Vec::new(),
             backoff: ConnectionBackoff::default(),
             wait_for_ready: false,
             seed: None,
@@ -145,6 +149,20 @@ impl Builder {
     /// The load-balancing policy. Default: [`Policy::round_robin`].
     pub fn policy(mut self, policy: Policy) -> Self {
         self.policy = policy;
+        self
+    }
+
+    /// A different policy for one method (`pkg.Service/Method`, with or without a
+    /// leading `/`) or a whole service (`pkg.Service`). A call uses the policy of its
+    /// exact method, else of its service, else the channel's. Every policy picks among
+    /// the same subchannels and reads the same load counters.
+    ///
+    /// The channel connects to every address unless all its policies are pick_first.
+    /// peak_ewma parameters ([`Policy::decay`], [`Policy::default_rtt`]) belong to the
+    /// channel's one RTT estimate per backend: the channel's policy sets them if it is
+    /// peak_ewma, else the first per-method peak_ewma policy.
+    pub fn method_policy(mut self, method: &str, policy: Policy) -> Self {
+        self.method_policies.push((method.to_owned(), policy));
         self
     }
 
@@ -214,6 +232,17 @@ impl Builder {
             )
         })?;
         let backoff = self.backoff.validate()?;
+        let seed = self.seed_or_random();
+        let pickers = build_pickers(&self.policy, &self.method_policies, seed)?;
+        let ewma = pickers
+            .values()
+            .find_map(|(policy, _)| policy.ewma_params())
+            .unwrap_or_else(balance::default_ewma_params);
+        let mode = if pickers.values().all(|(policy, _)| policy.is_pick_first()) {
+            ConnectMode::FirstReady
+        } else {
+            ConnectMode::All
+        };
         let (resolver, authority): (Box<dyn Resolve>, Option<String>) = match self.source? {
             Source::Resolver(resolver) => (resolver, None),
             Source::Target(Target::Static(addrs)) => (Box::new(StaticList::new(addrs)), None),
@@ -242,10 +271,6 @@ impl Builder {
             }
         };
         let endpoint = make_endpoint(self.endpoint, self.configure, authority)?;
-        let seed = self
-            .seed
-            .unwrap_or_else(|| RandomState::new().hash_one(std::process::id()));
-
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(Snapshot::initial()),
             published: watch::Sender::new(()),
@@ -258,21 +283,51 @@ impl Builder {
                 backoff,
                 min_connect_timeout: self.backoff.min_connect_timeout,
                 endpoint,
+                ewma,
             },
             seed,
             target: self.name.clone(),
+            mode,
         };
         runtime.spawn(control.run(stop_rx));
         Ok(BalancedChannel {
             inner: Arc::new(Inner {
                 shared,
                 target: self.name,
-                picker: self.policy.picker(seed),
+                pickers: pickers.map(|(_, picker)| picker),
                 wait_for_ready: self.wait_for_ready,
                 _stop: stop_tx,
             }),
         })
     }
+}
+
+/// One picker per configured policy, each seeded differently (so two P2C pickers do not
+/// sample the same pairs), in a map keyed by method.
+fn build_pickers(
+    default: &Policy,
+    methods: &[(String, Policy)],
+    seed: u64,
+) -> Result<PolicyMap, Error> {
+    let invalid = |what: String| Error::new(ErrorKind::InvalidConfig, what);
+    default
+        .validate()
+        .map_err(|e| invalid(format!("policy: {e}")))?;
+    let mut map = MethodMap::new((default.clone(), default.picker(seed)));
+    for (i, (name, policy)) in methods.iter().enumerate() {
+        let parsed = MethodName::parse(name).map_err(|e| invalid(format!("method_policy: {e}")))?;
+        policy
+            .validate()
+            .map_err(|e| invalid(format!("method_policy({name:?}): {e}")))?;
+        let salt = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        if map
+            .insert(&parsed, (policy.clone(), policy.picker(seed ^ salt)))
+            .is_some()
+        {
+            return Err(invalid(format!("method_policy: {name:?} is given twice")));
+        }
+    }
+    Ok(map)
 }
 
 /// The endpoint maker: the user's, or `http://AUTHORITY` (per address when the target
@@ -305,11 +360,19 @@ fn make_endpoint(
     })
 }
 
+impl Builder {
+    fn seed_or_random(&self) -> u64 {
+        self.seed
+            .unwrap_or_else(|| RandomState::new().hash_one(std::process::id()))
+    }
+}
+
 impl fmt::Debug for Builder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Builder")
             .field("target", &self.name)
             .field("policy", &self.policy)
+            .field("method_policies", &self.method_policies)
             .field("connection_backoff", &self.backoff)
             .field("wait_for_ready", &self.wait_for_ready)
             .field("seed", &self.seed)

@@ -8,6 +8,7 @@
 use crate::resolver::{Address, Resolve};
 use crate::subchannel::{
     self, ConnectSettings, ConnectivityState, Event, ReadySubchannel, Subchannel, Update,
+    WorkerHandle,
 };
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
@@ -55,7 +56,17 @@ struct Entry {
     /// queue calls) on every reconnect attempt: gRPC's "sticky TRANSIENT_FAILURE".
     failing: bool,
     /// Dropping it stops the worker.
-    _stop: oneshot::Sender<()>,
+    worker: WorkerHandle,
+}
+
+/// Which subchannels the control task keeps connected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ConnectMode {
+    /// Every address (every policy but pick_first).
+    All,
+    /// One address at a time, in resolver order (gRPC's pick_first): try the first; when
+    /// it fails, also the next; once one is READY, let go of all the others.
+    FirstReady,
 }
 
 pub(crate) struct Control {
@@ -64,6 +75,7 @@ pub(crate) struct Control {
     pub(crate) settings: ConnectSettings,
     pub(crate) seed: u64,
     pub(crate) target: String,
+    pub(crate) mode: ConnectMode,
 }
 
 struct State {
@@ -114,6 +126,7 @@ impl Control {
                     }
                 }
             }
+            self.reconcile(&mut state);
             self.publish(&mut state);
         }
         for entry in state.entries.values() {
@@ -146,10 +159,11 @@ impl Control {
             }
             let id = state.next_id;
             state.next_id += 1;
-            let subchannel = subchannel::new_subchannel(id, address);
-            let stop = subchannel::spawn(
+            let subchannel = subchannel::new_subchannel(id, address, self.settings.ewma);
+            let worker = subchannel::spawn(
                 subchannel.clone(),
                 self.settings.clone(),
+                self.mode == ConnectMode::All,
                 self.seed,
                 events.clone(),
             );
@@ -161,7 +175,7 @@ impl Control {
                     subchannel,
                     ready: None,
                     failing: false,
-                    _stop: stop,
+                    worker,
                 },
             );
         }
@@ -179,6 +193,34 @@ impl Control {
         state.order = order;
     }
 
+    /// pick_first: keeps the first READY subchannel and lets go of the others; with none
+    /// READY, wants every subchannel up to and including the first one that has not
+    /// failed (the ones that failed keep retrying with their backoff; the first to
+    /// connect wins).
+    fn reconcile(&self, state: &mut State) {
+        if self.mode != ConnectMode::FirstReady {
+            return;
+        }
+        let entries: Vec<&mut Entry> = {
+            let State { order, entries, .. } = state;
+            let mut refs: HashMap<&SocketAddr, &mut Entry> = entries.iter_mut().collect();
+            order.iter().filter_map(|a| refs.remove(a)).collect()
+        };
+        let chosen = entries.iter().position(|e| e.ready.is_some());
+        let frontier = entries.iter().position(|e| !e.failing);
+        for (i, entry) in entries.into_iter().enumerate() {
+            let wanted = match chosen {
+                Some(chosen) => i == chosen,
+                None => frontier.is_none_or(|f| i <= f),
+            };
+            if !wanted && entry.worker.is_wanted() {
+                entry.ready = None;
+                entry.failing = false;
+            }
+            entry.worker.set_wanted(wanted);
+        }
+    }
+
     fn handle(&mut self, state: &mut State, event: Event) {
         let Some(entry) = state
             .ids
@@ -188,7 +230,7 @@ impl Control {
             return; // A worker of a removed address, winding down.
         };
         match event.update {
-            Update::Connecting => {}
+            Update::Connecting | Update::Idle => {}
             Update::Ready(ready) => {
                 entry.ready = Some(ready);
                 entry.failing = false;

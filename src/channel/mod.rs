@@ -19,6 +19,7 @@ pub use builder::{
 pub use future::ResponseFuture;
 
 use crate::balance::Picker;
+use crate::config::MethodMap;
 use crate::deadline;
 use crate::subchannel::{CallGuard, ConnectivityState, ReadySubchannel, SubchannelInfo};
 use control::{Shared, Snapshot};
@@ -63,7 +64,7 @@ pub struct BalancedChannel {
 struct Inner {
     shared: Arc<Shared>,
     target: String,
-    picker: Arc<dyn Picker>,
+    pickers: MethodMap<Arc<dyn Picker>>,
     wait_for_ready: bool,
     /// Dropped with the last handle: stops the control task.
     _stop: oneshot::Sender<()>,
@@ -126,7 +127,7 @@ impl fmt::Debug for BalancedChannel {
         f.debug_struct("BalancedChannel")
             .field("target", &self.inner.target)
             .field("state", &self.state())
-            .field("picker", &self.inner.picker)
+            .field("policy", self.inner.pickers.get(""))
             .finish()
     }
 }
@@ -163,9 +164,13 @@ impl Inner {
             .get::<WaitForReady>()
             .map_or(self.wait_for_ready, |w| w.0);
 
-        let (ready, waited) = match self.try_pick(&self.shared.snapshot.load()) {
+        let picker = &**self.pickers.get(request.uri().path());
+        let (ready, waited) = match self.try_pick(picker, &self.shared.snapshot.load()) {
             Some(ready) => (ready, false),
-            None => (self.wait_for_pick(wait_for_ready, deadline).await?, true),
+            None => (
+                self.wait_for_pick(picker, wait_for_ready, deadline).await?,
+                true,
+            ),
         };
         if let (true, Some(deadline)) = (waited, deadline) {
             // Send the time actually left, not the time the caller first asked for.
@@ -179,25 +184,31 @@ impl Inner {
         }
 
         let addr = ready.address().addr;
-        let guard = CallGuard::new(ready.subchannel.clone());
+        let mut guard = CallGuard::new(ready.subchannel.clone());
         let mut channel = ready.channel;
         let send = async {
             channel.ready().await?;
             channel.call(request).await
         };
         match send.await {
-            Ok(response) => Ok(response.map(|body| GuardedBody::wrap(body, guard, addr))),
-            Err(error) => Err(status::from_send_error(&error, addr)),
+            Ok(response) => {
+                guard.responded(trailers_only_status(response.headers()));
+                Ok(response.map(|body| GuardedBody::wrap(body, guard, addr)))
+            }
+            Err(error) => {
+                guard.failed();
+                Err(status::from_send_error(&error, addr))
+            }
         }
     }
 
     /// One pick from a snapshot, or `None` if it has no live READY subchannel.
-    fn try_pick(&self, snapshot: &Snapshot) -> Option<ReadySubchannel> {
+    fn try_pick(&self, picker: &dyn Picker, snapshot: &Snapshot) -> Option<ReadySubchannel> {
         let ready = &snapshot.ready;
         if ready.is_empty() {
             return None;
         }
-        let first = self.picker.pick(ready) % ready.len();
+        let first = picker.pick(ready) % ready.len();
         // A connection that ended a moment ago may still be in this snapshot; take the
         // next live one rather than send a call into a closed connection.
         (0..ready.len())
@@ -210,13 +221,14 @@ impl Inner {
     /// deadline passes.
     async fn wait_for_pick(
         &self,
+        picker: &dyn Picker,
         wait_for_ready: bool,
         deadline: Option<Instant>,
     ) -> Result<ReadySubchannel, Status> {
         let mut published = self.shared.published.subscribe();
         loop {
             let snapshot = self.shared.snapshot.load_full();
-            if let Some(ready) = self.try_pick(&snapshot) {
+            if let Some(ready) = self.try_pick(picker, &snapshot) {
                 return Ok(ready);
             }
             match snapshot.state {
@@ -256,6 +268,16 @@ impl Inner {
     fn shut_down(&self) -> Status {
         Status::unavailable(format!("channel to {} is shut down", self.target))
     }
+}
+
+/// The `grpc-status` of a Trailers-Only response (status in the headers), if it is one.
+fn trailers_only_status(headers: &http::HeaderMap) -> Option<tonic::Code> {
+    let value = headers.get("grpc-status")?;
+    let code = std::str::from_utf8(value.as_bytes())
+        .ok()?
+        .parse::<i32>()
+        .ok()?;
+    Some(tonic::Code::from_i32(code))
 }
 
 fn describe_error(snapshot: &Snapshot) -> String {

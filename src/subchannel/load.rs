@@ -1,20 +1,112 @@
 //! Per-subchannel load: what the pickers read and what each call's guard updates.
 //!
-//! Everything here is atomics: the picker reads them and every call updates them
-//! without a lock.
+//! Everything here is atomics: pickers read them and every call updates them without a
+//! lock. Every policy shares the same counters, so per-method policies see one truth.
 
 use super::Subchannel;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::time::Instant;
+use tonic::Code;
+
+/// The codes that count as a backend failing a call (rather than answering it): the
+/// same default set outlier detection uses. A fast failure of this kind must not make a
+/// backend look fast.
+pub(crate) fn is_failure(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Internal
+            | Code::Unknown
+            | Code::ResourceExhausted
+    )
+}
+
+/// The stamp of an estimate that has had no successful sample yet.
+const UNMEASURED: u64 = u64::MAX;
+
+/// Parameters of the per-subchannel RTT estimate.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct EwmaParams {
+    pub(crate) decay: Duration,
+    pub(crate) default_rtt: Duration,
+}
+
+/// A peak-sensitive exponentially weighted moving average of round-trip times
+/// (Finagle's and linkerd's peak EWMA).
+///
+/// A sample slower than the estimate replaces it at once; a faster one pulls it down
+/// with weight `1 - exp(-Δt / decay)`, where Δt is the time since the previous update,
+/// so the gap to a steady new level halves every `decay × ln 2` whatever the call rate.
+///
+/// Updates race benignly: two concurrent samples may each read the old estimate and the
+/// last store wins, which an estimator tolerates far better than a lock on every call.
+#[derive(Debug)]
+pub(crate) struct Ewma {
+    /// Nanoseconds, as `f64` bits.
+    estimate: AtomicU64,
+    /// When the estimate last changed, in nanoseconds since `epoch`; [`UNMEASURED`] until
+    /// the first successful sample, which replaces the default outright.
+    stamp: AtomicU64,
+    epoch: Instant,
+    decay_nanos: f64,
+}
+
+impl Ewma {
+    pub(crate) fn new(params: EwmaParams) -> Self {
+        Self {
+            estimate: AtomicU64::new((params.default_rtt.as_nanos() as f64).to_bits()),
+            stamp: AtomicU64::new(UNMEASURED),
+            epoch: Instant::now(),
+            decay_nanos: params.decay.as_nanos().max(1) as f64,
+        }
+    }
+
+    /// The current estimate in nanoseconds.
+    pub(crate) fn nanos(&self) -> f64 {
+        f64::from_bits(self.estimate.load(Ordering::Relaxed))
+    }
+
+    /// Records one round trip. With `may_lower` false (a failed or abandoned call) the
+    /// sample can only raise the estimate.
+    pub(crate) fn observe(&self, now: Instant, rtt: Duration, may_lower: bool) {
+        let now_nanos = now.saturating_duration_since(self.epoch).as_nanos() as u64;
+        let sample = rtt.as_nanos() as f64;
+        let current = self.nanos();
+        let stamp = self.stamp.load(Ordering::Relaxed);
+        let next = if sample >= current || (may_lower && stamp == UNMEASURED) {
+            sample
+        } else if may_lower {
+            let elapsed = now_nanos.saturating_sub(stamp) as f64;
+            let keep = (-elapsed / self.decay_nanos).exp();
+            current * keep + sample * (1.0 - keep)
+        } else {
+            return;
+        };
+        self.stamp.store(now_nanos, Ordering::Relaxed);
+        self.estimate.store(next.to_bits(), Ordering::Relaxed);
+    }
+}
 
 /// Load counters of one subchannel.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Load {
     in_flight: AtomicUsize,
     started: AtomicU64,
+    pub(crate) rtt: Ewma,
 }
 
 impl Load {
+    pub(crate) fn new(params: EwmaParams) -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            started: AtomicU64::new(0),
+            rtt: Ewma::new(params),
+        }
+    }
+
     pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
     }
@@ -31,9 +123,14 @@ impl Load {
 /// released however the call ends: the response stream finishing or failing, the call
 /// failing before a response, or the caller dropping the future or the stream
 /// (cancellation). A stream counts as load until it closes.
+///
+/// It also feeds the RTT estimate, measured from sending the request to receiving the
+/// response headers (see [`CallGuard::responded`]).
 #[derive(Debug)]
 pub(crate) struct CallGuard {
     subchannel: Arc<Subchannel>,
+    /// Set until the call's round trip has been recorded.
+    sent: Option<Instant>,
 }
 
 impl CallGuard {
@@ -41,15 +138,123 @@ impl CallGuard {
         let load = &subchannel.load;
         load.in_flight.fetch_add(1, Ordering::Relaxed);
         load.started.fetch_add(1, Ordering::Relaxed);
-        Self { subchannel }
+        Self {
+            subchannel,
+            sent: Some(Instant::now()),
+        }
+    }
+
+    /// Response headers arrived. `status` is the `grpc-status` they carry if the response
+    /// is Trailers-Only (an immediate error or empty OK), `None` for a normal response.
+    pub(crate) fn responded(&mut self, status: Option<Code>) {
+        let ok = status.is_none_or(|code| !is_failure(code));
+        self.record(ok);
+    }
+
+    /// The call failed before any response (a transport error).
+    pub(crate) fn failed(&mut self) {
+        self.record(false);
+    }
+
+    fn record(&mut self, may_lower: bool) {
+        if let Some(sent) = self.sent.take() {
+            let now = Instant::now();
+            self.subchannel
+                .load
+                .rtt
+                .observe(now, now.saturating_duration_since(sent), may_lower);
+        }
     }
 }
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
+        // Abandoned before a response: the wait so far is evidence of slowness only.
+        self.record(false);
         self.subchannel
             .load
             .in_flight
             .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn ewma(decay_secs: u64) -> Ewma {
+        Ewma::new(EwmaParams {
+            decay: Duration::from_secs(decay_secs),
+            default_rtt: 10 * MS,
+        })
+    }
+
+    fn ms(nanos: f64) -> f64 {
+        nanos / 1e6
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_success_replaces_the_default() {
+        let e = ewma(10);
+        assert_eq!(ms(e.nanos()), 10.0);
+        // A fast failure before any success leaves the default alone.
+        e.observe(Instant::now(), MS, false);
+        assert_eq!(ms(e.nanos()), 10.0);
+        e.observe(Instant::now(), 2 * MS, true);
+        assert_eq!(ms(e.nanos()), 2.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_sample_raises_the_estimate_at_once() {
+        let e = ewma(10);
+        e.observe(Instant::now(), 5 * MS, true);
+        e.observe(Instant::now(), 100 * MS, true);
+        assert_eq!(ms(e.nanos()), 100.0);
+        // Failed or abandoned calls raise too.
+        e.observe(Instant::now(), 300 * MS, false);
+        assert_eq!(ms(e.nanos()), 300.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn decays_to_half_the_gap_in_decay_times_ln2() {
+        let e = ewma(10);
+        e.observe(Instant::now(), 10 * MS, true);
+        e.observe(Instant::now(), 110 * MS, true);
+        // Steady 10 ms samples every 10 ms for decay × ln 2 ≈ 6.93 s.
+        let half_life = Duration::from_secs_f64(10.0 * std::f64::consts::LN_2);
+        let start = Instant::now();
+        while Instant::now() - start < half_life {
+            tokio::time::advance(10 * MS).await;
+            e.observe(Instant::now(), 10 * MS, true);
+        }
+        let gap = ms(e.nanos()) - 10.0;
+        assert!((gap - 50.0).abs() < 0.5, "gap {gap} ms, want ~50 ms");
+        // The sample rate does not matter: one sample after the same time does the same.
+        let f = ewma(10);
+        f.observe(Instant::now(), 10 * MS, true);
+        f.observe(Instant::now(), 110 * MS, true);
+        tokio::time::advance(half_life).await;
+        f.observe(Instant::now(), 10 * MS, true);
+        assert!((ms(f.nanos()) - 60.0).abs() < 0.01, "{}", ms(f.nanos()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_calls_never_make_an_endpoint_look_fast() {
+        let e = ewma(1);
+        e.observe(Instant::now(), 50 * MS, true);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        e.observe(Instant::now(), MS, false);
+        assert_eq!(ms(e.nanos()), 50.0);
+    }
+
+    #[test]
+    fn failure_codes() {
+        assert!(is_failure(Code::Unavailable));
+        assert!(is_failure(Code::DeadlineExceeded));
+        assert!(!is_failure(Code::NotFound));
+        assert!(!is_failure(Code::Ok));
+        assert!(!is_failure(Code::Cancelled));
     }
 }

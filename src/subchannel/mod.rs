@@ -10,19 +10,20 @@ mod connector;
 mod load;
 
 pub(crate) use connector::{ConnectionClosed, Link};
-pub(crate) use load::CallGuard;
+pub(crate) use load::{CallGuard, EwmaParams};
 
 use crate::backoff::{Backoff, BackoffParams};
 use crate::error::chain;
 use crate::resolver::Address;
 use connector::Connector;
 use load::Load;
+
 use rand::{SeedableRng, rngs::SmallRng};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tonic::transport::{Channel, Endpoint};
 
 /// The connectivity state of a subchannel or, aggregated, of a channel.
@@ -81,6 +82,7 @@ pub(crate) struct ConnectSettings {
     pub(crate) backoff: BackoffParams,
     pub(crate) min_connect_timeout: Duration,
     pub(crate) endpoint: Arc<dyn Fn(&Address) -> Endpoint + Send + Sync>,
+    pub(crate) ewma: EwmaParams,
 }
 
 /// The state of one subchannel that outlives its connections: its address, its state
@@ -150,6 +152,12 @@ impl ReadySubchannel {
         self.subchannel.load.in_flight()
     }
 
+    /// The peak-EWMA round-trip estimate, in nanoseconds (see
+    /// [`Policy::peak_ewma`](crate::Policy::peak_ewma) for what is measured).
+    pub fn rtt_nanos(&self) -> f64 {
+        self.subchannel.load.rtt.nanos()
+    }
+
     /// Whether the connection is still up. A picker may be a moment behind a connection
     /// that just ended; the channel skips such a subchannel.
     pub(crate) fn is_up(&self) -> bool {
@@ -166,6 +174,20 @@ impl fmt::Debug for ReadySubchannel {
     }
 }
 
+/// A READY subchannel over a lazily connected channel that never connects, for picker
+/// tests and benchmarks. Must be called within a tokio runtime.
+#[cfg(any(test, feature = "testing"))]
+pub(crate) fn fixture(id: u64, ewma: EwmaParams) -> ReadySubchannel {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 1 + id as u16));
+    let subchannel = new_subchannel(id, Address::new(addr), ewma);
+    subchannel.set_state(ConnectivityState::Ready);
+    ReadySubchannel {
+        subchannel,
+        channel: Endpoint::from_static("http://127.0.0.1:1").connect_lazy(),
+        link: Arc::new(Link::default()),
+    }
+}
+
 /// What a worker tells the control task.
 pub(crate) struct Event {
     pub(crate) id: u64,
@@ -179,35 +201,64 @@ pub(crate) enum Update {
     Lost(String),
     /// A connection attempt failed; the worker retries after a backoff.
     Failed(String),
+    /// No longer wanted: the worker let go of its connection and waits.
+    Idle,
 }
 
-/// Starts the worker for one address. Dropping the returned sender shuts it down: it
-/// drops its connection handle, and the connection closes once the calls still holding
-/// it finish (drain).
+/// The control task's handle on a worker.
+#[derive(Debug)]
+pub(crate) struct WorkerHandle {
+    /// Whether the subchannel should be connected. An unwanted subchannel stays IDLE
+    /// (and lets go of its connection): pick_first connects to one address at a time.
+    want: watch::Sender<bool>,
+    /// Dropping it stops the worker: it lets go of its connection, which closes once the
+    /// calls still holding it finish (drain).
+    _stop: oneshot::Sender<()>,
+}
+
+impl WorkerHandle {
+    /// Asks the worker to connect (true) or to let go and stay IDLE (false).
+    pub(crate) fn set_wanted(&self, wanted: bool) {
+        self.want
+            .send_if_modified(|w| std::mem::replace(w, wanted) != wanted);
+    }
+
+    pub(crate) fn is_wanted(&self) -> bool {
+        *self.want.borrow()
+    }
+}
+
+/// Starts the worker for one subchannel.
 pub(crate) fn spawn(
     subchannel: Arc<Subchannel>,
     settings: ConnectSettings,
+    wanted: bool,
     seed: u64,
     events: mpsc::UnboundedSender<Event>,
-) -> oneshot::Sender<()> {
+) -> WorkerHandle {
     let (stop_tx, stop_rx) = oneshot::channel();
+    let (want_tx, want_rx) = watch::channel(wanted);
     let worker = Worker {
         rng: SmallRng::seed_from_u64(seed ^ subchannel.id),
         backoff: Backoff::new(settings.backoff),
         subchannel,
         settings,
         events,
+        want: want_rx,
     };
     tokio::spawn(worker.run(stop_rx));
-    stop_tx
+    WorkerHandle {
+        want: want_tx,
+        _stop: stop_tx,
+    }
 }
 
-pub(crate) fn new_subchannel(id: u64, address: Address) -> Arc<Subchannel> {
+pub(crate) fn new_subchannel(id: u64, address: Address, ewma: EwmaParams) -> Arc<Subchannel> {
     Arc::new(Subchannel {
         id,
         address,
         state: AtomicU8::new(ConnectivityState::Idle.as_u8()),
-        load: Load::default(),
+        load: Load::new(ewma),
     })
 }
 
@@ -217,13 +268,35 @@ struct Worker {
     backoff: Backoff,
     rng: SmallRng,
     events: mpsc::UnboundedSender<Event>,
+    want: watch::Receiver<bool>,
+}
+
+/// Why a worker stopped waiting.
+enum Wake {
+    Stop,
+    Unwanted,
+    Done,
 }
 
 impl Worker {
     async fn run(mut self, mut stop: oneshot::Receiver<()>) {
         loop {
+            if !*self.want.borrow_and_update() {
+                if self.subchannel.state() != ConnectivityState::Idle {
+                    self.report(ConnectivityState::Idle, Update::Idle);
+                }
+                tokio::select! {
+                    biased;
+                    _ = &mut stop => break,
+                    changed = self.want.changed() => if changed.is_err() { break },
+                }
+                continue;
+            }
+            let mut want = self.want.clone();
             let attempt = tokio::select! {
+                biased;
                 _ = &mut stop => break,
+                _ = want.wait_for(|w| !*w) => continue,
                 attempt = self.connect() => attempt,
             };
             match attempt {
@@ -231,9 +304,11 @@ impl Worker {
                     self.backoff.reset();
                     let link = ready.link.clone();
                     self.report(ConnectivityState::Ready, Update::Ready(ready));
-                    tokio::select! {
-                        _ = &mut stop => break,
-                        _ = link.closed() => {}
+                    match self.wait(&mut stop, link.closed()).await {
+                        Wake::Stop => break,
+                        // Letting go of our handle; calls in flight keep theirs.
+                        Wake::Unwanted => continue,
+                        Wake::Done => {}
                     }
                     let why = format!("connection to {} lost", self.subchannel.address);
                     tracing::debug!(address = %self.subchannel.address, "{why}");
@@ -243,9 +318,8 @@ impl Worker {
                     tracing::debug!(address = %self.subchannel.address, %error, "connect failed");
                     self.report(ConnectivityState::TransientFailure, Update::Failed(error));
                     let delay = self.backoff.next_delay(&mut self.rng);
-                    tokio::select! {
-                        _ = &mut stop => break,
-                        _ = tokio::time::sleep(delay) => {}
+                    if let Wake::Stop = self.wait(&mut stop, tokio::time::sleep(delay)).await {
+                        break;
                     }
                 }
             }
@@ -253,7 +327,21 @@ impl Worker {
         self.subchannel.shut_down();
     }
 
-    async fn connect(&mut self) -> Result<ReadySubchannel, String> {
+    /// Waits for `done`, the stop signal, or the subchannel becoming unwanted.
+    async fn wait(
+        &mut self,
+        stop: &mut oneshot::Receiver<()>,
+        done: impl std::future::Future<Output = ()>,
+    ) -> Wake {
+        tokio::select! {
+            biased;
+            _ = stop => Wake::Stop,
+            _ = self.want.wait_for(|w| !*w) => Wake::Unwanted,
+            _ = done => Wake::Done,
+        }
+    }
+
+    async fn connect(&self) -> Result<ReadySubchannel, String> {
         self.report(ConnectivityState::Connecting, Update::Connecting);
         let address = &self.subchannel.address;
         let endpoint = (self.settings.endpoint)(address);

@@ -51,6 +51,9 @@ use pb::{
 };
 
 mod conn;
+mod picking;
+
+pub use picking::PickerFixture;
 
 /// Generated `grpc.testing` messages, client and server.
 #[allow(
