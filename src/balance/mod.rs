@@ -234,7 +234,7 @@ mod tests {
         let ready = {
             let _enter = rt.enter();
             (0..n as u64)
-                .map(|id| subchannel::fixture(id, default_ewma_params()))
+                .map(|id| subchannel::fixture(id, Some(default_ewma_params())))
                 .collect()
         };
         (rt, ready)

@@ -3,7 +3,7 @@
 use super::control::{ConnectMode, Control, Shared, Snapshot};
 use super::{BalancedChannel, Inner};
 use crate::backoff::BackoffParams;
-use crate::balance::{self, Picker, Policy};
+use crate::balance::{Picker, Policy};
 use crate::config::{MethodMap, MethodName};
 use crate::error::{Error, ErrorKind};
 use crate::resolver::{Address, Resolve, StaticList, Target};
@@ -236,8 +236,7 @@ impl Builder {
         let pickers = build_pickers(&self.policy, &self.method_policies, seed)?;
         let ewma = pickers
             .values()
-            .find_map(|(policy, _)| policy.ewma_params())
-            .unwrap_or_else(balance::default_ewma_params);
+            .find_map(|(policy, _)| policy.ewma_params());
         let mode = if pickers.values().all(|(policy, _)| policy.is_pick_first()) {
             ConnectMode::FirstReady
         } else {

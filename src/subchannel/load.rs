@@ -96,14 +96,19 @@ pub(crate) struct Load {
     in_flight: AtomicUsize,
     started: AtomicU64,
     pub(crate) rtt: Ewma,
+    /// Whether calls time their round trip. Only peak_ewma reads the estimate, and two
+    /// clock reads are most of what a call costs here, so other channels skip them.
+    track_rtt: bool,
 }
 
 impl Load {
-    pub(crate) fn new(params: EwmaParams) -> Self {
+    /// Counters that time round trips into an estimate with `params`, if given.
+    pub(crate) fn new(params: Option<EwmaParams>) -> Self {
         Self {
             in_flight: AtomicUsize::new(0),
             started: AtomicU64::new(0),
-            rtt: Ewma::new(params),
+            track_rtt: params.is_some(),
+            rtt: Ewma::new(params.unwrap_or_else(crate::balance::default_ewma_params)),
         }
     }
 
@@ -138,10 +143,8 @@ impl CallGuard {
         let load = &subchannel.load;
         load.in_flight.fetch_add(1, Ordering::Relaxed);
         load.started.fetch_add(1, Ordering::Relaxed);
-        Self {
-            subchannel,
-            sent: Some(Instant::now()),
-        }
+        let sent = load.track_rtt.then(Instant::now);
+        Self { subchannel, sent }
     }
 
     /// Response headers arrived. `status` is the `grpc-status` they carry if the response

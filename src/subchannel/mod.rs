@@ -82,7 +82,8 @@ pub(crate) struct ConnectSettings {
     pub(crate) backoff: BackoffParams,
     pub(crate) min_connect_timeout: Duration,
     pub(crate) endpoint: Arc<dyn Fn(&Address) -> Endpoint + Send + Sync>,
-    pub(crate) ewma: EwmaParams,
+    /// RTT estimate parameters when a peak_ewma policy needs the estimate.
+    pub(crate) ewma: Option<EwmaParams>,
 }
 
 /// The state of one subchannel that outlives its connections: its address, its state
@@ -153,7 +154,9 @@ impl ReadySubchannel {
     }
 
     /// The peak-EWMA round-trip estimate, in nanoseconds (see
-    /// [`Policy::peak_ewma`](crate::Policy::peak_ewma) for what is measured).
+    /// [`Policy::peak_ewma`](crate::Policy::peak_ewma) for what is measured). Round trips
+    /// are timed only on channels with a peak_ewma policy; elsewhere this stays at the
+    /// default.
     pub fn rtt_nanos(&self) -> f64 {
         self.subchannel.load.rtt.nanos()
     }
@@ -177,7 +180,7 @@ impl fmt::Debug for ReadySubchannel {
 /// A READY subchannel over a lazily connected channel that never connects, for picker
 /// tests and benchmarks. Must be called within a tokio runtime.
 #[cfg(any(test, feature = "testing"))]
-pub(crate) fn fixture(id: u64, ewma: EwmaParams) -> ReadySubchannel {
+pub(crate) fn fixture(id: u64, ewma: Option<EwmaParams>) -> ReadySubchannel {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 1 + id as u16));
     let subchannel = new_subchannel(id, Address::new(addr), ewma);
     subchannel.set_state(ConnectivityState::Ready);
@@ -253,7 +256,11 @@ pub(crate) fn spawn(
     }
 }
 
-pub(crate) fn new_subchannel(id: u64, address: Address, ewma: EwmaParams) -> Arc<Subchannel> {
+pub(crate) fn new_subchannel(
+    id: u64,
+    address: Address,
+    ewma: Option<EwmaParams>,
+) -> Arc<Subchannel> {
     Arc::new(Subchannel {
         id,
         address,
