@@ -55,6 +55,8 @@ mod picking;
 
 pub use picking::PickerFixture;
 
+pub mod bench;
+
 /// Generated `grpc.testing` messages, client and server.
 #[allow(
     missing_docs,
