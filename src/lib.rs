@@ -32,10 +32,11 @@
 mod backoff;
 pub mod balance;
 mod channel;
-mod config;
+pub mod config;
 pub mod deadline;
 mod error;
 pub mod resolver;
+pub mod retry;
 mod subchannel;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -24,6 +24,7 @@ pub use peak_ewma::PeakEwma;
 pub use pick_first::PickFirst;
 pub use round_robin::RoundRobin;
 
+use crate::config::LoadBalancingConfig;
 use crate::subchannel::{EwmaParams, ReadySubchannel};
 use std::fmt;
 use std::sync::Arc;
@@ -201,6 +202,31 @@ impl Policy {
             Kind::PickFirst => Arc::new(PickFirst),
             Kind::LeastRequest { choice_count } => Arc::new(LeastRequest::new(choice_count, seed)),
             Kind::PeakEwma(_) => Arc::new(PeakEwma::new(seed)),
+        }
+    }
+}
+
+impl From<&LoadBalancingConfig> for Policy {
+    fn from(config: &LoadBalancingConfig) -> Self {
+        match config {
+            LoadBalancingConfig::PickFirst => Policy::pick_first(),
+            LoadBalancingConfig::RoundRobin => Policy::round_robin(),
+            LoadBalancingConfig::LeastRequest { choice_count } => {
+                Policy::least_request().choice_count(*choice_count)
+            }
+            LoadBalancingConfig::PeakEwma { decay, default_rtt } => {
+                let mut policy = Policy::peak_ewma();
+                if let Some(decay) = decay {
+                    policy = policy.decay(*decay);
+                }
+                if let Some(rtt) = default_rtt {
+                    policy = policy.default_rtt(*rtt);
+                }
+                policy
+            }
+            // A policy added to the config format later: the default.
+            #[allow(unreachable_patterns)]
+            _ => Policy::default(),
         }
     }
 }

@@ -1,13 +1,15 @@
 //! The consuming builder for [`BalancedChannel`].
 
 use super::control::{ConnectMode, Control, Shared, Snapshot};
-use super::{BalancedChannel, Inner};
+use super::{BalancedChannel, CallConfig, Inner};
 use crate::backoff::BackoffParams;
 use crate::balance::{Picker, Policy};
-use crate::config::{MethodMap, MethodName};
+use crate::config::{MethodMap, MethodName, ServiceConfig};
 use crate::error::{Error, ErrorKind};
 use crate::resolver::{Address, Resolve, StaticList, Target};
+use crate::retry::{Budget, DEFAULT_REPLAY_BUFFER, RetryBudget, Throttle};
 use crate::subchannel::ConnectSettings;
+use crate::subchannel::EwmaParams;
 use arc_swap::ArcSwap;
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
@@ -121,6 +123,9 @@ pub struct Builder {
     backoff: ConnectionBackoff,
     wait_for_ready: bool,
     seed: Option<u64>,
+    service_config: Option<ServiceConfig>,
+    budget: Option<RetryBudget>,
+    replay_limit: usize,
 }
 
 impl Builder {
@@ -143,6 +148,9 @@ impl Builder {
             backoff: ConnectionBackoff::default(),
             wait_for_ready: false,
             seed: None,
+            service_config: None,
+            budget: None,
+            replay_limit: DEFAULT_REPLAY_BUFFER,
         }
     }
 
@@ -216,6 +224,40 @@ impl Builder {
         self
     }
 
+    /// The gRPC service config, as JSON: per-method timeouts, wait-for-ready, retry and
+    /// hedging policies, retry throttling, and the load-balancing policy (which, when
+    /// given, replaces [`Builder::policy`]). Unknown fields are ignored, as gRPC does.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidConfig`] naming the offending field's path, e.g.
+    /// `methodConfig[1].retryPolicy.maxAttempts: must be > 1, got 1`.
+    pub fn service_config_json(self, json: &str) -> Result<Self, Error> {
+        let config = ServiceConfig::from_json(json).map_err(invalid_config)?;
+        Ok(self.service_config(config))
+    }
+
+    /// The service config built in code; checked by [`Builder::build`].
+    pub fn service_config(mut self, config: ServiceConfig) -> Self {
+        self.service_config = Some(config);
+        self
+    }
+
+    /// Caps retries and hedges at a share of recent calls (see
+    /// [`retry`](crate::retry) for when to prefer it to the service config's
+    /// `retryThrottling`). Off by default.
+    pub fn retry_budget(mut self, budget: RetryBudget) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// How much of a call's request body is kept so the call can be sent again (retries,
+    /// hedges, transparent retries). A call whose body grows past it is committed.
+    /// Default [`DEFAULT_REPLAY_BUFFER`] (256 KiB).
+    pub fn retry_buffer_size(mut self, bytes: usize) -> Self {
+        self.replay_limit = bytes;
+        self
+    }
+
     /// Checks the settings, starts the channel's control task and returns the channel.
     /// Connections are made in the background; the first calls queue until a backend is
     /// READY (or all have failed).
@@ -233,14 +275,20 @@ impl Builder {
         })?;
         let backoff = self.backoff.validate()?;
         let seed = self.seed_or_random();
-        let pickers = build_pickers(&self.policy, &self.method_policies, seed)?;
-        let ewma = pickers
-            .values()
-            .find_map(|(policy, _)| policy.ewma_params());
-        let mode = if pickers.values().all(|(policy, _)| policy.is_pick_first()) {
-            ConnectMode::FirstReady
-        } else {
-            ConnectMode::All
+        let policies = Policies {
+            policy: self.policy.clone(),
+            methods: self.method_policies.clone(),
+            seed,
+        };
+        let (call_config, mode, ewma) = policies.call_config(self.service_config.as_ref())?;
+        let budget = match &self.budget {
+            Some(budget) => {
+                budget
+                    .validate()
+                    .map_err(|e| Error::new(ErrorKind::InvalidConfig, e))?;
+                Some(Budget::new(budget.clone()))
+            }
+            None => None,
         };
         let (resolver, authority): (Box<dyn Resolve>, Option<String>) = match self.source? {
             Source::Resolver(resolver) => (resolver, None),
@@ -275,6 +323,7 @@ impl Builder {
             published: watch::Sender::new(()),
         });
         let (stop_tx, stop_rx) = oneshot::channel();
+        let (mode_tx, mode_rx) = watch::channel((mode, ewma));
         let control = Control {
             shared: shared.clone(),
             resolver,
@@ -287,17 +336,74 @@ impl Builder {
             seed,
             target: self.name.clone(),
             mode,
+            mode_updates: mode_rx,
         };
         runtime.spawn(control.run(stop_rx));
         Ok(BalancedChannel {
             inner: Arc::new(Inner {
                 shared,
                 target: self.name,
-                pickers: pickers.map(|(_, picker)| picker),
+                config: ArcSwap::from_pointee(call_config),
                 wait_for_ready: self.wait_for_ready,
+                budget,
+                replay_limit: self.replay_limit,
+                seed,
+                calls: Default::default(),
+                mode: mode_tx,
+                policies,
                 _stop: stop_tx,
             }),
         })
+    }
+}
+
+/// Wraps a service config error as the crate's error.
+pub(super) fn invalid_config(error: crate::config::InvalidConfig) -> Error {
+    Error::new(ErrorKind::InvalidConfig, format!("service config: {error}"))
+}
+
+/// The policies set on the builder, kept so a service config update can be applied on
+/// top of them.
+#[derive(Clone, Debug)]
+pub(super) struct Policies {
+    policy: Policy,
+    methods: Vec<(String, Policy)>,
+    seed: u64,
+}
+
+impl Policies {
+    /// What calls consult, from these policies and a service config; plus how the
+    /// channel must connect and the RTT estimate parameters its policies need.
+    pub(super) fn call_config(
+        &self,
+        service_config: Option<&ServiceConfig>,
+    ) -> Result<(CallConfig, ConnectMode, Option<EwmaParams>), Error> {
+        if let Some(config) = service_config {
+            config.validate().map_err(invalid_config)?;
+        }
+        // The service config's loadBalancingConfig, when present, is the channel's policy.
+        let default = service_config
+            .and_then(|c| c.load_balancing.as_ref())
+            .map_or_else(|| self.policy.clone(), Policy::from);
+        let pickers = build_pickers(&default, &self.methods, self.seed)?;
+        let ewma = pickers
+            .values()
+            .find_map(|(policy, _)| policy.ewma_params());
+        let mode = if pickers.values().all(|(policy, _)| policy.is_pick_first()) {
+            ConnectMode::FirstReady
+        } else {
+            ConnectMode::All
+        };
+        let call_config = CallConfig {
+            pickers: pickers.map(|(_, picker)| picker),
+            methods: service_config
+                .map(ServiceConfig::method_map)
+                .unwrap_or_else(|| MethodMap::new(None)),
+            throttle: service_config
+                .and_then(|c| c.retry_throttling.as_ref())
+                .map(|t| Arc::new(Throttle::new(t.max_tokens, t.token_ratio))),
+        };
+        Ok((call_config, mode, ewma))
     }
 }
 
@@ -375,6 +481,9 @@ impl fmt::Debug for Builder {
             .field("connection_backoff", &self.backoff)
             .field("wait_for_ready", &self.wait_for_ready)
             .field("seed", &self.seed)
+            .field("service_config", &self.service_config)
+            .field("retry_budget", &self.budget)
+            .field("retry_buffer_size", &self.replay_limit)
             .finish_non_exhaustive()
     }
 }

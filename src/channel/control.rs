@@ -7,8 +7,8 @@
 
 use crate::resolver::{Address, Resolve};
 use crate::subchannel::{
-    self, ConnectSettings, ConnectivityState, Event, ReadySubchannel, Subchannel, Update,
-    WorkerHandle,
+    self, ConnectSettings, ConnectivityState, Event, EwmaParams, ReadySubchannel, Subchannel,
+    Update, WorkerHandle,
 };
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
@@ -76,6 +76,8 @@ pub(crate) struct Control {
     pub(crate) seed: u64,
     pub(crate) target: String,
     pub(crate) mode: ConnectMode,
+    /// Service config updates that change how to connect or what to measure.
+    pub(crate) mode_updates: watch::Receiver<(ConnectMode, Option<EwmaParams>)>,
 }
 
 struct State {
@@ -116,6 +118,17 @@ impl Control {
                             state.resolver_error = Some(error.to_string());
                         }
                         None => resolver_done = true,
+                    }
+                }
+                Ok(()) = self.mode_updates.changed() => {
+                    let (mode, ewma) = *self.mode_updates.borrow_and_update();
+                    self.mode = mode;
+                    self.settings.ewma = ewma;
+                    for entry in state.entries.values() {
+                        entry.subchannel.load.set_rtt_tracking(ewma.is_some());
+                        if mode == ConnectMode::All {
+                            entry.worker.set_wanted(true);
+                        }
                     }
                 }
                 Some(event) = events.recv() => {

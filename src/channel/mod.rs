@@ -7,6 +7,7 @@
 //! connecting, fails at once with UNAVAILABLE once all have failed, and with
 //! wait-for-ready keeps waiting until one is READY or its deadline passes.
 
+mod attempt;
 mod builder;
 mod control;
 mod future;
@@ -19,19 +20,33 @@ pub use builder::{
 pub use future::ResponseFuture;
 
 use crate::balance::Picker;
-use crate::config::MethodMap;
+use crate::config::{MethodConfig, MethodMap, ServiceConfig};
 use crate::deadline;
-use crate::subchannel::{CallGuard, ConnectivityState, ReadySubchannel, SubchannelInfo};
-use control::{Shared, Snapshot};
+use crate::retry::{Budget, Replay, Throttle};
+use crate::subchannel::EwmaParams;
+use crate::subchannel::{ConnectivityState, ReadySubchannel, SubchannelInfo};
+use arc_swap::ArcSwap;
+use attempt::CallResult;
+use builder::Policies;
+use control::{ConnectMode, Shared, Snapshot};
 use future::GuardedBody;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tonic::Status;
 use tonic::body::Body;
-use tower::{Service, ServiceExt};
+use tower::Service;
+
+/// What a call looks up for its method. Swapped whole when the service config changes.
+#[derive(Debug)]
+struct CallConfig {
+    pickers: MethodMap<Arc<dyn Picker>>,
+    methods: MethodMap<Option<Arc<MethodConfig>>>,
+    throttle: Option<Arc<Throttle>>,
+}
 
 /// A per-call wait-for-ready flag, set as a request extension.
 ///
@@ -64,8 +79,18 @@ pub struct BalancedChannel {
 struct Inner {
     shared: Arc<Shared>,
     target: String,
-    pickers: MethodMap<Arc<dyn Picker>>,
+    /// What calls consult per method; replaced whole by a service config update.
+    config: ArcSwap<CallConfig>,
     wait_for_ready: bool,
+    budget: Option<Budget>,
+    replay_limit: usize,
+    seed: u64,
+    /// Calls that needed a backoff, to vary their jitter seeds.
+    calls: AtomicU64,
+    /// Tells the control task how to connect when a config update changes the policies.
+    mode: watch::Sender<(ConnectMode, Option<EwmaParams>)>,
+    /// The builder's policies, under each service config update.
+    policies: Policies,
     /// Dropped with the last handle: stops the control task.
     _stop: oneshot::Sender<()>,
 }
@@ -101,6 +126,29 @@ impl BalancedChannel {
         snapshot.subchannels.iter().map(|s| s.info()).collect()
     }
 
+    /// Replaces the service config (JSON) while the channel runs: calls started after it
+    /// returns use the new per-method settings, policies and throttling. An invalid
+    /// config changes nothing: the channel keeps the previous good one (gRFC A21).
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidConfig`](crate::ErrorKind::InvalidConfig) naming the bad field.
+    pub fn update_service_config_json(&self, json: &str) -> Result<(), crate::Error> {
+        let config = ServiceConfig::from_json(json).map_err(builder::invalid_config)?;
+        self.update_service_config(&config)
+    }
+
+    /// Replaces the service config with one built in code; see
+    /// [`update_service_config_json`](Self::update_service_config_json).
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidConfig`](crate::ErrorKind::InvalidConfig) naming the bad field.
+    pub fn update_service_config(&self, config: &ServiceConfig) -> Result<(), crate::Error> {
+        let (call_config, mode, ewma) = self.inner.policies.call_config(Some(config))?;
+        self.inner.config.store(Arc::new(call_config));
+        self.inner.mode.send_replace((mode, ewma));
+        Ok(())
+    }
+
     /// Waits until `done` holds for the channel's subchannels, re-checking after every
     /// change the control task publishes. Useful for readiness probes and tests:
     /// `channel.wait_for(|subs| subs.iter().all(|s| s.state == Ready)).await`.
@@ -127,7 +175,7 @@ impl fmt::Debug for BalancedChannel {
         f.debug_struct("BalancedChannel")
             .field("target", &self.inner.target)
             .field("state", &self.state())
-            .field("policy", self.inner.pickers.get(""))
+            .field("policy", self.inner.config.load().pickers.get(""))
             .finish()
     }
 }
@@ -149,56 +197,82 @@ impl Service<http::Request<Body>> for BalancedChannel {
 // === impl Inner ===
 
 impl Inner {
-    async fn call(
-        self: Arc<Self>,
-        mut request: http::Request<Body>,
-    ) -> Result<http::Response<Body>, Status> {
-        let deadline = match deadline::request_timeout(request.headers()) {
+    async fn call(self: Arc<Self>, request: http::Request<Body>) -> CallResult {
+        let config = self.config.load_full();
+        let path = request.uri().path();
+        let picker = &**config.pickers.get(path);
+        let method = config.methods.get(path).as_deref();
+
+        // The earliest of: inherited, set on the request, configured for the method.
+        let requested = match deadline::request_timeout(request.headers()) {
             None => None,
-            Some(Ok(timeout)) => Some(Instant::now() + timeout),
+            Some(Ok(timeout)) => Some(timeout),
             // The caller's own code wrote a bad header: say so rather than drop the deadline.
             Some(Err(invalid)) => return Err(Status::internal(invalid.to_string())),
         };
+        let now = Instant::now();
+        let deadline = [
+            deadline::current(),
+            requested.map(|t| now + t),
+            method.and_then(|m| m.timeout).map(|t| now + t),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        if deadline.is_some_and(|d| d <= now) {
+            return Err(Status::deadline_exceeded(format!(
+                "deadline exceeded before the call to {} was sent",
+                self.target
+            )));
+        }
         let wait_for_ready = request
             .extensions()
             .get::<WaitForReady>()
-            .map_or(self.wait_for_ready, |w| w.0);
-
-        let picker = &**self.pickers.get(request.uri().path());
-        let (ready, waited) = match self.try_pick(picker, &self.shared.snapshot.load()) {
-            Some(ready) => (ready, false),
-            None => (
-                self.wait_for_pick(picker, wait_for_ready, deadline).await?,
-                true,
-            ),
-        };
-        if let (true, Some(deadline)) = (waited, deadline) {
-            // Send the time actually left, not the time the caller first asked for.
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(self.deadline_exceeded(&self.shared.snapshot.load()));
-            }
-            request
-                .headers_mut()
-                .insert(deadline::GRPC_TIMEOUT, deadline::encode_timeout(left));
+            .map(|w| w.0)
+            .or_else(|| method.and_then(|m| m.wait_for_ready))
+            .unwrap_or(self.wait_for_ready);
+        if let Some(budget) = &self.budget {
+            budget.deposit();
         }
 
-        let addr = ready.address().addr;
-        let mut guard = CallGuard::new(ready.subchannel.clone());
-        let mut channel = ready.channel;
-        let send = async {
-            channel.ready().await?;
-            channel.call(request).await
+        let (parts, body) = request.into_parts();
+        let call = attempt::Call {
+            inner: &self,
+            picker,
+            parts,
+            replay: Replay::new(body, self.replay_limit),
+            wait_for_ready,
+            deadline,
+            throttle: config.throttle.as_deref(),
         };
-        match send.await {
-            Ok(response) => {
-                guard.responded(trailers_only_status(response.headers()));
-                Ok(response.map(|body| GuardedBody::wrap(body, guard, addr)))
-            }
-            Err(error) => {
-                guard.failed();
-                Err(status::from_send_error(&error, addr))
-            }
+        match (
+            method.and_then(|m| m.retry_policy.as_ref()),
+            method.and_then(|m| m.hedging_policy.as_ref()),
+        ) {
+            (_, Some(hedging)) => call.run_hedged(hedging).await,
+            (retry, None) => call.run(retry).await,
+        }
+    }
+
+    /// A seed for one call's backoff jitter: reproducible from the channel's seed.
+    fn next_seed(&self) -> u64 {
+        self.seed.wrapping_add(
+            self.calls
+                .fetch_add(1, Ordering::Relaxed)
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        )
+    }
+
+    /// Picks a READY subchannel, queueing if none is ready yet.
+    async fn pick(
+        &self,
+        picker: &dyn Picker,
+        wait_for_ready: bool,
+        deadline: Option<Instant>,
+    ) -> Result<ReadySubchannel, Status> {
+        match self.try_pick(picker, &self.shared.snapshot.load()) {
+            Some(ready) => Ok(ready),
+            None => self.wait_for_pick(picker, wait_for_ready, deadline).await,
         }
     }
 
@@ -246,7 +320,7 @@ impl Inner {
             let outcome = match deadline {
                 Some(deadline) => match tokio::time::timeout_at(deadline, changed).await {
                     Ok(outcome) => outcome,
-                    Err(_) => return Err(self.deadline_exceeded(&snapshot)),
+                    Err(_) => return Err(self.deadline_exceeded(Some(&snapshot))),
                 },
                 None => changed.await,
             };
@@ -256,7 +330,11 @@ impl Inner {
         }
     }
 
-    fn deadline_exceeded(&self, snapshot: &Snapshot) -> Status {
+    fn deadline_exceeded(&self, snapshot: Option<&Snapshot>) -> Status {
+        let snapshot = match snapshot {
+            Some(snapshot) => snapshot,
+            None => &self.shared.snapshot.load(),
+        };
         Status::deadline_exceeded(format!(
             "deadline exceeded waiting for a ready endpoint of {} (channel {}: {})",
             self.target,

@@ -37,6 +37,23 @@ pub(crate) fn from_send_error(err: &(dyn StdError + 'static), addr: SocketAddr) 
     Status::unavailable(format!("error sending to {addr}: {}", chain(err)))
 }
 
+/// Whether a send error shows the server never processed the request: the connection
+/// was already closed when the call reached it, or the server refused the stream
+/// (REFUSED_STREAM, which HTTP/2 defines as "not processed").
+pub(crate) fn never_processed(err: &(dyn StdError + 'static)) -> bool {
+    let mut source = Some(err);
+    while let Some(e) = source {
+        if e.is::<ConnectionClosed>()
+            || e.downcast_ref::<h2::Error>()
+                .is_some_and(|h2| h2.reason() == Some(h2::Reason::REFUSED_STREAM))
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 /// Maps an error status from a response body: tonic reports a broken connection under
 /// a stream as UNKNOWN; the caller should see UNAVAILABLE.
 pub(crate) fn from_body_error(status: Status, addr: SocketAddr) -> Status {

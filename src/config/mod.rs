@@ -1,8 +1,22 @@
 //! Per-method configuration: method names and the "exact > service > default" lookup
-//! gRPC uses for everything configured per method.
+//! gRPC uses for everything configured per method, and the gRPC service config (JSON) as
+//! typed Rust: [`ServiceConfig`] (types and validation in `service_config.rs`, the JSON
+//! walk in `json.rs`).
 
 use std::collections::HashMap;
 use std::fmt;
+
+mod json;
+mod service_config;
+#[cfg(test)]
+mod service_config_tests;
+
+#[allow(unused_imports)] // For durations configured as strings elsewhere in the crate.
+pub(crate) use json::parse_duration;
+pub use service_config::{
+    HealthCheckConfig, HedgingPolicy, InvalidConfig, LoadBalancingConfig, MethodConfig,
+    MethodPattern, RetryPolicy, RetryThrottling, ServiceConfig,
+};
 
 /// A method name as configuration writes it: a whole service (`pkg.Svc`) or one method
 /// (`pkg.Svc/Method`, with or without a leading `/`).
@@ -22,19 +36,37 @@ pub(crate) struct InvalidMethodName {
 
 impl MethodName {
     pub(crate) fn parse(name: &str) -> Result<Self, InvalidMethodName> {
-        let invalid = |reason| InvalidMethodName {
-            name: name.to_owned(),
-            reason,
-        };
         let path = name.strip_prefix('/');
         let (service, method) = match path.unwrap_or(name).split_once('/') {
             Some((service, method)) => (service, Some(method)),
             None if path.is_some() => {
-                return Err(invalid(
-                    "a path (leading '/') must name a method: /pkg.Service/Method",
-                ));
+                return Err(InvalidMethodName {
+                    name: name.to_owned(),
+                    reason: "a path (leading '/') must name a method: /pkg.Service/Method",
+                });
             }
             None => (name, None),
+        };
+        Self::checked(name, service, method)
+    }
+
+    /// A name from its parts, as the service config writes it (`{"service": .., "method": ..}`),
+    /// with the same rules as [`MethodName::parse`].
+    pub(crate) fn from_parts(
+        service: &str,
+        method: Option<&str>,
+    ) -> Result<Self, InvalidMethodName> {
+        let name = match method {
+            Some(method) => format!("{service}/{method}"),
+            None => service.to_owned(),
+        };
+        Self::checked(&name, service, method)
+    }
+
+    fn checked(name: &str, service: &str, method: Option<&str>) -> Result<Self, InvalidMethodName> {
+        let invalid = |reason| InvalidMethodName {
+            name: name.to_owned(),
+            reason,
         };
         if service.is_empty() {
             return Err(invalid(
@@ -144,6 +176,19 @@ mod tests {
         assert_eq!(MethodName::parse("pkg.Svc/Get").unwrap(), m);
         let s = MethodName::parse("pkg.Svc").unwrap();
         assert_eq!(s.method, None);
+        assert_eq!(MethodName::from_parts("pkg.Svc", Some("Get")).unwrap(), m);
+        assert_eq!(MethodName::from_parts("pkg.Svc", None).unwrap(), s);
+        for (service, method) in [
+            ("", None),
+            ("pkg.Svc", Some("")),
+            ("a/b", None),
+            ("pkg.Svc", Some("a/b")),
+        ] {
+            assert!(
+                MethodName::from_parts(service, method).is_err(),
+                "{service:?} {method:?}"
+            );
+        }
         for bad in [
             "",
             "/",

@@ -1,12 +1,74 @@
-//! Deadlines: the `grpc-timeout` header's wire format.
+//! Deadlines: the `grpc-timeout` wire format, and deadlines that follow a request from
+//! service to service.
 //!
-//! gRPC carries a call's remaining time in the `grpc-timeout` request header: at most eight
-//! ASCII digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`). The channel reads it from each
-//! request (tonic's `Request::set_timeout` writes it) to know how long a call may wait for a
-//! ready subchannel, and rewrites it with the time actually left when the call is sent.
+//! gRPC carries a call's remaining time in the `grpc-timeout` request header: at most
+//! eight ASCII digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`).
+//!
+//! # Why propagate
+//! A front service with 300 ms left on its own request gains nothing from a back-end
+//! call that runs for 2 s: the caller is gone by then. Propagation makes every call made
+//! while handling a request inherit what is left of that request's deadline, so work
+//! stops everywhere at once.
+//!
+//! # How
+//! On the server, [`DeadlineLayer`] reads each inbound request's `grpc-timeout` and makes
+//! it the *inherited deadline* while the handler runs (a tokio task-local). A
+//! [`BalancedChannel`](crate::BalancedChannel) call made inside the handler uses the
+//! earliest of: the inherited deadline, the call's own `grpc-timeout`
+//! (`tonic::Request::set_timeout`) and its method's configured timeout; it sends the time
+//! left as `grpc-timeout`, and fails at once with DEADLINE_EXCEEDED, without sending, if
+//! none is left.
+//!
+//! A task-local does not cross `tokio::spawn`: wrap spawned work in [`scope`] with
+//! [`current`] to carry the deadline along.
+//!
+//! ```
+//! # async fn handler() {
+//! use tonic_balancer::deadline;
+//! let inherited = deadline::current();
+//! tokio::spawn(async move {
+//!     let work = async { /* calls here see the same deadline */ };
+//!     match inherited {
+//!         Some(d) => deadline::scope(d, work).await,
+//!         None => work.await,
+//!     }
+//! });
+//! # }
+//! ```
+
+mod layer;
+
+pub use layer::{DeadlineLayer, DeadlineService};
 
 use http::HeaderValue;
+use std::future::Future;
 use std::time::Duration;
+use tokio::task::futures::TaskLocalFuture;
+use tokio::time::Instant;
+
+tokio::task_local! {
+    static INHERITED: Option<Instant>;
+}
+
+/// The deadline inherited from the request being handled, if any.
+pub fn current() -> Option<Instant> {
+    INHERITED.try_with(|d| *d).ok().flatten()
+}
+
+/// Runs `future` with `deadline` as its inherited deadline, or the one already inherited
+/// if that is earlier: a scope can shorten a deadline, never extend it.
+pub fn scope<F: Future>(deadline: Instant, future: F) -> TaskLocalFuture<Option<Instant>, F> {
+    let deadline = current().map_or(deadline, |outer| outer.min(deadline));
+    INHERITED.scope(Some(deadline), future)
+}
+
+/// Runs `future` with this inherited deadline (`None`: none), replacing any outer one.
+pub(crate) fn scope_exact<F: Future>(
+    deadline: Option<Instant>,
+    future: F,
+) -> TaskLocalFuture<Option<Instant>, F> {
+    INHERITED.scope(deadline, future)
+}
 
 /// The header that carries a call's timeout.
 pub const GRPC_TIMEOUT: &str = "grpc-timeout";
@@ -104,6 +166,24 @@ pub(crate) fn request_timeout(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn scopes_nest_and_only_shorten() {
+        assert_eq!(current(), None);
+        let now = Instant::now();
+        let (long, short) = (now + Duration::from_secs(10), now + Duration::from_secs(1));
+        scope(long, async move {
+            assert_eq!(current(), Some(long));
+            scope(short, async move { assert_eq!(current(), Some(short)) }).await;
+            // An inner scope cannot extend the outer deadline.
+            scope(now + Duration::from_secs(60), async move {
+                assert_eq!(current(), Some(long))
+            })
+            .await;
+        })
+        .await;
+        assert_eq!(current(), None);
+    }
 
     fn enc(d: Duration) -> String {
         encode_timeout(d).to_str().unwrap().to_owned()

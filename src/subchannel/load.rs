@@ -5,7 +5,7 @@
 
 use super::Subchannel;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
 use tonic::Code;
@@ -98,7 +98,7 @@ pub(crate) struct Load {
     pub(crate) rtt: Ewma,
     /// Whether calls time their round trip. Only peak_ewma reads the estimate, and two
     /// clock reads are most of what a call costs here, so other channels skip them.
-    track_rtt: bool,
+    track_rtt: AtomicBool,
 }
 
 impl Load {
@@ -107,7 +107,7 @@ impl Load {
         Self {
             in_flight: AtomicUsize::new(0),
             started: AtomicU64::new(0),
-            track_rtt: params.is_some(),
+            track_rtt: AtomicBool::new(params.is_some()),
             rtt: Ewma::new(params.unwrap_or_else(crate::balance::default_ewma_params)),
         }
     }
@@ -119,6 +119,11 @@ impl Load {
     /// Calls started on this subchannel since it was created.
     pub(crate) fn started(&self) -> u64 {
         self.started.load(Ordering::Relaxed)
+    }
+
+    /// Turns round-trip timing on or off (a config update added or removed peak_ewma).
+    pub(crate) fn set_rtt_tracking(&self, on: bool) {
+        self.track_rtt.store(on, Ordering::Relaxed);
     }
 }
 
@@ -143,7 +148,7 @@ impl CallGuard {
         let load = &subchannel.load;
         load.in_flight.fetch_add(1, Ordering::Relaxed);
         load.started.fetch_add(1, Ordering::Relaxed);
-        let sent = load.track_rtt.then(Instant::now);
+        let sent = load.track_rtt.load(Ordering::Relaxed).then(Instant::now);
         Self { subchannel, sent }
     }
 

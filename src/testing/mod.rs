@@ -179,6 +179,9 @@ impl BackendBuilder {
         let behaviour = Behaviour {
             latency: self.latency,
             failure: (clamp_fraction(self.failure.0), self.failure.1),
+            scripted: (0, Code::Ok),
+            pushback: None,
+            seen: Vec::new(),
             rng: SmallRng::seed_from_u64(self.seed),
         };
         let (in_flight, _) = watch::channel(0);
@@ -257,6 +260,22 @@ impl Backend {
     /// `Code::Ok` disables failures.
     pub fn set_failure(&self, fraction: f64, code: Code) {
         lock(&self.shared.behaviour).failure = (clamp_fraction(fraction), code);
+    }
+
+    /// Fails the next `n` calls with `code`, whatever the random failure rate says.
+    pub fn fail_next(&self, n: u32, code: Code) {
+        lock(&self.shared.behaviour).scripted = (n, code);
+    }
+
+    /// Sends `grpc-retry-pushback-ms: value` (verbatim: it may be negative or garbage)
+    /// with every failure; `None` stops.
+    pub fn set_pushback(&self, value: Option<&str>) {
+        lock(&self.shared.behaviour).pushback = value.map(str::to_owned);
+    }
+
+    /// The gRPC metadata of every call received so far, oldest first.
+    pub fn seen(&self) -> Vec<SeenRequest> {
+        lock(&self.shared.behaviour).seen.clone()
     }
 
     /// Reports `SERVING` or `NOT_SERVING` for `""` and `grpc.testing.TestService`.
@@ -389,27 +408,60 @@ struct Shared {
 struct Behaviour {
     latency: Latency,
     failure: (f64, Code),
+    /// Calls still to fail, with their code, before the random failures apply.
+    scripted: (u32, Code),
+    /// `grpc-retry-pushback-ms` sent with every failure, verbatim.
+    pushback: Option<String>,
+    seen: Vec<SeenRequest>,
     rng: SmallRng,
 }
 
-/// Counts a call and samples its fate.
-fn begin(shared: &Arc<Shared>) -> (InFlight, Duration, Result<(), Status>) {
+/// What a backend saw of one request's gRPC metadata.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SeenRequest {
+    /// The `grpc-previous-rpc-attempts` header, if the call was a retry or hedge.
+    pub previous_attempts: Option<u32>,
+    /// The `grpc-timeout` header, decoded.
+    pub timeout: Option<Duration>,
+}
+
+/// Counts a call, records its metadata and samples its fate.
+fn begin(
+    shared: &Arc<Shared>,
+    metadata: &tonic::metadata::MetadataMap,
+) -> (InFlight, Duration, Result<(), Status>) {
     shared.calls.fetch_add(1, Ordering::Relaxed);
     shared.in_flight.send_modify(|n| *n += 1);
-    let mut b = lock(&shared.behaviour);
-    let Behaviour {
-        latency,
-        failure: (fraction, code),
-        rng,
-    } = &mut *b;
-    let delay = latency.sample(rng);
-    let fail = rng.random::<f64>() < *fraction && *code != Code::Ok;
-    let outcome = match fail {
-        true => Err(Status::new(
-            *code,
-            format!("{}: injected failure", shared.server_id),
-        )),
-        false => Ok(()),
+    let header = |name| metadata.get(name).map(|v| v.as_bytes().to_vec());
+    let seen = SeenRequest {
+        previous_attempts: header("grpc-previous-rpc-attempts")
+            .and_then(|v| String::from_utf8(v).ok())
+            .and_then(|v| v.parse().ok()),
+        timeout: header("grpc-timeout").and_then(|v| crate::deadline::decode_timeout(&v).ok()),
+    };
+    let mut guard = lock(&shared.behaviour);
+    let b = &mut *guard;
+    b.seen.push(seen);
+    let delay = b.latency.sample(&mut b.rng);
+    let code = if b.scripted.0 > 0 {
+        b.scripted.0 -= 1;
+        Some(b.scripted.1)
+    } else {
+        let (fraction, code) = b.failure;
+        (b.rng.random::<f64>() < fraction && code != Code::Ok).then_some(code)
+    };
+    let outcome = match code {
+        Some(code) => {
+            let mut status = Status::new(code, format!("{}: injected failure", shared.server_id));
+            if let Some(value) = b.pushback.as_deref().and_then(|v| v.parse().ok()) {
+                status
+                    .metadata_mut()
+                    .insert("grpc-retry-pushback-ms", value);
+            }
+            Err(status)
+        }
+        None => Ok(()),
     };
     (InFlight(shared.clone()), delay, outcome)
 }
@@ -456,8 +508,8 @@ struct Service(Arc<Shared>);
 
 #[tonic::async_trait]
 impl TestService for Service {
-    async fn empty_call(&self, _: Request<Empty>) -> Result<Response<Empty>, Status> {
-        let (_guard, latency, outcome) = begin(&self.0);
+    async fn empty_call(&self, request: Request<Empty>) -> Result<Response<Empty>, Status> {
+        let (_guard, latency, outcome) = begin(&self.0, request.metadata());
         delay(latency).await;
         outcome.map(|()| Response::new(Empty {}))
     }
@@ -466,7 +518,7 @@ impl TestService for Service {
         &self,
         request: Request<SimpleRequest>,
     ) -> Result<Response<SimpleResponse>, Status> {
-        let (_guard, latency, outcome) = begin(&self.0);
+        let (_guard, latency, outcome) = begin(&self.0, request.metadata());
         let req = request.into_inner();
         let len = payload_len(req.response_size)?;
         delay(latency).await;
@@ -491,7 +543,7 @@ impl TestService for Service {
         &self,
         request: Request<StreamingOutputCallRequest>,
     ) -> Result<Response<OutputStream>, Status> {
-        let (guard, latency, outcome) = begin(&self.0);
+        let (guard, latency, outcome) = begin(&self.0, request.metadata());
         let req = request.into_inner();
         let steps = req.response_parameters.iter().map(|p| {
             let wait = Duration::from_micros(u64::try_from(p.interval_us).unwrap_or(0));

@@ -1,0 +1,269 @@
+//! The attempt driver: one call, one or more attempts (gRFC A6).
+//!
+//! Every attempt is a new pick (retries sit above the balancer), carries the time left
+//! as `grpc-timeout`, and after the first carries `grpc-previous-rpc-attempts`. A call is
+//! *committed*, and never sent again, once response headers arrive that are not a
+//! Trailers-Only response, or once its request body outgrows the replay buffer.
+
+use super::{Inner, status, trailers_only_status};
+use crate::backoff::{Backoff, BackoffParams};
+use crate::balance::Picker;
+use crate::config::{HedgingPolicy, RetryPolicy};
+use crate::deadline::{self, GRPC_TIMEOUT};
+use crate::retry::{Pushback, Replay, Throttle, pushback};
+use crate::subchannel::CallGuard;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use http::HeaderValue;
+use http::request::Parts;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+use tokio::time::Instant;
+use tonic::body::Body;
+use tonic::{Code, Status};
+
+/// Retries of attempts that never left the client, per call. They do not count against
+/// `maxAttempts`; this only stops a call from spinning if every pick lands on a
+/// connection that has just closed.
+const MAX_TRANSPARENT_RETRIES: u32 = 10;
+
+pub(super) type CallResult = Result<http::Response<Body>, Status>;
+
+/// How one attempt ended.
+enum Attempt {
+    /// Response headers arrived.
+    Response(http::Response<Body>),
+    /// The transport failed. `sent` is false if the request never reached the server's
+    /// handler (its body was never read, or the stream was refused).
+    Failed { status: Status, sent: bool },
+    /// No subchannel could be picked (the channel is failing, or the deadline passed).
+    NotPicked(Status),
+}
+
+/// The end of a call, as retry decisions see it.
+enum Verdict {
+    /// OK, or committed: hand it to the caller.
+    Done(CallResult),
+    /// Failed with this code; may be retried. Carries what the caller gets if not.
+    Failed(Code, CallResult, Pushback),
+}
+
+fn verdict(attempt: Attempt) -> Verdict {
+    match attempt {
+        Attempt::Response(response) => match trailers_only_status(response.headers()) {
+            None | Some(Code::Ok) => Verdict::Done(Ok(response)),
+            Some(code) => {
+                let push = pushback(response.headers());
+                Verdict::Failed(code, Ok(response), push)
+            }
+        },
+        Attempt::Failed { status, .. } => {
+            Verdict::Failed(status.code(), Err(status), Pushback::None)
+        }
+        Attempt::NotPicked(status) => Verdict::Done(Err(status)),
+    }
+}
+
+/// One call's fixed inputs.
+pub(super) struct Call<'a> {
+    pub(super) inner: &'a Inner,
+    pub(super) picker: &'a dyn Picker,
+    pub(super) parts: Parts,
+    pub(super) replay: Replay,
+    pub(super) wait_for_ready: bool,
+    pub(super) deadline: Option<Instant>,
+    pub(super) throttle: Option<&'a Throttle>,
+}
+
+impl Call<'_> {
+    /// One attempt: pick, send, wrap the response body in the load guard.
+    async fn attempt(&self, previous: u32) -> Attempt {
+        let ready = match self
+            .inner
+            .pick(self.picker, self.wait_for_ready, self.deadline)
+            .await
+        {
+            Ok(ready) => ready,
+            Err(status) => return Attempt::NotPicked(status),
+        };
+        let mut head = self.parts.clone();
+        if let Some(deadline) = self.deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Attempt::NotPicked(self.inner.deadline_exceeded(None));
+            }
+            head.headers
+                .insert(GRPC_TIMEOUT, deadline::encode_timeout(left));
+        }
+        if previous > 0 {
+            head.headers
+                .insert("grpc-previous-rpc-attempts", HeaderValue::from(previous));
+        }
+        let (body, polled) = self.replay.attempt_body();
+        let request = http::Request::from_parts(head, body);
+
+        let addr = ready.address().addr;
+        let mut guard = CallGuard::new(ready.subchannel.clone());
+        let mut channel = ready.channel;
+        let send = async {
+            tower::ServiceExt::ready(&mut channel).await?;
+            tower::Service::call(&mut channel, request).await
+        };
+        match send.await {
+            Ok(response) => {
+                guard.responded(trailers_only_status(response.headers()));
+                Attempt::Response(response.map(|b| super::GuardedBody::wrap(b, guard, addr)))
+            }
+            Err(error) => {
+                guard.failed();
+                let refused = status::never_processed(&error);
+                let sent = polled.load(std::sync::atomic::Ordering::Relaxed) && !refused;
+                Attempt::Failed {
+                    status: status::from_send_error(&error, addr),
+                    sent,
+                }
+            }
+        }
+    }
+
+    /// Whether there is time for another attempt after `delay`.
+    fn time_for(&self, delay: Duration) -> bool {
+        self.deadline
+            .is_none_or(|deadline| Instant::now() + delay < deadline)
+    }
+
+    fn throttle_allows(&self) -> bool {
+        self.throttle.is_none_or(Throttle::allows_retry)
+            && self.inner.budget.as_ref().is_none_or(|b| b.withdraw())
+    }
+
+    fn record(&self, success: bool) {
+        if let Some(throttle) = self.throttle {
+            if success {
+                throttle.on_success();
+            } else {
+                throttle.on_failure();
+            }
+        }
+    }
+
+    /// Runs the call with up to `policy.max_attempts` attempts (one without a policy),
+    /// plus transparent retries of attempts that never left the client.
+    pub(super) async fn run(self, policy: Option<&RetryPolicy>) -> CallResult {
+        let max_attempts = policy.map_or(1, |p| p.max_attempts.clamp(1, 5));
+        let mut backoff = policy.map(|p| {
+            Backoff::new(BackoffParams {
+                initial: p.initial_backoff,
+                multiplier: p.backoff_multiplier,
+                max: p.max_backoff,
+                jitter: 0.2,
+            })
+        });
+        // Made on the first backoff only: most calls never need one.
+        let mut rng: Option<SmallRng> = None;
+        let (mut previous, mut transparent) = (0u32, 0u32);
+        loop {
+            let attempt = self.attempt(previous).await;
+            if let Attempt::Failed { sent: false, .. } = &attempt
+                && transparent < MAX_TRANSPARENT_RETRIES
+                && self.replay.can_replay()
+                && self.time_for(Duration::ZERO)
+            {
+                transparent += 1;
+                tracing::debug!(transparent, "retrying a call that never left the client");
+                continue;
+            }
+            let (code, result, push) = match verdict(attempt) {
+                Verdict::Done(result) => {
+                    self.record(result.is_ok());
+                    return result;
+                }
+                Verdict::Failed(code, result, push) => (code, result, push),
+            };
+            let Some(policy) = policy else { return result };
+            if !policy.retryable_status_codes.contains(&code) {
+                return result;
+            }
+            self.record(false);
+            if previous + 1 >= max_attempts || !self.replay.can_replay() {
+                return result;
+            }
+            let Some(backoff) = backoff.as_mut() else {
+                return result;
+            };
+            let delay = match push {
+                Pushback::Stop => return result,
+                Pushback::After(delay) => {
+                    backoff.reset();
+                    delay
+                }
+                Pushback::None => {
+                    let rng =
+                        rng.get_or_insert_with(|| SmallRng::seed_from_u64(self.inner.next_seed()));
+                    backoff.next_delay(rng)
+                }
+            };
+            if !self.time_for(delay) || !self.throttle_allows() {
+                return result;
+            }
+            tokio::time::sleep(delay).await;
+            previous += 1;
+        }
+    }
+
+    /// Runs the call hedged: the first attempt now, one more every `hedging_delay` (or at
+    /// once after a non-fatal failure) up to `max_attempts`. The first OK or committed
+    /// response wins and cancels the rest; a fatal code ends the call with it.
+    pub(super) async fn run_hedged(self, policy: &HedgingPolicy) -> CallResult {
+        type Pending<'a> = Pin<Box<dyn Future<Output = Attempt> + Send + 'a>>;
+        let max_attempts = policy.max_attempts.clamp(1, 5);
+        let mut pending: FuturesUnordered<Pending<'_>> = FuturesUnordered::new();
+        pending.push(Box::pin(self.attempt(0)));
+        let mut sent = 1u32;
+        let mut next_hedge = Box::pin(tokio::time::sleep(policy.hedging_delay));
+        let mut last: Option<CallResult> = None;
+        let mut stopped = false; // pushback, throttling or the deadline said no more
+        loop {
+            let can_hedge = sent < max_attempts && !stopped && self.replay.can_replay();
+            if pending.is_empty() && !can_hedge {
+                break;
+            }
+            tokio::select! {
+                Some(attempt) = pending.next() => {
+                    let (code, result, push) = match verdict(attempt) {
+                        Verdict::Done(result) => {
+                            self.record(result.is_ok());
+                            return result;
+                        }
+                        Verdict::Failed(code, result, push) => (code, result, push),
+                    };
+                    if !policy.non_fatal_status_codes.contains(&code) {
+                        return result;
+                    }
+                    self.record(false);
+                    last = Some(result);
+                    match push {
+                        Pushback::Stop => stopped = true,
+                        Pushback::After(delay) => next_hedge.as_mut().reset(Instant::now() + delay),
+                        // A non-fatal failure sends the next hedge at once.
+                        Pushback::None => next_hedge.as_mut().reset(Instant::now()),
+                    }
+                }
+                _ = &mut next_hedge, if can_hedge => {
+                    if self.time_for(Duration::ZERO) && self.throttle_allows() {
+                        pending.push(Box::pin(self.attempt(sent)));
+                        sent += 1;
+                        next_hedge.as_mut().reset(Instant::now() + policy.hedging_delay);
+                    } else {
+                        stopped = true;
+                    }
+                }
+                else => break,
+            }
+        }
+        last.unwrap_or_else(|| Err(self.inner.deadline_exceeded(None)))
+    }
+}

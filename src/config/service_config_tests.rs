@@ -1,0 +1,514 @@
+use std::time::Duration;
+
+use proptest::prelude::*;
+use serde_json::{Value, json};
+use tonic::Code;
+
+use super::*;
+
+/// A valid config using every field; the tables below break one field at a time.
+const VALID: &str = r#"{
+  "loadBalancingConfig": [{"grpclb": {}}, {"least_request": {"choiceCount": 3}}, {"nope": 1}],
+  "methodConfig": [
+    {"name": [{}], "timeout": "5s"},
+    {"name": [{"service": "pkg.Svc"}], "waitForReady": true,
+     "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.1s", "maxBackoff": "1s",
+                     "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE", 4]}},
+    {"name": [{"service": "pkg.Svc", "method": "Get"}], "timeout": "1.5s",
+     "maxRequestMessageBytes": 4194304, "maxResponseMessageBytes": "1024",
+     "hedgingPolicy": {"maxAttempts": 7, "hedgingDelay": "0.5s", "nonFatalStatusCodes": [14]}}
+  ],
+  "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
+  "healthCheckConfig": {"serviceName": ""}
+}"#;
+
+fn valid() -> Value {
+    serde_json::from_str(VALID).unwrap()
+}
+
+/// `VALID` with the field at JSON pointer `at` set to `to` (added if absent), or removed.
+fn with(at: &str, to: Option<Value>) -> String {
+    let mut config = valid();
+    let (parent, key) = at.rsplit_once('/').unwrap();
+    match (config.pointer_mut(parent).unwrap(), to) {
+        (Value::Object(fields), Some(to)) => drop(fields.insert(key.to_owned(), to)),
+        (Value::Object(fields), None) => drop(fields.remove(key)),
+        (Value::Array(items), Some(to)) => items[key.parse::<usize>().unwrap()] = to,
+        _ => panic!("bad pointer {at}"),
+    }
+    config.to_string()
+}
+
+/// Parses `VALID` changed as [`with`] does.
+fn parse_with(at: &str, to: Option<Value>) -> Result<ServiceConfig, InvalidConfig> {
+    ServiceConfig::from_json(&with(at, to))
+}
+
+fn expected() -> ServiceConfig {
+    let default = MethodConfig {
+        names: vec![MethodPattern::default_all()],
+        timeout: Some(Duration::from_secs(5)),
+        ..MethodConfig::default()
+    };
+    let service = MethodConfig {
+        names: vec![MethodPattern::service("pkg.Svc")],
+        wait_for_ready: Some(true),
+        retry_policy: Some(RetryPolicy::new(
+            3,
+            Duration::from_millis(100),
+            Duration::from_secs(1),
+            2.0,
+            vec![Code::Unavailable, Code::DeadlineExceeded],
+        )),
+        ..MethodConfig::default()
+    };
+    let exact = MethodConfig {
+        names: vec![MethodPattern::method("pkg.Svc", "Get")],
+        timeout: Some(Duration::from_millis(1500)),
+        max_request_message_bytes: Some(4_194_304),
+        max_response_message_bytes: Some(1024),
+        hedging_policy: Some(HedgingPolicy {
+            hedging_delay: Duration::from_millis(500),
+            non_fatal_status_codes: vec![Code::Unavailable],
+            ..HedgingPolicy::new(5)
+        }),
+        ..MethodConfig::default()
+    };
+    ServiceConfig {
+        load_balancing: Some(LoadBalancingConfig::LeastRequest { choice_count: 3 }),
+        method_configs: vec![default, service, exact],
+        retry_throttling: Some(RetryThrottling::new(10.0, 0.1)),
+        health_check: Some(HealthCheckConfig::default()),
+    }
+}
+
+#[test]
+fn parses_every_field() {
+    let config = ServiceConfig::from_json(VALID).unwrap();
+    assert_eq!(config, expected());
+    assert_eq!(config.validate(), Ok(()));
+}
+
+#[test]
+fn exact_beats_service_beats_default() {
+    let map = ServiceConfig::from_json(VALID).unwrap().method_map();
+    let timeout = |path| map.get(path).as_ref().and_then(|m| m.timeout);
+    assert_eq!(timeout("/pkg.Svc/Get"), Some(Duration::from_millis(1500)));
+    assert!(
+        map.get("/pkg.Svc/Put")
+            .as_ref()
+            .unwrap()
+            .retry_policy
+            .is_some()
+    );
+    assert_eq!(timeout("/other.Svc/Get"), Some(Duration::from_secs(5)));
+
+    let map = parse_with("/methodConfig/0/name", Some(json!([])))
+        .unwrap()
+        .method_map();
+    assert!(map.get("/other.Svc/Get").is_none());
+    assert!(map.get("/pkg.Svc/Get").is_some());
+}
+
+#[test]
+fn invalid_fields_are_named_by_path() {
+    #[rustfmt::skip]
+    let cases: Vec<(&str, Option<Value>, &str, &str)> = vec![
+        ("/methodConfig/1/retryPolicy/maxAttempts", Some(json!(1)), "methodConfig[1].retryPolicy.maxAttempts", "must be > 1, got 1"),
+        ("/methodConfig/1/retryPolicy/maxAttempts", Some(json!(-4)), "methodConfig[1].retryPolicy.maxAttempts", "must be > 1, got -4"),
+        ("/methodConfig/1/retryPolicy/maxAttempts", Some(json!("3")), "methodConfig[1].retryPolicy.maxAttempts", "must be an integer, got a string"),
+        ("/methodConfig/1/retryPolicy/maxAttempts", Some(json!(2.5)), "methodConfig[1].retryPolicy.maxAttempts", "integer"),
+        ("/methodConfig/1/retryPolicy/maxAttempts", None, "methodConfig[1].retryPolicy.maxAttempts", "required"),
+        ("/methodConfig/1/retryPolicy/initialBackoff", Some(json!("0s")), "methodConfig[1].retryPolicy.initialBackoff", "> 0s"),
+        ("/methodConfig/1/retryPolicy/initialBackoff", None, "methodConfig[1].retryPolicy.initialBackoff", "required"),
+        ("/methodConfig/1/retryPolicy/maxBackoff", Some(json!("-1s")), "methodConfig[1].retryPolicy.maxBackoff", "negative"),
+        ("/methodConfig/1/retryPolicy/maxBackoff", Some(json!("1")), "methodConfig[1].retryPolicy.maxBackoff", "'s' suffix"),
+        ("/methodConfig/1/retryPolicy/backoffMultiplier", Some(json!(0)), "methodConfig[1].retryPolicy.backoffMultiplier", "must be > 0"),
+        ("/methodConfig/1/retryPolicy/backoffMultiplier", Some(json!("2")), "methodConfig[1].retryPolicy.backoffMultiplier", "number"),
+        ("/methodConfig/1/retryPolicy/retryableStatusCodes", Some(json!([])), "methodConfig[1].retryPolicy.retryableStatusCodes", "empty"),
+        ("/methodConfig/1/retryPolicy/retryableStatusCodes", Some(json!("UNAVAILABLE")), "methodConfig[1].retryPolicy.retryableStatusCodes", "array"),
+        ("/methodConfig/1/retryPolicy/retryableStatusCodes", Some(json!([14, "unavailable"])), "methodConfig[1].retryPolicy.retryableStatusCodes[1]", "upper case"),
+        ("/methodConfig/1/retryPolicy/retryableStatusCodes", Some(json!([17])), "methodConfig[1].retryPolicy.retryableStatusCodes[0]", "0..=16"),
+        ("/methodConfig/1/retryPolicy/retryableStatusCodes", Some(json!(["14"])), "methodConfig[1].retryPolicy.retryableStatusCodes[0]", "upper case"),
+        ("/methodConfig/1/hedgingPolicy", Some(json!({"maxAttempts": 2})), "methodConfig[1]", "mutually exclusive"),
+        ("/methodConfig/1/retryPolicy", Some(json!([])), "methodConfig[1].retryPolicy", "object"),
+        ("/methodConfig/1/waitForReady", Some(json!("true")), "methodConfig[1].waitForReady", "boolean"),
+        ("/methodConfig/2/hedgingPolicy/maxAttempts", Some(json!(0)), "methodConfig[2].hedgingPolicy.maxAttempts", "> 1"),
+        ("/methodConfig/2/hedgingPolicy/maxAttempts", None, "methodConfig[2].hedgingPolicy.maxAttempts", "required"),
+        ("/methodConfig/2/hedgingPolicy/hedgingDelay", Some(json!("1e3s")), "methodConfig[2].hedgingPolicy.hedgingDelay", "duration"),
+        ("/methodConfig/2/hedgingPolicy/nonFatalStatusCodes/0", Some(json!("Unavailable")), "methodConfig[2].hedgingPolicy.nonFatalStatusCodes[0]", "upper case"),
+        ("/methodConfig/2/timeout", Some(json!("0s")), "methodConfig[2].timeout", "must be > 0s"),
+        ("/methodConfig/2/timeout", Some(json!(1.5)), "methodConfig[2].timeout", "string"),
+        ("/methodConfig/2/maxRequestMessageBytes", Some(json!(-1)), "methodConfig[2].maxRequestMessageBytes", "non-negative"),
+        ("/methodConfig/2/maxRequestMessageBytes", Some(json!("1.5")), "methodConfig[2].maxRequestMessageBytes", "non-negative"),
+        ("/methodConfig/2/maxResponseMessageBytes", Some(json!("")), "methodConfig[2].maxResponseMessageBytes", "non-negative"),
+        ("/methodConfig/2/maxResponseMessageBytes", Some(json!(true)), "methodConfig[2].maxResponseMessageBytes", "got a boolean"),
+        ("/methodConfig/2/name", Some(json!({})), "methodConfig[2].name", "array"),
+        ("/methodConfig/2/name/0", Some(json!("pkg.Svc")), "methodConfig[2].name[0]", "object"),
+        ("/methodConfig/2/name/0", Some(json!({"method": "Get"})), "methodConfig[2].name[0]", "service"),
+        ("/methodConfig/2/name/0", Some(json!({"service": "", "method": "Get"})), "methodConfig[2].name[0]", "service"),
+        ("/methodConfig/2/name/0", Some(json!({"service": "pkg Svc"})), "methodConfig[2].name[0]", "invalid method name"),
+        ("/methodConfig/2/name/0", Some(json!({"service": 3})), "methodConfig[2].name[0].service", "string"),
+        ("/methodConfig/2/name/0", Some(json!({"service": "pkg.Svc"})), "methodConfig[2].name[0]", "also at methodConfig[1].name[0]"),
+        ("/methodConfig/1/name/0", Some(json!({"service": ""})), "methodConfig[1].name[0]", "also at methodConfig[0].name[0]"),
+        ("/methodConfig", Some(json!({})), "methodConfig", "array"),
+        ("/methodConfig/0", Some(json!([])), "methodConfig[0]", "object"),
+        ("/loadBalancingConfig", Some(json!({})), "loadBalancingConfig", "array"),
+        ("/loadBalancingConfig", Some(json!([{"grpclb": {}}])), "loadBalancingConfig", "no supported policy"),
+        ("/loadBalancingConfig", Some(json!([])), "loadBalancingConfig", "no supported policy"),
+        ("/loadBalancingConfig/0", Some(json!("round_robin")), "loadBalancingConfig[0]", "object"),
+        ("/loadBalancingConfig/0", Some(json!({"a": {}, "round_robin": {}})), "loadBalancingConfig[0]", "exactly one key"),
+        ("/loadBalancingConfig/0", Some(json!({})), "loadBalancingConfig[0]", "exactly one key"),
+        ("/loadBalancingConfig/1/least_request/choiceCount", Some(json!(1)), "loadBalancingConfig[1].least_request.choiceCount", "must be > 1, got 1"),
+        ("/loadBalancingConfig/1/least_request/choiceCount", Some(json!("3")), "loadBalancingConfig[1].least_request.choiceCount", "integer"),
+        ("/loadBalancingConfig/1", Some(json!({"peak_ewma": {"decay": "0s"}})), "loadBalancingConfig[1].peak_ewma.decay", "> 0s"),
+        ("/loadBalancingConfig/1", Some(json!({"peak_ewma": {"defaultRtt": "x"}})), "loadBalancingConfig[1].peak_ewma.defaultRtt", "duration"),
+        ("/loadBalancingConfig/1", Some(json!({"round_robin": []})), "loadBalancingConfig[1].round_robin", "object"),
+        ("/retryThrottling/maxTokens", Some(json!(0)), "retryThrottling.maxTokens", "(0, 1000]"),
+        ("/retryThrottling/maxTokens", Some(json!(1000.5)), "retryThrottling.maxTokens", "(0, 1000]"),
+        ("/retryThrottling/maxTokens", None, "retryThrottling.maxTokens", "required"),
+        ("/retryThrottling/tokenRatio", Some(json!(0)), "retryThrottling.tokenRatio", "> 0"),
+        ("/retryThrottling/tokenRatio", Some(json!("0.1")), "retryThrottling.tokenRatio", "number"),
+        ("/healthCheckConfig/serviceName", Some(json!(1)), "healthCheckConfig.serviceName", "string"),
+        ("/healthCheckConfig", Some(json!("svc")), "healthCheckConfig", "object"),
+    ];
+    for (at, to, path, reason) in cases {
+        let json = with(at, to.clone());
+        let error = ServiceConfig::from_json(&json).expect_err(&format!("{at} = {to:?} accepted"));
+        assert_eq!(error.path(), path, "{at} = {to:?}: {error}");
+        assert!(error.reason().contains(reason), "{at} = {to:?}: {error}");
+        assert_eq!(error.to_string(), format!("{path}: {}", error.reason()));
+    }
+}
+
+#[test]
+fn whole_document_errors() {
+    let error = ServiceConfig::from_json("{\n  \"methodConfig\": [,]\n}").unwrap_err();
+    assert_eq!(error.path(), "");
+    assert!(
+        error
+            .to_string()
+            .starts_with("invalid JSON at line 2 column 20: "),
+        "{error}"
+    );
+    for bad in ["", "  ", "{", "{} x", "[]", "null", "\"{}\"", "1"] {
+        let error = ServiceConfig::from_json(bad).unwrap_err();
+        assert_eq!(error.path(), "", "{bad:?}");
+    }
+    assert_eq!(ServiceConfig::from_json("{}"), Ok(ServiceConfig::default()));
+}
+
+/// Adds an unknown field to every object, except the single-key policy entries.
+fn add_unknown_fields(value: &mut Value, in_lb_list: bool) {
+    match value {
+        Value::Object(fields) => {
+            for (key, field) in fields.iter_mut() {
+                add_unknown_fields(field, key == "loadBalancingConfig");
+            }
+            if !in_lb_list {
+                fields.insert(
+                    "someFutureField".into(),
+                    json!({"timeout": -1, "a": [null]}),
+                );
+            }
+        }
+        Value::Array(items) => items
+            .iter_mut()
+            .for_each(|v| add_unknown_fields(v, in_lb_list)),
+        _ => {}
+    }
+}
+
+#[test]
+fn unknown_fields_are_ignored_at_every_level() {
+    let mut config = valid();
+    add_unknown_fields(&mut config, false);
+    assert!(
+        config
+            .pointer("/methodConfig/1/retryPolicy/someFutureField")
+            .is_some()
+    );
+    assert_eq!(
+        ServiceConfig::from_json(&config.to_string()),
+        Ok(expected())
+    );
+
+    let pick_first = r#"{"loadBalancingConfig": [{"pick_first": {"shuffleAddressList": true}}]}"#;
+    let config = ServiceConfig::from_json(pick_first).unwrap();
+    assert_eq!(config.load_balancing, Some(LoadBalancingConfig::PickFirst));
+}
+
+#[test]
+fn counts_above_the_limit_are_clamped() {
+    let retry = parse_with("/methodConfig/1/retryPolicy/maxAttempts", Some(json!(7))).unwrap();
+    let retry = retry.method_configs[1].retry_policy.clone().unwrap();
+    assert_eq!(retry.max_attempts, 5);
+    let huge = Some(json!(u64::MAX));
+    let hedge = parse_with("/methodConfig/2/hedgingPolicy/maxAttempts", huge).unwrap();
+    let hedge = hedge.method_configs[2].hedging_policy.clone().unwrap();
+    assert_eq!(hedge.max_attempts, 5);
+
+    let lb = |choice: Value| {
+        let json = json!({"loadBalancingConfig": [{"least_request": choice}]});
+        ServiceConfig::from_json(&json.to_string()).map(|c| c.load_balancing)
+    };
+    let least_request = |choice_count| Ok(Some(LoadBalancingConfig::LeastRequest { choice_count }));
+    assert_eq!(lb(json!({"choiceCount": 50})), least_request(10));
+    assert_eq!(lb(json!({})), least_request(2));
+    let error = lb(json!({"choiceCount": 1})).unwrap_err().to_string();
+    assert_eq!(
+        error,
+        "loadBalancingConfig[0].least_request.choiceCount: must be > 1, got 1"
+    );
+}
+
+#[test]
+fn status_codes_by_upper_case_name_or_number() {
+    let names = "OK CANCELLED UNKNOWN INVALID_ARGUMENT DEADLINE_EXCEEDED NOT_FOUND ALREADY_EXISTS \
+        PERMISSION_DENIED RESOURCE_EXHAUSTED FAILED_PRECONDITION ABORTED OUT_OF_RANGE \
+        UNIMPLEMENTED INTERNAL UNAVAILABLE DATA_LOSS UNAUTHENTICATED";
+    let codes = |list: Value| {
+        let config = parse_with(
+            "/methodConfig/1/retryPolicy/retryableStatusCodes",
+            Some(list),
+        )?;
+        Ok::<_, InvalidConfig>(
+            config.method_configs[1]
+                .retry_policy
+                .clone()
+                .unwrap()
+                .retryable_status_codes,
+        )
+    };
+    let all: Vec<Code> = (0..=16).map(Code::from_i32).collect();
+    assert_eq!(
+        codes(json!(names.split_whitespace().collect::<Vec<_>>())),
+        Ok(all.clone())
+    );
+    assert_eq!(codes(json!((0..=16).collect::<Vec<_>>())), Ok(all));
+    for bad in [
+        json!("unavailable"),
+        json!(-1),
+        json!(1.0),
+        json!(null),
+        json!("OK "),
+    ] {
+        assert!(codes(json!([bad])).is_err(), "{bad} accepted");
+    }
+}
+
+#[test]
+fn first_known_policy_wins() {
+    let lb = |list: Value| {
+        ServiceConfig::from_json(&json!({"loadBalancingConfig": list}).to_string())
+            .map(|c| c.load_balancing)
+    };
+    let entries = json!([{"xds": {}}, {"round_robin": {}}, {"pick_first": {}}]);
+    assert_eq!(lb(entries), Ok(Some(LoadBalancingConfig::RoundRobin)));
+    // Entries after the chosen one are not examined.
+    assert_eq!(
+        lb(json!([{"pick_first": {}}, "junk"])),
+        Ok(Some(LoadBalancingConfig::PickFirst))
+    );
+    let ewma = json!([{"peak_ewma": {"decay": "10s", "defaultRtt": "0s"}}]);
+    let expected = LoadBalancingConfig::PeakEwma {
+        decay: Some(Duration::from_secs(10)),
+        default_rtt: Some(Duration::ZERO),
+    };
+    assert_eq!(lb(ewma), Ok(Some(expected)));
+    assert!(lb(json!([{"xds": {}}, {"grpclb": {}}])).is_err());
+}
+
+#[test]
+fn validates_configs_built_in_rust() {
+    let path_of = |config: &ServiceConfig| config.validate().unwrap_err().path().to_owned();
+    let mut config = expected();
+    config.method_configs[1]
+        .retry_policy
+        .as_mut()
+        .unwrap()
+        .max_attempts = 7;
+    assert_eq!(path_of(&config), "methodConfig[1].retryPolicy.maxAttempts");
+
+    let mut config = expected();
+    config.method_configs[1]
+        .retry_policy
+        .as_mut()
+        .unwrap()
+        .backoff_multiplier = f64::NAN;
+    assert_eq!(
+        path_of(&config),
+        "methodConfig[1].retryPolicy.backoffMultiplier"
+    );
+
+    let mut config = expected();
+    config.method_configs[2].names.push(MethodPattern {
+        service: None,
+        method: Some("Get".into()),
+    });
+    assert_eq!(path_of(&config), "methodConfig[2].name[1]");
+
+    let mut config = expected();
+    config.load_balancing = Some(LoadBalancingConfig::LeastRequest { choice_count: 11 });
+    assert_eq!(
+        path_of(&config),
+        "loadBalancingConfig[0].least_request.choiceCount"
+    );
+
+    let mut config = expected();
+    config.retry_throttling = Some(RetryThrottling::new(f64::NAN, 0.1));
+    assert_eq!(path_of(&config), "retryThrottling.maxTokens");
+}
+
+#[test]
+fn durations() {
+    for (text, expected) in [
+        ("1s", Duration::from_secs(1)),
+        ("0s", Duration::ZERO),
+        ("0.1s", Duration::from_millis(100)),
+        ("1.500s", Duration::from_millis(1500)),
+        ("0.000000001s", Duration::from_nanos(1)),
+        ("315576000000s", Duration::from_secs(315_576_000_000)),
+    ] {
+        assert_eq!(parse_duration(text), Ok(expected), "{text}");
+    }
+    for bad in [
+        "",
+        "s",
+        "1",
+        "-1s",
+        "-0s",
+        "+1s",
+        "1e3s",
+        "1E3s",
+        "1.0000000001s",
+        " 1s",
+        "1s ",
+        "1.s",
+        ".5s",
+        "1.5S",
+        "1,5s",
+        "0x1s",
+        "315576000001s",
+        "99999999999999999999999s",
+        "1.5ms",
+    ] {
+        assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+    }
+}
+
+/// Small JSON trees built from the config's own keys and values, to reach deep code.
+fn json_value() -> impl Strategy<Value = Value> {
+    const KEYS: &[&str] = &[
+        "loadBalancingConfig",
+        "methodConfig",
+        "retryThrottling",
+        "healthCheckConfig",
+        "name",
+        "service",
+        "method",
+        "waitForReady",
+        "timeout",
+        "maxRequestMessageBytes",
+        "retryPolicy",
+        "hedgingPolicy",
+        "maxAttempts",
+        "initialBackoff",
+        "maxBackoff",
+        "backoffMultiplier",
+        "retryableStatusCodes",
+        "hedgingDelay",
+        "nonFatalStatusCodes",
+        "maxTokens",
+        "tokenRatio",
+        "serviceName",
+        "round_robin",
+        "least_request",
+        "choiceCount",
+        "peak_ewma",
+        "decay",
+        "pick_first",
+        "x",
+    ];
+    const STRINGS: &[&str] = &[
+        "",
+        "1s",
+        "0s",
+        "-1s",
+        "0.5s",
+        "1.0000000001s",
+        "UNAVAILABLE",
+        "unavailable",
+        "pkg.Svc",
+        "Get",
+        "a/b",
+        "18446744073709551616",
+        "12",
+    ];
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        (-3i64..20).prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>().prop_map(Value::from),
+        prop::sample::select(STRINGS).prop_map(Value::from),
+    ];
+    leaf.prop_recursive(5, 48, 5, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..5).prop_map(Value::from),
+            prop::collection::vec((prop::sample::select(KEYS), inner), 0..5).prop_map(|fields| {
+                Value::Object(fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+            }),
+        ]
+    })
+}
+
+/// Parses `json`; whatever parses must also pass `validate`.
+fn check(json: &str) {
+    match ServiceConfig::from_json(json) {
+        Ok(config) => assert_eq!(config.validate(), Ok(()), "{json}"),
+        Err(error) => assert!(!error.reason().is_empty()),
+    }
+}
+
+fn pointers(value: &Value, at: String, out: &mut Vec<String>) {
+    match value {
+        Value::Object(fields) => fields
+            .iter()
+            .for_each(|(k, v)| pointers(v, format!("{at}/{k}"), out)),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .for_each(|(i, v)| pointers(v, format!("{at}/{i}"), out)),
+        _ => {}
+    }
+    out.push(at);
+}
+
+proptest! {
+    #[test]
+    fn never_panics_on_strings(s in ".*", t in "[\\[\\]{}\":,0-9a-zA-Z. _-]{0,60}") {
+        check(&s);
+        check(&t);
+    }
+
+    #[test]
+    fn never_panics_on_json_trees(value in json_value()) {
+        check(&value.to_string());
+        check(&json!({"methodConfig": [value]}).to_string());
+        check(&json!({"methodConfig": [{"name": [{}], "retryPolicy": value}]}).to_string());
+        check(&json!({"loadBalancingConfig": [value]}).to_string());
+    }
+
+    #[test]
+    fn never_panics_on_mutated_configs(pick in any::<prop::sample::Index>(), value in json_value()) {
+        let mut all = Vec::new();
+        pointers(&valid(), String::new(), &mut all);
+        let at = pick.get(&all);
+        let mut config = valid();
+        if let Some(target) = config.pointer_mut(at) {
+            *target = value;
+        }
+        check(&config.to_string());
+    }
+}
