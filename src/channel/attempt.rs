@@ -206,8 +206,23 @@ impl Call<'_> {
                     backoff.next_delay(rng)
                 }
             };
-            if !self.time_for(delay) || !self.throttle_allows() {
+            if !self.throttle_allows() {
                 return result;
+            }
+            if let Some(deadline) = self.deadline
+                && Instant::now() + delay >= deadline
+            {
+                // No attempt can start before the deadline: the call ends there, as in
+                // gRPC, with DEADLINE_EXCEEDED rather than the last attempt's status.
+                tokio::time::sleep_until(deadline).await;
+                let last = match &result {
+                    Ok(_) => format!("{code:?}"),
+                    Err(status) => format!("{:?}: {}", status.code(), status.message()),
+                };
+                return Err(Status::deadline_exceeded(format!(
+                    "deadline exceeded after {} attempts (last: {last})",
+                    previous + 1
+                )));
             }
             tokio::time::sleep(delay).await;
             previous += 1;

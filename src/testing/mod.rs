@@ -52,8 +52,10 @@ use pb::{
 
 mod conn;
 mod picking;
+mod relay;
 
 pub use picking::PickerFixture;
+pub use relay::Relay;
 
 pub mod bench;
 
@@ -302,6 +304,14 @@ impl Backend {
         let _ = rx.wait_for(|&k| k >= n).await;
     }
 
+    /// Resolves once no call is in flight (a cancelled call ends when the client resets
+    /// its stream).
+    pub async fn wait_idle(&self) {
+        let mut rx = self.shared.in_flight.subscribe();
+        // Cannot fail: `self.shared` owns the sender.
+        let _ = rx.wait_for(|&k| k == 0).await;
+    }
+
     /// Whether the backend is accepting connections.
     pub fn is_running(&self) -> bool {
         lock(&self.run)
@@ -424,6 +434,8 @@ pub struct SeenRequest {
     pub previous_attempts: Option<u32>,
     /// The `grpc-timeout` header, decoded.
     pub timeout: Option<Duration>,
+    /// When the backend received it.
+    pub received: tokio::time::Instant,
 }
 
 /// Counts a call, records its metadata and samples its fate.
@@ -439,6 +451,7 @@ fn begin(
             .and_then(|v| String::from_utf8(v).ok())
             .and_then(|v| v.parse().ok()),
         timeout: header("grpc-timeout").and_then(|v| crate::deadline::decode_timeout(&v).ok()),
+        received: tokio::time::Instant::now(),
     };
     let mut guard = lock(&shared.behaviour);
     let b = &mut *guard;
