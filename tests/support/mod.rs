@@ -85,3 +85,5 @@ pub async fn shares(client: &mut Client, n: usize) -> std::collections::BTreeMap
     }
     counts
 }
+
+pub mod python;
