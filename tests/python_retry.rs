@@ -150,7 +150,10 @@ async fn grpcio_one_deadline_covers_every_attempt() {
         request.set_timeout(Duration::from_millis(250));
         let status = client.unary_call(request).await.unwrap_err();
         assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
-        let response = client.unary_call(scripted(&[("x-key", "g")])).await.unwrap();
+        let response = client
+            .unary_call(scripted(&[("x-key", "g")]))
+            .await
+            .unwrap();
         // 2 attempts within the deadline (3 if both jitters are near their minimum),
         // then this unscripted call.
         let seen = attempts_seen(response.metadata()).unwrap();
