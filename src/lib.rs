@@ -35,6 +35,7 @@ mod channel;
 pub mod config;
 pub mod deadline;
 mod error;
+pub mod health;
 pub mod resolver;
 pub mod retry;
 mod subchannel;

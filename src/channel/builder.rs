@@ -1,20 +1,23 @@
 //! The consuming builder for [`BalancedChannel`].
 
-use super::control::{ConnectMode, Control, Shared, Snapshot};
+use super::control::{ConnectMode, Control, Outliers, Shared, Snapshot};
 use super::{BalancedChannel, CallConfig, Inner};
 use crate::backoff::BackoffParams;
 use crate::balance::{Picker, Policy};
 use crate::config::{MethodMap, MethodName, ServiceConfig};
 use crate::error::{Error, ErrorKind};
+use crate::health::OutlierDetection;
 use crate::resolver::{Address, Resolve, StaticList, Target};
 use crate::retry::{Budget, DEFAULT_REPLAY_BUFFER, RetryBudget, Throttle};
 use crate::subchannel::ConnectSettings;
 use crate::subchannel::EwmaParams;
+use crate::subchannel::{Accounting, CodeSet};
 use arc_swap::ArcSwap;
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Notify;
 use tokio::sync::{oneshot, watch};
 use tonic::transport::Endpoint;
 
@@ -126,6 +129,9 @@ pub struct Builder {
     service_config: Option<ServiceConfig>,
     budget: Option<RetryBudget>,
     replay_limit: usize,
+    health_service: Option<String>,
+    outlier_detection: Option<OutlierDetection>,
+    panic_threshold: Option<u32>,
 }
 
 impl Builder {
@@ -151,6 +157,9 @@ impl Builder {
             service_config: None,
             budget: None,
             replay_limit: DEFAULT_REPLAY_BUFFER,
+            health_service: None,
+            outlier_detection: None,
+            panic_threshold: None,
         }
     }
 
@@ -214,6 +223,31 @@ impl Builder {
     /// Default: false, as in gRPC.
     pub fn wait_for_ready(mut self, wait: bool) -> Self {
         self.wait_for_ready = wait;
+        self
+    }
+
+    /// Turns on client-side health checking (gRFC A17): each connected backend is READY
+    /// only while its `grpc.health.v1.Health/Watch` for `service` says SERVING (`""`: the
+    /// whole server). Overrides the service config's `healthCheckConfig`. See
+    /// [`health`](crate::health). Default: off.
+    pub fn health_check(mut self, service: impl Into<String>) -> Self {
+        self.health_service = Some(service.into());
+        self
+    }
+
+    /// Turns on outlier detection (gRFC A50, plus ejection after consecutive failures).
+    /// Default: off.
+    pub fn outlier_detection(mut self, config: OutlierDetection) -> Self {
+        self.outlier_detection = Some(config);
+        self
+    }
+
+    /// Envoy's panic mode: when fewer than `percent` of the backends are usable (healthy
+    /// and not ejected), calls spread over every connected backend instead. Default: off,
+    /// so calls fail fast with UNAVAILABLE as in gRPC; [`health`](crate::health) explains
+    /// the choice.
+    pub fn panic_threshold(mut self, percent: u32) -> Self {
+        self.panic_threshold = Some(percent);
         self
     }
 
@@ -281,6 +315,34 @@ impl Builder {
             seed,
         };
         let (call_config, mode, ewma) = policies.call_config(self.service_config.as_ref())?;
+        let outliers = match self.outlier_detection.clone() {
+            Some(config) => {
+                config
+                    .validate()
+                    .map_err(|e| Error::new(ErrorKind::InvalidConfig, e))?;
+                Some(Outliers {
+                    config,
+                    signal: Arc::new(Notify::new()),
+                })
+            }
+            None => None,
+        };
+        let failure_codes = outliers
+            .as_ref()
+            .map_or_else(CodeSet::default, |o| CodeSet::of(&o.config.failure_codes));
+        if self.panic_threshold.is_some_and(|p| p > 100) {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "panic_threshold: must be a percentage, at most 100",
+            ));
+        }
+        // The builder's setting wins over the service config's healthCheckConfig.
+        let health_service = self.health_service.clone().or_else(|| {
+            self.service_config
+                .as_ref()
+                .and_then(|c| c.health_check.as_ref())
+                .map(|h| h.service_name.clone())
+        });
         let budget = match &self.budget {
             Some(budget) => {
                 budget
@@ -331,12 +393,21 @@ impl Builder {
                 backoff,
                 min_connect_timeout: self.backoff.min_connect_timeout,
                 endpoint,
-                ewma,
+                accounting: Accounting {
+                    ewma,
+                    failure_codes,
+                    outliers: outliers
+                        .as_ref()
+                        .map(|o| (o.signal.clone(), u64::from(o.config.consecutive_failures))),
+                },
+                health_service,
             },
             seed,
             target: self.name.clone(),
             mode,
             mode_updates: mode_rx,
+            outliers,
+            panic_threshold: self.panic_threshold,
         };
         runtime.spawn(control.run(stop_rx));
         Ok(BalancedChannel {
@@ -484,6 +555,9 @@ impl fmt::Debug for Builder {
             .field("service_config", &self.service_config)
             .field("retry_budget", &self.budget)
             .field("retry_buffer_size", &self.replay_limit)
+            .field("health_check", &self.health_service)
+            .field("outlier_detection", &self.outlier_detection)
+            .field("panic_threshold", &self.panic_threshold)
             .finish_non_exhaustive()
     }
 }

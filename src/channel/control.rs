@@ -5,16 +5,21 @@
 //! state changes, and after each batch of changes publishes a new [`Snapshot`] that calls
 //! read without a lock.
 
+use crate::health::{self, Ejection, Host, OutlierDetection};
 use crate::resolver::{Address, Resolve};
 use crate::subchannel::{
     self, ConnectSettings, ConnectivityState, Event, EwmaParams, ReadySubchannel, Subchannel,
     Update, WorkerHandle,
 };
 use arc_swap::ArcSwap;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot, watch};
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::time::Instant;
 
 /// What calls see of the channel: an immutable picture, replaced whole on every change.
 #[derive(Debug)]
@@ -50,7 +55,11 @@ pub(crate) struct Shared {
 
 struct Entry {
     subchannel: Arc<Subchannel>,
+    /// READY by its connection and, with health checking, by its health.
     ready: Option<ReadySubchannel>,
+    /// Connected but failing its health check: not picked, except in panic mode.
+    unhealthy: Option<ReadySubchannel>,
+    ejection: Ejection,
     /// Failed to connect since it was last READY. Such a subchannel counts as failing
     /// even while it tries again, so the channel does not flip back to CONNECTING (and
     /// queue calls) on every reconnect attempt: gRPC's "sticky TRANSIENT_FAILURE".
@@ -78,6 +87,18 @@ pub(crate) struct Control {
     pub(crate) mode: ConnectMode,
     /// Service config updates that change how to connect or what to measure.
     pub(crate) mode_updates: watch::Receiver<(ConnectMode, Option<EwmaParams>)>,
+    /// Outlier detection, when on.
+    pub(crate) outliers: Option<Outliers>,
+    /// Envoy's panic mode: below this percentage of usable backends, use every connected
+    /// one. `None`: fail fast, as gRPC.
+    pub(crate) panic_threshold: Option<u32>,
+}
+
+/// Outlier detection's settings and wake-up.
+pub(crate) struct Outliers {
+    pub(crate) config: OutlierDetection,
+    /// Woken by a call guard when a subchannel reaches the consecutive-failure limit.
+    pub(crate) signal: Arc<Notify>,
 }
 
 struct State {
@@ -107,9 +128,23 @@ impl Control {
             published_state: ConnectivityState::Idle,
         };
         let mut resolver_done = false;
+        let interval = self.outliers.as_ref().map(|o| o.config.interval);
+        let mut outlier_tick = tokio::time::interval(interval.unwrap_or(Duration::from_secs(3600)));
+        outlier_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        outlier_tick.reset();
+        let outlier_signal = self.outliers.as_ref().map(|o| o.signal.clone());
+        let mut rng = SmallRng::seed_from_u64(self.seed);
         loop {
             tokio::select! {
                 _ = &mut stop => break,
+                _ = outlier_tick.tick(), if interval.is_some() => {
+                    self.detect_outliers(&mut state, |config, hosts, now| {
+                        health::on_interval(config, hosts, now, &mut rng)
+                    });
+                }
+                () = wait_signal(outlier_signal.as_deref()), if outlier_signal.is_some() => {
+                    self.detect_outliers(&mut state, health::on_consecutive_failures);
+                }
                 next = std::future::poll_fn(|cx| self.resolver.poll_resolve(cx)), if !resolver_done => {
                     match next {
                         Some(Ok(addrs)) => self.apply(&mut state, addrs, &events_tx),
@@ -123,7 +158,7 @@ impl Control {
                 Ok(()) = self.mode_updates.changed() => {
                     let (mode, ewma) = *self.mode_updates.borrow_and_update();
                     self.mode = mode;
-                    self.settings.ewma = ewma;
+                    self.settings.accounting.ewma = ewma;
                     for entry in state.entries.values() {
                         entry.subchannel.load.set_rtt_tracking(ewma.is_some());
                         if mode == ConnectMode::All {
@@ -172,7 +207,7 @@ impl Control {
             }
             let id = state.next_id;
             state.next_id += 1;
-            let subchannel = subchannel::new_subchannel(id, address, self.settings.ewma);
+            let subchannel = subchannel::new_subchannel(id, address, &self.settings.accounting);
             let worker = subchannel::spawn(
                 subchannel.clone(),
                 self.settings.clone(),
@@ -187,6 +222,8 @@ impl Control {
                 Entry {
                     subchannel,
                     ready: None,
+                    unhealthy: None,
+                    ejection: Ejection::default(),
                     failing: false,
                     worker,
                 },
@@ -228,6 +265,7 @@ impl Control {
             };
             if !wanted && entry.worker.is_wanted() {
                 entry.ready = None;
+                entry.unhealthy = None;
                 entry.failing = false;
             }
             entry.worker.set_wanted(wanted);
@@ -246,15 +284,24 @@ impl Control {
             Update::Connecting | Update::Idle => {}
             Update::Ready(ready) => {
                 entry.ready = Some(ready);
+                entry.unhealthy = None;
                 entry.failing = false;
+            }
+            Update::Unhealthy(connected, why) => {
+                entry.ready = None;
+                entry.unhealthy = Some(connected);
+                entry.failing = true;
+                state.last_error = Some(why);
             }
             Update::Lost(error) => {
                 entry.ready = None;
+                entry.unhealthy = None;
                 state.last_error = Some(error);
                 self.resolver.re_resolve();
             }
             Update::Failed(error) => {
                 entry.ready = None;
+                entry.unhealthy = None;
                 entry.failing = true;
                 state.last_error = Some(error);
                 self.resolver.re_resolve();
@@ -262,17 +309,54 @@ impl Control {
         }
     }
 
+    /// Runs an outlier-detection step over every subchannel, in resolver order.
+    fn detect_outliers<F>(&self, state: &mut State, step: F)
+    where
+        F: FnOnce(&OutlierDetection, &mut [Host<'_>], Instant) -> bool,
+    {
+        let Some(outliers) = &self.outliers else {
+            return;
+        };
+        let State { order, entries, .. } = state;
+        let mut by_addr: HashMap<&SocketAddr, &mut Entry> = entries.iter_mut().collect();
+        let mut hosts: Vec<Host<'_>> = order
+            .iter()
+            .filter_map(|a| by_addr.remove(a))
+            .map(|entry| Host {
+                outcomes: &entry.subchannel.load.outcomes,
+                ejection: &mut entry.ejection,
+            })
+            .collect();
+        if step(&outliers.config, &mut hosts, Instant::now()) {
+            let ejected = hosts.iter().filter(|h| h.ejection.is_ejected()).count();
+            tracing::debug!(target = %self.target, ejected, "outlier ejections changed");
+        }
+    }
+
     fn publish(&self, state: &mut State) {
         let entries = state.order.iter().filter_map(|a| state.entries.get(a));
         let mut ready = Vec::new();
+        let mut connected = Vec::new();
         let mut subchannels = Vec::with_capacity(state.order.len());
         let mut connecting = false;
         for entry in entries {
             subchannels.push(entry.subchannel.clone());
+            if let Some(c) = entry.ready.as_ref().or(entry.unhealthy.as_ref()) {
+                connected.push(c.clone());
+            }
             match &entry.ready {
-                Some(r) => ready.push(r.clone()),
+                Some(r) if !entry.ejection.is_ejected() => ready.push(r.clone()),
+                Some(_) => {}
                 None => connecting |= !entry.failing,
             }
+        }
+        // Panic mode: too few usable backends, so use every connected one.
+        if let Some(threshold) = self.panic_threshold
+            && (ready.len() as u64) * 100 < u64::from(threshold) * subchannels.len() as u64
+            && connected.len() > ready.len()
+        {
+            tracing::debug!(target = %self.target, usable = ready.len(), connected = connected.len(), "panic mode");
+            ready = connected;
         }
         let (aggregate, error) = if !ready.is_empty() {
             (ConnectivityState::Ready, state.last_error.clone())
@@ -305,5 +389,13 @@ impl Control {
             subchannels,
         }));
         self.shared.published.send_replace(());
+    }
+}
+
+/// Resolves when outlier detection's signal fires (never without one).
+async fn wait_signal(signal: Option<&Notify>) {
+    match signal {
+        Some(signal) => signal.notified().await,
+        None => std::future::pending().await,
     }
 }

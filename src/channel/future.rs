@@ -86,7 +86,20 @@ impl http_body::Body for GuardedBody {
         match &frame {
             Some(Ok(frame)) if !frame.is_trailers() => {}
             // Trailers, an error or the end: the call is over.
-            _ => drop(this.guard.take()),
+            end => {
+                if let Some(mut guard) = this.guard.take() {
+                    match end {
+                        Some(Ok(trailers)) => {
+                            if let Some(code) = trailers.trailers_ref().and_then(super::grpc_status)
+                            {
+                                guard.finished(code);
+                            }
+                        }
+                        Some(Err(_)) => guard.failed(),
+                        None => {}
+                    }
+                }
+            }
         }
         Poll::Ready(frame.map(|r| r.map_err(|e| status::from_body_error(e, *this.addr))))
     }

@@ -350,6 +350,11 @@ impl Inner {
 
 /// The `grpc-status` of a Trailers-Only response (status in the headers), if it is one.
 fn trailers_only_status(headers: &http::HeaderMap) -> Option<tonic::Code> {
+    grpc_status(headers)
+}
+
+/// The `grpc-status` in response metadata (trailers, or Trailers-Only headers).
+fn grpc_status(headers: &http::HeaderMap) -> Option<tonic::Code> {
     let value = headers.get("grpc-status")?;
     let code = std::str::from_utf8(value.as_bytes())
         .ok()?

@@ -10,18 +10,41 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tonic::Code;
 
-/// The codes that count as a backend failing a call (rather than answering it): the
-/// same default set outlier detection uses. A fast failure of this kind must not make a
-/// backend look fast.
-pub(crate) fn is_failure(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unavailable
-            | Code::DeadlineExceeded
-            | Code::Internal
-            | Code::Unknown
-            | Code::ResourceExhausted
-    )
+/// The codes that count as a backend failing a call (rather than answering it) unless
+/// configured otherwise: UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, UNKNOWN and
+/// RESOURCE_EXHAUSTED. Outlier detection counts them, and a fast failure of this kind
+/// never makes a backend look fast to peak EWMA.
+pub const DEFAULT_FAILURE_CODES: [Code; 5] = [
+    Code::Unavailable,
+    Code::DeadlineExceeded,
+    Code::Internal,
+    Code::Unknown,
+    Code::ResourceExhausted,
+];
+
+/// A set of status codes as a bit mask (codes are 0..=16).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct CodeSet(u32);
+
+impl CodeSet {
+    pub(crate) fn of(codes: &[Code]) -> Self {
+        Self(codes.iter().fold(0, |mask, &c| mask | 1 << (c as u32 & 31)))
+    }
+
+    pub(crate) fn contains(self, code: Code) -> bool {
+        self.0 & 1 << (code as u32 & 31) != 0
+    }
+}
+
+impl Default for CodeSet {
+    fn default() -> Self {
+        Self::of(&DEFAULT_FAILURE_CODES)
+    }
+}
+
+#[cfg(test)]
+fn is_failure(code: Code) -> bool {
+    CodeSet::default().contains(code)
 }
 
 /// The stamp of an estimate that has had no successful sample yet.
@@ -90,23 +113,83 @@ impl Ewma {
     }
 }
 
+/// Outcomes of the calls that ended in the current outlier-detection interval.
+#[derive(Debug, Default)]
+pub(crate) struct Outcomes {
+    successes: AtomicU64,
+    failures: AtomicU64,
+    consecutive_failures: AtomicU64,
+}
+
+impl Outcomes {
+    /// Takes this interval's counts, starting the next interval at zero.
+    pub(crate) fn take(&self) -> (u64, u64) {
+        (
+            self.successes.swap(0, Ordering::Relaxed),
+            self.failures.swap(0, Ordering::Relaxed),
+        )
+    }
+
+    pub(crate) fn consecutive_failures(&self) -> u64 {
+        self.consecutive_failures.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn reset_consecutive(&self) {
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+    }
+
+    /// Counts one call; returns the consecutive failures so far.
+    pub(crate) fn record(&self, failed: bool) -> u64 {
+        if failed {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            self.successes.fetch_add(1, Ordering::Relaxed);
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+            0
+        }
+    }
+}
+
 /// Load counters of one subchannel.
 #[derive(Debug)]
 pub(crate) struct Load {
     in_flight: AtomicUsize,
     started: AtomicU64,
+    /// Call outcomes, counted only when outlier detection is on.
+    pub(crate) outcomes: Outcomes,
+    track_outcomes: AtomicBool,
+    failure_codes: CodeSet,
+    /// Woken when consecutive failures reach `consecutive_limit` (0: never).
+    outlier_signal: Option<(Arc<tokio::sync::Notify>, u64)>,
     pub(crate) rtt: Ewma,
     /// Whether calls time their round trip. Only peak_ewma reads the estimate, and two
     /// clock reads are most of what a call costs here, so other channels skip them.
     track_rtt: AtomicBool,
 }
 
+/// How a subchannel's calls are accounted, beyond counting them in flight.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Accounting {
+    /// RTT estimate parameters when a peak_ewma policy needs the estimate.
+    pub(crate) ewma: Option<EwmaParams>,
+    /// The codes that count as failures.
+    pub(crate) failure_codes: CodeSet,
+    /// Outlier detection's wake-up and consecutive-failure limit, when it is on.
+    pub(crate) outliers: Option<(Arc<tokio::sync::Notify>, u64)>,
+}
+
 impl Load {
-    /// Counters that time round trips into an estimate with `params`, if given.
-    pub(crate) fn new(params: Option<EwmaParams>) -> Self {
+    /// Counters accounting calls as `accounting` says.
+    pub(crate) fn new(accounting: &Accounting) -> Self {
+        let params = accounting.ewma;
         Self {
             in_flight: AtomicUsize::new(0),
             started: AtomicU64::new(0),
+            outcomes: Outcomes::default(),
+            track_outcomes: AtomicBool::new(accounting.outliers.is_some()),
+            failure_codes: accounting.failure_codes,
+            outlier_signal: accounting.outliers.clone(),
             track_rtt: AtomicBool::new(params.is_some()),
             rtt: Ewma::new(params.unwrap_or_else(crate::balance::default_ewma_params)),
         }
@@ -141,6 +224,7 @@ pub(crate) struct CallGuard {
     subchannel: Arc<Subchannel>,
     /// Set until the call's round trip has been recorded.
     sent: Option<Instant>,
+    outcome_recorded: bool,
 }
 
 impl CallGuard {
@@ -149,19 +233,51 @@ impl CallGuard {
         load.in_flight.fetch_add(1, Ordering::Relaxed);
         load.started.fetch_add(1, Ordering::Relaxed);
         let sent = load.track_rtt.load(Ordering::Relaxed).then(Instant::now);
-        Self { subchannel, sent }
+        Self {
+            subchannel,
+            sent,
+            outcome_recorded: false,
+        }
     }
 
     /// Response headers arrived. `status` is the `grpc-status` they carry if the response
-    /// is Trailers-Only (an immediate error or empty OK), `None` for a normal response.
+    /// is Trailers-Only (an immediate error or empty OK), `None` for a normal response
+    /// (whose status comes with its trailers: [`CallGuard::finished`]).
     pub(crate) fn responded(&mut self, status: Option<Code>) {
-        let ok = status.is_none_or(|code| !is_failure(code));
+        let failures = self.subchannel.load.failure_codes;
+        let ok = status.is_none_or(|code| !failures.contains(code));
         self.record(ok);
+        if let Some(code) = status {
+            self.outcome(failures.contains(code));
+        }
+    }
+
+    /// The call ended with this status in its trailers.
+    pub(crate) fn finished(&mut self, code: Code) {
+        let failed = self.subchannel.load.failure_codes.contains(code);
+        self.outcome(failed);
     }
 
     /// The call failed before any response (a transport error).
     pub(crate) fn failed(&mut self) {
         self.record(false);
+        self.outcome(true);
+    }
+
+    /// Counts the call's outcome once, for outlier detection.
+    fn outcome(&mut self, failed: bool) {
+        let load = &self.subchannel.load;
+        if self.outcome_recorded || !load.track_outcomes.load(Ordering::Relaxed) {
+            return;
+        }
+        self.outcome_recorded = true;
+        let consecutive = load.outcomes.record(failed);
+        if let Some((signal, limit)) = &load.outlier_signal
+            && *limit > 0
+            && consecutive == *limit
+        {
+            signal.notify_one();
+        }
     }
 
     fn record(&mut self, may_lower: bool) {

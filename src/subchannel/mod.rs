@@ -10,7 +10,10 @@ mod connector;
 mod load;
 
 pub(crate) use connector::{ConnectionClosed, Link};
-pub(crate) use load::{CallGuard, EwmaParams};
+mod health;
+
+pub use load::DEFAULT_FAILURE_CODES;
+pub(crate) use load::{Accounting, CallGuard, CodeSet, EwmaParams, Outcomes};
 
 use crate::backoff::{Backoff, BackoffParams};
 use crate::error::chain;
@@ -82,8 +85,11 @@ pub(crate) struct ConnectSettings {
     pub(crate) backoff: BackoffParams,
     pub(crate) min_connect_timeout: Duration,
     pub(crate) endpoint: Arc<dyn Fn(&Address) -> Endpoint + Send + Sync>,
-    /// RTT estimate parameters when a peak_ewma policy needs the estimate.
-    pub(crate) ewma: Option<EwmaParams>,
+    /// How new subchannels account their calls.
+    pub(crate) accounting: Accounting,
+    /// The `grpc.health.v1` service name to watch (`""`: the whole server), if health
+    /// checking is on.
+    pub(crate) health_service: Option<String>,
 }
 
 /// The state of one subchannel that outlives its connections: its address, its state
@@ -182,7 +188,11 @@ impl fmt::Debug for ReadySubchannel {
 #[cfg(any(test, feature = "testing"))]
 pub(crate) fn fixture(id: u64, ewma: Option<EwmaParams>) -> ReadySubchannel {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 1 + id as u16));
-    let subchannel = new_subchannel(id, Address::new(addr), ewma);
+    let accounting = Accounting {
+        ewma,
+        ..Accounting::default()
+    };
+    let subchannel = new_subchannel(id, Address::new(addr), &accounting);
     subchannel.set_state(ConnectivityState::Ready);
     ReadySubchannel {
         subchannel,
@@ -206,6 +216,8 @@ pub(crate) enum Update {
     Failed(String),
     /// No longer wanted: the worker let go of its connection and waits.
     Idle,
+    /// Connected, but its health check says it must not get calls (gRFC A17).
+    Unhealthy(ReadySubchannel, String),
 }
 
 /// The control task's handle on a worker.
@@ -259,13 +271,13 @@ pub(crate) fn spawn(
 pub(crate) fn new_subchannel(
     id: u64,
     address: Address,
-    ewma: Option<EwmaParams>,
+    accounting: &Accounting,
 ) -> Arc<Subchannel> {
     Arc::new(Subchannel {
         id,
         address,
         state: AtomicU8::new(ConnectivityState::Idle.as_u8()),
-        load: Load::new(ewma),
+        load: Load::new(accounting),
     })
 }
 
@@ -310,8 +322,29 @@ impl Worker {
                 Ok(ready) => {
                     self.backoff.reset();
                     let link = ready.link.clone();
-                    self.report(ConnectivityState::Ready, Update::Ready(ready));
-                    match self.wait(&mut stop, link.closed()).await {
+                    let serve = async {
+                        match self.settings.health_service.clone() {
+                            Some(service) => self.watch_health(ready, service).await,
+                            None => {
+                                self.report(ConnectivityState::Ready, Update::Ready(ready));
+                                std::future::pending().await
+                            }
+                        }
+                    };
+                    let closed = async {
+                        tokio::select! {
+                            _ = link.closed() => {}
+                            () = serve => {}
+                        }
+                    };
+                    let mut want = self.want.clone();
+                    let wake = tokio::select! {
+                        biased;
+                        _ = &mut stop => Wake::Stop,
+                        _ = want.wait_for(|w| !*w) => Wake::Unwanted,
+                        () = closed => Wake::Done,
+                    };
+                    match wake {
                         Wake::Stop => break,
                         // Letting go of our handle; calls in flight keep theirs.
                         Wake::Unwanted => continue,
@@ -371,7 +404,7 @@ impl Worker {
         }
     }
 
-    fn report(&self, state: ConnectivityState, update: Update) {
+    pub(crate) fn report(&self, state: ConnectivityState, update: Update) {
         self.subchannel.set_state(state);
         // The control task is gone only when the channel is; the stop signal follows.
         let _ = self.events.send(Event {
