@@ -129,22 +129,20 @@ impl GracefulShutdown {
     }
 
     /// The future to give tonic's `serve_with_shutdown`: resolves `drain` after `signal`.
-    pub fn on<S: Future<Output = ()>>(self, signal: S) -> impl Future<Output = ()> {
-        async move {
-            signal.await;
-            tracing::info!(drain = ?self.drain, "shutting down: marked NOT_SERVING, draining");
-            match self.mark_down {
-                MarkDown::Reporter(reporter, services) => {
-                    for service in services {
-                        reporter
-                            .set_service_status(service, ServingStatus::NotServing)
-                            .await;
-                    }
+    pub async fn on<S: Future<Output = ()>>(self, signal: S) {
+        signal.await;
+        tracing::info!(drain = ?self.drain, "shutting down: marked NOT_SERVING, draining");
+        match self.mark_down {
+            MarkDown::Reporter(reporter, services) => {
+                for service in services {
+                    reporter
+                        .set_service_status(service, ServingStatus::NotServing)
+                        .await;
                 }
-                MarkDown::Custom(mark_down) => mark_down().await,
             }
-            tokio::time::sleep(self.drain).await;
+            MarkDown::Custom(mark_down) => mark_down().await,
         }
+        tokio::time::sleep(self.drain).await;
     }
 }
 
