@@ -291,3 +291,187 @@ pub(crate) fn on_consecutive_failures(
     }
     changed
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand::rngs::SmallRng;
+
+    struct Fleet {
+        outcomes: Vec<Outcomes>,
+        ejections: Vec<Ejection>,
+    }
+
+    impl Fleet {
+        fn new(n: usize) -> Self {
+            Self {
+                outcomes: (0..n).map(|_| Outcomes::default()).collect(),
+                ejections: vec![Ejection::default(); n],
+            }
+        }
+
+        /// Records `ok` successes and `failed` failures on host `i`.
+        fn calls(&self, i: usize, ok: u32, failed: u32) {
+            for _ in 0..ok {
+                self.outcomes[i].record(false);
+            }
+            for _ in 0..failed {
+                self.outcomes[i].record(true);
+            }
+        }
+
+        fn hosts(&mut self) -> Vec<Host<'_>> {
+            self.outcomes
+                .iter()
+                .zip(self.ejections.iter_mut())
+                .map(|(outcomes, ejection)| Host { outcomes, ejection })
+                .collect()
+        }
+
+        fn interval(&mut self, config: &OutlierDetection, rng: &mut SmallRng) -> bool {
+            let now = Instant::now();
+            on_interval(config, &mut self.hosts(), now, rng)
+        }
+
+        fn ejected(&self) -> Vec<usize> {
+            (0..self.ejections.len())
+                .filter(|&i| self.ejections[i].is_ejected())
+                .collect()
+        }
+    }
+
+    fn failure_percentage_only() -> OutlierDetection {
+        OutlierDetection {
+            success_rate: None,
+            consecutive_failures: 0,
+            ..OutlierDetection::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_backend_is_ejected_returns_and_is_ejected_longer_again() {
+        let config = failure_percentage_only();
+        let mut rng = SmallRng::seed_from_u64(1);
+        let mut fleet = Fleet::new(5);
+        // Not enough evidence yet: 49 calls is under the request volume of 50.
+        fleet.calls(0, 0, 49);
+        (1..5).for_each(|i| fleet.calls(i, 100, 0));
+        assert!(!fleet.interval(&config, &mut rng));
+        assert!(fleet.ejected().is_empty());
+
+        fleet.calls(0, 0, 50);
+        (1..5).for_each(|i| fleet.calls(i, 100, 0));
+        assert!(fleet.interval(&config, &mut rng));
+        assert_eq!(fleet.ejected(), [0]);
+
+        // Still ejected just before the base ejection time (30 s); back after it.
+        tokio::time::advance(Duration::from_secs(29)).await;
+        fleet.interval(&config, &mut rng);
+        assert_eq!(fleet.ejected(), [0]);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        fleet.interval(&config, &mut rng);
+        assert!(fleet.ejected().is_empty());
+
+        // Failing again at once: ejected for twice as long.
+        fleet.calls(0, 0, 60);
+        (1..5).for_each(|i| fleet.calls(i, 100, 0));
+        fleet.interval(&config, &mut rng);
+        assert_eq!(fleet.ejected(), [0]);
+        assert_eq!(fleet.ejections[0].multiplier, 2);
+        tokio::time::advance(Duration::from_secs(59)).await;
+        fleet.interval(&config, &mut rng);
+        assert_eq!(fleet.ejected(), [0]);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        fleet.interval(&config, &mut rng);
+        assert!(fleet.ejected().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_multiplier_decays_while_a_backend_stays_in() {
+        let config = failure_percentage_only();
+        let mut rng = SmallRng::seed_from_u64(1);
+        let mut fleet = Fleet::new(5);
+        fleet.ejections[2].multiplier = 3;
+        for expected in [2, 1, 0, 0] {
+            fleet.interval(&config, &mut rng);
+            assert_eq!(fleet.ejections[2].multiplier, expected);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn never_more_than_the_max_percentage_but_always_one() {
+        let mut rng = SmallRng::seed_from_u64(1);
+        let mut config = failure_percentage_only();
+        config.max_ejection_percent = 20;
+        let mut fleet = Fleet::new(10);
+        (0..5).for_each(|i| fleet.calls(i, 0, 100));
+        (5..10).for_each(|i| fleet.calls(i, 100, 0));
+        fleet.interval(&config, &mut rng);
+        assert_eq!(fleet.ejected().len(), 2);
+
+        // 10 % of 5 backends is half of one: one may still be ejected.
+        let config = failure_percentage_only();
+        let mut fleet = Fleet::new(5);
+        (0..2).for_each(|i| fleet.calls(i, 0, 100));
+        (2..5).for_each(|i| fleet.calls(i, 100, 0));
+        fleet.interval(&config, &mut rng);
+        assert_eq!(fleet.ejected().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn success_rate_ejects_below_mean_minus_stdev_factor() {
+        let mut rng = SmallRng::seed_from_u64(1);
+        let config = OutlierDetection {
+            failure_percentage: None,
+            consecutive_failures: 0,
+            ..OutlierDetection::default()
+        };
+        let mut fleet = Fleet::new(5);
+        // Rates 1, 1, 1, 1, 0.5: mean 0.9, stdev 0.2, threshold 0.9 − 1.9 × 0.2 = 0.52.
+        (0..4).for_each(|i| fleet.calls(i, 100, 0));
+        fleet.calls(4, 50, 50);
+        fleet.interval(&config, &mut rng);
+        assert_eq!(fleet.ejected(), [4]);
+
+        // Rates 1, 1, 1, 1, 0.8: mean 0.96, stdev 0.08, threshold 0.808; 0.8 is below it.
+        let mut fleet = Fleet::new(5);
+        (0..4).for_each(|i| fleet.calls(i, 100, 0));
+        fleet.calls(4, 80, 20);
+        fleet.interval(&config, &mut rng);
+        assert_eq!(fleet.ejected(), [4]);
+        let mut fleet = Fleet::new(5);
+        (0..3).for_each(|i| fleet.calls(i, 100, 0));
+        fleet.calls(3, 90, 10);
+        fleet.calls(4, 85, 15);
+        fleet.interval(&config, &mut rng);
+        // Rates 1, 1, 1, 0.9, 0.85: mean 0.95, stdev 0.063, threshold 0.83: no outlier.
+        assert!(fleet.ejected().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn consecutive_failures_eject_at_once() {
+        let config = OutlierDetection::default();
+        let mut fleet = Fleet::new(5);
+        fleet.calls(1, 0, 4);
+        assert!(!on_consecutive_failures(&config, &mut fleet.hosts(), Instant::now()));
+        // A success resets the streak.
+        fleet.calls(1, 1, 4);
+        assert!(!on_consecutive_failures(&config, &mut fleet.hosts(), Instant::now()));
+        fleet.calls(1, 0, 1);
+        assert!(on_consecutive_failures(&config, &mut fleet.hosts(), Instant::now()));
+        assert_eq!(fleet.ejected(), [1]);
+        assert_eq!(fleet.outcomes[1].consecutive_failures(), 0);
+    }
+
+    #[test]
+    fn settings_are_checked() {
+        assert!(OutlierDetection::default().validate().is_ok());
+        let mut bad = OutlierDetection::default();
+        bad.max_ejection_percent = 101;
+        assert!(bad.validate().unwrap_err().contains("max_ejection_percent"));
+        let mut bad = OutlierDetection::default();
+        bad.interval = Duration::ZERO;
+        assert!(bad.validate().is_err());
+    }
+}
