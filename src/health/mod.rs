@@ -101,7 +101,9 @@ impl GracefulShutdown {
     }
 
     /// Drains with a function of your own that marks the server down (for a health
-    /// service other than tonic-health's).
+    /// service other than tonic-health's). That health service must end its open Watch
+    /// streams once the drain is over: tonic's graceful shutdown waits for every open
+    /// stream, and clients keep their health Watch open for as long as it lasts.
     pub fn with<F, Fut>(mark_down: F) -> Self
     where
         F: FnOnce() -> Fut + Send + 'static,
@@ -129,20 +131,30 @@ impl GracefulShutdown {
     }
 
     /// The future to give tonic's `serve_with_shutdown`: resolves `drain` after `signal`.
+    ///
+    /// With tonic-health's reporter, the drained services' statuses are cleared at the
+    /// end, which ends clients' health Watch streams: tonic's graceful shutdown waits
+    /// for every open stream, and would otherwise wait for those forever.
     pub async fn on<S: Future<Output = ()>>(self, signal: S) {
         signal.await;
         tracing::info!(drain = ?self.drain, "shutting down: marked NOT_SERVING, draining");
         match self.mark_down {
-            MarkDown::Reporter(reporter, services) => {
-                for service in services {
+            MarkDown::Reporter(mut reporter, services) => {
+                for service in &services {
                     reporter
                         .set_service_status(service, ServingStatus::NotServing)
                         .await;
                 }
+                tokio::time::sleep(self.drain).await;
+                for service in &services {
+                    reporter.clear_service_status(service).await;
+                }
             }
-            MarkDown::Custom(mark_down) => mark_down().await,
+            MarkDown::Custom(mark_down) => {
+                mark_down().await;
+                tokio::time::sleep(self.drain).await;
+            }
         }
-        tokio::time::sleep(self.drain).await;
     }
 }
 

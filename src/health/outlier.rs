@@ -454,12 +454,24 @@ mod tests {
         let config = OutlierDetection::default();
         let mut fleet = Fleet::new(5);
         fleet.calls(1, 0, 4);
-        assert!(!on_consecutive_failures(&config, &mut fleet.hosts(), Instant::now()));
+        assert!(!on_consecutive_failures(
+            &config,
+            &mut fleet.hosts(),
+            Instant::now()
+        ));
         // A success resets the streak.
         fleet.calls(1, 1, 4);
-        assert!(!on_consecutive_failures(&config, &mut fleet.hosts(), Instant::now()));
+        assert!(!on_consecutive_failures(
+            &config,
+            &mut fleet.hosts(),
+            Instant::now()
+        ));
         fleet.calls(1, 0, 1);
-        assert!(on_consecutive_failures(&config, &mut fleet.hosts(), Instant::now()));
+        assert!(on_consecutive_failures(
+            &config,
+            &mut fleet.hosts(),
+            Instant::now()
+        ));
         assert_eq!(fleet.ejected(), [1]);
         assert_eq!(fleet.outcomes[1].consecutive_failures(), 0);
     }

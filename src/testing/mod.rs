@@ -31,26 +31,27 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use futures_core::Stream;
+use health::{HealthService, HealthState};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Sleep;
 use tonic::{Code, Request, Response, Status};
-use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::HealthServer;
-use tonic_health::server::{HealthReporter, HealthService};
 
 use conn::{Conns, Incoming};
-use pb::test_service_server::{SERVICE_NAME, TestService, TestServiceServer};
+use pb::test_service_server::{TestService, TestServiceServer};
 use pb::{
     EchoStatus, Empty, Payload, SimpleRequest, SimpleResponse, StreamingOutputCallRequest,
     StreamingOutputCallResponse,
 };
 
 mod conn;
+mod health;
 mod picking;
 mod relay;
 
@@ -194,17 +195,11 @@ impl BackendBuilder {
             calls: AtomicU64::new(0),
             in_flight,
         });
-        let (serving, _) = watch::channel(true);
-        let health = if self.health {
-            Some(health_reporter(&serving).await)
-        } else {
-            None
-        };
+        let health = self.health.then(HealthState::new);
         let run = serve(listener, &shared, health.as_ref())?;
         Ok(Backend {
             shared,
             addr,
-            serving,
             health,
             run: Mutex::new(Some(run)),
         })
@@ -220,8 +215,7 @@ impl BackendBuilder {
 pub struct Backend {
     shared: Arc<Shared>,
     addr: SocketAddr,
-    serving: watch::Sender<bool>,
-    health: Option<HealthReporter>,
+    health: Option<Arc<HealthState>>,
     run: Mutex<Option<Run>>,
 }
 
@@ -281,10 +275,46 @@ impl Backend {
     }
 
     /// Reports `SERVING` or `NOT_SERVING` for `""` and `grpc.testing.TestService`.
-    /// Takes effect asynchronously (health watchers see it shortly after); kept across restarts.
+    /// Watch streams get the change at once; kept across restarts.
     pub fn set_serving(&self, serving: bool) {
-        self.serving
-            .send_if_modified(|s| std::mem::replace(s, serving) != serving);
+        if let Some(health) = &self.health {
+            health
+                .serving
+                .send_if_modified(|s| std::mem::replace(s, serving) != serving);
+        }
+    }
+
+    /// Ends every open health Watch stream with UNAVAILABLE (the connection stays up),
+    /// as a flaky health service would.
+    pub fn break_health_streams(&self) {
+        if let Some(health) = &self.health {
+            health.breaks.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Health Watch streams opened so far.
+    pub fn health_watches(&self) -> u64 {
+        self.health
+            .as_ref()
+            .map_or(0, |h| h.watches.load(Ordering::Relaxed))
+    }
+
+    /// Stops the way a well-behaved server does in a rolling restart, using
+    /// [`GracefulShutdown`](crate::health::GracefulShutdown): reports NOT_SERVING,
+    /// keeps serving for `drain`, then stops accepting and finishes the calls in flight.
+    /// Returns once it has stopped; [`restart`](Self::restart) serves again (SERVING).
+    pub async fn stop_gracefully(&self, drain: Duration) {
+        let run = lock(&self.run).take();
+        let Some(mut run) = run else { return };
+        if let Some(trigger) = run.graceful.take() {
+            let _ = trigger.send(drain);
+        }
+        let _ = (&mut run.task).await;
+        run.conns.close_all();
+        self.set_serving(true);
+        if let Some(health) = &self.health {
+            health.ended.send_replace(false);
+        }
     }
 
     /// Calls received so far (all methods, failed ones included); survives restarts.
@@ -382,28 +412,6 @@ fn clamp_fraction(fraction: f64) -> f64 {
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Creates a reporter (`""` and the test service `SERVING`) that follows `serving`.
-async fn health_reporter(serving: &watch::Sender<bool>) -> HealthReporter {
-    let reporter = HealthReporter::new();
-    reporter
-        .set_service_status(SERVICE_NAME, ServingStatus::Serving)
-        .await;
-    let (mut rx, forward) = (serving.subscribe(), reporter.clone());
-    // Ends when the backend, which owns the sender, is dropped.
-    tokio::spawn(async move {
-        while rx.changed().await.is_ok() {
-            let status = match *rx.borrow_and_update() {
-                true => ServingStatus::Serving,
-                false => ServingStatus::NotServing,
-            };
-            for service in ["", SERVICE_NAME] {
-                forward.set_service_status(service, status).await;
-            }
-        }
-    });
-    reporter
 }
 
 /// State shared by the handle and the service; outlives restarts.
@@ -615,6 +623,8 @@ impl Stream for OutputStream {
 struct Run {
     task: JoinHandle<()>,
     conns: Arc<Conns>,
+    /// Starts a graceful stop, draining for the duration sent.
+    graceful: Option<oneshot::Sender<Duration>>,
 }
 
 impl Run {
@@ -628,21 +638,47 @@ impl Run {
 fn serve(
     listener: std::net::TcpListener,
     shared: &Arc<Shared>,
-    health: Option<&HealthReporter>,
+    health: Option<&Arc<HealthState>>,
 ) -> io::Result<Run> {
     listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(listener)?;
     let conns = Arc::new(Conns::default());
     let incoming = Incoming::new(listener, conns.clone());
-    let health = health.map(|r| HealthServer::new(HealthService::from_health_reporter(r.clone())));
+    let health_service = health.map(|h| HealthServer::new(HealthService(h.clone())));
     let router = tonic::transport::Server::builder()
         .add_service(TestServiceServer::new(Service(shared.clone())))
-        .add_optional_service(health);
+        .add_optional_service(health_service);
+    let (graceful, drain) = oneshot::channel::<Duration>();
+    let health = health.cloned();
+    let signal = async move {
+        // Dropped without a send (a kill aborts the task instead): never shut down here.
+        let Ok(drain) = drain.await else {
+            return std::future::pending().await;
+        };
+        let marked = health.clone();
+        let mark_down = move || async move {
+            if let Some(health) = marked {
+                health.serving.send_replace(false);
+            }
+        };
+        crate::health::GracefulShutdown::with(mark_down)
+            .drain(drain)
+            .on(async {})
+            .await;
+        // End open Watch streams, or tonic's graceful shutdown waits for them forever.
+        if let Some(health) = health {
+            health.ended.send_replace(true);
+        }
+    };
     let server_id = shared.server_id.clone();
     let task = tokio::spawn(async move {
-        if let Err(error) = router.serve_with_incoming(incoming).await {
+        if let Err(error) = router.serve_with_incoming_shutdown(incoming, signal).await {
             tracing::warn!(%server_id, %error, "test backend stopped");
         }
     });
-    Ok(Run { task, conns })
+    Ok(Run {
+        task,
+        conns,
+        graceful: Some(graceful),
+    })
 }
