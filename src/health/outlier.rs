@@ -479,11 +479,15 @@ mod tests {
     #[test]
     fn settings_are_checked() {
         assert!(OutlierDetection::default().validate().is_ok());
-        let mut bad = OutlierDetection::default();
-        bad.max_ejection_percent = 101;
+        let bad = OutlierDetection {
+            max_ejection_percent: 101,
+            ..OutlierDetection::default()
+        };
         assert!(bad.validate().unwrap_err().contains("max_ejection_percent"));
-        let mut bad = OutlierDetection::default();
-        bad.interval = Duration::ZERO;
+        let bad = OutlierDetection {
+            interval: Duration::ZERO,
+            ..OutlierDetection::default()
+        };
         assert!(bad.validate().is_err());
     }
 }
