@@ -38,6 +38,7 @@ mod error;
 pub mod health;
 pub mod resolver;
 pub mod retry;
+pub mod stats;
 mod subchannel;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -11,6 +11,7 @@ use crate::balance::Picker;
 use crate::config::{HedgingPolicy, RetryPolicy};
 use crate::deadline::{self, GRPC_TIMEOUT};
 use crate::retry::{Pushback, Replay, Throttle, pushback};
+use crate::stats::{AttemptKind, MethodStats};
 use crate::subchannel::CallGuard;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
@@ -24,6 +25,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tonic::body::Body;
 use tonic::{Code, Status};
+use tracing::Instrument;
 
 /// Retries of attempts that never left the client, per call. They do not count against
 /// `maxAttempts`; this only stops a call from spinning if every pick lands on a
@@ -76,11 +78,39 @@ pub(super) struct Call<'a> {
     pub(super) wait_for_ready: bool,
     pub(super) deadline: Option<Instant>,
     pub(super) throttle: Option<&'a Throttle>,
+    pub(super) stats: &'a MethodStats,
 }
 
 impl Call<'_> {
+    /// One attempt, in its own span.
+    async fn attempt(&self, previous: u32, kind: AttemptKind) -> Attempt {
+        let span = tracing::debug_span!(
+            "grpc.attempt",
+            attempt = previous + 1,
+            transparent = kind == AttemptKind::Transparent,
+            server.address = tracing::field::Empty,
+            server.port = tracing::field::Empty,
+            rpc.grpc.status_code = tracing::field::Empty,
+        );
+        let attempt = self
+            .send_attempt(previous, kind)
+            .instrument(span.clone())
+            .await;
+        match &attempt {
+            Attempt::Failed { status, .. } | Attempt::NotPicked(status) => {
+                span.record("rpc.grpc.status_code", status.code() as i32);
+            }
+            Attempt::Response(response) => {
+                if let Some(code) = trailers_only_status(response.headers()) {
+                    span.record("rpc.grpc.status_code", code as i32);
+                }
+            }
+        }
+        attempt
+    }
+
     /// One attempt: pick, send, wrap the response body in the load guard.
-    async fn attempt(&self, previous: u32) -> Attempt {
+    async fn send_attempt(&self, previous: u32, kind: AttemptKind) -> Attempt {
         let ready = match self
             .inner
             .pick(self.picker, self.wait_for_ready, self.deadline)
@@ -89,6 +119,13 @@ impl Call<'_> {
             Ok(ready) => ready,
             Err(status) => return Attempt::NotPicked(status),
         };
+        self.stats.attempt(kind);
+        let span = tracing::Span::current();
+        if !span.is_disabled() {
+            let addr = ready.address().addr;
+            span.record("server.address", tracing::field::display(addr.ip()));
+            span.record("server.port", addr.port());
+        }
         let mut head = self.parts.clone();
         if let Some(deadline) = self.deadline {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -136,8 +173,12 @@ impl Call<'_> {
     }
 
     fn throttle_allows(&self) -> bool {
-        self.throttle.is_none_or(Throttle::allows_retry)
-            && self.inner.budget.as_ref().is_none_or(|b| b.withdraw())
+        let allowed = self.throttle.is_none_or(Throttle::allows_retry)
+            && self.inner.budget.as_ref().is_none_or(|b| b.withdraw());
+        if !allowed {
+            self.stats.throttled();
+        }
+        allowed
     }
 
     fn record(&self, success: bool) {
@@ -165,8 +206,9 @@ impl Call<'_> {
         // Made on the first backoff only: most calls never need one.
         let mut rng: Option<SmallRng> = None;
         let (mut previous, mut transparent) = (0u32, 0u32);
+        let mut kind = AttemptKind::First;
         loop {
-            let attempt = self.attempt(previous).await;
+            let attempt = self.attempt(previous, kind).await;
             if let Attempt::Failed { sent: false, .. } = &attempt
                 && transparent < MAX_TRANSPARENT_RETRIES
                 && self.replay.can_replay()
@@ -174,6 +216,7 @@ impl Call<'_> {
             {
                 transparent += 1;
                 tracing::debug!(transparent, "retrying a call that never left the client");
+                kind = AttemptKind::Transparent;
                 continue;
             }
             let (code, result, push) = match verdict(attempt) {
@@ -226,6 +269,7 @@ impl Call<'_> {
             }
             tokio::time::sleep(delay).await;
             previous += 1;
+            kind = AttemptKind::Retry;
         }
     }
 
@@ -236,7 +280,7 @@ impl Call<'_> {
         type Pending<'a> = Pin<Box<dyn Future<Output = Attempt> + Send + 'a>>;
         let max_attempts = policy.max_attempts.clamp(1, 5);
         let mut pending: FuturesUnordered<Pending<'_>> = FuturesUnordered::new();
-        pending.push(Box::pin(self.attempt(0)));
+        pending.push(Box::pin(self.attempt(0, AttemptKind::First)));
         let mut sent = 1u32;
         let mut next_hedge = Box::pin(tokio::time::sleep(policy.hedging_delay));
         let mut last: Option<CallResult> = None;
@@ -269,7 +313,7 @@ impl Call<'_> {
                 }
                 _ = &mut next_hedge, if can_hedge => {
                     if self.time_for(Duration::ZERO) && self.throttle_allows() {
-                        pending.push(Box::pin(self.attempt(sent)));
+                        pending.push(Box::pin(self.attempt(sent, AttemptKind::Hedge)));
                         sent += 1;
                         next_hedge.as_mut().reset(Instant::now() + policy.hedging_delay);
                     } else {

@@ -420,6 +420,7 @@ impl Builder {
                 replay_limit: self.replay_limit,
                 seed,
                 calls: Default::default(),
+                stats: Default::default(),
                 mode: mode_tx,
                 policies,
                 _stop: stop_tx,

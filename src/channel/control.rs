@@ -331,6 +331,25 @@ impl Control {
             let ejected = hosts.iter().filter(|h| h.ejection.is_ejected()).count();
             tracing::debug!(target = %self.target, ejected, "outlier ejections changed");
         }
+        drop(hosts);
+        for entry in state.entries.values() {
+            let now = entry.ejection.is_ejected();
+            let was = entry
+                .subchannel
+                .ejected
+                .swap(now, std::sync::atomic::Ordering::Relaxed);
+            if now && !was {
+                tracing::debug!(target = %self.target, address = %entry.subchannel.address, "ejected as an outlier");
+                entry
+                    .subchannel
+                    .ejections
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                #[cfg(feature = "metrics")]
+                entry.subchannel.exported.ejections.increment(1);
+            } else if was && !now {
+                tracing::debug!(target = %self.target, address = %entry.subchannel.address, "returned from ejection");
+            }
+        }
     }
 
     fn publish(&self, state: &mut State) {
@@ -381,6 +400,11 @@ impl Control {
         if aggregate != state.published_state {
             tracing::debug!(target = %self.target, from = %state.published_state, to = %aggregate, "channel state");
             state.published_state = aggregate;
+        }
+        #[cfg(feature = "metrics")]
+        for sub in &subchannels {
+            let usable = ready.iter().any(|r| Arc::ptr_eq(&r.subchannel, sub));
+            sub.exported.ready.set(if usable { 1.0 } else { 0.0 });
         }
         self.shared.snapshot.store(Arc::new(Snapshot {
             ready,

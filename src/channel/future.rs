@@ -1,6 +1,7 @@
 //! The channel's response future and the response body that carries a call's load guard.
 
 use super::status;
+use crate::stats::CallRecord;
 use crate::subchannel::CallGuard;
 use bytes::Bytes;
 use http_body::Frame;
@@ -102,6 +103,60 @@ impl http_body::Body for GuardedBody {
             }
         }
         Poll::Ready(frame.map(|r| r.map_err(|e| status::from_body_error(e, *this.addr))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that ends its call's record (golden signals, the call span's
+    /// status) when the stream ends.
+    pub(crate) struct RecordedBody {
+        #[pin]
+        inner: Body,
+        record: Option<CallRecord>,
+    }
+}
+
+impl RecordedBody {
+    pub(crate) fn wrap(inner: Body, record: CallRecord) -> Body {
+        // A body already at its end is discarded by `Body::new`: the record's drop would
+        // then count a cancellation, so it must have been finished before (Trailers-Only).
+        Body::new(RecordedBody {
+            inner,
+            record: Some(record),
+        })
+    }
+}
+
+impl http_body::Body for RecordedBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        let code = match &frame {
+            Some(Ok(frame)) => frame
+                .trailers_ref()
+                .map(|t| super::grpc_status(t).unwrap_or(tonic::Code::Unknown)),
+            Some(Err(status)) => Some(status.code()),
+            // Ended without trailers: a protocol error, as tonic will report it.
+            None => Some(tonic::Code::Internal),
+        };
+        if let (Some(code), Some(record)) = (code, this.record.take()) {
+            record.finish(code);
+        }
+        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -23,13 +23,14 @@ use crate::balance::Picker;
 use crate::config::{MethodConfig, MethodMap, ServiceConfig};
 use crate::deadline;
 use crate::retry::{Budget, Replay, Throttle};
+use crate::stats::{CallRecord, ChannelStats, Stats};
 use crate::subchannel::EwmaParams;
 use crate::subchannel::{ConnectivityState, ReadySubchannel, SubchannelInfo};
 use arc_swap::ArcSwap;
 use attempt::CallResult;
 use builder::Policies;
 use control::{ConnectMode, Shared, Snapshot};
-use future::GuardedBody;
+use future::{GuardedBody, RecordedBody};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -87,6 +88,8 @@ struct Inner {
     seed: u64,
     /// Calls that needed a backoff, to vary their jitter seeds.
     calls: AtomicU64,
+    /// Golden signals per method.
+    stats: Stats,
     /// Tells the control task how to connect when a config update changes the policies.
     mode: watch::Sender<(ConnectMode, Option<EwmaParams>)>,
     /// The builder's policies, under each service config update.
@@ -118,6 +121,18 @@ impl BalancedChannel {
     /// else TRANSIENT_FAILURE.
     pub fn state(&self) -> ConnectivityState {
         self.inner.shared.snapshot.load().state
+    }
+
+    /// The golden signals of every method called so far (traffic, errors, latency
+    /// percentiles, saturation) and every endpoint's state and load; see
+    /// [`stats`](crate::stats) for what each figure means.
+    pub fn stats(&self) -> ChannelStats {
+        let snapshot = self.inner.shared.snapshot.load();
+        ChannelStats {
+            uptime: self.inner.stats.uptime(),
+            methods: self.inner.stats.methods(),
+            endpoints: snapshot.subchannels.iter().map(|s| s.snapshot()).collect(),
+        }
     }
 
     /// A view of every subchannel: address, state and load.
@@ -190,7 +205,21 @@ impl Service<http::Request<Body>> for BalancedChannel {
     }
 
     fn call(&mut self, request: http::Request<Body>) -> ResponseFuture {
-        ResponseFuture::new(self.inner.clone().call(request))
+        let path = request.uri().path();
+        let (service, method) = path
+            .strip_prefix('/')
+            .and_then(|p| p.rsplit_once('/'))
+            .unwrap_or(("", path));
+        let span = tracing::debug_span!(
+            "grpc.call",
+            rpc.system = "grpc",
+            rpc.service = service,
+            rpc.method = method,
+            rpc.grpc.status_code = tracing::field::Empty,
+            policy = tracing::field::Empty,
+        );
+        let future = self.inner.clone().call(request);
+        ResponseFuture::new(tracing::Instrument::instrument(future, span))
     }
 }
 
@@ -202,13 +231,21 @@ impl Inner {
         let path = request.uri().path();
         let picker = &**config.pickers.get(path);
         let method = config.methods.get(path).as_deref();
+        let span = tracing::Span::current();
+        if !span.is_disabled() {
+            span.record("policy", tracing::field::debug(picker));
+        }
+        let record = CallRecord::start(self.stats.method(path), span);
 
         // The earliest of: inherited, set on the request, configured for the method.
         let requested = match deadline::request_timeout(request.headers()) {
             None => None,
             Some(Ok(timeout)) => Some(timeout),
             // The caller's own code wrote a bad header: say so rather than drop the deadline.
-            Some(Err(invalid)) => return Err(Status::internal(invalid.to_string())),
+            Some(Err(invalid)) => {
+                record.finish(tonic::Code::Internal);
+                return Err(Status::internal(invalid.to_string()));
+            }
         };
         let now = Instant::now();
         let deadline = [
@@ -220,6 +257,7 @@ impl Inner {
         .flatten()
         .min();
         if deadline.is_some_and(|d| d <= now) {
+            record.finish(tonic::Code::DeadlineExceeded);
             return Err(Status::deadline_exceeded(format!(
                 "deadline exceeded before the call to {} was sent",
                 self.target
@@ -244,13 +282,27 @@ impl Inner {
             wait_for_ready,
             deadline,
             throttle: config.throttle.as_deref(),
+            stats: record.method(),
         };
-        match (
+        let result = match (
             method.and_then(|m| m.retry_policy.as_ref()),
             method.and_then(|m| m.hedging_policy.as_ref()),
         ) {
             (_, Some(hedging)) => call.run_hedged(hedging).await,
             (retry, None) => call.run(retry).await,
+        };
+        match result {
+            Ok(response) => match trailers_only_status(response.headers()) {
+                Some(code) => {
+                    record.finish(code);
+                    Ok(response)
+                }
+                None => Ok(response.map(|body| RecordedBody::wrap(body, record))),
+            },
+            Err(status) => {
+                record.finish(status.code());
+                Err(status)
+            }
         }
     }
 

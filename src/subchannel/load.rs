@@ -156,6 +156,8 @@ impl Outcomes {
 pub(crate) struct Load {
     in_flight: AtomicUsize,
     started: AtomicU64,
+    /// Attempts that failed here (the failure codes, transport errors).
+    errors: AtomicU64,
     /// Call outcomes, counted only when outlier detection is on.
     pub(crate) outcomes: Outcomes,
     track_outcomes: AtomicBool,
@@ -186,6 +188,7 @@ impl Load {
         Self {
             in_flight: AtomicUsize::new(0),
             started: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
             outcomes: Outcomes::default(),
             track_outcomes: AtomicBool::new(accounting.outliers.is_some()),
             failure_codes: accounting.failure_codes,
@@ -202,6 +205,16 @@ impl Load {
     /// Calls started on this subchannel since it was created.
     pub(crate) fn started(&self) -> u64 {
         self.started.load(Ordering::Relaxed)
+    }
+
+    /// Calls that failed on this subchannel since it was created.
+    pub(crate) fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    /// Whether round trips are being timed (some policy needs the estimate).
+    pub(crate) fn tracks_rtt(&self) -> bool {
+        self.track_rtt.load(Ordering::Relaxed)
     }
 
     /// Turns round-trip timing on or off (a config update added or removed peak_ewma).
@@ -232,6 +245,11 @@ impl CallGuard {
         let load = &subchannel.load;
         load.in_flight.fetch_add(1, Ordering::Relaxed);
         load.started.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        {
+            subchannel.exported.calls.increment(1);
+            subchannel.exported.in_flight.increment(1.0);
+        }
         let sent = load.track_rtt.load(Ordering::Relaxed).then(Instant::now);
         Self {
             subchannel,
@@ -264,13 +282,21 @@ impl CallGuard {
         self.outcome(true);
     }
 
-    /// Counts the call's outcome once, for outlier detection.
+    /// Counts the call's outcome once: its endpoint's errors, and outlier detection.
     fn outcome(&mut self, failed: bool) {
         let load = &self.subchannel.load;
-        if self.outcome_recorded || !load.track_outcomes.load(Ordering::Relaxed) {
+        if self.outcome_recorded {
             return;
         }
         self.outcome_recorded = true;
+        if failed {
+            load.errors.fetch_add(1, Ordering::Relaxed);
+            #[cfg(feature = "metrics")]
+            self.subchannel.exported.errors.increment(1);
+        }
+        if !load.track_outcomes.load(Ordering::Relaxed) {
+            return;
+        }
         let consecutive = load.outcomes.record(failed);
         if let Some((signal, limit)) = &load.outlier_signal
             && *limit > 0
@@ -283,10 +309,10 @@ impl CallGuard {
     fn record(&mut self, may_lower: bool) {
         if let Some(sent) = self.sent.take() {
             let now = Instant::now();
-            self.subchannel
-                .load
-                .rtt
-                .observe(now, now.saturating_duration_since(sent), may_lower);
+            let rtt = &self.subchannel.load.rtt;
+            rtt.observe(now, now.saturating_duration_since(sent), may_lower);
+            #[cfg(feature = "metrics")]
+            self.subchannel.exported.rtt.set(rtt.nanos() / 1e9);
         }
     }
 }
@@ -299,6 +325,8 @@ impl Drop for CallGuard {
             .load
             .in_flight
             .fetch_sub(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        self.subchannel.exported.in_flight.decrement(1.0);
     }
 }
 

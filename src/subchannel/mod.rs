@@ -24,7 +24,7 @@ use load::Load;
 use rand::{SeedableRng, rngs::SmallRng};
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::transport::{Channel, Endpoint};
@@ -100,6 +100,11 @@ pub(crate) struct Subchannel {
     pub(crate) address: Address,
     state: AtomicU8,
     pub(crate) load: Load,
+    /// Set by the control task while outlier detection has it ejected.
+    pub(crate) ejected: AtomicBool,
+    pub(crate) ejections: AtomicU64,
+    #[cfg(feature = "metrics")]
+    pub(crate) exported: crate::stats::exported::Endpoint,
 }
 
 impl Subchannel {
@@ -113,6 +118,23 @@ impl Subchannel {
 
     pub(crate) fn shut_down(&self) {
         self.set_state(ConnectivityState::Shutdown);
+    }
+
+    /// Its figures for [`ChannelStats`](crate::stats::ChannelStats).
+    pub(crate) fn snapshot(&self) -> crate::stats::EndpointSnapshot {
+        crate::stats::EndpointSnapshot {
+            address: self.address.clone(),
+            state: self.state(),
+            ejected: self.ejected.load(Ordering::Relaxed),
+            in_flight: self.load.in_flight(),
+            calls: self.load.started(),
+            errors: self.load.errors(),
+            ejections: self.ejections.load(Ordering::Relaxed),
+            rtt: self
+                .load
+                .tracks_rtt()
+                .then(|| Duration::from_secs_f64(self.load.rtt.nanos() / 1e9)),
+        }
     }
 
     pub(crate) fn info(&self) -> SubchannelInfo {
@@ -273,11 +295,17 @@ pub(crate) fn new_subchannel(
     address: Address,
     accounting: &Accounting,
 ) -> Arc<Subchannel> {
+    #[cfg(feature = "metrics")]
+    let address_text = address.addr.to_string();
     Arc::new(Subchannel {
         id,
         address,
         state: AtomicU8::new(ConnectivityState::Idle.as_u8()),
         load: Load::new(accounting),
+        ejected: AtomicBool::new(false),
+        ejections: AtomicU64::new(0),
+        #[cfg(feature = "metrics")]
+        exported: crate::stats::exported::Endpoint::new(&address_text),
     })
 }
 
