@@ -153,7 +153,9 @@ impl http_body::Body for RecordedBody {
             // Ended without trailers: a protocol error, as tonic will report it.
             None => Some(tonic::Code::Internal),
         };
-        if let (Some(code), Some(record)) = (code, this.record.take()) {
+        if let Some(code) = code
+            && let Some(record) = this.record.take()
+        {
             record.finish(code);
         }
         Poll::Ready(frame)
