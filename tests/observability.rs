@@ -152,9 +152,12 @@ async fn metrics_carry_the_documented_names_and_labels() {
     .await;
 }
 
+/// A span's name and its fields as last recorded.
+type SpanRecord = (String, BTreeMap<String, String>);
+
 /// Every span's name and fields, as recorded.
 #[derive(Clone, Default)]
-struct Spans(Arc<Mutex<Vec<(String, BTreeMap<String, String>)>>>);
+struct Spans(Arc<Mutex<Vec<SpanRecord>>>);
 
 struct Fields<'a>(&'a mut BTreeMap<String, String>);
 
