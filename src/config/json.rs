@@ -39,6 +39,13 @@ const CODE_NAMES: [(&str, Code); 17] = [
     ("UNAUTHENTICATED", Code::Unauthenticated),
 ];
 
+/// The name gRPC gives a status code (`UNAVAILABLE`): the one table of names.
+pub(crate) fn code_name(code: Code) -> &'static str {
+    CODE_NAMES
+        .get(code as usize)
+        .map_or("UNKNOWN", |(name, _)| name)
+}
+
 /// Parses the JSON form of a service config, without the range checks of `validate`
 /// (except for the load balancing config, checked here at its real index).
 pub(super) fn parse(json: &str) -> Result<ServiceConfig> {

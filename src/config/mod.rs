@@ -11,8 +11,7 @@ mod service_config;
 #[cfg(test)]
 mod service_config_tests;
 
-#[allow(unused_imports)] // For durations configured as strings elsewhere in the crate.
-pub(crate) use json::parse_duration;
+pub(crate) use json::code_name;
 pub use service_config::{
     HealthCheckConfig, HedgingPolicy, InvalidConfig, LoadBalancingConfig, MethodConfig,
     MethodPattern, RetryPolicy, RetryThrottling, ServiceConfig,

@@ -4,6 +4,7 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 use tonic::Code;
 
+use super::json::parse_duration;
 use super::*;
 
 /// A valid config using every field; the tables below break one field at a time.

@@ -25,6 +25,7 @@ use super::pb::SimpleRequest;
 use super::pb::test_service_client::TestServiceClient;
 use super::{Backend, Latency};
 use crate::resolver::Target;
+use crate::stats::code_name;
 use crate::{BalancedChannel, ConnectivityState, Policy};
 use hdrhistogram::Histogram;
 use std::collections::BTreeMap;
@@ -784,29 +785,6 @@ async fn drive(
         Recorder::new(),
     );
     recorder.finish(arm, wall)
-}
-
-/// The name gRPC gives a status code, as in `errors` keys.
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
 }
 
 /// The stdout table of one scenario: a row per arm.
