@@ -5,6 +5,7 @@
 //! *committed*, and never sent again, once response headers arrive that are not a
 //! Trailers-Only response, or once its request body outgrows the replay buffer.
 
+use super::future::Answer;
 use super::{Inner, status, trailers_only_status};
 use crate::backoff::{Backoff, BackoffParams};
 use crate::balance::Picker;
@@ -23,7 +24,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 use tokio::time::Instant;
-use tonic::body::Body;
 use tonic::{Code, Status};
 use tracing::Instrument;
 
@@ -32,12 +32,12 @@ use tracing::Instrument;
 /// connection that has just closed.
 const MAX_TRANSPARENT_RETRIES: u32 = 10;
 
-pub(super) type CallResult = Result<http::Response<Body>, Status>;
+pub(super) type CallResult = Result<Answer, Status>;
 
 /// How one attempt ended.
 enum Attempt {
     /// Response headers arrived.
-    Response(http::Response<Body>),
+    Response(Answer),
     /// The transport failed. `sent` is false if the request never reached the server's
     /// handler (its body was never read, or the stream was refused).
     Failed { status: Status, sent: bool },
@@ -55,11 +55,11 @@ enum Verdict {
 
 fn verdict(attempt: Attempt) -> Verdict {
     match attempt {
-        Attempt::Response(response) => match trailers_only_status(response.headers()) {
-            None | Some(Code::Ok) => Verdict::Done(Ok(response)),
+        Attempt::Response(answer) => match trailers_only_status(answer.response.headers()) {
+            None | Some(Code::Ok) => Verdict::Done(Ok(answer)),
             Some(code) => {
-                let push = pushback(response.headers());
-                Verdict::Failed(code, Ok(response), push)
+                let push = pushback(answer.response.headers());
+                Verdict::Failed(code, Ok(answer), push)
             }
         },
         Attempt::Failed { status, .. } => {
@@ -100,8 +100,8 @@ impl Call<'_> {
             Attempt::Failed { status, .. } | Attempt::NotPicked(status) => {
                 span.record("rpc.grpc.status_code", status.code() as i32);
             }
-            Attempt::Response(response) => {
-                if let Some(code) = trailers_only_status(response.headers()) {
+            Attempt::Response(answer) => {
+                if let Some(code) = trailers_only_status(answer.response.headers()) {
                     span.record("rpc.grpc.status_code", code as i32);
                 }
             }
@@ -152,7 +152,11 @@ impl Call<'_> {
         match send.await {
             Ok(response) => {
                 guard.responded(trailers_only_status(response.headers()));
-                Attempt::Response(response.map(|b| super::GuardedBody::wrap(b, guard, addr)))
+                Attempt::Response(Answer {
+                    response,
+                    guard,
+                    addr,
+                })
             }
             Err(error) => {
                 guard.failed();

@@ -50,31 +50,48 @@ impl fmt::Debug for ResponseFuture {
     }
 }
 
+/// A finished attempt's response whose body has not been wrapped yet: the load guard
+/// travels beside it until the call knows this attempt is the one it returns.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub(crate) response: http::Response<Body>,
+    pub(crate) guard: CallGuard,
+    pub(crate) addr: SocketAddr,
+}
+
 pin_project_lite::pin_project! {
-    /// A response body that holds its call's load guard until the stream ends (trailers,
-    /// an error, or the caller dropping it).
-    pub(crate) struct GuardedBody {
+    /// The response body a caller reads. When the stream ends (trailers, an error, or
+    /// the caller dropping it) it releases the attempt's load guard and ends the call's
+    /// record, both with the final status.
+    pub(crate) struct CallBody {
         #[pin]
         inner: Body,
         guard: Option<CallGuard>,
+        record: Option<CallRecord>,
         addr: SocketAddr,
     }
 }
 
-impl GuardedBody {
-    /// Wraps `inner` so that `guard` is released when the stream ends.
-    pub(crate) fn wrap(inner: Body, guard: CallGuard, addr: SocketAddr) -> Body {
-        // An already finished body (a Trailers-Only response) releases the guard now:
-        // `Body::new` would discard the wrapper as empty anyway.
-        Body::new(GuardedBody {
-            inner,
-            guard: Some(guard),
+impl CallBody {
+    /// Wraps an answer's body with its guard and the call's record.
+    pub(crate) fn wrap(answer: Answer, record: CallRecord) -> http::Response<Body> {
+        let Answer {
+            response,
+            guard,
             addr,
+        } = answer;
+        response.map(|inner| {
+            Body::new(CallBody {
+                inner,
+                guard: Some(guard),
+                record: Some(record),
+                addr,
+            })
         })
     }
 }
 
-impl http_body::Body for GuardedBody {
+impl http_body::Body for CallBody {
     type Data = Bytes;
     type Error = Status;
 
@@ -84,78 +101,24 @@ impl http_body::Body for GuardedBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let this = self.project();
         let frame = std::task::ready!(this.inner.poll_frame(cx));
-        match &frame {
-            Some(Ok(frame)) if !frame.is_trailers() => {}
-            // Trailers, an error or the end: the call is over.
-            end => {
-                if let Some(mut guard) = this.guard.take() {
-                    match end {
-                        Some(Ok(trailers)) => {
-                            if let Some(code) = trailers.trailers_ref().and_then(super::grpc_status)
-                            {
-                                guard.finished(code);
-                            }
-                        }
-                        Some(Err(_)) => guard.failed(),
-                        None => {}
-                    }
-                }
+        let frame = frame.map(|f| f.map_err(|e| status::from_body_error(e, *this.addr)));
+        let code = match &frame {
+            Some(Ok(data)) if !data.is_trailers() => return Poll::Ready(frame),
+            Some(Ok(trailers)) => trailers
+                .trailers_ref()
+                .and_then(super::grpc_status)
+                .unwrap_or(tonic::Code::Unknown),
+            Some(Err(status)) => status.code(),
+            // Ended without trailers: a protocol error, as tonic will report it.
+            None => tonic::Code::Internal,
+        };
+        if let Some(mut guard) = this.guard.take() {
+            match &frame {
+                Some(Err(_)) => guard.failed(),
+                _ => guard.finished(code),
             }
         }
-        Poll::Ready(frame.map(|r| r.map_err(|e| status::from_body_error(e, *this.addr))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A response body that ends its call's record (golden signals, the call span's
-    /// status) when the stream ends.
-    pub(crate) struct RecordedBody {
-        #[pin]
-        inner: Body,
-        record: Option<CallRecord>,
-    }
-}
-
-impl RecordedBody {
-    pub(crate) fn wrap(inner: Body, record: CallRecord) -> Body {
-        // A body already at its end is discarded by `Body::new`: the record's drop would
-        // then count a cancellation, so it must have been finished before (Trailers-Only).
-        Body::new(RecordedBody {
-            inner,
-            record: Some(record),
-        })
-    }
-}
-
-impl http_body::Body for RecordedBody {
-    type Data = Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        let this = self.project();
-        let frame = std::task::ready!(this.inner.poll_frame(cx));
-        let code = match &frame {
-            Some(Ok(frame)) => frame
-                .trailers_ref()
-                .map(|t| super::grpc_status(t).unwrap_or(tonic::Code::Unknown)),
-            Some(Err(status)) => Some(status.code()),
-            // Ended without trailers: a protocol error, as tonic will report it.
-            None => Some(tonic::Code::Internal),
-        };
-        if let Some(code) = code
-            && let Some(record) = this.record.take()
-        {
+        if let Some(record) = this.record.take() {
             record.finish(code);
         }
         Poll::Ready(frame)

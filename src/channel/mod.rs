@@ -27,10 +27,9 @@ use crate::stats::{CallRecord, ChannelStats, Stats};
 use crate::subchannel::EwmaParams;
 use crate::subchannel::{ConnectivityState, ReadySubchannel, SubchannelInfo};
 use arc_swap::ArcSwap;
-use attempt::CallResult;
 use builder::Policies;
 use control::{ConnectMode, Shared, Snapshot};
-use future::{GuardedBody, RecordedBody};
+use future::CallBody;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -226,7 +225,10 @@ impl Service<http::Request<Body>> for BalancedChannel {
 // === impl Inner ===
 
 impl Inner {
-    async fn call(self: Arc<Self>, request: http::Request<Body>) -> CallResult {
+    async fn call(
+        self: Arc<Self>,
+        request: http::Request<Body>,
+    ) -> Result<http::Response<Body>, Status> {
         let config = self.config.load_full();
         let path = request.uri().path();
         let picker = &**config.pickers.get(path);
@@ -292,12 +294,13 @@ impl Inner {
             (retry, None) => call.run(retry).await,
         };
         match result {
-            Ok(response) => match trailers_only_status(response.headers()) {
+            // Trailers-Only: the call is over; the guard already counted the outcome.
+            Ok(answer) => match trailers_only_status(answer.response.headers()) {
                 Some(code) => {
                     record.finish(code);
-                    Ok(response)
+                    Ok(answer.response)
                 }
-                None => Ok(response.map(|body| RecordedBody::wrap(body, record))),
+                None => Ok(CallBody::wrap(answer, record)),
             },
             Err(status) => {
                 record.finish(status.code());
