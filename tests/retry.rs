@@ -353,3 +353,39 @@ async fn method_timeout_and_inherited_deadline_bound_the_call() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn message_size_limits_from_the_service_config_are_enforced() {
+    within(async {
+        let backend = Backend::start("b").await.unwrap();
+        let config = r#"{"methodConfig": [{"name": [{}],
+            "maxRequestMessageBytes": 1000, "maxResponseMessageBytes": 1000}]}"#;
+        let mut client = Client::new(channel_to(&backend, config).await);
+        let with = |request_bytes: usize, response_size: i32| SimpleRequest {
+            payload: Some(Payload {
+                body: vec![1; request_bytes],
+                ..Default::default()
+            }),
+            response_size,
+            ..Default::default()
+        };
+        client.unary_call(with(500, 500)).await.unwrap();
+
+        let status = client.unary_call(with(2000, 0)).await.unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(
+            status.message().contains("request message"),
+            "{}",
+            status.message()
+        );
+
+        let status = client.unary_call(with(10, 2000)).await.unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(
+            status.message().contains("response message"),
+            "{}",
+            status.message()
+        );
+    })
+    .await;
+}

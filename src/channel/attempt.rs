@@ -160,6 +160,12 @@ impl Call<'_> {
             }
             Err(error) => {
                 guard.failed();
+                if let Some(rejected) = self.replay.rejection() {
+                    return Attempt::Failed {
+                        status: rejected,
+                        sent: true,
+                    };
+                }
                 let refused = status::never_processed(&error);
                 let sent = polled.load(std::sync::atomic::Ordering::Relaxed) && !refused;
                 Attempt::Failed {

@@ -1,6 +1,7 @@
 //! The channel's response future and the response body that carries a call's load guard.
 
 use super::status;
+use crate::retry::MessageLimit;
 use crate::stats::CallRecord;
 use crate::subchannel::CallGuard;
 use bytes::Bytes;
@@ -69,12 +70,18 @@ pin_project_lite::pin_project! {
         guard: Option<CallGuard>,
         record: Option<CallRecord>,
         addr: SocketAddr,
+        // The method's `maxResponseMessageBytes`.
+        limit: Option<MessageLimit>,
     }
 }
 
 impl CallBody {
     /// Wraps an answer's body with its guard and the call's record.
-    pub(crate) fn wrap(answer: Answer, record: CallRecord) -> http::Response<Body> {
+    pub(crate) fn wrap(
+        answer: Answer,
+        record: CallRecord,
+        limit: Option<MessageLimit>,
+    ) -> http::Response<Body> {
         let Answer {
             response,
             guard,
@@ -86,6 +93,7 @@ impl CallBody {
                 guard: Some(guard),
                 record: Some(record),
                 addr,
+                limit,
             })
         })
     }
@@ -101,7 +109,13 @@ impl http_body::Body for CallBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let this = self.project();
         let frame = std::task::ready!(this.inner.poll_frame(cx));
-        let frame = frame.map(|f| f.map_err(|e| status::from_body_error(e, *this.addr)));
+        let mut frame = frame.map(|f| f.map_err(|e| status::from_body_error(e, *this.addr)));
+        if let (Some(Ok(data)), Some(limit)) = (&frame, this.limit.as_mut())
+            && let Some(bytes) = data.data_ref()
+            && let Err(status) = limit.check(bytes)
+        {
+            frame = Some(Err(status));
+        }
         let code = match &frame {
             Some(Ok(data)) if !data.is_trailers() => return Poll::Ready(frame),
             Some(Ok(trailers)) => trailers

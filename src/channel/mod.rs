@@ -22,7 +22,7 @@ pub use future::ResponseFuture;
 use crate::balance::Picker;
 use crate::config::{MethodConfig, MethodMap, ServiceConfig};
 use crate::deadline;
-use crate::retry::{Budget, Replay, Throttle};
+use crate::retry::{Budget, MessageLimit, Replay, Throttle};
 use crate::stats::{CallRecord, ChannelStats, Stats};
 use crate::subchannel::EwmaParams;
 use crate::subchannel::{ConnectivityState, ReadySubchannel, SubchannelInfo};
@@ -280,7 +280,13 @@ impl Inner {
             inner: &self,
             picker,
             parts,
-            replay: Replay::new(body, self.replay_limit),
+            replay: Replay::new(
+                body,
+                self.replay_limit,
+                method
+                    .and_then(|m| m.max_request_message_bytes)
+                    .map(|limit| MessageLimit::new(limit, "request")),
+            ),
             wait_for_ready,
             deadline,
             throttle: config.throttle.as_deref(),
@@ -300,7 +306,12 @@ impl Inner {
                     record.finish(code);
                     Ok(answer.response)
                 }
-                None => Ok(CallBody::wrap(answer, record)),
+                None => {
+                    let limit = method
+                        .and_then(|m| m.max_response_message_bytes)
+                        .map(|limit| MessageLimit::new(limit, "response"));
+                    Ok(CallBody::wrap(answer, record, limit))
+                }
             },
             Err(status) => {
                 record.finish(status.code());

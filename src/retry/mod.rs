@@ -20,7 +20,10 @@
 //! service config; use a budget when the bound on amplification is what matters. Both
 //! can be on: a retry then needs both to allow it.
 
+mod framing;
 mod replay;
+
+pub(crate) use framing::MessageLimit;
 
 pub use replay::DEFAULT_REPLAY_BUFFER;
 pub(crate) use replay::Replay;

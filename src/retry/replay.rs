@@ -1,5 +1,6 @@
 //! Request bodies that can be sent again: what lets a call be retried or hedged.
 
+use super::MessageLimit;
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::Frame;
@@ -37,10 +38,15 @@ struct Shared {
     limit: usize,
     /// More was read than recorded: no attempt can be replayed from the start.
     overflowed: bool,
+    /// The method's `maxRequestMessageBytes`, followed over the caller's body.
+    message_limit: Option<MessageLimit>,
+    /// Why the body was refused, kept for the caller: the transport only reports that
+    /// the stream was reset.
+    rejected: Option<Status>,
 }
 
 impl Replay {
-    pub(crate) fn new(source: Body, limit: usize) -> Self {
+    pub(crate) fn new(source: Body, limit: usize, message_limit: Option<MessageLimit>) -> Self {
         Self {
             shared: Arc::new(Mutex::new(Shared {
                 source,
@@ -50,8 +56,17 @@ impl Replay {
                 recorded: 0,
                 limit,
                 overflowed: false,
+                message_limit,
+                rejected: None,
             })),
         }
+    }
+
+    /// Why the caller's body was refused (a message over the method's size limit).
+    pub(crate) fn rejection(&self) -> Option<Status> {
+        let shared = lock(&self.shared);
+        let rejected = shared.rejected.as_ref()?;
+        Some(Status::new(rejected.code(), rejected.message()))
     }
 
     /// Whether a new attempt can still send the whole body.
@@ -128,6 +143,13 @@ impl http_body::Body for AttemptBody {
             Some(Ok(frame)) => frame,
         };
         if let Some(data) = frame.data_ref() {
+            if let Some(Err(status)) = shared.message_limit.as_mut().map(|l| l.check(data)) {
+                // Too large to send: fail the call (not retryable: nothing to replay).
+                shared.ended = true;
+                shared.overflowed = true;
+                shared.rejected = Some(Status::new(status.code(), status.message()));
+                return Poll::Ready(Some(Err(status)));
+            }
             shared.recorded += data.len();
             if !shared.overflowed && shared.recorded <= shared.limit {
                 shared.frames.push(data.clone());
@@ -173,7 +195,7 @@ mod tests {
 
     #[tokio::test]
     async fn every_attempt_sends_the_whole_body() {
-        let replay = Replay::new(body(&[b"hello ", b"world"]), 1024);
+        let replay = Replay::new(body(&[b"hello ", b"world"]), 1024, None);
         let (first, polled) = replay.attempt_body();
         assert!(!polled.load(Ordering::Relaxed));
         assert_eq!(collect(first).await, b"hello world");
@@ -185,7 +207,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_later_attempt_continues_where_the_record_ends() {
-        let replay = Replay::new(body(&[b"a", b"b", b"c"]), 1024);
+        let replay = Replay::new(body(&[b"a", b"b", b"c"]), 1024, None);
         let (mut first, _) = replay.attempt_body();
         // The first attempt reads one frame, then fails.
         let frame = first.frame().await.unwrap().unwrap();
@@ -197,7 +219,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_past_the_limit_commits() {
-        let replay = Replay::new(body(&[b"12345", b"67890"]), 8);
+        let replay = Replay::new(body(&[b"12345", b"67890"]), 8, None);
         let (first, _) = replay.attempt_body();
         // The attempt itself still sends everything.
         assert_eq!(collect(first).await, b"1234567890");
