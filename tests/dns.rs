@@ -341,6 +341,22 @@ async fn a_name_that_never_resolves_fails_calls_with_the_dns_error() {
         wait_ready(&channel, 1).await;
         assert_eq!(call(&mut client).await.unwrap(), "late");
 
+        // A name that exists with no address records (NODATA).
+        dns.set_srv("srv-only.test", [Srv::new(1, 1, port, "nowhere.test")], TTL);
+        let channel = BalancedChannel::builder(&dns_target(&dns, "srv-only.test", port))
+            .dns_options(quick())
+            .build()
+            .unwrap();
+        let status = call(&mut Client::new(channel)).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(
+            status
+                .message()
+                .contains("DNS lookup of srv-only.test: no A or AAAA records"),
+            "{}",
+            status.message()
+        );
+
         // No DNS server at all: the error says the lookup got no answer.
         dns.stop().await;
         let channel = BalancedChannel::builder(&dns_target(&dns, "orders.test", port))

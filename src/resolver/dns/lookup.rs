@@ -151,7 +151,15 @@ async fn lookup_ip(
     port: u16,
     weight: Option<u32>,
 ) -> Result<(Vec<Address>, Duration), String> {
-    let lookup = resolver.lookup_ip(host).await.map_err(|e| describe(&e))?;
+    let lookup = resolver.lookup_ip(host).await.map_err(|e| match &e {
+        // hickory reports the A query's NODATA when both queries found nothing.
+        NetError::Dns(DnsError::NoRecordsFound(none))
+            if none.response_code != ResponseCode::NXDomain =>
+        {
+            "no A or AAAA records".to_owned()
+        }
+        _ => describe(&e),
+    })?;
     let addrs: Vec<Address> = lookup
         .iter()
         .map(|ip| Address {

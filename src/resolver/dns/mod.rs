@@ -20,7 +20,7 @@
 //!   (Consul's default) or 1 s; the ceiling bounds how stale the set can get when a
 //!   long TTL outlives a change.
 //! - **when a connection is lost or fails** (the channel calls
-//!   [`Resolve::re_resolve`](crate::resolver::Resolve::re_resolve)): a backend that went
+//!   [`Resolve::re_resolve`]): a backend that went
 //!   away may have been replaced under the same name. These lookups are rate limited,
 //!   as in gRPC: at most one per [`DnsOptions::min_re_resolve_interval`] (default 30 s)
 //!   after the previous lookup started, so a flapping fleet cannot flood the DNS server.
