@@ -330,10 +330,31 @@ async fn build_reports_bad_input_without_panicking() {
         err.to_string().contains("connection_backoff.jitter"),
         "{err}"
     );
-    let err = BalancedChannel::builder("dns:///no-such-host.invalid:1")
+    let err = BalancedChannel::builder("dns://ns.example/orders.example:1")
         .build()
         .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::UnsupportedTarget);
+    assert_eq!(err.kind(), ErrorKind::InvalidTarget);
+    assert!(err.to_string().contains("must be an IP address"), "{err}");
+}
+
+/// Without the `dns` feature, host names and SRV targets are refused with a message
+/// that says what to do. (`cargo test --no-default-features --features testing`.)
+#[cfg(not(feature = "dns"))]
+#[tokio::test]
+async fn dns_targets_without_the_dns_feature_say_to_enable_it() {
+    use tonic_balancer::ErrorKind;
+    for target in [
+        "dns:///orders.example:1",
+        "dns+srv:///_grpc._tcp.orders.example",
+    ] {
+        let err = BalancedChannel::builder(target).build().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::UnsupportedTarget);
+        assert!(err.to_string().contains("`dns` feature"), "{err}");
+    }
+    // IP literals need no lookup.
+    BalancedChannel::builder("dns:///127.0.0.1:1")
+        .build()
+        .unwrap();
 }
 
 #[test]

@@ -132,6 +132,8 @@ pub struct Builder {
     health_service: Option<String>,
     outlier_detection: Option<OutlierDetection>,
     panic_threshold: Option<u32>,
+    #[cfg(feature = "dns")]
+    dns_options: crate::resolver::DnsOptions,
 }
 
 impl Builder {
@@ -160,6 +162,8 @@ impl Builder {
             health_service: None,
             outlier_detection: None,
             panic_threshold: None,
+            #[cfg(feature = "dns")]
+            dns_options: crate::resolver::DnsOptions::default(),
         }
     }
 
@@ -292,6 +296,17 @@ impl Builder {
         self
     }
 
+    /// When the DNS resolver of a `dns:` or `dns+srv:` target looks up again: refresh
+    /// bounds around the records' TTL, and the rate limit of lookups caused by lost
+    /// connections. See [`resolver::dns`](crate::resolver::dns) for the rules and why
+    /// the defaults are what they are. Ignored for other targets. Checked by
+    /// [`Builder::build`].
+    #[cfg(feature = "dns")]
+    pub fn dns_options(mut self, options: crate::resolver::DnsOptions) -> Self {
+        self.dns_options = options;
+        self
+    }
+
     /// Checks the settings, starts the channel's control task and returns the channel.
     /// Connections are made in the background; the first calls queue until a backend is
     /// READY (or all have failed).
@@ -355,28 +370,12 @@ impl Builder {
         let (resolver, authority): (Box<dyn Resolve>, Option<String>) = match self.source? {
             Source::Resolver(resolver) => (resolver, None),
             Source::Target(Target::Static(addrs)) => (Box::new(StaticList::new(addrs)), None),
-            Source::Target(target @ Target::Dns { .. }) => {
-                let Target::Dns { host, port, .. } = &target else {
-                    unreachable!("matched above")
-                };
-                match host.parse::<std::net::IpAddr>() {
-                    // An IP literal needs no lookup.
-                    Ok(ip) => (
-                        Box::new(StaticList::new([std::net::SocketAddr::new(ip, *port)])),
-                        Some(target.authority()),
-                    ),
-                    Err(_) => {
-                        return Err(Error::new(
-                            ErrorKind::UnsupportedTarget,
-                            format!(
-                                "target {:?}: resolving host names through DNS is not \
-                                 supported yet; use an ipv4:/ipv6: target or \
-                                 builder_with_resolver",
-                                self.name
-                            ),
-                        ));
-                    }
-                }
+            Source::Target(target) => {
+                #[cfg(feature = "dns")]
+                let resolver = dns_resolver(&target, &self.name, &self.dns_options, seed)?;
+                #[cfg(not(feature = "dns"))]
+                let resolver = dns_resolver(&target, &self.name)?;
+                (resolver, Some(target.authority()))
             }
         };
         let endpoint = make_endpoint(self.endpoint, self.configure, authority)?;
@@ -537,10 +536,71 @@ fn make_endpoint(
     })
 }
 
+/// An IP literal in a `dns:` target needs no lookup (and no `dns` feature).
+fn ip_literal(target: &Target) -> Option<Box<dyn Resolve>> {
+    match target {
+        Target::Dns { host, port, .. } => {
+            let ip = host.parse::<std::net::IpAddr>().ok()?;
+            Some(Box::new(StaticList::new([std::net::SocketAddr::new(
+                ip, *port,
+            )])))
+        }
+        _ => None,
+    }
+}
+
+/// The resolver of a `dns:` or `dns+srv:` target.
+#[cfg(feature = "dns")]
+fn dns_resolver(
+    target: &Target,
+    name: &str,
+    options: &crate::resolver::DnsOptions,
+    seed: u64,
+) -> Result<Box<dyn Resolve>, Error> {
+    if let Some(resolver) = ip_literal(target) {
+        return Ok(resolver);
+    }
+    let seed = seed ^ 0xD15E_A5E5_D15E_A5E5;
+    Ok(Box::new(crate::resolver::Dns::new(
+        target, name, options, seed,
+    )?))
+}
+
+#[cfg(not(feature = "dns"))]
+fn dns_resolver(target: &Target, name: &str) -> Result<Box<dyn Resolve>, Error> {
+    if let Some(resolver) = ip_literal(target) {
+        return Ok(resolver);
+    }
+    let what = match target {
+        Target::DnsSrv { .. } => "SRV records",
+        _ => "host names",
+    };
+    Err(Error::new(
+        ErrorKind::UnsupportedTarget,
+        format!(
+            "target {name:?}: resolving {what} through DNS needs the `dns` feature of \
+             tonic-balancer (on by default): enable it, or use an ipv4:/ipv6: target or \
+             builder_with_resolver"
+        ),
+    ))
+}
+
 impl Builder {
     fn seed_or_random(&self) -> u64 {
         self.seed
             .unwrap_or_else(|| RandomState::new().hash_one(std::process::id()))
+    }
+}
+
+impl Builder {
+    #[cfg(feature = "dns")]
+    fn dns_options_debug(&self) -> &dyn fmt::Debug {
+        &self.dns_options
+    }
+
+    #[cfg(not(feature = "dns"))]
+    fn dns_options_debug(&self) -> &dyn fmt::Debug {
+        &"(dns feature off)"
     }
 }
 
@@ -559,6 +619,7 @@ impl fmt::Debug for Builder {
             .field("health_check", &self.health_service)
             .field("outlier_detection", &self.outlier_detection)
             .field("panic_threshold", &self.panic_threshold)
+            .field("dns_options", &self.dns_options_debug())
             .finish_non_exhaustive()
     }
 }

@@ -6,13 +6,18 @@
 //! or fails, the channel calls [`Resolve::re_resolve`] so a resolver that looks things up
 //! (DNS) can refresh early; a fixed list ignores it.
 //!
-//! Three resolvers ship here: [`StaticList`] (what `ipv4:`/`ipv6:` targets use),
-//! [`Manual`] (push address sets from code: tests, or a service registry you already
-//! watch) and [`from_stream`] (any `Stream` of address sets). Implement [`Resolve`] for
-//! anything else.
+//! Four resolvers ship here: [`StaticList`] (what `ipv4:`/`ipv6:` targets use),
+//! `Dns` (`dns:` and `dns+srv:` targets, on hickory-resolver; the `dns` feature, on by
+//! default), [`Manual`] (push address sets from code: tests, or a service registry you
+//! already watch) and [`from_stream`] (any `Stream` of address sets). Implement
+//! [`Resolve`] for anything else.
 
+#[cfg(feature = "dns")]
+pub mod dns;
 mod target;
 
+#[cfg(feature = "dns")]
+pub use dns::{Dns, DnsBuilder, DnsOptions};
 pub use target::{DEFAULT_PORT, Target};
 
 use futures_core::Stream;
@@ -28,12 +33,19 @@ use tokio::sync::watch;
 pub struct Address {
     /// Where to connect.
     pub addr: SocketAddr,
+    /// The weight of the DNS SRV record this address came from (RFC 2782), if any.
+    ///
+    /// Carried so it can be seen ([`BalancedChannel::subchannels`](crate::BalancedChannel::subchannels))
+    /// and used by a weighted policy later; **no current policy reads it**. A running
+    /// subchannel keeps the `Address` it was created with, so a change of weight alone
+    /// does not show there.
+    pub weight: Option<u32>,
 }
 
 impl Address {
     /// An address with no attributes.
     pub fn new(addr: SocketAddr) -> Self {
-        Self { addr }
+        Self { addr, weight: None }
     }
 }
 

@@ -17,9 +17,13 @@ pub const DEFAULT_PORT: u16 = 443;
 /// | `static:10.0.0.1:50051,[::1]:50051` | fixed addresses of either family (this crate's addition) |
 /// | `dns:///orders.svc:50051`, `dns:orders.svc:50051` | a host name resolved through DNS |
 /// | `dns://10.0.0.53:53/orders.svc:50051` | the same, asking the given DNS server |
+/// | `dns+srv:///_grpc._tcp.orders.svc` | SRV records: host:port pairs, by priority (this crate's addition) |
+/// | `dns+srv://10.0.0.53/_grpc._tcp.orders.svc` | the same, asking the given DNS server |
 /// | `orders.svc:50051` | no known scheme: `dns:///orders.svc:50051` |
 ///
-/// A missing port is [`DEFAULT_PORT`] (443), as in gRPC.
+/// A missing port is [`DEFAULT_PORT`] (443), as in gRPC. The DNS server of `dns://server/`
+/// must be an IP address, with an optional port (default 53): `10.0.0.53`, `10.0.0.53:5353`,
+/// `[fd00::53]:53`. An SRV target names no port: its records carry them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Target {
@@ -33,6 +37,14 @@ pub enum Target {
         host: String,
         /// The port of every resolved address.
         port: u16,
+    },
+    /// A name whose DNS SRV records list the backends (RFC 2782), as Consul and
+    /// Kubernetes publish them: `_service._proto.name`.
+    DnsSrv {
+        /// The DNS server to ask (`dns+srv://server/...`), or `None` for the system's.
+        server: Option<String>,
+        /// The SRV record name (`_grpc._tcp.orders.svc`).
+        name: String,
     },
 }
 
@@ -62,6 +74,7 @@ impl Target {
                     .map_err(|_| invalid(&format!("{part:?} is not an ip:port address")))
             }),
             "dns" => parse_dns(rest).map_err(|why| invalid(&why)),
+            "dns+srv" => parse_dns_srv(rest).map_err(|why| invalid(&why)),
             _ => Err(Error::new(
                 ErrorKind::UnsupportedTarget,
                 format!("target {target:?}: scheme {scheme:?} is not supported"),
@@ -70,10 +83,13 @@ impl Target {
     }
 
     /// The authority calls are sent with (the `:authority` header, and the name TLS
-    /// verifies): `host:port` for DNS targets, the first address for fixed lists.
+    /// verifies): `host:port` for DNS targets, the SRV name for SRV targets (their
+    /// backends' host names and ports vary; [`Builder::endpoint`](crate::Builder::endpoint)
+    /// can set one per address), the first address for fixed lists.
     pub fn authority(&self) -> String {
         match self {
             Target::Static(addrs) => addrs.first().map(|a| a.to_string()).unwrap_or_default(),
+            Target::DnsSrv { name, .. } => name.clone(),
             Target::Dns { host, port, .. } => match host.parse::<Ipv6Addr>() {
                 Ok(_) => format!("[{host}]:{port}"),
                 Err(_) => format!("{host}:{port}"),
@@ -110,6 +126,9 @@ impl fmt::Display for Target {
                     self.authority()
                 )
             }
+            Target::DnsSrv { server, name } => {
+                write!(f, "dns+srv://{}/{name}", server.as_deref().unwrap_or(""))
+            }
         }
     }
 }
@@ -117,7 +136,7 @@ impl fmt::Display for Target {
 fn is_known_scheme(scheme: &str) -> bool {
     matches!(
         scheme,
-        "ipv4" | "ipv6" | "static" | "dns" | "unix" | "unix-abstract" | "vsock"
+        "ipv4" | "ipv6" | "static" | "dns" | "dns+srv" | "unix" | "unix-abstract" | "vsock"
     )
 }
 
@@ -178,17 +197,79 @@ fn parse_ipv6(part: &str) -> Result<SocketAddr, String> {
 }
 
 fn parse_dns(rest: &str) -> Result<Target, String> {
-    // `dns://server/name`, `dns:///name` or `dns:name`.
-    let (server, name) = match rest.strip_prefix("//") {
-        Some(after) => {
-            let (server, name) = after
-                .split_once('/')
-                .ok_or("expected dns://[server]/host[:port]")?;
-            (Some(server).filter(|s| !s.is_empty()), name)
-        }
-        None => (None, rest),
-    };
+    let (server, name) = split_server(rest, "dns://[server]/host[:port]")?;
     let (host, port) = split_host_port(name)?;
+    check_host(host)?;
+    Ok(Target::Dns {
+        server,
+        host: host.to_owned(),
+        port,
+    })
+}
+
+fn parse_dns_srv(rest: &str) -> Result<Target, String> {
+    let (server, name) = split_server(rest, "dns+srv://[server]/name")?;
+    if name.parse::<IpAddr>().is_ok() || name.starts_with('[') {
+        return Err(format!("{name:?}: an SRV target needs a DNS name"));
+    }
+    if name.contains(':') {
+        return Err(format!(
+            "{name:?}: an SRV target names no port (its records carry the ports)"
+        ));
+    }
+    check_host(name)?;
+    Ok(Target::DnsSrv {
+        server,
+        name: name.to_owned(),
+    })
+}
+
+/// Splits `//server/name`, `///name` or `name`; checks the server is `ip[:port]`.
+fn split_server<'a>(rest: &'a str, syntax: &str) -> Result<(Option<String>, &'a str), String> {
+    let Some(after) = rest.strip_prefix("//") else {
+        return Ok((None, rest));
+    };
+    let (server, name) = after
+        .split_once('/')
+        .ok_or_else(|| format!("expected {syntax}"))?;
+    if server.is_empty() {
+        return Ok((None, name));
+    }
+    dns_server_addr(server)?;
+    Ok((Some(server.to_owned()), name))
+}
+
+/// The socket address of a DNS server given as `ip`, `ip:port`, `[ipv6]` or
+/// `[ipv6]:port`; the port defaults to 53.
+pub(crate) fn dns_server_addr(server: &str) -> Result<SocketAddr, String> {
+    const DNS_PORT: u16 = 53;
+    let not_ip =
+        || format!("DNS server {server:?} must be an IP address with an optional port (ip[:port])");
+    if let Ok(ip) = server.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, DNS_PORT));
+    }
+    if let Ok(addr) = server.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if let Some(ip) = server.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
+        return ip
+            .parse::<Ipv6Addr>()
+            .map(|ip| SocketAddr::new(IpAddr::V6(ip), DNS_PORT))
+            .map_err(|_| not_ip());
+    }
+    if let Some((_, port)) = server.rsplit_once(':') {
+        // An IP with a bad port gets the port's error; anything else is not an IP.
+        if server[..server.len() - port.len() - 1]
+            .parse::<IpAddr>()
+            .is_ok()
+        {
+            parse_port(port)?;
+        }
+    }
+    Err(not_ip())
+}
+
+fn check_host(host: &str) -> Result<(), String> {
     if host.is_empty() {
         return Err("empty host name".into());
     }
@@ -198,11 +279,7 @@ fn parse_dns(rest: &str) -> Result<Target, String> {
     if !valid_name && host.parse::<IpAddr>().is_err() {
         return Err(format!("{host:?} is not a host name or IP address"));
     }
-    Ok(Target::Dns {
-        server: server.map(str::to_owned),
-        host: host.to_owned(),
-        port,
-    })
+    Ok(())
 }
 
 fn split_host_port(name: &str) -> Result<(&str, u16), String> {
@@ -293,6 +370,64 @@ mod tests {
     }
 
     #[test]
+    fn parses_dns_servers() {
+        let server = |target: &str| match Target::parse(target).unwrap() {
+            Target::Dns { server, .. } | Target::DnsSrv { server, .. } => server,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(server("dns://10.0.0.53/a:1").as_deref(), Some("10.0.0.53"));
+        assert_eq!(
+            server("dns://[::1]:5353/a:1").as_deref(),
+            Some("[::1]:5353")
+        );
+        assert_eq!(server("dns:///a:1"), None);
+        let addr = |s: &str| dns_server_addr(s).unwrap();
+        assert_eq!(addr("10.0.0.53"), "10.0.0.53:53".parse().unwrap());
+        assert_eq!(addr("127.0.0.1:5353"), "127.0.0.1:5353".parse().unwrap());
+        assert_eq!(addr("::1"), "[::1]:53".parse().unwrap());
+        assert_eq!(addr("[::1]"), "[::1]:53".parse().unwrap());
+        assert_eq!(addr("[::1]:54"), "[::1]:54".parse().unwrap());
+        assert!(
+            dns_server_addr("ns1.example.com")
+                .unwrap_err()
+                .contains("IP address")
+        );
+        assert!(dns_server_addr("10.0.0.1:x").unwrap_err().contains("port"));
+    }
+
+    #[test]
+    fn parses_dns_srv() {
+        let srv = |server: Option<&str>, name: &str| Target::DnsSrv {
+            server: server.map(str::to_owned),
+            name: name.to_owned(),
+        };
+        assert_eq!(
+            Target::parse("dns+srv:///_grpc._tcp.orders.svc").unwrap(),
+            srv(None, "_grpc._tcp.orders.svc")
+        );
+        assert_eq!(
+            Target::parse("dns+srv:_grpc._tcp.orders.svc").unwrap(),
+            srv(None, "_grpc._tcp.orders.svc")
+        );
+        let with_server = Target::parse("dns+srv://127.0.0.1:5353/_a._tcp.x").unwrap();
+        assert_eq!(with_server, srv(Some("127.0.0.1:5353"), "_a._tcp.x"));
+        assert_eq!(
+            with_server.to_string(),
+            "dns+srv://127.0.0.1:5353/_a._tcp.x"
+        );
+        assert_eq!(
+            Target::parse(&with_server.to_string()).unwrap(),
+            with_server
+        );
+        assert_eq!(with_server.authority(), "_a._tcp.x");
+        // Consul also answers SRV queries for plain service names.
+        assert_eq!(
+            Target::parse("dns+srv:///orders.service.consul").unwrap(),
+            srv(None, "orders.service.consul")
+        );
+    }
+
+    #[test]
     fn rejects_bad_targets_with_kind() {
         for bad in [
             "ipv4:",
@@ -307,6 +442,15 @@ mod tests {
             "dns://x",
             "dns:///a b:1",
             "dns:///host:port",
+            "dns://ns1.example.com/orders:1",
+            "dns://10.0.0.1:99999/orders:1",
+            "dns://[::1/orders:1",
+            "dns+srv:///",
+            "dns+srv:///_grpc._tcp.orders:50051",
+            "dns+srv:///10.0.0.1",
+            "dns+srv:///[::1]",
+            "dns+srv://ns1/_grpc._tcp.orders",
+            "dns+srv:///a b",
             "",
         ] {
             let err = Target::parse(bad).expect_err(bad);

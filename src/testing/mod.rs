@@ -51,6 +51,7 @@ use pb::{
 };
 
 mod conn;
+pub mod dns;
 mod health;
 mod picking;
 mod relay;
