@@ -40,6 +40,8 @@ pub mod retry;
 mod subchannel;
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use balance::Policy;
 pub use channel::{

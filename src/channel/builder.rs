@@ -8,8 +8,8 @@ use crate::config::{MethodMap, MethodName, ServiceConfig};
 use crate::error::{Error, ErrorKind};
 use crate::resolver::{Address, Resolve, StaticList, Target};
 use crate::retry::{Budget, DEFAULT_REPLAY_BUFFER, RetryBudget, Throttle};
-use crate::subchannel::ConnectSettings;
 use crate::subchannel::EwmaParams;
+use crate::subchannel::{ConnectSettings, EndpointMaker};
 use arc_swap::ArcSwap;
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
@@ -118,6 +118,8 @@ pub struct Builder {
     name: String,
     endpoint: Option<MakeEndpoint>,
     configure: Option<ConfigureEndpoint>,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::tls::TlsConfig>,
     policy: Policy,
     method_policies: Vec<(String, Policy)>,
     backoff: ConnectionBackoff,
@@ -143,6 +145,8 @@ impl Builder {
             name,
             endpoint: None,
             configure: None,
+            #[cfg(feature = "tls")]
+            tls: None,
             policy: Policy::default(),
             method_policies: Vec::new(),
             backoff: ConnectionBackoff::default(),
@@ -177,13 +181,21 @@ impl Builder {
     /// Makes the tonic [`Endpoint`] for each address: timeouts, keepalive, HTTP/2
     /// settings, user agent, TLS.
     ///
-    /// The endpoint's URI is what calls carry as `:authority` (and, with TLS, the name
-    /// the certificate is checked against); the connection itself always goes to the
-    /// address. The subchannel connects over its own TCP connector, so the endpoint's
-    /// TCP options (`tcp_nodelay`, `tcp_keepalive`) do not apply: `TCP_NODELAY` is on.
+    /// The endpoint's URI is what calls carry as `:authority`; the connection itself
+    /// always goes to the address. The subchannel connects over its own TCP connector, so
+    /// the endpoint's TCP options (`tcp_nodelay`, `tcp_keepalive`) do not apply:
+    /// `TCP_NODELAY` is on.
     ///
     /// The default is `http://ADDRESS` for address targets and `http://HOST:PORT` for
     /// DNS targets, with tonic's defaults.
+    ///
+    /// With [`Builder::tls`] too, the channel makes the TLS handshake itself, under the
+    /// endpoint: make `http://` endpoints without a `tls_config` (a connection through
+    /// an `https://` one fails, saying so, since tonic would add a second TLS layer).
+    /// The channel sets each endpoint's origin to `https://` and its URI's authority,
+    /// so calls carry `:scheme https`. Without [`Builder::tls`], an `https://` endpoint
+    /// with tonic's own `tls_config` works as in tonic; see [`tls`](crate::tls) for
+    /// why [`Builder::tls`] is the better choice.
     pub fn endpoint<F>(mut self, make: F) -> Self
     where
         F: Fn(&Address) -> Endpoint + Send + Sync + 'static,
@@ -200,6 +212,22 @@ impl Builder {
         F: Fn(Endpoint) -> Endpoint + Send + Sync + 'static,
     {
         self.configure = Some(Arc::new(configure));
+        self
+    }
+
+    /// Connects to every address over TLS (mutual TLS if the config has an identity);
+    /// calls carry `:scheme https`. The certificates of a `dns:` target's servers must
+    /// carry the target's host name; for address lists, the address, unless
+    /// [`TlsConfig::domain_name`](crate::tls::TlsConfig::domain_name) names the host.
+    /// See [`tls`](crate::tls) for how handshake failures surface, and
+    /// [`Builder::endpoint`] for how the two combine.
+    ///
+    /// A config that does not check out (PEM that does not parse, a key that does not
+    /// match its certificate, no CA) is reported by [`Builder::build`] as
+    /// [`ErrorKind::InvalidConfig`].
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: crate::tls::TlsConfig) -> Self {
+        self.tls = Some(config);
         self
     }
 
@@ -317,7 +345,27 @@ impl Builder {
                 }
             }
         };
-        let endpoint = make_endpoint(self.endpoint, self.configure, authority)?;
+        #[cfg(feature = "tls")]
+        let tls = match &self.tls {
+            Some(config) => {
+                // A dns: target's host is the name its servers' certificates carry.
+                let host = authority
+                    .as_deref()
+                    .and_then(|a| a.parse::<http::uri::Authority>().ok());
+                let connect = config
+                    .connector(host.as_ref().map(|a| a.host()))
+                    .map_err(|e| Error::new(ErrorKind::InvalidConfig, e))?;
+                Some(connect)
+            }
+            None => None,
+        };
+        let endpoint = make_endpoint(
+            self.endpoint,
+            self.configure,
+            authority,
+            #[cfg(feature = "tls")]
+            tls.is_some(),
+        )?;
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(Snapshot::initial()),
             published: watch::Sender::new(()),
@@ -332,6 +380,8 @@ impl Builder {
                 min_connect_timeout: self.backoff.min_connect_timeout,
                 endpoint,
                 ewma,
+                #[cfg(feature = "tls")]
+                tls,
             },
             seed,
             target: self.name.clone(),
@@ -436,12 +486,13 @@ fn build_pickers(
 }
 
 /// The endpoint maker: the user's, or `http://AUTHORITY` (per address when the target
-/// names no host), then the user's adjustments.
+/// names no host), then the user's adjustments; with TLS, an `https://` origin.
 fn make_endpoint(
     custom: Option<MakeEndpoint>,
     configure: Option<ConfigureEndpoint>,
     authority: Option<String>,
-) -> Result<MakeEndpoint, Error> {
+    #[cfg(feature = "tls")] tls: bool,
+) -> Result<EndpointMaker, Error> {
     let base: MakeEndpoint = match (custom, authority) {
         (Some(custom), _) => custom,
         (None, Some(authority)) => {
@@ -459,10 +510,36 @@ fn make_endpoint(
                 .expect("a socket address is a valid URI authority")
         }),
     };
-    Ok(match configure {
+    let configured: MakeEndpoint = match configure {
         Some(configure) => Arc::new(move |address: &Address| configure(base(address))),
         None => base,
-    })
+    };
+    #[cfg(feature = "tls")]
+    if tls {
+        return Ok(Arc::new(move |address: &Address| {
+            https_origin(configured(address))
+        }));
+    }
+    Ok(Arc::new(move |address: &Address| Ok(configured(address))))
+}
+
+/// With the channel's TLS: calls say `https`, and tonic must not add TLS of its own.
+#[cfg(feature = "tls")]
+fn https_origin(endpoint: Endpoint) -> Result<Endpoint, String> {
+    let uri = endpoint.uri();
+    if uri.scheme_str() != Some("http") {
+        return Err(format!(
+            "tls: the endpoint {uri} must be http://: with Builder::tls the channel makes \
+             the TLS handshake itself, and tonic would add its own on https:// endpoints"
+        ));
+    }
+    let origin = http::Uri::builder()
+        .scheme("https")
+        .authority(uri.authority().map_or("", |a| a.as_str()))
+        .path_and_query("/")
+        .build()
+        .map_err(|e| format!("tls: no https origin for {uri}: {e}"))?;
+    Ok(endpoint.origin(origin))
 }
 
 impl Builder {
@@ -474,8 +551,8 @@ impl Builder {
 
 impl fmt::Debug for Builder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Builder")
-            .field("target", &self.name)
+        let mut f = f.debug_struct("Builder");
+        f.field("target", &self.name)
             .field("policy", &self.policy)
             .field("method_policies", &self.method_policies)
             .field("connection_backoff", &self.backoff)
@@ -483,7 +560,9 @@ impl fmt::Debug for Builder {
             .field("seed", &self.seed)
             .field("service_config", &self.service_config)
             .field("retry_budget", &self.budget)
-            .field("retry_buffer_size", &self.replay_limit)
-            .finish_non_exhaustive()
+            .field("retry_buffer_size", &self.replay_limit);
+        #[cfg(feature = "tls")]
+        f.field("tls", &self.tls);
+        f.finish_non_exhaustive()
     }
 }

@@ -140,6 +140,7 @@ pub struct BackendBuilder {
     seed: u64,
     health: bool,
     bind: SocketAddr,
+    serving: ServeOptions,
 }
 
 impl BackendBuilder {
@@ -174,7 +175,22 @@ impl BackendBuilder {
         self
     }
 
+    /// Serves over TLS (`tls` feature): the config carries the server's identity and,
+    /// for mutual TLS, the CA that client certificates must chain to
+    /// (`client_ca_root`). Kept across restarts.
+    ///
+    /// # Panics
+    /// [`Self::start`] panics (inside tonic) if the config has no identity.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: tonic::transport::ServerTlsConfig) -> Self {
+        self.serving.tls = Some(config);
+        self
+    }
+
     /// Binds the listener and starts serving; connections can be made as soon as this returns.
+    ///
+    /// # Errors
+    /// The listener could not be bound, or the TLS config was rejected.
     pub async fn start(self) -> io::Result<Backend> {
         let listener = std::net::TcpListener::bind(self.bind)?;
         let addr = listener.local_addr()?;
@@ -200,12 +216,13 @@ impl BackendBuilder {
         } else {
             None
         };
-        let run = serve(listener, &shared, health.as_ref())?;
+        let run = serve(listener, &shared, health.as_ref(), &self.serving)?;
         Ok(Backend {
             shared,
             addr,
             serving,
             health,
+            options: self.serving,
             run: Mutex::new(Some(run)),
         })
     }
@@ -222,6 +239,7 @@ pub struct Backend {
     addr: SocketAddr,
     serving: watch::Sender<bool>,
     health: Option<HealthReporter>,
+    options: ServeOptions,
     run: Mutex<Option<Run>>,
 }
 
@@ -235,6 +253,7 @@ impl Backend {
             seed: 0,
             health: true,
             bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            serving: ServeOptions::default(),
         }
     }
 
@@ -342,7 +361,12 @@ impl Backend {
             old.stop();
         }
         let listener = std::net::TcpListener::bind(self.addr)?;
-        *run = Some(serve(listener, &self.shared, self.health.as_ref())?);
+        *run = Some(serve(
+            listener,
+            &self.shared,
+            self.health.as_ref(),
+            &self.options,
+        )?);
         Ok(())
     }
 }
@@ -625,17 +649,37 @@ impl Run {
     }
 }
 
+/// How a backend serves, beyond its behaviour: kept for restarts.
+#[derive(Clone, Debug, Default)]
+struct ServeOptions {
+    #[cfg(feature = "tls")]
+    tls: Option<tonic::transport::ServerTlsConfig>,
+}
+
+impl ServeOptions {
+    fn server(&self) -> io::Result<tonic::transport::Server> {
+        let server = tonic::transport::Server::builder();
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            return server.tls_config(tls.clone()).map_err(io::Error::other);
+        }
+        Ok(server)
+    }
+}
+
 fn serve(
     listener: std::net::TcpListener,
     shared: &Arc<Shared>,
     health: Option<&HealthReporter>,
+    options: &ServeOptions,
 ) -> io::Result<Run> {
     listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(listener)?;
     let conns = Arc::new(Conns::default());
     let incoming = Incoming::new(listener, conns.clone());
     let health = health.map(|r| HealthServer::new(HealthService::from_health_reporter(r.clone())));
-    let router = tonic::transport::Server::builder()
+    let router = options
+        .server()?
         .add_service(TestServiceServer::new(Service(shared.clone())))
         .add_optional_service(health);
     let server_id = shared.server_id.clone();
