@@ -128,6 +128,7 @@ pub struct Builder {
     service_config: Option<ServiceConfig>,
     budget: Option<RetryBudget>,
     replay_limit: usize,
+    sensitive: Vec<String>,
 }
 
 impl Builder {
@@ -155,6 +156,7 @@ impl Builder {
             service_config: None,
             budget: None,
             replay_limit: DEFAULT_REPLAY_BUFFER,
+            sensitive: Vec::new(),
         }
     }
 
@@ -286,6 +288,23 @@ impl Builder {
         self
     }
 
+    /// Metadata keys whose values are secrets (API keys, session cookies), besides
+    /// `authorization`, which always is. The channel marks their values sensitive on
+    /// every call before anything else sees them: HTTP/2 sends them never-indexed
+    /// (RFC 7541 §7.1.3, so no proxy's header table keeps them) and their `Debug` prints
+    /// `Sensitive`, so a layer that logs requests does not log them.
+    ///
+    /// Keys are checked by [`Builder::build`].
+    pub fn sensitive_metadata<I>(mut self, keys: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        self.sensitive
+            .extend(keys.into_iter().map(|k| k.as_ref().to_owned()));
+        self
+    }
+
     /// Checks the settings, starts the channel's control task and returns the channel.
     /// Connections are made in the background; the first calls queue until a backend is
     /// READY (or all have failed).
@@ -303,6 +322,7 @@ impl Builder {
         })?;
         let backoff = self.backoff.validate()?;
         let seed = self.seed_or_random();
+        let sensitive = sensitive_keys(&self.sensitive)?;
         let policies = Policies {
             policy: self.policy.clone(),
             methods: self.method_policies.clone(),
@@ -397,6 +417,7 @@ impl Builder {
                 wait_for_ready: self.wait_for_ready,
                 budget,
                 replay_limit: self.replay_limit,
+                sensitive,
                 seed,
                 calls: Default::default(),
                 mode: mode_tx,
@@ -405,6 +426,23 @@ impl Builder {
             }),
         })
     }
+}
+
+/// `authorization` and the user's keys, checked and without repeats.
+fn sensitive_keys(keys: &[String]) -> Result<Arc<[http::HeaderName]>, Error> {
+    let mut names = vec![http::header::AUTHORIZATION];
+    for key in keys {
+        let name = http::HeaderName::from_bytes(key.as_bytes()).map_err(|_| {
+            Error::new(
+                ErrorKind::InvalidConfig,
+                format!("sensitive_metadata: {key:?} is not a valid metadata key"),
+            )
+        })?;
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    Ok(names.into())
 }
 
 /// Wraps a service config error as the crate's error.
@@ -560,7 +598,8 @@ impl fmt::Debug for Builder {
             .field("seed", &self.seed)
             .field("service_config", &self.service_config)
             .field("retry_budget", &self.budget)
-            .field("retry_buffer_size", &self.replay_limit);
+            .field("retry_buffer_size", &self.replay_limit)
+            .field("sensitive_metadata", &self.sensitive);
         #[cfg(feature = "tls")]
         f.field("tls", &self.tls);
         f.finish_non_exhaustive()
