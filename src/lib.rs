@@ -33,6 +33,7 @@ mod backoff;
 pub mod balance;
 mod channel;
 pub mod config;
+pub mod credentials;
 pub mod deadline;
 mod error;
 pub mod resolver;

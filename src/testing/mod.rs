@@ -458,8 +458,19 @@ pub struct SeenRequest {
     pub previous_attempts: Option<u32>,
     /// The `grpc-timeout` header, decoded.
     pub timeout: Option<Duration>,
+    /// A [`fingerprint`] of the `authorization` header, if the call carried one: enough
+    /// to tell which credential a call used without keeping the secret.
+    pub authorization: Option<u64>,
     /// When the backend received it.
     pub received: tokio::time::Instant,
+}
+
+/// A fingerprint of a header value, as [`SeenRequest::authorization`] records it:
+/// `fingerprint(b"Bearer abc")` equals the fingerprint of a call that carried that
+/// value. Stable within one process, not across builds.
+pub fn fingerprint(value: &[u8]) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(value)
 }
 
 /// Counts a call, records its metadata and samples its fate.
@@ -475,6 +486,7 @@ fn begin(
             .and_then(|v| String::from_utf8(v).ok())
             .and_then(|v| v.parse().ok()),
         timeout: header("grpc-timeout").and_then(|v| crate::deadline::decode_timeout(&v).ok()),
+        authorization: header("authorization").map(|v| fingerprint(&v)),
         received: tokio::time::Instant::now(),
     };
     let mut guard = lock(&shared.behaviour);
