@@ -181,7 +181,7 @@ impl Builder {
     }
 
     /// Makes the tonic [`Endpoint`] for each address: timeouts, keepalive, HTTP/2
-    /// settings, user agent, TLS.
+    /// settings, user agent (TLS is `Builder::tls`, feature `tls`).
     ///
     /// The endpoint's URI is what calls carry as `:authority`; the connection itself
     /// always goes to the address. The subchannel connects over its own TCP connector, so
@@ -191,13 +191,13 @@ impl Builder {
     /// The default is `http://ADDRESS` for address targets and `http://HOST:PORT` for
     /// DNS targets, with tonic's defaults.
     ///
-    /// With [`Builder::tls`] too, the channel makes the TLS handshake itself, under the
+    /// With `Builder::tls` too, the channel makes the TLS handshake itself, under the
     /// endpoint: make `http://` endpoints without a `tls_config` (a connection through
     /// an `https://` one fails, saying so, since tonic would add a second TLS layer).
     /// The channel sets each endpoint's origin to `https://` and its URI's authority,
-    /// so calls carry `:scheme https`. Without [`Builder::tls`], an `https://` endpoint
-    /// with tonic's own `tls_config` works as in tonic; see [`tls`](crate::tls) for
-    /// why [`Builder::tls`] is the better choice.
+    /// so calls carry `:scheme https`. Without `Builder::tls`, an `https://` endpoint
+    /// with tonic's own `tls_config` works as in tonic; see the `tls` module for
+    /// why `Builder::tls` is the better choice.
     pub fn endpoint<F>(mut self, make: F) -> Self
     where
         F: Fn(&Address) -> Endpoint + Send + Sync + 'static,
