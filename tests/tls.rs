@@ -308,3 +308,55 @@ async fn bad_tls_configs_are_rejected_by_build() {
     );
     assert!(!debug.contains("PRIVATE KEY"), "{debug}");
 }
+
+#[tokio::test]
+async fn calls_carry_the_https_scheme_and_the_address_as_authority() {
+    within(async {
+        let ca = Ca::new("test CA");
+        let server = ca.server(&["backend.test"]);
+        // A tonic TLS server that records each request's scheme and authority.
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let incoming = futures_util::stream::unfold(listener, |listener| async move {
+            let accepted = listener.accept().await.map(|(stream, _)| stream);
+            Some((accepted, listener))
+        });
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        let serve = tonic::transport::Server::builder()
+            .tls_config(
+                ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(
+                    &server.cert,
+                    &server.key,
+                )),
+            )
+            .unwrap()
+            .layer(tower::util::MapRequestLayer::new(
+                move |request: http::Request<tonic::body::Body>| {
+                    let uri = request.uri();
+                    let origin = (
+                        uri.scheme_str().map(str::to_owned),
+                        uri.authority().cloned(),
+                    );
+                    record.lock().unwrap().push(origin);
+                    request
+                },
+            ))
+            .add_service(health)
+            .serve_with_incoming(incoming);
+        tokio::spawn(serve);
+
+        let tls = TlsConfig::new()
+            .ca_certificate(ca.root())
+            .domain_name("backend.test");
+        let mut client =
+            tonic_health::pb::health_client::HealthClient::new(channel(&target([addr]), tls));
+        let request = tonic_health::pb::HealthCheckRequest::default();
+        client.check(request).await.unwrap();
+        let seen = seen.lock().unwrap().clone();
+        let authority = addr.to_string().parse().unwrap();
+        assert_eq!(seen, [(Some("https".to_owned()), Some(authority))]);
+    })
+    .await;
+}
