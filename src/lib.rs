@@ -33,6 +33,7 @@ mod backoff;
 pub mod balance;
 mod channel;
 pub mod config;
+pub mod credentials;
 pub mod deadline;
 mod error;
 pub mod health;
@@ -42,6 +43,8 @@ pub mod stats;
 mod subchannel;
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use balance::Policy;
 pub use channel::{

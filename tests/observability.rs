@@ -84,6 +84,7 @@ fn snapshotter() -> &'static Snapshotter {
     })
 }
 
+#[cfg(feature = "metrics")]
 type Counters = BTreeMap<(String, Vec<(String, String)>), u64>;
 
 /// Every counter by (name, labels). Counters read as the change since the previous

@@ -9,9 +9,8 @@ use crate::error::{Error, ErrorKind};
 use crate::health::OutlierDetection;
 use crate::resolver::{Address, Resolve, StaticList, Target};
 use crate::retry::{Budget, DEFAULT_REPLAY_BUFFER, RetryBudget, Throttle};
-use crate::subchannel::ConnectSettings;
 use crate::subchannel::EwmaParams;
-use crate::subchannel::{Accounting, CodeSet};
+use crate::subchannel::{Accounting, CodeSet, ConnectSettings, EndpointMaker};
 use arc_swap::ArcSwap;
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
@@ -121,6 +120,8 @@ pub struct Builder {
     name: String,
     endpoint: Option<MakeEndpoint>,
     configure: Option<ConfigureEndpoint>,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::tls::TlsConfig>,
     policy: Policy,
     method_policies: Vec<(String, Policy)>,
     backoff: ConnectionBackoff,
@@ -134,6 +135,7 @@ pub struct Builder {
     panic_threshold: Option<u32>,
     #[cfg(feature = "dns")]
     dns_options: crate::resolver::DnsOptions,
+    sensitive: Vec<String>,
 }
 
 impl Builder {
@@ -151,6 +153,8 @@ impl Builder {
             name,
             endpoint: None,
             configure: None,
+            #[cfg(feature = "tls")]
+            tls: None,
             policy: Policy::default(),
             method_policies: Vec::new(),
             backoff: ConnectionBackoff::default(),
@@ -164,6 +168,7 @@ impl Builder {
             panic_threshold: None,
             #[cfg(feature = "dns")]
             dns_options: crate::resolver::DnsOptions::default(),
+            sensitive: Vec::new(),
         }
     }
 
@@ -188,15 +193,23 @@ impl Builder {
     }
 
     /// Makes the tonic [`Endpoint`] for each address: timeouts, keepalive, HTTP/2
-    /// settings, user agent, TLS.
+    /// settings, user agent (TLS is `Builder::tls`, feature `tls`).
     ///
-    /// The endpoint's URI is what calls carry as `:authority` (and, with TLS, the name
-    /// the certificate is checked against); the connection itself always goes to the
-    /// address. The subchannel connects over its own TCP connector, so the endpoint's
-    /// TCP options (`tcp_nodelay`, `tcp_keepalive`) do not apply: `TCP_NODELAY` is on.
+    /// The endpoint's URI is what calls carry as `:authority`; the connection itself
+    /// always goes to the address. The subchannel connects over its own TCP connector, so
+    /// the endpoint's TCP options (`tcp_nodelay`, `tcp_keepalive`) do not apply:
+    /// `TCP_NODELAY` is on.
     ///
     /// The default is `http://ADDRESS` for address targets and `http://HOST:PORT` for
     /// DNS targets, with tonic's defaults.
+    ///
+    /// With `Builder::tls` too, the channel makes the TLS handshake itself, under the
+    /// endpoint: make `http://` endpoints without a `tls_config` (a connection through
+    /// an `https://` one fails, saying so, since tonic would add a second TLS layer).
+    /// The channel sets each endpoint's origin to `https://` and its URI's authority,
+    /// so calls carry `:scheme https`. Without `Builder::tls`, an `https://` endpoint
+    /// with tonic's own `tls_config` works as in tonic; see the `tls` module for
+    /// why `Builder::tls` is the better choice.
     pub fn endpoint<F>(mut self, make: F) -> Self
     where
         F: Fn(&Address) -> Endpoint + Send + Sync + 'static,
@@ -213,6 +226,22 @@ impl Builder {
         F: Fn(Endpoint) -> Endpoint + Send + Sync + 'static,
     {
         self.configure = Some(Arc::new(configure));
+        self
+    }
+
+    /// Connects to every address over TLS (mutual TLS if the config has an identity);
+    /// calls carry `:scheme https`. The certificates of a `dns:` target's servers must
+    /// carry the target's host name; for address lists, the address, unless
+    /// [`TlsConfig::domain_name`](crate::tls::TlsConfig::domain_name) names the host.
+    /// See [`tls`](crate::tls) for how handshake failures surface, and
+    /// [`Builder::endpoint`] for how the two combine.
+    ///
+    /// A config that does not check out (PEM that does not parse, a key that does not
+    /// match its certificate, no CA) is reported by [`Builder::build`] as
+    /// [`ErrorKind::InvalidConfig`].
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: crate::tls::TlsConfig) -> Self {
+        self.tls = Some(config);
         self
     }
 
@@ -307,6 +336,23 @@ impl Builder {
         self
     }
 
+    /// Metadata keys whose values are secrets (API keys, session cookies), besides
+    /// `authorization`, which always is. The channel marks their values sensitive on
+    /// every call before anything else sees them: HTTP/2 sends them never-indexed
+    /// (RFC 7541 §7.1.3, so no proxy's header table keeps them) and their `Debug` prints
+    /// `Sensitive`, so a layer that logs requests does not log them.
+    ///
+    /// Keys are checked by [`Builder::build`].
+    pub fn sensitive_metadata<I>(mut self, keys: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        self.sensitive
+            .extend(keys.into_iter().map(|k| k.as_ref().to_owned()));
+        self
+    }
+
     /// Checks the settings, starts the channel's control task and returns the channel.
     /// Connections are made in the background; the first calls queue until a backend is
     /// READY (or all have failed).
@@ -324,6 +370,7 @@ impl Builder {
         })?;
         let backoff = self.backoff.validate()?;
         let seed = self.seed_or_random();
+        let sensitive = sensitive_keys(&self.sensitive)?;
         let policies = Policies {
             policy: self.policy.clone(),
             methods: self.method_policies.clone(),
@@ -378,7 +425,27 @@ impl Builder {
                 (resolver, Some(target.authority()))
             }
         };
-        let endpoint = make_endpoint(self.endpoint, self.configure, authority)?;
+        #[cfg(feature = "tls")]
+        let tls = match &self.tls {
+            Some(config) => {
+                // A dns: target's host is the name its servers' certificates carry.
+                let host = authority
+                    .as_deref()
+                    .and_then(|a| a.parse::<http::uri::Authority>().ok());
+                let connect = config
+                    .connector(host.as_ref().map(|a| a.host()))
+                    .map_err(|e| Error::new(ErrorKind::InvalidConfig, e))?;
+                Some(connect)
+            }
+            None => None,
+        };
+        let endpoint = make_endpoint(
+            self.endpoint,
+            self.configure,
+            authority,
+            #[cfg(feature = "tls")]
+            tls.is_some(),
+        )?;
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(Snapshot::initial()),
             published: watch::Sender::new(()),
@@ -400,6 +467,8 @@ impl Builder {
                         .map(|o| (o.signal.clone(), u64::from(o.config.consecutive_failures))),
                 },
                 health_service,
+                #[cfg(feature = "tls")]
+                tls,
             },
             seed,
             target: self.name.clone(),
@@ -417,6 +486,7 @@ impl Builder {
                 wait_for_ready: self.wait_for_ready,
                 budget,
                 replay_limit: self.replay_limit,
+                sensitive,
                 seed,
                 calls: Default::default(),
                 stats: Default::default(),
@@ -426,6 +496,23 @@ impl Builder {
             }),
         })
     }
+}
+
+/// `authorization` and the user's keys, checked and without repeats.
+fn sensitive_keys(keys: &[String]) -> Result<Arc<[http::HeaderName]>, Error> {
+    let mut names = vec![http::header::AUTHORIZATION];
+    for key in keys {
+        let name = http::HeaderName::from_bytes(key.as_bytes()).map_err(|_| {
+            Error::new(
+                ErrorKind::InvalidConfig,
+                format!("sensitive_metadata: {key:?} is not a valid metadata key"),
+            )
+        })?;
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    Ok(names.into())
 }
 
 /// Wraps a service config error as the crate's error.
@@ -507,12 +594,13 @@ fn build_pickers(
 }
 
 /// The endpoint maker: the user's, or `http://AUTHORITY` (per address when the target
-/// names no host), then the user's adjustments.
+/// names no host), then the user's adjustments; with TLS, an `https://` origin.
 fn make_endpoint(
     custom: Option<MakeEndpoint>,
     configure: Option<ConfigureEndpoint>,
     authority: Option<String>,
-) -> Result<MakeEndpoint, Error> {
+    #[cfg(feature = "tls")] tls: bool,
+) -> Result<EndpointMaker, Error> {
     let base: MakeEndpoint = match (custom, authority) {
         (Some(custom), _) => custom,
         (None, Some(authority)) => {
@@ -530,10 +618,36 @@ fn make_endpoint(
                 .expect("a socket address is a valid URI authority")
         }),
     };
-    Ok(match configure {
+    let configured: MakeEndpoint = match configure {
         Some(configure) => Arc::new(move |address: &Address| configure(base(address))),
         None => base,
-    })
+    };
+    #[cfg(feature = "tls")]
+    if tls {
+        return Ok(Arc::new(move |address: &Address| {
+            https_origin(configured(address))
+        }));
+    }
+    Ok(Arc::new(move |address: &Address| Ok(configured(address))))
+}
+
+/// With the channel's TLS: calls say `https`, and tonic must not add TLS of its own.
+#[cfg(feature = "tls")]
+fn https_origin(endpoint: Endpoint) -> Result<Endpoint, String> {
+    let uri = endpoint.uri();
+    if uri.scheme_str() != Some("http") {
+        return Err(format!(
+            "tls: the endpoint {uri} must be http://: with Builder::tls the channel makes \
+             the TLS handshake itself, and tonic would add its own on https:// endpoints"
+        ));
+    }
+    let origin = http::Uri::builder()
+        .scheme("https")
+        .authority(uri.authority().map_or("", |a| a.as_str()))
+        .path_and_query("/")
+        .build()
+        .map_err(|e| format!("tls: no https origin for {uri}: {e}"))?;
+    Ok(endpoint.origin(origin))
 }
 
 /// An IP literal in a `dns:` target needs no lookup (and no `dns` feature).
@@ -606,8 +720,8 @@ impl Builder {
 
 impl fmt::Debug for Builder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Builder")
-            .field("target", &self.name)
+        let mut f = f.debug_struct("Builder");
+        f.field("target", &self.name)
             .field("policy", &self.policy)
             .field("method_policies", &self.method_policies)
             .field("connection_backoff", &self.backoff)
@@ -620,6 +734,9 @@ impl fmt::Debug for Builder {
             .field("outlier_detection", &self.outlier_detection)
             .field("panic_threshold", &self.panic_threshold)
             .field("dns_options", &self.dns_options_debug())
-            .finish_non_exhaustive()
+            .field("sensitive_metadata", &self.sensitive);
+        #[cfg(feature = "tls")]
+        f.field("tls", &self.tls);
+        f.finish_non_exhaustive()
     }
 }

@@ -84,6 +84,8 @@ struct Inner {
     wait_for_ready: bool,
     budget: Option<Budget>,
     replay_limit: usize,
+    /// Metadata whose values are marked sensitive on every call.
+    sensitive: Arc<[http::HeaderName]>,
     seed: u64,
     /// Calls that needed a backoff, to vary their jitter seeds.
     calls: AtomicU64,
@@ -227,8 +229,9 @@ impl Service<http::Request<Body>> for BalancedChannel {
 impl Inner {
     async fn call(
         self: Arc<Self>,
-        request: http::Request<Body>,
+        mut request: http::Request<Body>,
     ) -> Result<http::Response<Body>, Status> {
+        mark_sensitive(request.headers_mut(), &self.sensitive);
         let config = self.config.load_full();
         let path = request.uri().path();
         let picker = &**config.pickers.get(path);
@@ -414,6 +417,19 @@ impl Inner {
     }
 }
 
+/// Marks every value of these headers sensitive: never-indexed in HPACK, `Sensitive` in
+/// `Debug`.
+fn mark_sensitive(headers: &mut http::HeaderMap, names: &[http::HeaderName]) {
+    for name in names {
+        if !headers.contains_key(name) {
+            continue;
+        }
+        if let http::header::Entry::Occupied(mut entry) = headers.entry(name) {
+            entry.iter_mut().for_each(|value| value.set_sensitive(true));
+        }
+    }
+}
+
 /// The `grpc-status` of a Trailers-Only response (status in the headers), if it is one.
 fn trailers_only_status(headers: &http::HeaderMap) -> Option<tonic::Code> {
     grpc_status(headers)
@@ -433,5 +449,36 @@ fn describe_error(snapshot: &Snapshot) -> String {
     match &snapshot.error {
         Some(error) => format!("last error: {error}"),
         None => "no error reported yet".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configured_metadata_is_marked_sensitive_in_every_value() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("authorization", "Bearer t".parse().unwrap());
+        headers.append("x-api-key", "k1".parse().unwrap());
+        headers.append("x-api-key", "k2".parse().unwrap());
+        headers.insert("x-trace", "visible".parse().unwrap());
+        let names = [
+            http::header::AUTHORIZATION,
+            http::HeaderName::from_static("x-api-key"),
+            http::HeaderName::from_static("x-absent"),
+        ];
+        mark_sensitive(&mut headers, &names);
+        assert!(headers["authorization"].is_sensitive());
+        assert!(
+            headers
+                .get_all("x-api-key")
+                .iter()
+                .all(|v| v.is_sensitive())
+        );
+        assert!(!headers["x-trace"].is_sensitive());
+        assert!(!headers.contains_key("x-absent"));
+        let text = format!("{headers:?}");
+        assert!(!text.contains("k1") && !text.contains("Bearer"), "{text}");
     }
 }

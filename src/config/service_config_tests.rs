@@ -486,7 +486,24 @@ fn pointers(value: &Value, at: String, out: &mut Vec<String>) {
     out.push(at);
 }
 
+#[test]
+fn deeply_nested_json_is_an_error_not_a_stack_overflow() {
+    for depth in [200, 100_000] {
+        let nested = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        check(&nested);
+        check(&format!(r#"{{"methodConfig": {nested}}}"#));
+        let objects = format!("{}{}", r#"{"a":"#.repeat(depth), "}".repeat(depth));
+        check(&objects);
+    }
+}
+
 proptest! {
+    #[test]
+    fn never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        // What a config file with any bytes in it reads as.
+        check(&String::from_utf8_lossy(&bytes));
+    }
+
     #[test]
     fn never_panics_on_strings(s in ".*", t in "[\\[\\]{}\":,0-9a-zA-Z. _-]{0,60}") {
         check(&s);

@@ -255,5 +255,27 @@ mod tests {
         fn never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..12)) {
             let _ = decode_timeout(&bytes);
         }
+
+        /// Near-valid values (signs, spaces, too many digits, other units, overflowing
+        /// numbers): accepted exactly when the format allows, with the value it says.
+        #[test]
+        fn accepts_exactly_the_wire_format(text in "[0-9+ -]{0,11}[HMSmunhs ]?") {
+            let bytes = text.as_bytes();
+            let well_formed = bytes.split_last().is_some_and(|(unit, digits)| {
+                UNITS.iter().any(|(u, _)| u == unit)
+                    && (1..=8).contains(&digits.len())
+                    && digits.iter().all(u8::is_ascii_digit)
+            });
+            match decode_timeout(bytes) {
+                Ok(decoded) => {
+                    prop_assert!(well_formed, "{text:?} accepted");
+                    let (unit, digits) = bytes.split_last().unwrap();
+                    let number: u128 = std::str::from_utf8(digits).unwrap().parse().unwrap();
+                    let nanos = UNITS.iter().find(|(u, _)| u == unit).unwrap().1;
+                    prop_assert_eq!(decoded.as_nanos(), number * nanos);
+                }
+                Err(error) => prop_assert!(!well_formed, "{text:?} rejected: {error}"),
+            }
+        }
     }
 }

@@ -467,6 +467,26 @@ mod tests {
             let _ = Target::parse(&s);
         }
 
+        /// Arbitrary bytes as a config file or flag would deliver them (lossy UTF-8,
+        /// newlines and control characters included).
+        #[test]
+        fn never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = Target::parse(&String::from_utf8_lossy(&bytes));
+        }
+
+        /// Every scheme followed by the characters its parser splits on, mixed with
+        /// multi-byte characters, so slicing at a split point is exercised.
+        #[test]
+        fn never_panics_past_the_scheme(
+            scheme in "(dns|ipv4|ipv6|static|unix|unix-abstract|vsock|DNS|)",
+            rest in "[\\[\\]:,/.%0-9a-f\u{e9}\u{1F600}\u{0} -]{0,30}",
+        ) {
+            let target = format!("{scheme}:{rest}");
+            if let Err(error) = Target::parse(&target) {
+                prop_assert!(!error.to_string().is_empty());
+            }
+        }
+
         #[test]
         fn display_round_trips(pairs in proptest::collection::vec((any::<IpAddr>(), any::<u16>()), 1..4)) {
             let mut addrs: Vec<SocketAddr> = Vec::new();

@@ -249,6 +249,8 @@ impl Budget {
 mod tests {
     use super::*;
     use http::HeaderValue;
+    use proptest::collection::vec;
+    use proptest::prelude::{any, prop_assert_eq};
 
     fn headers(values: &[&str]) -> http::HeaderMap {
         let mut map = http::HeaderMap::new();
@@ -270,6 +272,47 @@ mod tests {
             assert_eq!(pushback(&headers(&[bad])), Pushback::Stop, "{bad:?}");
         }
         assert_eq!(pushback(&headers(&["1", "2"])), Pushback::Stop);
+    }
+
+    /// What `pushback` must say about these header values: a delay exactly for one
+    /// non-negative decimal integer that fits in u64 milliseconds, else stop.
+    fn expected_pushback(map: &http::HeaderMap) -> Pushback {
+        let values: Vec<_> = map.get_all("grpc-retry-pushback-ms").iter().collect();
+        match values.as_slice() {
+            [] => Pushback::None,
+            [one] => {
+                let bytes = one.as_bytes();
+                let digits = !bytes.is_empty() && bytes.iter().all(u8::is_ascii_digit);
+                let ms = std::str::from_utf8(bytes).ok().filter(|_| digits);
+                match ms.map(str::parse::<u64>) {
+                    Some(Ok(ms)) => Pushback::After(Duration::from_millis(ms)),
+                    _ => Pushback::Stop,
+                }
+            }
+            _ => Pushback::Stop,
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn pushback_never_panics_on_arbitrary_header_bytes(
+            values in vec(vec(any::<u8>(), 0..24), 1..3),
+        ) {
+            let mut map = http::HeaderMap::new();
+            for value in &values {
+                // Bytes HTTP/2 could not deliver as a header value are skipped.
+                if let Ok(value) = http::HeaderValue::from_bytes(value) {
+                    map.append("grpc-retry-pushback-ms", value);
+                }
+            }
+            prop_assert_eq!(pushback(&map), expected_pushback(&map));
+        }
+
+        #[test]
+        fn pushback_reads_digit_strings_exactly(text in "[-+ ]?[0-9]{0,24}[ms]?") {
+            let map = headers(&[&text]);
+            prop_assert_eq!(pushback(&map), expected_pushback(&map));
+        }
     }
 
     #[test]

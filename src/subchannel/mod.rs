@@ -79,17 +79,24 @@ impl fmt::Display for ConnectivityState {
     }
 }
 
+/// Makes the endpoint for an address; an error fails that connection attempt with its
+/// message.
+pub(crate) type EndpointMaker = Arc<dyn Fn(&Address) -> Result<Endpoint, String> + Send + Sync>;
+
 /// Settings for how subchannels connect; see the builder for each field's meaning.
 #[derive(Clone)]
 pub(crate) struct ConnectSettings {
     pub(crate) backoff: BackoffParams,
     pub(crate) min_connect_timeout: Duration,
-    pub(crate) endpoint: Arc<dyn Fn(&Address) -> Endpoint + Send + Sync>,
+    pub(crate) endpoint: EndpointMaker,
     /// How new subchannels account their calls.
     pub(crate) accounting: Accounting,
     /// The `grpc.health.v1` service name to watch (`""`: the whole server), if health
     /// checking is on.
     pub(crate) health_service: Option<String>,
+    /// The TLS handshake every connection makes, if any.
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<crate::tls::TlsConnect>,
 }
 
 /// The state of one subchannel that outlives its connections: its address, its state
@@ -412,22 +419,39 @@ impl Worker {
     async fn connect(&self) -> Result<ReadySubchannel, String> {
         self.report(ConnectivityState::Connecting, Update::Connecting);
         let address = &self.subchannel.address;
-        let endpoint = (self.settings.endpoint)(address);
+        let endpoint = (self.settings.endpoint)(address)?;
         let link = Arc::new(Link::default());
-        let connector = Connector::new(address.addr, link.clone());
+        let (preface_tx, mut preface) = watch::channel(None);
+        let connector = Connector::new(address.addr, link.clone(), preface_tx);
+        #[cfg(feature = "tls")]
+        let connector = connector.tls(self.settings.tls.clone());
+        let attempt = async {
+            let channel = endpoint
+                .connect_with_connector(connector)
+                .await
+                .map_err(|e| chain(&e))?;
+            // READY only once the server has answered with HTTP/2 (see `ConnIo`).
+            match preface.wait_for(Option::is_some).await.as_deref() {
+                Ok(Some(Ok(()))) => Ok(channel),
+                Ok(Some(Err(why))) => Err(why.clone()),
+                Ok(None) | Err(_) => Err(format!(
+                    "connection to {address} closed before the server's HTTP/2 preface"
+                )),
+            }
+        };
         // gRPC gives every attempt at least the minimum connect timeout, and longer
         // once the backoff has grown past it.
         let timeout = self
             .settings
             .min_connect_timeout
             .max(self.backoff.current());
-        match tokio::time::timeout(timeout, endpoint.connect_with_connector(connector)).await {
+        match tokio::time::timeout(timeout, attempt).await {
             Ok(Ok(channel)) => Ok(ReadySubchannel {
                 subchannel: self.subchannel.clone(),
                 channel,
                 link,
             }),
-            Ok(Err(error)) => Err(chain(&error)),
+            Ok(Err(error)) => Err(error),
             Err(_) => Err(format!("connect to {address}: timed out after {timeout:?}")),
         }
     }

@@ -142,6 +142,7 @@ pub struct BackendBuilder {
     seed: u64,
     health: bool,
     bind: SocketAddr,
+    serving: ServeOptions,
 }
 
 impl BackendBuilder {
@@ -176,7 +177,22 @@ impl BackendBuilder {
         self
     }
 
+    /// Serves over TLS (`tls` feature): the config carries the server's identity and,
+    /// for mutual TLS, the CA that client certificates must chain to
+    /// (`client_ca_root`). Kept across restarts.
+    ///
+    /// # Panics
+    /// [`Self::start`] panics (inside tonic) if the config has no identity.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: tonic::transport::ServerTlsConfig) -> Self {
+        self.serving.tls = Some(config);
+        self
+    }
+
     /// Binds the listener and starts serving; connections can be made as soon as this returns.
+    ///
+    /// # Errors
+    /// The listener could not be bound, or the TLS config was rejected.
     pub async fn start(self) -> io::Result<Backend> {
         let listener = std::net::TcpListener::bind(self.bind)?;
         let addr = listener.local_addr()?;
@@ -197,11 +213,12 @@ impl BackendBuilder {
             in_flight,
         });
         let health = self.health.then(HealthState::new);
-        let run = serve(listener, &shared, health.as_ref())?;
+        let run = serve(listener, &shared, health.as_ref(), &self.serving)?;
         Ok(Backend {
             shared,
             addr,
             health,
+            options: self.serving,
             run: Mutex::new(Some(run)),
         })
     }
@@ -217,6 +234,7 @@ pub struct Backend {
     shared: Arc<Shared>,
     addr: SocketAddr,
     health: Option<Arc<HealthState>>,
+    options: ServeOptions,
     run: Mutex<Option<Run>>,
 }
 
@@ -230,6 +248,7 @@ impl Backend {
             seed: 0,
             health: true,
             bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            serving: ServeOptions::default(),
         }
     }
 
@@ -373,7 +392,12 @@ impl Backend {
             old.stop();
         }
         let listener = std::net::TcpListener::bind(self.addr)?;
-        *run = Some(serve(listener, &self.shared, self.health.as_ref())?);
+        *run = Some(serve(
+            listener,
+            &self.shared,
+            self.health.as_ref(),
+            &self.options,
+        )?);
         Ok(())
     }
 }
@@ -443,8 +467,19 @@ pub struct SeenRequest {
     pub previous_attempts: Option<u32>,
     /// The `grpc-timeout` header, decoded.
     pub timeout: Option<Duration>,
+    /// A [`fingerprint`] of the `authorization` header, if the call carried one: enough
+    /// to tell which credential a call used without keeping the secret.
+    pub authorization: Option<u64>,
     /// When the backend received it.
     pub received: tokio::time::Instant,
+}
+
+/// A fingerprint of a header value, as [`SeenRequest::authorization`] records it:
+/// `fingerprint(b"Bearer abc")` equals the fingerprint of a call that carried that
+/// value. Stable within one process, not across builds.
+pub fn fingerprint(value: &[u8]) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(value)
 }
 
 /// Counts a call, records its metadata and samples its fate.
@@ -460,6 +495,7 @@ fn begin(
             .and_then(|v| String::from_utf8(v).ok())
             .and_then(|v| v.parse().ok()),
         timeout: header("grpc-timeout").and_then(|v| crate::deadline::decode_timeout(&v).ok()),
+        authorization: header("authorization").map(|v| fingerprint(&v)),
         received: tokio::time::Instant::now(),
     };
     let mut guard = lock(&shared.behaviour);
@@ -636,17 +672,37 @@ impl Run {
     }
 }
 
+/// How a backend serves, beyond its behaviour: kept for restarts.
+#[derive(Clone, Debug, Default)]
+struct ServeOptions {
+    #[cfg(feature = "tls")]
+    tls: Option<tonic::transport::ServerTlsConfig>,
+}
+
+impl ServeOptions {
+    fn server(&self) -> io::Result<tonic::transport::Server> {
+        let server = tonic::transport::Server::builder();
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            return server.tls_config(tls.clone()).map_err(io::Error::other);
+        }
+        Ok(server)
+    }
+}
+
 fn serve(
     listener: std::net::TcpListener,
     shared: &Arc<Shared>,
     health: Option<&Arc<HealthState>>,
+    options: &ServeOptions,
 ) -> io::Result<Run> {
     listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(listener)?;
     let conns = Arc::new(Conns::default());
     let incoming = Incoming::new(listener, conns.clone());
     let health_service = health.map(|h| HealthServer::new(HealthService(h.clone())));
-    let router = tonic::transport::Server::builder()
+    let router = options
+        .server()?
         .add_service(TestServiceServer::new(Service(shared.clone())))
         .add_optional_service(health_service);
     let (graceful, drain) = oneshot::channel::<Duration>();
