@@ -10,7 +10,12 @@ async fn a_tiny_run_writes_consistent_results() {
     options.seed = 7;
     options.rps = Some(200.0);
     options.duration = Some(Duration::from_secs(1));
-    let arms = [Arm::RoundRobin, Arm::PeakEwma, Arm::TonicBalance];
+    let arms = [
+        Arm::RoundRobin,
+        Arm::PeakEwma,
+        Arm::TonicBalance,
+        Arm::PeakEwmaRetry,
+    ];
     let run = async {
         let mut results = Vec::new();
         for scenario in [Scenario::OneSlow, Scenario::KillOne] {
@@ -33,7 +38,19 @@ async fn a_tiny_run_writes_consistent_results() {
         assert_eq!(scenario["seed"], 7);
         let arms = scenario["arms"].as_array().unwrap();
         let names: Vec<&str> = arms.iter().map(|a| a["arm"].as_str().unwrap()).collect();
-        assert_eq!(names, ["round_robin", "peak_ewma", "tonic_balance"]);
+        // The retrying arm runs only where the targets are about retries.
+        match scenario["scenario"].as_str().unwrap() {
+            "one-slow" => assert_eq!(names, ["round_robin", "peak_ewma", "tonic_balance"]),
+            _ => assert_eq!(
+                names,
+                [
+                    "round_robin",
+                    "peak_ewma",
+                    "tonic_balance",
+                    "peak_ewma+retry"
+                ]
+            ),
+        }
         for arm in arms {
             let calls = arm["calls"].as_u64().unwrap();
             let ok = arm["ok"].as_u64().unwrap();
@@ -72,4 +89,9 @@ async fn a_tiny_run_writes_consistent_results() {
     assert!(!html.contains("src=\"http"));
     let table = bench::render_table(&results[0]);
     assert!(table.contains("peak_ewma") && table.contains("tonic_balance"));
+    // kill-one: the retrying arm sent at least one attempt per call, and lost none of
+    // the calls in flight on the killed backend.
+    let retrying = &scenarios[1]["arms"][3];
+    assert!(retrying["attempts"].as_u64().unwrap() >= 200);
+    assert_eq!(retrying["ok"].as_u64().unwrap(), 200, "{retrying}");
 }

@@ -112,18 +112,68 @@ pub enum Arm {
     TonicBalance,
     /// One plain tonic `Channel` to the first backend.
     Direct,
+    /// round_robin with [`DEFAULT_RETRY_CONFIG`] (kill-one, linkerd-2016, outage only).
+    RoundRobinRetry,
+    /// peak_ewma with [`DEFAULT_RETRY_CONFIG`] (kill-one, linkerd-2016, outage only).
+    PeakEwmaRetry,
+    /// peak_ewma with [`DEFAULT_HEDGE_CONFIG`] (linkerd-2016 only).
+    PeakEwmaHedge,
 }
+
+/// The retry policy the `+retry` arms use, and this crate's suggested starting point:
+/// up to 3 attempts on UNAVAILABLE with 10 ms × 2 backoff (capped at 100 ms), and
+/// gRPC's throttling so that a fleet-wide outage does not multiply load.
+pub const DEFAULT_RETRY_CONFIG: &str = r#"{
+  "methodConfig": [{"name": [{}],
+    "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.01s", "maxBackoff": "0.1s",
+                    "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}],
+  "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1}
+}"#;
+
+/// The hedging policy of the `+hedge` arm: a second attempt 200 ms after the first
+/// (above the linkerd-2016 fleet's normal p99.9 of about 185 ms), throttled likewise.
+pub const DEFAULT_HEDGE_CONFIG: &str = r#"{
+  "methodConfig": [{"name": [{}],
+    "hedgingPolicy": {"maxAttempts": 2, "hedgingDelay": "0.2s",
+                      "nonFatalStatusCodes": ["UNAVAILABLE"]}}],
+  "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1}
+}"#;
 
 impl Arm {
     /// Every arm.
-    pub const ALL: [Arm; 6] = [
+    pub const ALL: [Arm; 9] = [
         Arm::RoundRobin,
         Arm::LeastRequest,
         Arm::PeakEwma,
         Arm::PickFirst,
         Arm::TonicBalance,
         Arm::Direct,
+        Arm::RoundRobinRetry,
+        Arm::PeakEwmaRetry,
+        Arm::PeakEwmaHedge,
     ];
+
+    /// Whether the arm runs in a scenario: `direct` needs the single backend of
+    /// `overhead`; the retry and hedge arms answer the targets that are about retries.
+    pub fn applies_to(self, scenario: Scenario) -> bool {
+        match self {
+            Arm::Direct => scenario == Scenario::Overhead,
+            Arm::RoundRobinRetry | Arm::PeakEwmaRetry => matches!(
+                scenario,
+                Scenario::KillOne | Scenario::Linkerd2016 | Scenario::Outage
+            ),
+            Arm::PeakEwmaHedge => scenario == Scenario::Linkerd2016,
+            _ => true,
+        }
+    }
+
+    fn service_config(self) -> Option<&'static str> {
+        match self {
+            Arm::RoundRobinRetry | Arm::PeakEwmaRetry => Some(DEFAULT_RETRY_CONFIG),
+            Arm::PeakEwmaHedge => Some(DEFAULT_HEDGE_CONFIG),
+            _ => None,
+        }
+    }
 
     /// The arm's name on the command line and in results.
     pub fn name(self) -> &'static str {
@@ -134,6 +184,9 @@ impl Arm {
             Arm::PickFirst => "pick_first",
             Arm::TonicBalance => "tonic_balance",
             Arm::Direct => "direct",
+            Arm::RoundRobinRetry => "round_robin+retry",
+            Arm::PeakEwmaRetry => "peak_ewma+retry",
+            Arm::PeakEwmaHedge => "peak_ewma+hedge",
         }
     }
 
@@ -144,9 +197,9 @@ impl Arm {
 
     fn policy(self) -> Option<Policy> {
         match self {
-            Arm::RoundRobin => Some(Policy::round_robin()),
+            Arm::RoundRobin | Arm::RoundRobinRetry => Some(Policy::round_robin()),
             Arm::LeastRequest => Some(Policy::least_request()),
-            Arm::PeakEwma => Some(Policy::peak_ewma()),
+            Arm::PeakEwma | Arm::PeakEwmaRetry | Arm::PeakEwmaHedge => Some(Policy::peak_ewma()),
             Arm::PickFirst => Some(Policy::pick_first()),
             Arm::TonicBalance | Arm::Direct => None,
         }
@@ -417,7 +470,7 @@ pub async fn run_scenario(
     let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr()).collect();
     let mut results = Vec::new();
     for &arm in arms {
-        if arm == Arm::Direct && scenario != Scenario::Overhead {
+        if !arm.applies_to(scenario) {
             continue;
         }
         let client = match connect(arm, &addrs, options.seed).await {
@@ -434,9 +487,10 @@ pub async fn run_scenario(
         restore(&backends, &plan.backends).await?;
         results.push(result);
     }
-    if results.iter().all(|r| r.attempts == r.calls) {
+    if results.iter().any(|r| r.arm.contains('+')) {
         plan.notes.push(
-            "attempts/call is 1: no arm retries yet (the retry policy is not in the channel)"
+            "+retry arms: DEFAULT_RETRY_CONFIG (3 attempts on UNAVAILABLE, throttled); \
+             +hedge: DEFAULT_HEDGE_CONFIG (a hedge after 200 ms)"
                 .to_owned(),
         );
     }
@@ -500,11 +554,29 @@ pub async fn run_external(
 
 #[derive(Clone)]
 enum Client {
-    Balanced(TestServiceClient<BalancedChannel>),
+    Balanced(TestServiceClient<BalancedChannel>, BalancedChannel),
     Tonic(TestServiceClient<Channel>),
 }
 
 impl Client {
+    /// Attempts sent so far, where the transport counts them (this crate's channel).
+    fn attempts(&self) -> Option<u64> {
+        let Client::Balanced(_, channel) = self else {
+            return None;
+        };
+        let stats = channel.stats();
+        Some(
+            stats
+                .methods
+                .iter()
+                .map(|m| {
+                    let a = m.attempts;
+                    a.first + a.retries + a.hedges + a.transparent
+                })
+                .sum(),
+        )
+    }
+
     async fn call(&mut self, deadline: Duration) -> Result<String, Status> {
         let mut request = tonic::Request::new(SimpleRequest {
             fill_server_id: true,
@@ -512,7 +584,7 @@ impl Client {
         });
         request.set_timeout(deadline);
         let response = match self {
-            Client::Balanced(client) => client.unary_call(request).await?,
+            Client::Balanced(client, _) => client.unary_call(request).await?,
             Client::Tonic(client) => client.unary_call(request).await?,
         };
         Ok(response.into_inner().server_id)
@@ -548,11 +620,13 @@ async fn connect(arm: Arm, addrs: &[SocketAddr], seed: u64) -> Result<Client, St
 
 async fn balanced(arm: Arm, target: &str, seed: u64) -> Result<Client, String> {
     let policy = arm.policy().ok_or("not a BalancedChannel arm")?;
-    let channel = BalancedChannel::builder(target)
-        .policy(policy)
-        .seed(seed)
-        .build()
-        .map_err(|e| e.to_string())?;
+    let mut builder = BalancedChannel::builder(target).policy(policy).seed(seed);
+    if let Some(config) = arm.service_config() {
+        builder = builder
+            .service_config_json(config)
+            .map_err(|e| e.to_string())?;
+    }
+    let channel = builder.build().map_err(|e| e.to_string())?;
     // Every backend connected (or failed) before the clock starts, so no arm pays for
     // its connection set-up inside the measurement.
     let settled = channel.wait_for(|subs| {
@@ -562,7 +636,11 @@ async fn balanced(arm: Arm, target: &str, seed: u64) -> Result<Client, String> {
                 .all(|s| s.state != ConnectivityState::Connecting)
     });
     let _ = tokio::time::timeout(Duration::from_secs(5), settled).await;
-    warm_up(Client::Balanced(TestServiceClient::new(channel))).await
+    warm_up(Client::Balanced(
+        TestServiceClient::new(channel.clone()),
+        channel,
+    ))
+    .await
 }
 
 /// A few calls before measuring: connections, HTTP/2 windows and code paths warm.
@@ -655,7 +733,7 @@ impl Recorder {
         }
     }
 
-    fn finish(self, arm: Arm, wall: Duration) -> ArmResult {
+    fn finish(self, arm: Arm, wall: Duration, attempts: Option<u64>) -> ArmResult {
         let h = &self.histogram;
         let ms = |micros: u64| micros as f64 / 1000.0;
         let (latency_ms, cdf) = if h.is_empty() {
@@ -683,7 +761,7 @@ impl Recorder {
             calls: self.calls,
             ok: self.ok,
             errors: self.errors,
-            attempts: self.calls,
+            attempts: attempts.unwrap_or(self.calls),
             throughput_rps: self.ok as f64 / wall.as_secs_f64().max(1e-9),
             latency_ms,
             backend_share: self
@@ -714,6 +792,8 @@ async fn drive(
                 .record(slice, latency, outcome);
         }
     };
+    // The warm-up calls are not part of the run.
+    let attempts_before = client.attempts();
     let start = Instant::now();
     match load {
         Load::Open { rps, .. } => {
@@ -784,7 +864,11 @@ async fn drive(
         &mut *recorder.lock().unwrap_or_else(PoisonError::into_inner),
         Recorder::new(),
     );
-    recorder.finish(arm, wall)
+    let attempts = client
+        .attempts()
+        .zip(attempts_before)
+        .map(|(after, before)| after - before);
+    recorder.finish(arm, wall, attempts)
 }
 
 /// The stdout table of one scenario: a row per arm.
