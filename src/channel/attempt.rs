@@ -59,6 +59,11 @@ fn verdict(attempt: Attempt) -> Verdict {
             None | Some(Code::Ok) => Verdict::Done(Ok(answer)),
             Some(code) => {
                 let push = pushback(answer.response.headers());
+                // The attempt is over: stop counting it as load now, not after a backoff.
+                let answer = Answer {
+                    guard: None,
+                    ..answer
+                };
                 Verdict::Failed(code, Ok(answer), push)
             }
         },
@@ -149,12 +154,30 @@ impl Call<'_> {
             tower::ServiceExt::ready(&mut channel).await?;
             tower::Service::call(&mut channel, request).await
         };
-        match send.await {
+        // The whole send is bounded by the deadline: tonic's own timer starts only once
+        // its buffer has taken the request, and a server at its stream limit can hold a
+        // request before that.
+        let sent = match self.deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, send).await {
+                Ok(sent) => sent,
+                Err(_) => {
+                    guard.failed();
+                    return Attempt::Failed {
+                        status: Status::deadline_exceeded(format!(
+                            "deadline exceeded waiting for {addr} to answer"
+                        )),
+                        sent: true,
+                    };
+                }
+            },
+            None => send.await,
+        };
+        match sent {
             Ok(response) => {
                 guard.responded(trailers_only_status(response.headers()));
                 Attempt::Response(Answer {
                     response,
-                    guard,
+                    guard: Some(guard),
                     addr,
                 })
             }
@@ -231,7 +254,9 @@ impl Call<'_> {
             }
             let (code, result, push) = match verdict(attempt) {
                 Verdict::Done(result) => {
-                    self.record(result.is_ok());
+                    if result.is_ok() {
+                        self.record(true);
+                    }
                     return result;
                 }
                 Verdict::Failed(code, result, push) => (code, result, push),
@@ -287,24 +312,52 @@ impl Call<'_> {
     /// once after a non-fatal failure) up to `max_attempts`. The first OK or committed
     /// response wins and cancels the rest; a fatal code ends the call with it.
     pub(super) async fn run_hedged(self, policy: &HedgingPolicy) -> CallResult {
-        type Pending<'a> = Pin<Box<dyn Future<Output = Attempt> + Send + 'a>>;
+        type Pending<'a> = Pin<Box<dyn Future<Output = (u32, Attempt)> + Send + 'a>>;
         let max_attempts = policy.max_attempts.clamp(1, 5);
+        let this = &self;
+        let launch = move |n: u32, kind: AttemptKind| -> Pending<'_> {
+            Box::pin(async move { (n, this.attempt(n, kind).await) })
+        };
         let mut pending: FuturesUnordered<Pending<'_>> = FuturesUnordered::new();
-        pending.push(Box::pin(self.attempt(0, AttemptKind::First)));
+        pending.push(launch(0, AttemptKind::First));
         let mut sent = 1u32;
+        let mut transparent = 0u32;
         let mut next_hedge = Box::pin(tokio::time::sleep(policy.hedging_delay));
         let mut last: Option<CallResult> = None;
         let mut stopped = false; // pushback, throttling or the deadline said no more
         loop {
             let can_hedge = sent < max_attempts && !stopped && self.replay.can_replay();
-            if pending.is_empty() && !can_hedge {
+            // Hedges replay a request body that has ended, so attempts never read the
+            // caller's body at the same time and nothing can outgrow the record. With
+            // nothing in flight and the body still open, no hedge can ever start.
+            if pending.is_empty() && !(can_hedge && self.replay.is_complete()) {
                 break;
             }
             tokio::select! {
-                Some(attempt) = pending.next() => {
+                Some((n, attempt)) = pending.next() => {
+                    let attempt = match attempt {
+                        // Never left the client: send it again, uncounted.
+                        Attempt::Failed { sent: false, .. }
+                            if transparent < MAX_TRANSPARENT_RETRIES
+                                && self.replay.can_replay()
+                                && self.time_for(Duration::ZERO) =>
+                        {
+                            transparent += 1;
+                            pending.push(launch(n, AttemptKind::Transparent));
+                            continue;
+                        }
+                        // No pick for this hedge while others still run: not the end.
+                        Attempt::NotPicked(status) if !pending.is_empty() => {
+                            last.get_or_insert(Err(status));
+                            continue;
+                        }
+                        attempt => attempt,
+                    };
                     let (code, result, push) = match verdict(attempt) {
                         Verdict::Done(result) => {
-                            self.record(result.is_ok());
+                            if result.is_ok() {
+                                self.record(true);
+                            }
                             return result;
                         }
                         Verdict::Failed(code, result, push) => (code, result, push),
@@ -322,8 +375,11 @@ impl Call<'_> {
                     }
                 }
                 _ = &mut next_hedge, if can_hedge => {
-                    if self.time_for(Duration::ZERO) && self.throttle_allows() {
-                        pending.push(Box::pin(self.attempt(sent, AttemptKind::Hedge)));
+                    if !self.replay.is_complete() {
+                        // The first attempt is still sending its body: look again shortly.
+                        next_hedge.as_mut().reset(Instant::now() + Duration::from_millis(1));
+                    } else if self.time_for(Duration::ZERO) && self.throttle_allows() {
+                        pending.push(launch(sent, AttemptKind::Hedge));
                         sent += 1;
                         next_hedge.as_mut().reset(Instant::now() + policy.hedging_delay);
                     } else {

@@ -256,8 +256,10 @@ impl Control {
             let mut refs: HashMap<&SocketAddr, &mut Entry> = entries.iter_mut().collect();
             order.iter().filter_map(|a| refs.remove(a)).collect()
         };
-        let chosen = entries.iter().position(|e| e.ready.is_some());
-        let frontier = entries.iter().position(|e| !e.failing);
+        // An ejected backend is as good as failing: fail over past it.
+        let usable = |e: &&mut Entry| !e.ejection.is_ejected();
+        let chosen = entries.iter().position(|e| e.ready.is_some() && usable(e));
+        let frontier = entries.iter().position(|e| !e.failing && usable(e));
         for (i, entry) in entries.into_iter().enumerate() {
             let wanted = match chosen {
                 Some(chosen) => i == chosen,
@@ -281,7 +283,13 @@ impl Control {
             return; // A worker of a removed address, winding down.
         };
         match event.update {
-            Update::Connecting | Update::Idle => {}
+            Update::Connecting => {}
+            // It let go of its connection (no longer wanted): nothing of it is usable,
+            // even if its READY crossed the decision on the way here.
+            Update::Idle => {
+                entry.ready = None;
+                entry.unhealthy = None;
+            }
             Update::Ready(ready) => {
                 entry.ready = Some(ready);
                 entry.unhealthy = None;

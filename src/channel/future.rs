@@ -56,7 +56,8 @@ impl fmt::Debug for ResponseFuture {
 #[derive(Debug)]
 pub(crate) struct Answer {
     pub(crate) response: http::Response<Body>,
-    pub(crate) guard: CallGuard,
+    /// `None` once the attempt has ended (a Trailers-Only failure kept for the caller).
+    pub(crate) guard: Option<CallGuard>,
     pub(crate) addr: SocketAddr,
 }
 
@@ -72,6 +73,9 @@ pin_project_lite::pin_project! {
         addr: SocketAddr,
         // The method's `maxResponseMessageBytes`.
         limit: Option<MessageLimit>,
+        // The call's deadline: a stream does not outlive it.
+        deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+        done: bool,
     }
 }
 
@@ -81,6 +85,7 @@ impl CallBody {
         answer: Answer,
         record: CallRecord,
         limit: Option<MessageLimit>,
+        deadline: Option<tokio::time::Instant>,
     ) -> http::Response<Body> {
         let Answer {
             response,
@@ -90,10 +95,12 @@ impl CallBody {
         response.map(|inner| {
             Body::new(CallBody {
                 inner,
-                guard: Some(guard),
+                guard,
                 record: Some(record),
                 addr,
                 limit,
+                deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+                done: false,
             })
         })
     }
@@ -108,8 +115,22 @@ impl http_body::Body for CallBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let this = self.project();
-        let frame = std::task::ready!(this.inner.poll_frame(cx));
-        let mut frame = frame.map(|f| f.map_err(|e| status::from_body_error(e, *this.addr)));
+        if *this.done {
+            return Poll::Ready(None);
+        }
+        let expired = this
+            .deadline
+            .as_mut()
+            .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready());
+        let mut frame = if expired {
+            *this.done = true;
+            Some(Err(Status::deadline_exceeded(
+                "deadline exceeded while the response was streaming",
+            )))
+        } else {
+            let frame = std::task::ready!(this.inner.poll_frame(cx));
+            frame.map(|f| f.map_err(|e| status::from_body_error(e, *this.addr)))
+        };
         if let (Some(Ok(data)), Some(limit)) = (&frame, this.limit.as_mut())
             && let Some(bytes) = data.data_ref()
             && let Err(status) = limit.check(bytes)

@@ -313,7 +313,7 @@ impl Inner {
                     let limit = method
                         .and_then(|m| m.max_response_message_bytes)
                         .map(|limit| MessageLimit::new(limit, "response"));
-                    Ok(CallBody::wrap(answer, record, limit))
+                    Ok(CallBody::wrap(answer, record, limit, deadline))
                 }
             },
             Err(status) => {

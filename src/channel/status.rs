@@ -11,18 +11,43 @@ use std::error::Error as StdError;
 use std::net::SocketAddr;
 use tonic::{Code, Status};
 
+/// Every error in a chain, outermost first.
+///
+/// `io::Error::source()` skips the error an `io::Error` wraps and returns *that* error's
+/// source, so a marker wrapped in an `io::Error` (as connectors must return) would never
+/// be seen; this walk steps into the wrapped error instead.
+fn causes<'a>(
+    err: &'a (dyn StdError + 'static),
+) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
+    std::iter::successors(Some(err), |&e: &&'a (dyn StdError + 'static)| match e
+        .downcast_ref::<std::io::Error>()
+    {
+        Some(io) => io.get_ref().map(|inner| inner as &(dyn StdError + 'static)),
+        None => e.source(),
+    })
+}
+
+/// An h2 error that refused the stream for a GOAWAY: the stream's id was above the
+/// last one the server said it would process, so it was not processed.
+fn refused_by_goaway(e: &(dyn StdError + 'static)) -> bool {
+    e.downcast_ref::<h2::Error>()
+        .is_some_and(|h2| h2.is_go_away() && h2.is_remote())
+}
+
 /// The status for an error returned while sending a call to `addr`.
 pub(crate) fn from_send_error(err: &(dyn StdError + 'static), addr: SocketAddr) -> Status {
-    let mut source = Some(err);
-    while let Some(e) = source {
+    for e in causes(err) {
         if let Some(status) = e.downcast_ref::<Status>() {
             return Status::new(status.code(), status.message());
         }
-        if e.downcast_ref::<ConnectionClosed>().is_some() {
+        if e.is::<ConnectionClosed>() {
             return Status::unavailable(format!("connection to {addr} is closed"));
         }
-        if e.downcast_ref::<tonic::TimeoutExpired>().is_some() {
+        if e.is::<tonic::TimeoutExpired>() {
             return Status::deadline_exceeded(format!("deadline exceeded waiting for {addr}"));
+        }
+        if refused_by_goaway(e) {
+            return Status::unavailable(format!("{addr} is going away: {}", chain(err)));
         }
         if let Some(code) = e
             .downcast_ref::<h2::Error>()
@@ -31,27 +56,22 @@ pub(crate) fn from_send_error(err: &(dyn StdError + 'static), addr: SocketAddr) 
         {
             return Status::new(code, format!("{addr}: {}", chain(err)));
         }
-        source = e.source();
     }
     // Anything else failed at the transport: the backend could not be reached.
     Status::unavailable(format!("error sending to {addr}: {}", chain(err)))
 }
 
 /// Whether a send error shows the server never processed the request: the connection
-/// was already closed when the call reached it, or the server refused the stream
-/// (REFUSED_STREAM, which HTTP/2 defines as "not processed").
+/// no longer took requests when the call reached it, or the server refused the stream
+/// (REFUSED_STREAM, or a GOAWAY below the stream's id: HTTP/2 defines both as "not
+/// processed").
 pub(crate) fn never_processed(err: &(dyn StdError + 'static)) -> bool {
-    let mut source = Some(err);
-    while let Some(e) = source {
-        if e.is::<ConnectionClosed>()
+    causes(err).any(|e| {
+        e.is::<ConnectionClosed>()
+            || refused_by_goaway(e)
             || e.downcast_ref::<h2::Error>()
                 .is_some_and(|h2| h2.reason() == Some(h2::Reason::REFUSED_STREAM))
-        {
-            return true;
-        }
-        source = e.source();
-    }
-    false
+    })
 }
 
 /// Maps an error status from a response body: tonic reports a broken connection under
@@ -73,14 +93,7 @@ pub(crate) fn from_body_error(status: Status, addr: SocketAddr) -> Status {
 }
 
 fn is_transport_error(err: &(dyn StdError + 'static)) -> bool {
-    let mut source = Some(err);
-    while let Some(e) = source {
-        if e.is::<hyper::Error>() || e.is::<h2::Error>() || e.is::<std::io::Error>() {
-            return true;
-        }
-        source = e.source();
-    }
-    false
+    causes(err).any(|e| e.is::<hyper::Error>() || e.is::<h2::Error>() || e.is::<std::io::Error>())
 }
 
 /// PROTOCOL-HTTP2.md's table. `None` for reasons that say nothing specific (the
@@ -112,11 +125,15 @@ mod tests {
     }
 
     #[test]
-    fn closed_connection_is_unavailable() {
+    fn closed_connection_is_unavailable_and_never_processed() {
+        // As a connector returns it: the marker inside an io::Error, inside tonic's error.
         let err = std::io::Error::new(std::io::ErrorKind::NotConnected, ConnectionClosed(addr()));
         let status = from_send_error(&err, addr());
         assert_eq!(status.code(), Code::Unavailable);
-        assert!(status.message().contains("127.0.0.1:9"), "{status:?}");
+        assert_eq!(status.message(), "connection to 127.0.0.1:9 is closed");
+        assert!(never_processed(&err));
+        let other = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        assert!(!never_processed(&other));
     }
 
     #[test]

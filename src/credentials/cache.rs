@@ -111,17 +111,18 @@ impl Cache {
         deadline: Option<Instant>,
     ) -> impl Future<Output = Result<HeaderValue, Status>> + Send + 'static {
         let shared = self.shared.clone();
-        let start = self
-            .start
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        async move {
-            if let Some(stop) = start {
-                tokio::spawn(run(shared.clone(), stop));
+        let mut slot = self.start.lock().unwrap_or_else(PoisonError::into_inner);
+        // Start the refresh task now rather than when the future is first polled: a
+        // future dropped unpolled must not take the only chance to start it with it.
+        if let Some(stop) = slot.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn(run(shared.clone(), stop))),
+                // No runtime here: leave it for the next call.
+                Err(_) => *slot = Some(stop),
             }
-            wait(&shared, deadline).await
         }
+        drop(slot);
+        async move { wait(&shared, deadline).await }
     }
 }
 

@@ -69,6 +69,13 @@ impl Replay {
         Some(Status::new(rejected.code(), rejected.message()))
     }
 
+    /// Whether the caller's body has ended and is all recorded: a new attempt replays it
+    /// without reading from the caller.
+    pub(crate) fn is_complete(&self) -> bool {
+        let shared = lock(&self.shared);
+        shared.ended && !shared.overflowed
+    }
+
     /// Whether a new attempt can still send the whole body.
     pub(crate) fn can_replay(&self) -> bool {
         !lock(&self.shared).overflowed

@@ -69,6 +69,10 @@ pub(crate) type PrefaceResult = Option<Result<(), String>>;
 pub(crate) struct Connector {
     addr: SocketAddr,
     once: Option<(Arc<Link>, watch::Sender<PrefaceResult>)>,
+    /// The connection's link, kept to close it when tonic asks for a second connection:
+    /// that only happens once hyper has stopped taking requests on the first, as after
+    /// a graceful GOAWAY, while the socket itself stays open until its streams finish.
+    link: Arc<Link>,
     #[cfg(feature = "tls")]
     tls: Option<crate::tls::TlsConnect>,
 }
@@ -83,7 +87,8 @@ impl Connector {
     ) -> Self {
         Self {
             addr,
-            once: Some((link, preface)),
+            once: Some((link.clone(), preface)),
+            link,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -111,6 +116,9 @@ impl tower::Service<http::Uri> for Connector {
     fn call(&mut self, _: http::Uri) -> ConnectFuture {
         let addr = self.addr;
         let Some((link, preface)) = self.once.take() else {
+            // The connection no longer takes requests (GOAWAY, or it ended): the
+            // subchannel must stop being picked and reconnect, with backoff.
+            self.link.close();
             return Box::pin(std::future::ready(Err(io::Error::new(
                 io::ErrorKind::NotConnected,
                 ConnectionClosed(addr),
