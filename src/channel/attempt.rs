@@ -214,6 +214,16 @@ impl Call<'_> {
         allowed
     }
 
+    /// Classifies an attempt as [`verdict`] does, counting a finished success toward
+    /// throttling.
+    fn settle(&self, attempt: Attempt) -> Verdict {
+        let verdict = verdict(attempt);
+        if let Verdict::Done(Ok(_)) = verdict {
+            self.record(true);
+        }
+        verdict
+    }
+
     fn record(&self, success: bool) {
         if let Some(throttle) = self.throttle {
             if success {
@@ -252,13 +262,8 @@ impl Call<'_> {
                 kind = AttemptKind::Transparent;
                 continue;
             }
-            let (code, result, push) = match verdict(attempt) {
-                Verdict::Done(result) => {
-                    if result.is_ok() {
-                        self.record(true);
-                    }
-                    return result;
-                }
+            let (code, result, push) = match self.settle(attempt) {
+                Verdict::Done(result) => return result,
                 Verdict::Failed(code, result, push) => (code, result, push),
             };
             let Some(policy) = policy else { return result };
@@ -353,13 +358,8 @@ impl Call<'_> {
                         }
                         attempt => attempt,
                     };
-                    let (code, result, push) = match verdict(attempt) {
-                        Verdict::Done(result) => {
-                            if result.is_ok() {
-                                self.record(true);
-                            }
-                            return result;
-                        }
+                    let (code, result, push) = match self.settle(attempt) {
+                        Verdict::Done(result) => return result,
                         Verdict::Failed(code, result, push) => (code, result, push),
                     };
                     if !policy.non_fatal_status_codes.contains(&code) {

@@ -9,9 +9,9 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::mpsc::{self, Receiver};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long the peer may take to generate its stubs and start serving.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -129,25 +129,28 @@ impl Drop for PythonPeer {
     }
 }
 
-/// Forwards each line of `from` to this process's stderr, prefixed with `tag`.
-fn forward_lines(from: impl Read + Send + 'static, tag: String) -> JoinHandle<()> {
-    thread::spawn(move || {
+/// Forwards each line of `from` to this process's stderr, prefixed with `tag`. The
+/// returned receiver hears when `from` closes, which for a child's stderr is when the
+/// child has exited.
+fn forward_lines(from: impl Read + Send + 'static, tag: String) -> (JoinHandle<()>, Receiver<()>) {
+    let (closed_tx, closed_rx) = mpsc::channel();
+    let thread = thread::spawn(move || {
         for line in BufReader::new(from).lines().map_while(Result::ok) {
             eprintln!("{tag} {line}");
         }
-    })
+        let _ = closed_tx.send(());
+    });
+    (thread, closed_rx)
 }
 
 /// Reaps the child, killing it if it has not exited within `grace`, and flushes its stderr.
 fn stop(
     child: &mut Child,
-    stderr_forwarder: JoinHandle<()>,
+    (stderr_forwarder, stderr_closed): (JoinHandle<()>, Receiver<()>),
     grace: Duration,
 ) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
-        thread::sleep(Duration::from_millis(20));
-    }
+    // Its stderr closing is its exit: wait for that event, up to the grace period.
+    let _ = stderr_closed.recv_timeout(grace);
     let _ = child.kill();
     let status = child.wait().ok();
     let _ = stderr_forwarder.join();
