@@ -1,0 +1,159 @@
+//! The policy benchmark: this crate's policies against tonic's `balance_list` (and a
+//! direct channel) on in-process fleets, or on real servers with `--target`.
+//!
+//! ```sh
+//! cargo run --release -p tonic-balancer-bench                    # quick suite, about a minute
+//! cargo run --release -p tonic-balancer-bench -- --full          # BENCH.md's sizes
+//! cargo run --release -p tonic-balancer-bench -- --scenario tower-76,linkerd-2016
+//! cargo run --release -p tonic-balancer-bench -- --target ipv4:127.0.0.1:5001,127.0.0.1:5002
+//! ```
+//!
+//! Prints a table per scenario and writes `results.json` and `report.html` to `--out`.
+
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+use tonic_balancer_bench::{Arm, Options, Progress, Scenario, ScenarioResult, Size};
+
+/// Benchmark load-balancing policies.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Scenarios to run, comma-separated (healthy, one-slow, tower-76, linkerd-2016,
+    /// kill-one, outage, overhead, or "all"). Default: one-slow, kill-one, overhead.
+    #[arg(long, value_delimiter = ',')]
+    scenario: Vec<String>,
+    /// Arms to run, comma-separated (round_robin, least_request, peak_ewma, pick_first,
+    /// tonic_balance, direct). Default: all (direct only runs in overhead).
+    #[arg(long, value_delimiter = ',')]
+    arms: Vec<String>,
+    /// Seed for backends' latencies and failures and for every channel's picks.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Quick sizes: the default suite in about a minute (the default).
+    #[arg(long, conflicts_with = "full")]
+    quick: bool,
+    /// The sizes BENCH.md gives (several minutes).
+    #[arg(long)]
+    full: bool,
+    /// Where results.json and report.html go.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+    /// Open-loop rate in calls per second (overrides the scenario's).
+    #[arg(long)]
+    rps: Option<f64>,
+    /// Closed-loop outstanding calls (overrides the scenario's).
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Open-loop duration per arm in seconds (closed loops: a time cap).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Run against real servers implementing grpc.testing.TestService at this gRPC target
+    /// instead of in-process fleets (no fault injection).
+    #[arg(long)]
+    target: Option<String>,
+}
+
+struct Bar(ProgressBar);
+
+impl Progress for Bar {
+    fn arm_started(&self, scenario: &str, arm: &str, expected_calls: u64) {
+        self.0.reset();
+        self.0.set_length(expected_calls);
+        self.0.set_message(format!("{scenario} / {arm}"));
+    }
+    fn call_done(&self) {
+        self.0.inc(1);
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let scenarios = parse_scenarios(&args.scenario)?;
+    let arms = parse_arms(&args.arms)?;
+    let mut options = Options::default();
+    options.seed = args.seed;
+    options.size = if args.full { Size::Full } else { Size::Quick };
+    options.rps = args.rps.filter(|r| *r > 0.0);
+    options.concurrency = args.concurrency.filter(|c| *c > 0);
+    options.duration = match args.duration {
+        Some(secs) if secs.is_finite() && secs > 0.0 => Some(Duration::from_secs_f64(secs)),
+        Some(secs) => {
+            return Err(format!("--duration must be a positive number, got {secs}").into());
+        }
+        None => None,
+    };
+
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template("{msg:28} [{bar:40}] {pos}/{len} calls ({eta})")?
+                .progress_chars("=> "),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let progress = Bar(bar);
+
+    let mut results: Vec<ScenarioResult> = Vec::new();
+    if let Some(target) = &args.target {
+        let result = tonic_balancer_bench::run_external(target, &arms, &options, &progress).await?;
+        progress
+            .0
+            .suspend(|| print!("{}", tonic_balancer_bench::render_table(&result)));
+        results.push(result);
+    } else {
+        for scenario in scenarios {
+            let result =
+                tonic_balancer_bench::run_scenario(scenario, &arms, &options, &progress).await?;
+            progress
+                .0
+                .suspend(|| print!("{}", tonic_balancer_bench::render_table(&result)));
+            results.push(result);
+        }
+    }
+    progress.0.finish_and_clear();
+
+    std::fs::create_dir_all(&args.out)?;
+    let json = args.out.join("results.json");
+    let html = args.out.join("report.html");
+    std::fs::write(&json, tonic_balancer_bench::to_json(&results))?;
+    std::fs::write(&html, tonic_balancer_bench::render_html(&results))?;
+    println!("\nwrote {} and {}", json.display(), html.display());
+    Ok(())
+}
+
+fn parse_scenarios(names: &[String]) -> Result<Vec<Scenario>, String> {
+    match names {
+        [] => Ok(Scenario::QUICK_SUITE.to_vec()),
+        [all] if all == "all" => Ok(Scenario::ALL.to_vec()),
+        names => names
+            .iter()
+            .map(|n| {
+                Scenario::parse(n).ok_or_else(|| {
+                    let known: Vec<_> = Scenario::ALL.iter().map(|s| s.name()).collect();
+                    format!("unknown scenario {n:?}; known: {}", known.join(", "))
+                })
+            })
+            .collect(),
+    }
+}
+
+fn parse_arms(names: &[String]) -> Result<Vec<Arm>, String> {
+    if names.is_empty() {
+        return Ok(Arm::ALL.to_vec());
+    }
+    names
+        .iter()
+        .map(|n| {
+            Arm::parse(n).ok_or_else(|| {
+                let known: Vec<_> = Arm::ALL.iter().map(|a| a.name()).collect();
+                format!("unknown arm {n:?}; known: {}", known.join(", "))
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,274 @@
+//! A real non-Rust gRPC peer: `python/interop_server.py` on grpcio's C-core server.
+//!
+//! Calls to it are scripted with request metadata (`x-key`, `x-fail-times`, `x-fail-code`,
+//! `x-pushback-ms`, `x-headers-then-fail`, `x-delay-ms`, `x-set-health`); see the script's
+//! docstring for the contract.
+//!
+//! # The Python environment
+//!
+//! The first [`PythonPeer::start`] of a build creates a virtual environment under the
+//! cargo target directory (`target/testkit-python/`) and installs the pinned
+//! `python/requirements.txt` into it: once, about a minute, with a message on stderr.
+//! Later runs reuse it; a change to the requirements reinstalls. Concurrent test
+//! processes share it safely (a file lock). All it needs is `python3` with its `venv`
+//! module and access to PyPI.
+//!
+//! - `TONIC_BALANCER_PYTHON=/path/to/python`: use this interpreter as it is, with grpcio
+//!   already installed; nothing is created or installed.
+//! - `TONIC_BALANCER_PYTHON_ENV=/some/dir`: where to create the environment instead.
+//! - `PYTHON3=/path/to/python3`: the interpreter that creates it (default `python3`).
+
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Read};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::mpsc::{self, Receiver};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+/// How long the peer may take to generate its stubs and start serving.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The exit code of the script when grpcio / grpcio-tools / grpcio-health-checking is missing.
+const EXIT_MISSING_PACKAGES: i32 = 3;
+
+/// The pinned packages, compiled in so a change to them is a change to the build.
+const REQUIREMENTS: &str = include_str!("../python/requirements.txt");
+
+/// The directory of `interop_server.py` and `requirements.txt`.
+fn python_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("python")
+}
+
+/// The interpreter that runs the peer: provisioned once per process (and per target
+/// directory across processes). The error says what to do.
+pub fn interpreter() -> Result<PathBuf, String> {
+    static PYTHON: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    PYTHON.get_or_init(provision).clone()
+}
+
+fn provision() -> Result<PathBuf, String> {
+    if let Some(python) = std::env::var_os("TONIC_BALANCER_PYTHON") {
+        return Ok(PathBuf::from(python));
+    }
+    let env_dir = match std::env::var_os("TONIC_BALANCER_PYTHON_ENV") {
+        Some(dir) => PathBuf::from(dir),
+        None => target_dir().join("testkit-python"),
+    };
+    let python = env_dir.join("bin").join("python");
+    let marker = env_dir.join("installed-requirements.txt");
+    let installed = || fs::read_to_string(&marker).is_ok_and(|text| text == REQUIREMENTS);
+    if installed() {
+        return Ok(python);
+    }
+    let parent = env_dir.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    // One process creates the environment; the others wait here, then find it ready.
+    let lock_path = parent.join("testkit-python.lock");
+    let lock = File::create(&lock_path)
+        .map_err(|e| format!("cannot create {}: {e}", lock_path.display()))?;
+    lock.lock()
+        .map_err(|e| format!("cannot lock {}: {e}", lock_path.display()))?;
+    if installed() {
+        return Ok(python);
+    }
+    let base = std::env::var_os("PYTHON3").unwrap_or_else(|| "python3".into());
+    eprintln!(
+        "tonic-balancer-testkit: creating a Python environment for the grpcio peer in {} \
+         (once per target directory; pip downloads about 60 MB)",
+        env_dir.display()
+    );
+    let _ = fs::remove_dir_all(&env_dir);
+    run(
+        Command::new(&base).args(["-m", "venv"]).arg(&env_dir),
+        "create a virtual environment",
+        &format!(
+            "the Python gRPC peer needs python3 with its venv module (Debian: apt-get install \
+             python3-venv), or TONIC_BALANCER_PYTHON naming an interpreter that has grpcio \
+             (pip install -r {})",
+            python_dir().join("requirements.txt").display()
+        ),
+    )?;
+    run(
+        Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .arg("-r")
+            .arg(python_dir().join("requirements.txt")),
+        "install the pinned grpcio packages",
+        "pip needs access to PyPI; or set TONIC_BALANCER_PYTHON to an interpreter that has \
+         them",
+    )?;
+    fs::write(&marker, REQUIREMENTS)
+        .map_err(|e| format!("cannot write {}: {e}", marker.display()))?;
+    eprintln!("tonic-balancer-testkit: Python environment ready");
+    Ok(python)
+}
+
+/// Runs a set-up step, its output passed through to the test's stderr.
+fn run(command: &mut Command, what: &str, hint: &str) -> Result<(), String> {
+    let shown = format!("{command:?}");
+    match command.stdin(Stdio::null()).status() {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(format!(
+            "could not {what}: `{shown}` exited with {status}; {hint}"
+        )),
+        Err(e) => Err(format!(
+            "could not {what}: cannot run `{shown}` ({e}); {hint}"
+        )),
+    }
+}
+
+/// The cargo target directory this test binary was built in: the nearest ancestor of
+/// the executable that holds cargo's `CACHEDIR.TAG`, else `target/` beside the workspace.
+fn target_dir() -> PathBuf {
+    let from_exe = std::env::current_exe().ok().and_then(|exe| {
+        exe.ancestors()
+            .find(|dir| dir.join("CACHEDIR.TAG").is_file())
+            .map(Path::to_path_buf)
+    });
+    from_exe.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+/// A running `interop_server.py`; killed when dropped.
+///
+/// Its stdin stays open (a pipe held by `child`): the script also stops on stdin EOF, so it
+/// does not outlive the test process even if `drop` never runs.
+#[derive(Debug)]
+pub struct PythonPeer {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl PythonPeer {
+    /// Starts `interop_server.py --server-id <server_id>` on 127.0.0.1 and waits for it to
+    /// serve, creating the Python environment first if this build has none yet.
+    ///
+    /// # Panics
+    ///
+    /// If the environment cannot be created or the peer does not start; the message says
+    /// why and what to do.
+    pub fn start(server_id: &str) -> PythonPeer {
+        let python = interpreter().unwrap_or_else(|why| panic!("python peer: {why}"));
+        let script = python_dir().join("interop_server.py");
+        let mut child = Command::new(&python)
+            .arg(&script)
+            .args(["--server-id", server_id])
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env("PYTHONUNBUFFERED", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {} ({e})", python.display()));
+        // The server's stderr goes to the test's stderr. Lines are forwarded with eprintln! from
+        // a thread spawned here, which inherits libtest's output capture: they are shown with
+        // the test's failure (or with --nocapture) rather than interleaved with passing tests.
+        let stderr = child.stderr.take().expect("piped stderr");
+        let stderr_forwarder = forward_lines(stderr, format!("[python peer {server_id}]"));
+
+        // Read stdout on a thread so the wait for `PORT <n>` can time out.
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (port_tx, port_rx) = mpsc::channel();
+        let tag = format!("[python peer {server_id} stdout]");
+        thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            for line in lines.by_ref() {
+                let Ok(line) = line else { break };
+                if let Some(port) = line.strip_prefix("PORT ") {
+                    let _ = port_tx.send(
+                        port.trim()
+                            .parse::<u16>()
+                            .map_err(|e| format!("{line:?}: {e}")),
+                    );
+                    break;
+                }
+                eprintln!("{tag} {line}");
+            }
+            drop(port_tx); // EOF before PORT: the receiver sees a disconnect
+            // Keep draining so the server can never block on a full stdout pipe.
+            for line in lines.map_while(Result::ok) {
+                eprintln!("{tag} {line}");
+            }
+        });
+
+        match port_rx.recv_timeout(START_TIMEOUT) {
+            Ok(Ok(port)) => PythonPeer {
+                child,
+                addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            },
+            Ok(Err(bad_line)) => {
+                stop(&mut child, stderr_forwarder, Duration::ZERO);
+                panic!("python peer printed a bad PORT line: {bad_line}")
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                stop(&mut child, stderr_forwarder, Duration::ZERO);
+                panic!(
+                    "python peer did not print `PORT <n>` within {START_TIMEOUT:?} ({})",
+                    script.display()
+                )
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                // Stdout closed: it is exiting; give it a moment to report why.
+                let status = stop(&mut child, stderr_forwarder, Duration::from_secs(5));
+                if status.and_then(|s| s.code()) == Some(EXIT_MISSING_PACKAGES) {
+                    panic!(
+                        "python peer: grpcio packages are missing from {}",
+                        python.display()
+                    )
+                }
+                panic!(
+                    "python peer exited before serving ({}; its stderr is above)",
+                    status.map_or_else(|| "unknown status".to_owned(), |s| s.to_string())
+                )
+            }
+        }
+    }
+
+    /// The peer's address, on 127.0.0.1: connect to `http://{addr}`.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for PythonPeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Forwards each line of `from` to this process's stderr, prefixed with `tag`. The
+/// returned receiver hears when `from` closes, which for a child's stderr is when the
+/// child has exited.
+fn forward_lines(from: impl Read + Send + 'static, tag: String) -> (JoinHandle<()>, Receiver<()>) {
+    let (closed_tx, closed_rx) = mpsc::channel();
+    let thread = thread::spawn(move || {
+        for line in BufReader::new(from).lines().map_while(Result::ok) {
+            eprintln!("{tag} {line}");
+        }
+        let _ = closed_tx.send(());
+    });
+    (thread, closed_rx)
+}
+
+/// Reaps the child, killing it if it has not exited within `grace`, and flushes its stderr.
+fn stop(
+    child: &mut Child,
+    (stderr_forwarder, stderr_closed): (JoinHandle<()>, Receiver<()>),
+    grace: Duration,
+) -> Option<std::process::ExitStatus> {
+    // Its stderr closing is its exit: wait for that event, up to the grace period.
+    let _ = stderr_closed.recv_timeout(grace);
+    let _ = child.kill();
+    let status = child.wait().ok();
+    let _ = stderr_forwarder.join();
+    status
+}

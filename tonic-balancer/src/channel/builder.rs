@@ -1,0 +1,732 @@
+//! The consuming builder for [`BalancedChannel`].
+
+use super::control::{ConnectMode, Control, Outliers, Shared, Snapshot};
+use super::{BalancedChannel, CallConfig, Inner};
+use crate::backoff::BackoffParams;
+use crate::balance::{Picker, Policy};
+use crate::config::{MethodMap, MethodName, ServiceConfig};
+use crate::error::{Error, ErrorKind};
+use crate::health::OutlierDetection;
+use crate::load::{Accounting, CodeSet, EwmaParams};
+use crate::resolver::{Address, Resolve, StaticList, Target};
+use crate::retry::{Budget, DEFAULT_REPLAY_BUFFER, RetryBudget, Throttle};
+use crate::subchannel::{ConnectSettings, EndpointMaker};
+use arc_swap::ArcSwap;
+use std::fmt;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::sync::{oneshot, watch};
+use tonic::transport::Endpoint;
+
+pub use crate::defaults::DEFAULT_BACKOFF_BASE_DELAY;
+pub use crate::defaults::DEFAULT_BACKOFF_JITTER;
+pub use crate::defaults::DEFAULT_BACKOFF_MAX_DELAY;
+pub use crate::defaults::DEFAULT_BACKOFF_MULTIPLIER;
+pub use crate::defaults::DEFAULT_MIN_CONNECT_TIMEOUT;
+
+/// How subchannels reconnect (grpc/grpc `doc/connection-backoff.md`).
+///
+/// After a failed connection attempt, the next waits `base_delay`, then each wait grows
+/// by `multiplier` up to `max_delay`, each spread by ±`jitter`. A connection that reaches
+/// READY resets the sequence. Each attempt may take `min_connect_timeout`, or the current
+/// backoff if that has grown longer.
+///
+/// ```
+/// # use std::time::Duration;
+/// # use tonic_balancer::ConnectionBackoff;
+/// let mut backoff = ConnectionBackoff::default();
+/// backoff.base_delay = Duration::from_millis(50);
+/// backoff.max_delay = Duration::from_secs(2);
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct ConnectionBackoff {
+    /// Wait before the first reconnect. Default [`DEFAULT_BACKOFF_BASE_DELAY`].
+    pub base_delay: Duration,
+    /// Growth of each further wait; at least 1. Default [`DEFAULT_BACKOFF_MULTIPLIER`].
+    pub multiplier: f64,
+    /// Relative spread of each wait, in [0, 1]. Default [`DEFAULT_BACKOFF_JITTER`].
+    pub jitter: f64,
+    /// The longest wait. Default [`DEFAULT_BACKOFF_MAX_DELAY`].
+    pub max_delay: Duration,
+    /// The least time a connection attempt is given. Default [`DEFAULT_MIN_CONNECT_TIMEOUT`].
+    pub min_connect_timeout: Duration,
+}
+
+impl Default for ConnectionBackoff {
+    fn default() -> Self {
+        Self {
+            base_delay: DEFAULT_BACKOFF_BASE_DELAY,
+            multiplier: DEFAULT_BACKOFF_MULTIPLIER,
+            jitter: DEFAULT_BACKOFF_JITTER,
+            max_delay: DEFAULT_BACKOFF_MAX_DELAY,
+            min_connect_timeout: DEFAULT_MIN_CONNECT_TIMEOUT,
+        }
+    }
+}
+
+impl ConnectionBackoff {
+    fn validate(&self) -> Result<BackoffParams, Error> {
+        let invalid = |field: &str, why: &str| {
+            Error::new(
+                ErrorKind::InvalidConfig,
+                format!("connection_backoff.{field}: {why}"),
+            )
+        };
+        if self.base_delay.is_zero() {
+            return Err(invalid("base_delay", "must be > 0"));
+        }
+        if !(self.multiplier >= 1.0 && self.multiplier.is_finite()) {
+            return Err(invalid("multiplier", "must be a finite number >= 1"));
+        }
+        if !(0.0..=1.0).contains(&self.jitter) {
+            return Err(invalid("jitter", "must be in [0, 1]"));
+        }
+        if self.max_delay < self.base_delay {
+            return Err(invalid("max_delay", "must be >= base_delay"));
+        }
+        if self.min_connect_timeout.is_zero() {
+            return Err(invalid("min_connect_timeout", "must be > 0"));
+        }
+        Ok(BackoffParams {
+            initial: self.base_delay,
+            multiplier: self.multiplier,
+            max: self.max_delay,
+            jitter: self.jitter,
+        })
+    }
+}
+
+type PolicyMap = MethodMap<(Policy, Arc<dyn Picker>)>;
+type MakeEndpoint = Arc<dyn Fn(&Address) -> Endpoint + Send + Sync>;
+type ConfigureEndpoint = Arc<dyn Fn(Endpoint) -> Endpoint + Send + Sync>;
+
+enum Source {
+    Target(Target),
+    Resolver(Box<dyn Resolve>),
+}
+
+/// Builds a [`BalancedChannel`]. Settings are checked by [`Builder::build`].
+pub struct Builder {
+    source: Result<Source, Error>,
+    name: String,
+    endpoint: Option<MakeEndpoint>,
+    configure: Option<ConfigureEndpoint>,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::tls::TlsConfig>,
+    policy: Policy,
+    method_policies: Vec<(String, Policy)>,
+    backoff: ConnectionBackoff,
+    wait_for_ready: bool,
+    seed: Option<u64>,
+    service_config: Option<ServiceConfig>,
+    budget: Option<RetryBudget>,
+    replay_limit: usize,
+    health_service: Option<String>,
+    outlier_detection: Option<OutlierDetection>,
+    panic_threshold: Option<u32>,
+    #[cfg(feature = "dns")]
+    dns_options: crate::resolver::DnsOptions,
+    sensitive: Vec<String>,
+}
+
+impl Builder {
+    pub(super) fn from_target(target: &str) -> Self {
+        Self::new(Target::parse(target).map(Source::Target), target.to_owned())
+    }
+
+    pub(super) fn from_resolver(resolver: Box<dyn Resolve>) -> Self {
+        Self::new(Ok(Source::Resolver(resolver)), "custom resolver".to_owned())
+    }
+
+    fn new(source: Result<Source, Error>, name: String) -> Self {
+        Self {
+            source,
+            name,
+            endpoint: None,
+            configure: None,
+            #[cfg(feature = "tls")]
+            tls: None,
+            policy: Policy::default(),
+            method_policies: Vec::new(),
+            backoff: ConnectionBackoff::default(),
+            wait_for_ready: false,
+            seed: None,
+            service_config: None,
+            budget: None,
+            replay_limit: DEFAULT_REPLAY_BUFFER,
+            health_service: None,
+            outlier_detection: None,
+            panic_threshold: None,
+            #[cfg(feature = "dns")]
+            dns_options: crate::resolver::DnsOptions::default(),
+            sensitive: Vec::new(),
+        }
+    }
+
+    /// The load-balancing policy. Default: [`Policy::round_robin`].
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// A different policy for one method (`pkg.Service/Method`, with or without a
+    /// leading `/`) or a whole service (`pkg.Service`). A call uses the policy of its
+    /// exact method, else of its service, else the channel's. Every policy picks among
+    /// the same subchannels and reads the same load counters.
+    ///
+    /// The channel connects to every address unless all its policies are pick_first.
+    /// peak_ewma parameters ([`Policy::decay`], [`Policy::default_rtt`]) belong to the
+    /// channel's one RTT estimate per backend: the channel's policy sets them if it is
+    /// peak_ewma, else the first per-method peak_ewma policy.
+    pub fn method_policy(mut self, method: &str, policy: Policy) -> Self {
+        self.method_policies.push((method.to_owned(), policy));
+        self
+    }
+
+    /// Makes the tonic [`Endpoint`] for each address: timeouts, keepalive, HTTP/2
+    /// settings, user agent (TLS is `Builder::tls`, feature `tls`).
+    ///
+    /// The endpoint's URI is what calls carry as `:authority`; the connection itself
+    /// always goes to the address. The subchannel connects over its own TCP connector, so
+    /// the endpoint's TCP options (`tcp_nodelay`, `tcp_keepalive`) do not apply:
+    /// `TCP_NODELAY` is on.
+    ///
+    /// The default is `http://ADDRESS` for address targets and `http://HOST:PORT` for
+    /// DNS targets, with tonic's defaults.
+    ///
+    /// With `Builder::tls` too, the channel makes the TLS handshake itself, under the
+    /// endpoint: make `http://` endpoints without a `tls_config` (a connection through
+    /// an `https://` one fails, saying so, since tonic would add a second TLS layer).
+    /// The channel sets each endpoint's origin to `https://` and its URI's authority,
+    /// so calls carry `:scheme https`. Without `Builder::tls`, an `https://` endpoint
+    /// with tonic's own `tls_config` works as in tonic; see the `tls` module for
+    /// why `Builder::tls` is the better choice.
+    pub fn endpoint<F>(mut self, make: F) -> Self
+    where
+        F: Fn(&Address) -> Endpoint + Send + Sync + 'static,
+    {
+        self.endpoint = Some(Arc::new(make));
+        self
+    }
+
+    /// Adjusts the default endpoint of every address, for settings that do not depend
+    /// on the address: `.configure_endpoint(|e| e.timeout(Duration::from_secs(1)))`.
+    /// Applied after [`Builder::endpoint`] if both are set.
+    pub fn configure_endpoint<F>(mut self, configure: F) -> Self
+    where
+        F: Fn(Endpoint) -> Endpoint + Send + Sync + 'static,
+    {
+        self.configure = Some(Arc::new(configure));
+        self
+    }
+
+    /// Connects to every address over TLS (mutual TLS if the config has an identity);
+    /// calls carry `:scheme https`. The certificates of a `dns:` target's servers must
+    /// carry the target's host name; for address lists, the address, unless
+    /// [`TlsConfig::domain_name`](crate::tls::TlsConfig::domain_name) names the host.
+    /// See [`tls`](crate::tls) for how handshake failures surface, and
+    /// [`Builder::endpoint`] for how the two combine.
+    ///
+    /// A config that does not check out (PEM that does not parse, a key that does not
+    /// match its certificate, no CA) is reported by [`Builder::build`] as
+    /// [`ErrorKind::InvalidConfig`].
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: crate::tls::TlsConfig) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
+    /// How subchannels reconnect. Default: gRPC's connection backoff.
+    pub fn connection_backoff(mut self, backoff: ConnectionBackoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Whether calls wait for a READY backend instead of failing fast when every backend
+    /// is failing. Per call, the [`WaitForReady`](super::WaitForReady) extension wins.
+    /// Default: false, as in gRPC.
+    pub fn wait_for_ready(mut self, wait: bool) -> Self {
+        self.wait_for_ready = wait;
+        self
+    }
+
+    /// Turns on client-side health checking (gRFC A17): each connected backend is READY
+    /// only while its `grpc.health.v1.Health/Watch` for `service` says SERVING (`""`: the
+    /// whole server). Overrides the service config's `healthCheckConfig`. See
+    /// [`health`](crate::health). Default: off.
+    pub fn health_check(mut self, service: impl Into<String>) -> Self {
+        self.health_service = Some(service.into());
+        self
+    }
+
+    /// Turns on outlier detection (gRFC A50, plus ejection after consecutive failures).
+    /// Default: off.
+    pub fn outlier_detection(mut self, config: OutlierDetection) -> Self {
+        self.outlier_detection = Some(config);
+        self
+    }
+
+    /// Envoy's panic mode: when fewer than `percent` of the backends are usable (healthy
+    /// and not ejected), calls spread over every connected backend instead. Default: off,
+    /// so calls fail fast with UNAVAILABLE as in gRPC; [`health`](crate::health) explains
+    /// the choice.
+    pub fn panic_threshold(mut self, percent: u32) -> Self {
+        self.panic_threshold = Some(percent);
+        self
+    }
+
+    /// Seeds every random choice the channel makes (picker offsets and samples, backoff
+    /// jitter), for reproducible tests and benchmarks. Default: a random seed.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// The gRPC service config, as JSON: per-method timeouts, wait-for-ready, retry and
+    /// hedging policies, retry throttling, and the load-balancing policy (which, when
+    /// given, replaces [`Builder::policy`]). Unknown fields are ignored, as gRPC does.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidConfig`] naming the offending field's path, e.g.
+    /// `methodConfig[1].retryPolicy.maxAttempts: must be > 1, got 1`.
+    pub fn service_config_json(self, json: &str) -> Result<Self, Error> {
+        let config = ServiceConfig::from_json(json).map_err(invalid_config)?;
+        Ok(self.service_config(config))
+    }
+
+    /// The service config built in code; checked by [`Builder::build`].
+    pub fn service_config(mut self, config: ServiceConfig) -> Self {
+        self.service_config = Some(config);
+        self
+    }
+
+    /// Caps retries and hedges at a share of recent calls (see
+    /// [`retry`](crate::retry) for when to prefer it to the service config's
+    /// `retryThrottling`). Off by default.
+    pub fn retry_budget(mut self, budget: RetryBudget) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// How much of a call's request body is kept so the call can be sent again (retries,
+    /// hedges, transparent retries). A call whose body grows past it is committed.
+    /// Default [`DEFAULT_REPLAY_BUFFER`] (256 KiB).
+    pub fn retry_buffer_size(mut self, bytes: usize) -> Self {
+        self.replay_limit = bytes;
+        self
+    }
+
+    /// When the DNS resolver of a `dns:` or `dns+srv:` target looks up again: refresh
+    /// bounds around the records' TTL, and the rate limit of lookups caused by lost
+    /// connections. See [`resolver::dns`](crate::resolver::dns) for the rules and why
+    /// the defaults are what they are. Ignored for other targets. Checked by
+    /// [`Builder::build`].
+    #[cfg(feature = "dns")]
+    pub fn dns_options(mut self, options: crate::resolver::DnsOptions) -> Self {
+        self.dns_options = options;
+        self
+    }
+
+    /// Metadata keys whose values are secrets (API keys, session cookies), besides
+    /// `authorization`, which always is. The channel marks their values sensitive on
+    /// every call before anything else sees them: HTTP/2 sends them never-indexed
+    /// (RFC 7541 §7.1.3, so no proxy's header table keeps them) and their `Debug` prints
+    /// `Sensitive`, so a layer that logs requests does not log them.
+    ///
+    /// Keys are checked by [`Builder::build`].
+    pub fn sensitive_metadata<I>(mut self, keys: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        self.sensitive
+            .extend(keys.into_iter().map(|k| k.as_ref().to_owned()));
+        self
+    }
+
+    /// Checks the settings, starts the channel's control task and returns the channel.
+    /// Connections are made in the background; the first calls queue until a backend is
+    /// READY (or all have failed).
+    ///
+    /// # Errors
+    /// - [`ErrorKind::InvalidTarget`] / [`ErrorKind::UnsupportedTarget`]: the target.
+    /// - [`ErrorKind::InvalidConfig`]: a setting out of range, naming it.
+    /// - [`ErrorKind::NoRuntime`]: called outside a tokio runtime.
+    pub fn build(self) -> Result<BalancedChannel, Error> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::new(
+                ErrorKind::NoRuntime,
+                "BalancedChannel::build must be called within a tokio runtime",
+            )
+        })?;
+        let backoff = self.backoff.validate()?;
+        let seed = self.seed_or_random();
+        let sensitive = sensitive_keys(&self.sensitive)?;
+        let policies = Policies {
+            policy: self.policy.clone(),
+            methods: self.method_policies.clone(),
+            seed,
+        };
+        let (call_config, mode, ewma) = policies.call_config(self.service_config.as_ref())?;
+        let outliers = match self.outlier_detection.clone() {
+            Some(config) => {
+                config.validate()?;
+                Some(Outliers {
+                    config,
+                    signal: Arc::new(Notify::new()),
+                })
+            }
+            None => None,
+        };
+        let failure_codes = outliers
+            .as_ref()
+            .map_or_else(CodeSet::default, |o| CodeSet::of(&o.config.failure_codes));
+        if self.panic_threshold.is_some_and(|p| p > 100) {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "panic_threshold: must be a percentage, at most 100",
+            ));
+        }
+        // The builder's setting wins over the service config's healthCheckConfig.
+        let health_service = self.health_service.clone().or_else(|| {
+            self.service_config
+                .as_ref()
+                .and_then(|c| c.health_check.as_ref())
+                .map(|h| h.service_name.clone())
+        });
+        let budget = match &self.budget {
+            Some(budget) => {
+                budget.validate()?;
+                Some(Budget::new(budget.clone()))
+            }
+            None => None,
+        };
+        let (resolver, authority): (Box<dyn Resolve>, Option<String>) = match self.source? {
+            Source::Resolver(resolver) => (resolver, None),
+            Source::Target(Target::Static(addrs)) => (Box::new(StaticList::new(addrs)), None),
+            Source::Target(target) => {
+                #[cfg(feature = "dns")]
+                let resolver = dns_resolver(&target, &self.name, &self.dns_options, seed)?;
+                #[cfg(not(feature = "dns"))]
+                let resolver = dns_resolver(&target, &self.name)?;
+                (resolver, Some(target.authority()))
+            }
+        };
+        #[cfg(feature = "tls")]
+        let tls = match &self.tls {
+            Some(config) => {
+                // A dns: target's host is the name its servers' certificates carry.
+                let host = authority
+                    .as_deref()
+                    .and_then(|a| a.parse::<http::uri::Authority>().ok());
+                let connect = config.connector(host.as_ref().map(|a| a.host()))?;
+                Some(connect)
+            }
+            None => None,
+        };
+        let endpoint = make_endpoint(
+            self.endpoint,
+            self.configure,
+            authority,
+            #[cfg(feature = "tls")]
+            tls.is_some(),
+        )?;
+        let shared = Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(Snapshot::initial()),
+            published: watch::Sender::new(()),
+        });
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let (mode_tx, mode_rx) = watch::channel((mode, ewma));
+        let control = Control {
+            shared: shared.clone(),
+            resolver,
+            settings: ConnectSettings {
+                backoff,
+                min_connect_timeout: self.backoff.min_connect_timeout,
+                endpoint,
+                accounting: Accounting {
+                    ewma,
+                    failure_codes,
+                    outliers: outliers
+                        .as_ref()
+                        .map(|o| (o.signal.clone(), u64::from(o.config.consecutive_failures))),
+                },
+                health_service,
+                #[cfg(feature = "tls")]
+                tls,
+            },
+            seed,
+            target: self.name.clone(),
+            mode,
+            mode_updates: mode_rx,
+            outliers,
+            panic_threshold: self.panic_threshold,
+        };
+        runtime.spawn(control.run(stop_rx));
+        Ok(BalancedChannel {
+            inner: Arc::new(Inner {
+                shared,
+                target: self.name,
+                config: ArcSwap::from_pointee(call_config),
+                wait_for_ready: self.wait_for_ready,
+                budget,
+                replay_limit: self.replay_limit,
+                sensitive,
+                seed,
+                calls: Default::default(),
+                stats: Default::default(),
+                mode: mode_tx,
+                policies,
+                _stop: stop_tx,
+            }),
+        })
+    }
+}
+
+/// `authorization` and the user's keys, checked and without repeats.
+fn sensitive_keys(keys: &[String]) -> Result<Arc<[http::HeaderName]>, Error> {
+    let mut names = vec![http::header::AUTHORIZATION];
+    for key in keys {
+        let name = http::HeaderName::from_bytes(key.as_bytes()).map_err(|_| {
+            Error::new(
+                ErrorKind::InvalidConfig,
+                format!("sensitive_metadata: {key:?} is not a valid metadata key"),
+            )
+        })?;
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    Ok(names.into())
+}
+
+/// Wraps a service config error as the crate's error.
+pub(super) fn invalid_config(error: crate::config::InvalidConfig) -> Error {
+    Error::caused_by(
+        ErrorKind::InvalidConfig,
+        format!("service config: {error}"),
+        error,
+    )
+}
+
+/// The policies set on the builder, kept so a service config update can be applied on
+/// top of them.
+#[derive(Clone, Debug)]
+pub(super) struct Policies {
+    policy: Policy,
+    methods: Vec<(String, Policy)>,
+    seed: u64,
+}
+
+impl Policies {
+    /// What calls consult, from these policies and a service config; plus how the
+    /// channel must connect and the RTT estimate parameters its policies need.
+    pub(super) fn call_config(
+        &self,
+        service_config: Option<&ServiceConfig>,
+    ) -> Result<(CallConfig, ConnectMode, Option<EwmaParams>), Error> {
+        if let Some(config) = service_config {
+            config.validate().map_err(invalid_config)?;
+        }
+        // The service config's loadBalancingConfig, when present, is the channel's policy.
+        let default = service_config
+            .and_then(|c| c.load_balancing.as_ref())
+            .map_or_else(|| self.policy.clone(), Policy::from);
+        let pickers = build_pickers(&default, &self.methods, self.seed)?;
+        let ewma = pickers
+            .values()
+            .find_map(|(policy, _)| policy.ewma_params());
+        let mode = if pickers.values().all(|(policy, _)| policy.is_pick_first()) {
+            ConnectMode::FirstReady
+        } else {
+            ConnectMode::All
+        };
+        let call_config = CallConfig {
+            pickers: pickers.map(|(_, picker)| picker),
+            methods: service_config
+                .map(ServiceConfig::method_map)
+                .unwrap_or_else(|| MethodMap::new(None)),
+            throttle: service_config
+                .and_then(|c| c.retry_throttling.as_ref())
+                .map(|t| Arc::new(Throttle::new(t.max_tokens, t.token_ratio))),
+        };
+        Ok((call_config, mode, ewma))
+    }
+}
+
+/// One picker per configured policy, each seeded differently (so two P2C pickers do not
+/// sample the same pairs), in a map keyed by method.
+fn build_pickers(
+    default: &Policy,
+    methods: &[(String, Policy)],
+    seed: u64,
+) -> Result<PolicyMap, Error> {
+    let invalid = |what: String| Error::new(ErrorKind::InvalidConfig, what);
+    default.validate().map_err(|e| e.within("policy."))?;
+    let mut map = MethodMap::new((default.clone(), default.picker(seed)));
+    for (i, (name, policy)) in methods.iter().enumerate() {
+        let parsed = MethodName::parse(name).map_err(|e| invalid(format!("method_policy: {e}")))?;
+        policy
+            .validate()
+            .map_err(|e| e.within(&format!("method_policy({name:?}).")))?;
+        let salt = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        if map
+            .insert(&parsed, (policy.clone(), policy.picker(seed ^ salt)))
+            .is_some()
+        {
+            return Err(invalid(format!("method_policy: {name:?} is given twice")));
+        }
+    }
+    Ok(map)
+}
+
+/// The endpoint maker: the user's, or `http://AUTHORITY` (per address when the target
+/// names no host), then the user's adjustments; with TLS, an `https://` origin.
+fn make_endpoint(
+    custom: Option<MakeEndpoint>,
+    configure: Option<ConfigureEndpoint>,
+    authority: Option<String>,
+    #[cfg(feature = "tls")] tls: bool,
+) -> Result<EndpointMaker, Error> {
+    let base: MakeEndpoint = match (custom, authority) {
+        (Some(custom), _) => custom,
+        (None, Some(authority)) => {
+            let endpoint = Endpoint::from_shared(format!("http://{authority}")).map_err(|e| {
+                Error::new(
+                    ErrorKind::InvalidTarget,
+                    format!("{authority:?} is not a valid authority: {e}"),
+                )
+            })?;
+            Arc::new(move |_: &Address| endpoint.clone())
+        }
+        (None, None) => Arc::new(|address: &Address| {
+            // A socket address always makes a valid URI authority.
+            Endpoint::from_shared(format!("http://{}", address.addr))
+                .expect("a socket address is a valid URI authority")
+        }),
+    };
+    let configured: MakeEndpoint = match configure {
+        Some(configure) => Arc::new(move |address: &Address| configure(base(address))),
+        None => base,
+    };
+    #[cfg(feature = "tls")]
+    if tls {
+        return Ok(Arc::new(move |address: &Address| {
+            https_origin(configured(address))
+        }));
+    }
+    Ok(Arc::new(move |address: &Address| Ok(configured(address))))
+}
+
+/// With the channel's TLS: calls say `https`, and tonic must not add TLS of its own.
+#[cfg(feature = "tls")]
+fn https_origin(endpoint: Endpoint) -> Result<Endpoint, String> {
+    let uri = endpoint.uri();
+    if uri.scheme_str() != Some("http") {
+        return Err(format!(
+            "tls: the endpoint {uri} must be http://: with Builder::tls the channel makes \
+             the TLS handshake itself, and tonic would add its own on https:// endpoints"
+        ));
+    }
+    let origin = http::Uri::builder()
+        .scheme("https")
+        .authority(uri.authority().map_or("", |a| a.as_str()))
+        .path_and_query("/")
+        .build()
+        .map_err(|e| format!("tls: no https origin for {uri}: {e}"))?;
+    Ok(endpoint.origin(origin))
+}
+
+/// An IP literal in a `dns:` target needs no lookup (and no `dns` feature).
+fn ip_literal(target: &Target) -> Option<Box<dyn Resolve>> {
+    match target {
+        Target::Dns { host, port, .. } => {
+            let ip = host.parse::<std::net::IpAddr>().ok()?;
+            Some(Box::new(StaticList::new([std::net::SocketAddr::new(
+                ip, *port,
+            )])))
+        }
+        _ => None,
+    }
+}
+
+/// The resolver of a `dns:` or `dns+srv:` target.
+#[cfg(feature = "dns")]
+fn dns_resolver(
+    target: &Target,
+    name: &str,
+    options: &crate::resolver::DnsOptions,
+    seed: u64,
+) -> Result<Box<dyn Resolve>, Error> {
+    if let Some(resolver) = ip_literal(target) {
+        return Ok(resolver);
+    }
+    let seed = seed ^ 0xD15E_A5E5_D15E_A5E5;
+    Ok(Box::new(crate::resolver::Dns::new(
+        target, name, options, seed,
+    )?))
+}
+
+#[cfg(not(feature = "dns"))]
+fn dns_resolver(target: &Target, name: &str) -> Result<Box<dyn Resolve>, Error> {
+    if let Some(resolver) = ip_literal(target) {
+        return Ok(resolver);
+    }
+    let what = match target {
+        Target::DnsSrv { .. } => "SRV records",
+        _ => "host names",
+    };
+    Err(Error::new(
+        ErrorKind::UnsupportedTarget,
+        format!(
+            "target {name:?}: resolving {what} through DNS needs the `dns` feature of \
+             tonic-balancer (on by default): enable it, or use an ipv4:/ipv6: target or \
+             builder_with_resolver"
+        ),
+    ))
+}
+
+impl Builder {
+    fn seed_or_random(&self) -> u64 {
+        self.seed
+            .unwrap_or_else(|| RandomState::new().hash_one(std::process::id()))
+    }
+}
+
+impl Builder {
+    #[cfg(feature = "dns")]
+    fn dns_options_debug(&self) -> &dyn fmt::Debug {
+        &self.dns_options
+    }
+
+    #[cfg(not(feature = "dns"))]
+    fn dns_options_debug(&self) -> &dyn fmt::Debug {
+        &"(dns feature off)"
+    }
+}
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut f = f.debug_struct("Builder");
+        f.field("target", &self.name)
+            .field("policy", &self.policy)
+            .field("method_policies", &self.method_policies)
+            .field("connection_backoff", &self.backoff)
+            .field("wait_for_ready", &self.wait_for_ready)
+            .field("seed", &self.seed)
+            .field("service_config", &self.service_config)
+            .field("retry_budget", &self.budget)
+            .field("retry_buffer_size", &self.replay_limit)
+            .field("health_check", &self.health_service)
+            .field("outlier_detection", &self.outlier_detection)
+            .field("panic_threshold", &self.panic_threshold)
+            .field("dns_options", &self.dns_options_debug())
+            .field("sensitive_metadata", &self.sensitive);
+        #[cfg(feature = "tls")]
+        f.field("tls", &self.tls);
+        f.finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,443 @@
+//! The control task: one per channel, off the call path.
+//!
+//! It owns the subchannels. It applies each address set from the resolver (new addresses
+//! connect, removed ones drain, unchanged ones are left alone), collects the workers'
+//! state changes, and after each batch of changes publishes a new [`Snapshot`] that calls
+//! read without a lock.
+
+use crate::balance::ReadySubchannel;
+use crate::connectivity::ConnectivityState;
+use crate::health::{self, Ejection, Host, OutlierDetection};
+use crate::load::EwmaParams;
+use crate::resolver::{Address, Resolve};
+use crate::subchannel::{
+    self, ConnectSettings, Event, ReadyConn, Subchannel, Update, WorkerHandle,
+};
+use arc_swap::ArcSwap;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+/// What calls see of the channel: an immutable picture, replaced whole on every change.
+#[derive(Debug)]
+pub(crate) struct Snapshot {
+    /// READY subchannels as the pickers see them, in resolver order.
+    pub(crate) ready: Vec<ReadySubchannel>,
+    /// Their connections, index for index.
+    pub(crate) conns: Vec<ReadyConn>,
+    /// The channel's aggregate state (gRPC's round_robin rule, with sticky failure).
+    pub(crate) state: ConnectivityState,
+    /// The newest connection or resolution error, for the message of failed calls.
+    pub(crate) error: Option<String>,
+    /// Every subchannel, in resolver order.
+    pub(crate) subchannels: Vec<Arc<Subchannel>>,
+}
+
+impl Snapshot {
+    pub(crate) fn initial() -> Self {
+        Self {
+            ready: Vec::new(),
+            conns: Vec::new(),
+            state: ConnectivityState::Idle,
+            error: None,
+            subchannels: Vec::new(),
+        }
+    }
+}
+
+/// Where the control task publishes, and where calls and observers look.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) snapshot: ArcSwap<Snapshot>,
+    /// Bumped after every publish; queued calls and observers wait on it.
+    pub(crate) published: watch::Sender<()>,
+}
+
+struct Entry {
+    subchannel: Arc<Subchannel>,
+    /// READY by its connection and, with health checking, by its health.
+    ready: Option<ReadyConn>,
+    /// Connected but failing its health check: not picked, except in panic mode.
+    unhealthy: Option<ReadyConn>,
+    ejection: Ejection,
+    /// Failed to connect since it was last READY. Such a subchannel counts as failing
+    /// even while it tries again, so the channel does not flip back to CONNECTING (and
+    /// queue calls) on every reconnect attempt: gRPC's "sticky TRANSIENT_FAILURE".
+    failing: bool,
+    /// Dropping it stops the worker.
+    worker: WorkerHandle,
+}
+
+/// Which subchannels the control task keeps connected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ConnectMode {
+    /// Every address (every policy but pick_first).
+    All,
+    /// One address at a time, in resolver order (gRPC's pick_first): try the first; when
+    /// it fails, also the next; once one is READY, let go of all the others.
+    FirstReady,
+}
+
+pub(crate) struct Control {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) resolver: Box<dyn Resolve>,
+    pub(crate) settings: ConnectSettings,
+    pub(crate) seed: u64,
+    pub(crate) target: String,
+    pub(crate) mode: ConnectMode,
+    /// Service config updates that change how to connect or what to measure.
+    pub(crate) mode_updates: watch::Receiver<(ConnectMode, Option<EwmaParams>)>,
+    /// Outlier detection, when on.
+    pub(crate) outliers: Option<Outliers>,
+    /// Envoy's panic mode: below this percentage of usable backends, use every connected
+    /// one. `None`: fail fast, as gRPC.
+    pub(crate) panic_threshold: Option<u32>,
+}
+
+/// Outlier detection's settings and wake-up.
+pub(crate) struct Outliers {
+    pub(crate) config: OutlierDetection,
+    /// Woken by a call guard when a subchannel reaches the consecutive-failure limit.
+    pub(crate) signal: Arc<Notify>,
+}
+
+struct State {
+    order: Vec<SocketAddr>,
+    entries: HashMap<SocketAddr, Entry>,
+    ids: HashMap<u64, SocketAddr>,
+    next_id: u64,
+    /// Whether the resolver has produced an address set yet.
+    resolved: bool,
+    resolver_error: Option<String>,
+    last_error: Option<String>,
+    published_state: ConnectivityState,
+}
+
+impl Control {
+    /// Runs until `stop` fires or is dropped (the last channel handle is gone).
+    pub(crate) async fn run(mut self, mut stop: oneshot::Receiver<()>) {
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let mut state = State {
+            order: Vec::new(),
+            entries: HashMap::new(),
+            ids: HashMap::new(),
+            next_id: 0,
+            resolved: false,
+            resolver_error: None,
+            last_error: None,
+            published_state: ConnectivityState::Idle,
+        };
+        let mut resolver_done = false;
+        let interval = self.outliers.as_ref().map(|o| o.config.interval);
+        let mut outlier_tick = tokio::time::interval(interval.unwrap_or(Duration::from_secs(3600)));
+        outlier_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        outlier_tick.reset();
+        let outlier_signal = self.outliers.as_ref().map(|o| o.signal.clone());
+        let mut rng = SmallRng::seed_from_u64(self.seed);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = outlier_tick.tick(), if interval.is_some() => {
+                    self.detect_outliers(&mut state, |config, hosts, now| {
+                        health::on_interval(config, hosts, now, &mut rng)
+                    });
+                }
+                () = wait_signal(outlier_signal.as_deref()), if outlier_signal.is_some() => {
+                    self.detect_outliers(&mut state, health::on_consecutive_failures);
+                }
+                next = std::future::poll_fn(|cx| self.resolver.poll_resolve(cx)), if !resolver_done => {
+                    match next {
+                        Some(Ok(addrs)) => self.apply(&mut state, addrs, &events_tx),
+                        Some(Err(error)) => {
+                            tracing::debug!(target = %self.target, %error, "resolution failed");
+                            state.resolver_error = Some(error.to_string());
+                        }
+                        None => resolver_done = true,
+                    }
+                }
+                Ok(()) = self.mode_updates.changed() => {
+                    let (mode, ewma) = *self.mode_updates.borrow_and_update();
+                    self.mode = mode;
+                    self.settings.accounting.ewma = ewma;
+                    for entry in state.entries.values() {
+                        entry.subchannel.load.set_rtt_tracking(ewma.is_some());
+                        if mode == ConnectMode::All {
+                            entry.worker.set_wanted(true);
+                        }
+                    }
+                }
+                Some(event) = events.recv() => {
+                    self.handle(&mut state, event);
+                    // Take every change already queued, then publish once.
+                    while let Ok(event) = events.try_recv() {
+                        self.handle(&mut state, event);
+                    }
+                }
+            }
+            self.reconcile(&mut state);
+            self.publish(&mut state);
+        }
+        for entry in state.entries.values() {
+            entry.subchannel.shut_down();
+        }
+        self.shared.snapshot.store(Arc::new(Snapshot {
+            state: ConnectivityState::Shutdown,
+            ..Snapshot::initial()
+        }));
+        self.shared.published.send_replace(());
+    }
+
+    fn apply(
+        &mut self,
+        state: &mut State,
+        addrs: Vec<Address>,
+        events: &mpsc::UnboundedSender<Event>,
+    ) {
+        state.resolved = true;
+        state.resolver_error = None;
+        let mut order = Vec::with_capacity(addrs.len());
+        for address in addrs {
+            let addr = address.addr;
+            if order.contains(&addr) {
+                continue;
+            }
+            order.push(addr);
+            if state.entries.contains_key(&addr) {
+                continue;
+            }
+            let id = state.next_id;
+            state.next_id += 1;
+            let subchannel = subchannel::new_subchannel(id, address, &self.settings.accounting);
+            let worker = subchannel::spawn(
+                subchannel.clone(),
+                self.settings.clone(),
+                self.mode == ConnectMode::All,
+                self.seed,
+                events.clone(),
+            );
+            tracing::debug!(target = %self.target, %addr, "address added");
+            state.ids.insert(id, addr);
+            state.entries.insert(
+                addr,
+                Entry {
+                    subchannel,
+                    ready: None,
+                    unhealthy: None,
+                    ejection: Ejection::default(),
+                    failing: false,
+                    worker,
+                },
+            );
+        }
+        state.entries.retain(|addr, entry| {
+            let keep = order.contains(addr);
+            if !keep {
+                // No new picks from the next snapshot on; calls in flight keep their own
+                // handle on the connection and finish (drain).
+                tracing::debug!(target = %self.target, %addr, "address removed, draining");
+                entry.subchannel.shut_down();
+                state.ids.remove(&entry.subchannel.id);
+            }
+            keep
+        });
+        state.order = order;
+    }
+
+    /// pick_first: keeps the first READY subchannel and lets go of the others; with none
+    /// READY, wants every subchannel up to and including the first one that has not
+    /// failed (the ones that failed keep retrying with their backoff; the first to
+    /// connect wins).
+    fn reconcile(&self, state: &mut State) {
+        if self.mode != ConnectMode::FirstReady {
+            return;
+        }
+        let entries: Vec<&mut Entry> = {
+            let State { order, entries, .. } = state;
+            let mut refs: HashMap<&SocketAddr, &mut Entry> = entries.iter_mut().collect();
+            order.iter().filter_map(|a| refs.remove(a)).collect()
+        };
+        // An ejected backend is as good as failing: fail over past it.
+        let usable = |e: &&mut Entry| !e.ejection.is_ejected();
+        let chosen = entries.iter().position(|e| e.ready.is_some() && usable(e));
+        let frontier = entries.iter().position(|e| !e.failing && usable(e));
+        for (i, entry) in entries.into_iter().enumerate() {
+            let wanted = match chosen {
+                Some(chosen) => i == chosen,
+                None => frontier.is_none_or(|f| i <= f),
+            };
+            if !wanted && entry.worker.is_wanted() {
+                entry.ready = None;
+                entry.unhealthy = None;
+                entry.failing = false;
+            }
+            entry.worker.set_wanted(wanted);
+        }
+    }
+
+    fn handle(&mut self, state: &mut State, event: Event) {
+        let Some(entry) = state
+            .ids
+            .get(&event.id)
+            .and_then(|addr| state.entries.get_mut(addr))
+        else {
+            return; // A worker of a removed address, winding down.
+        };
+        match event.update {
+            Update::Connecting => {}
+            // It let go of its connection (no longer wanted): nothing of it is usable,
+            // even if its READY crossed the decision on the way here.
+            Update::Idle => {
+                entry.ready = None;
+                entry.unhealthy = None;
+            }
+            Update::Ready(ready) => {
+                entry.ready = Some(ready);
+                entry.unhealthy = None;
+                entry.failing = false;
+            }
+            Update::Unhealthy(connected, why) => {
+                entry.ready = None;
+                entry.unhealthy = Some(connected);
+                entry.failing = true;
+                state.last_error = Some(why);
+            }
+            Update::Lost(error) => {
+                entry.ready = None;
+                entry.unhealthy = None;
+                state.last_error = Some(error);
+                self.resolver.re_resolve();
+            }
+            Update::Failed(error) => {
+                entry.ready = None;
+                entry.unhealthy = None;
+                entry.failing = true;
+                state.last_error = Some(error);
+                self.resolver.re_resolve();
+            }
+        }
+    }
+
+    /// Runs an outlier-detection step over every subchannel, in resolver order.
+    fn detect_outliers<F>(&self, state: &mut State, step: F)
+    where
+        F: FnOnce(&OutlierDetection, &mut [Host<'_>], Instant) -> bool,
+    {
+        let Some(outliers) = &self.outliers else {
+            return;
+        };
+        let State { order, entries, .. } = state;
+        let mut by_addr: HashMap<&SocketAddr, &mut Entry> = entries.iter_mut().collect();
+        let mut hosts: Vec<Host<'_>> = order
+            .iter()
+            .filter_map(|a| by_addr.remove(a))
+            .map(|entry| Host {
+                outcomes: &entry.subchannel.load.outcomes,
+                ejection: &mut entry.ejection,
+            })
+            .collect();
+        if step(&outliers.config, &mut hosts, Instant::now()) {
+            let ejected = hosts.iter().filter(|h| h.ejection.is_ejected()).count();
+            tracing::debug!(target = %self.target, ejected, "outlier ejections changed");
+        }
+        drop(hosts);
+        for entry in state.entries.values() {
+            let now = entry.ejection.is_ejected();
+            let was = entry
+                .subchannel
+                .ejected
+                .swap(now, std::sync::atomic::Ordering::Relaxed);
+            if now && !was {
+                tracing::debug!(target = %self.target, address = %entry.subchannel.address, "ejected as an outlier");
+                entry
+                    .subchannel
+                    .ejections
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                #[cfg(feature = "metrics")]
+                if let Some(exported) = &entry.subchannel.load.exported {
+                    exported.ejections.increment(1);
+                }
+            } else if was && !now {
+                tracing::debug!(target = %self.target, address = %entry.subchannel.address, "returned from ejection");
+            }
+        }
+    }
+
+    fn publish(&self, state: &mut State) {
+        let entries = state.order.iter().filter_map(|a| state.entries.get(a));
+        let mut ready = Vec::new();
+        let mut connected = Vec::new();
+        let mut subchannels = Vec::with_capacity(state.order.len());
+        let mut connecting = false;
+        for entry in entries {
+            subchannels.push(entry.subchannel.clone());
+            if let Some(c) = entry.ready.as_ref().or(entry.unhealthy.as_ref()) {
+                connected.push(c.clone());
+            }
+            match &entry.ready {
+                Some(r) if !entry.ejection.is_ejected() => ready.push(r.clone()),
+                Some(_) => {}
+                None => connecting |= !entry.failing,
+            }
+        }
+        // Panic mode: too few usable backends, so use every connected one.
+        if let Some(threshold) = self.panic_threshold
+            && (ready.len() as u64) * 100 < u64::from(threshold) * subchannels.len() as u64
+            && connected.len() > ready.len()
+        {
+            tracing::debug!(target = %self.target, usable = ready.len(), connected = connected.len(), "panic mode");
+            ready = connected;
+        }
+        let (aggregate, error) = if !ready.is_empty() {
+            (ConnectivityState::Ready, state.last_error.clone())
+        } else if !state.resolved {
+            match &state.resolver_error {
+                Some(e) => (ConnectivityState::TransientFailure, Some(e.clone())),
+                None => (ConnectivityState::Connecting, None),
+            }
+        } else if subchannels.is_empty() {
+            (
+                ConnectivityState::TransientFailure,
+                Some("the resolver returned no addresses".to_owned()),
+            )
+        } else if connecting {
+            (ConnectivityState::Connecting, state.last_error.clone())
+        } else {
+            (
+                ConnectivityState::TransientFailure,
+                state.last_error.clone(),
+            )
+        };
+        if aggregate != state.published_state {
+            tracing::debug!(target = %self.target, from = %state.published_state, to = %aggregate, "channel state");
+            state.published_state = aggregate;
+        }
+        #[cfg(feature = "metrics")]
+        for sub in &subchannels {
+            let usable = ready.iter().any(|r| Arc::ptr_eq(&r.subchannel, sub));
+            if let Some(exported) = &sub.load.exported {
+                exported.ready.set(if usable { 1.0 } else { 0.0 });
+            }
+        }
+        self.shared.snapshot.store(Arc::new(Snapshot {
+            ready: ready.iter().map(ReadyConn::entry).collect(),
+            conns: ready,
+            state: aggregate,
+            error,
+            subchannels,
+        }));
+        self.shared.published.send_replace(());
+    }
+}
+
+/// Resolves when outlier detection's signal fires (never without one).
+async fn wait_signal(signal: Option<&Notify>) {
+    match signal {
+        Some(signal) => signal.notified().await,
+        None => std::future::pending().await,
+    }
+}

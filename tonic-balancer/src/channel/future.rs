@@ -1,0 +1,169 @@
+//! The channel's response future and the response body that carries a call's load guard.
+
+use super::status;
+use crate::load::CallGuard;
+use crate::retry::MessageLimit;
+use crate::stats::CallRecord;
+use bytes::Bytes;
+use http_body::Frame;
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tonic::Status;
+use tonic::body::Body;
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Status>> + Send>>;
+
+/// The future a [`BalancedChannel`](crate::BalancedChannel) call returns.
+///
+/// # Cancel safety
+/// Dropping it cancels the call: a call still waiting for a READY subchannel leaves the
+/// queue, and a call already sent is reset on its HTTP/2 stream and stops counting as
+/// load on its subchannel.
+pub struct ResponseFuture {
+    inner: BoxFuture,
+}
+
+impl ResponseFuture {
+    pub(crate) fn new<F>(future: F) -> Self
+    where
+        F: Future<Output = Result<http::Response<Body>, Status>> + Send + 'static,
+    {
+        Self {
+            inner: Box::pin(future),
+        }
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<http::Response<Body>, Status>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+/// A finished attempt's response whose body has not been wrapped yet: the load guard
+/// travels beside it until the call knows this attempt is the one it returns.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub(crate) response: http::Response<Body>,
+    /// `None` once the attempt has ended (a Trailers-Only failure kept for the caller).
+    pub(crate) guard: Option<CallGuard>,
+    pub(crate) addr: SocketAddr,
+}
+
+pin_project_lite::pin_project! {
+    /// The response body a caller reads. When the stream ends (trailers, an error, or
+    /// the caller dropping it) it releases the attempt's load guard and ends the call's
+    /// record, both with the final status.
+    pub(crate) struct CallBody {
+        #[pin]
+        inner: Body,
+        guard: Option<CallGuard>,
+        record: Option<CallRecord>,
+        addr: SocketAddr,
+        // The method's `maxResponseMessageBytes`.
+        limit: Option<MessageLimit>,
+        // The call's deadline: a stream does not outlive it.
+        deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+        done: bool,
+    }
+}
+
+impl CallBody {
+    /// Wraps an answer's body with its guard and the call's record.
+    pub(crate) fn wrap(
+        answer: Answer,
+        record: CallRecord,
+        limit: Option<MessageLimit>,
+        deadline: Option<tokio::time::Instant>,
+    ) -> http::Response<Body> {
+        let Answer {
+            response,
+            guard,
+            addr,
+        } = answer;
+        response.map(|inner| {
+            Body::new(CallBody {
+                inner,
+                guard,
+                record: Some(record),
+                addr,
+                limit,
+                deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+                done: false,
+            })
+        })
+    }
+}
+
+impl http_body::Body for CallBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = self.project();
+        if *this.done {
+            return Poll::Ready(None);
+        }
+        let expired = this
+            .deadline
+            .as_mut()
+            .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready());
+        let mut frame = if expired {
+            *this.done = true;
+            Some(Err(Status::deadline_exceeded(
+                "deadline exceeded while the response was streaming",
+            )))
+        } else {
+            let frame = std::task::ready!(this.inner.poll_frame(cx));
+            frame.map(|f| f.map_err(|e| status::from_body_error(e, *this.addr)))
+        };
+        if let (Some(Ok(data)), Some(limit)) = (&frame, this.limit.as_mut())
+            && let Some(bytes) = data.data_ref()
+            && let Err(status) = limit.check(bytes)
+        {
+            frame = Some(Err(status));
+        }
+        let code = match &frame {
+            Some(Ok(data)) if !data.is_trailers() => return Poll::Ready(frame),
+            Some(Ok(trailers)) => trailers
+                .trailers_ref()
+                .and_then(super::grpc_status)
+                .unwrap_or(tonic::Code::Unknown),
+            Some(Err(status)) => status.code(),
+            // Ended without trailers: a protocol error, as tonic will report it.
+            None => tonic::Code::Internal,
+        };
+        if let Some(mut guard) = this.guard.take() {
+            match &frame {
+                Some(Err(_)) => guard.failed(),
+                _ => guard.finished(code),
+            }
+        }
+        if let Some(record) = this.record.take() {
+            record.finish(code);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,485 @@
+//! [`BalancedChannel`]: a tonic channel over many backends.
+//!
+//! Use it wherever a tonic `Channel` goes: generated clients take it as their transport.
+//! A call takes the current picker snapshot (no lock), picks a READY subchannel, counts
+//! itself as load there until its response stream ends, and sends on that subchannel's
+//! connection. With no READY subchannel a call waits while any subchannel is still
+//! connecting, fails at once with UNAVAILABLE once all have failed, and with
+//! wait-for-ready keeps waiting until one is READY or its deadline passes.
+
+mod attempt;
+mod builder;
+mod control;
+mod future;
+mod status;
+
+pub use builder::{
+    Builder, ConnectionBackoff, DEFAULT_BACKOFF_BASE_DELAY, DEFAULT_BACKOFF_JITTER,
+    DEFAULT_BACKOFF_MAX_DELAY, DEFAULT_BACKOFF_MULTIPLIER, DEFAULT_MIN_CONNECT_TIMEOUT,
+};
+pub use future::ResponseFuture;
+
+use crate::balance::Picker;
+use crate::config::{MethodConfig, MethodMap, ServiceConfig};
+use crate::connectivity::ConnectivityState;
+use crate::deadline;
+use crate::load::EwmaParams;
+use crate::retry::{Budget, MessageLimit, Replay, Throttle};
+use crate::stats::{CallRecord, ChannelStats, Stats};
+use crate::subchannel::{ReadyConn, SubchannelInfo};
+use arc_swap::ArcSwap;
+use builder::Policies;
+use control::{ConnectMode, Shared, Snapshot};
+use future::CallBody;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+use tonic::Status;
+use tonic::body::Body;
+use tower::Service;
+
+/// What a call looks up for its method. Swapped whole when the service config changes.
+#[derive(Debug)]
+struct CallConfig {
+    pickers: MethodMap<Arc<dyn Picker>>,
+    methods: MethodMap<Option<Arc<MethodConfig>>>,
+    throttle: Option<Arc<Throttle>>,
+}
+
+/// A per-call wait-for-ready flag, set as a request extension.
+///
+/// With wait-for-ready, a call made while no backend is READY waits for one (until its
+/// deadline) instead of failing with UNAVAILABLE once every backend has failed to
+/// connect. The channel-wide default is [`Builder::wait_for_ready`].
+///
+/// ```
+/// # use tonic_balancer::WaitForReady;
+/// let mut request = tonic::Request::new(());
+/// request.extensions_mut().insert(WaitForReady(true));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WaitForReady(pub bool);
+
+/// A gRPC channel that balances calls over the backends its resolver finds.
+///
+/// Cheap to clone: clones share the subchannels and the control task. When the last
+/// clone (and the last call made through it) is gone, the control task stops and every
+/// connection closes.
+///
+/// Implements `tower::Service<http::Request<tonic::body::Body>>`, so any tonic-generated
+/// client takes it: `TestServiceClient::new(channel)`. `poll_ready` is always ready;
+/// calls queue inside the call when no backend is ready.
+#[derive(Clone)]
+pub struct BalancedChannel {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    target: String,
+    /// What calls consult per method; replaced whole by a service config update.
+    config: ArcSwap<CallConfig>,
+    wait_for_ready: bool,
+    budget: Option<Budget>,
+    replay_limit: usize,
+    /// Metadata whose values are marked sensitive on every call.
+    sensitive: Arc<[http::HeaderName]>,
+    seed: u64,
+    /// Calls that needed a backoff, to vary their jitter seeds.
+    calls: AtomicU64,
+    /// Golden signals per method.
+    stats: Stats,
+    /// Tells the control task how to connect when a config update changes the policies.
+    mode: watch::Sender<(ConnectMode, Option<EwmaParams>)>,
+    /// The builder's policies, under each service config update.
+    policies: Policies,
+    /// Dropped with the last handle: stops the control task.
+    _stop: oneshot::Sender<()>,
+}
+
+impl BalancedChannel {
+    /// Starts building a channel for a gRPC target (`ipv4:127.0.0.1:5001,127.0.0.1:5002`,
+    /// `ipv6:[::1]:5001`, ...); see [`Target`](crate::resolver::Target) for the syntax.
+    /// A malformed target is reported by [`Builder::build`].
+    pub fn builder(target: &str) -> Builder {
+        Builder::from_target(target)
+    }
+
+    /// Starts building a channel whose addresses come from a custom resolver.
+    pub fn builder_with_resolver<R: crate::resolver::Resolve>(resolver: R) -> Builder {
+        Builder::from_resolver(Box::new(resolver))
+    }
+
+    /// The target this channel was built for, as given.
+    pub fn target(&self) -> &str {
+        &self.inner.target
+    }
+
+    /// The channel's aggregate connectivity state: READY if any subchannel is READY;
+    /// else CONNECTING while any is trying for the first time since it last worked;
+    /// else TRANSIENT_FAILURE.
+    pub fn state(&self) -> ConnectivityState {
+        self.inner.shared.snapshot.load().state
+    }
+
+    /// The golden signals of every method called so far (traffic, errors, latency
+    /// percentiles, saturation) and every endpoint's state and load; see
+    /// [`stats`](crate::stats) for what each figure means.
+    pub fn stats(&self) -> ChannelStats {
+        let snapshot = self.inner.shared.snapshot.load();
+        ChannelStats {
+            uptime: self.inner.stats.uptime(),
+            methods: self.inner.stats.methods(),
+            endpoints: snapshot.subchannels.iter().map(|s| s.snapshot()).collect(),
+        }
+    }
+
+    /// A view of every subchannel: address, state and load.
+    pub fn subchannels(&self) -> Vec<SubchannelInfo> {
+        let snapshot = self.inner.shared.snapshot.load();
+        snapshot.subchannels.iter().map(|s| s.info()).collect()
+    }
+
+    /// Replaces the service config (JSON) while the channel runs: calls started after it
+    /// returns use the new per-method settings, policies and throttling. An invalid
+    /// config changes nothing: the channel keeps the previous good one (gRFC A21).
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidConfig`](crate::ErrorKind::InvalidConfig) naming the bad field.
+    pub fn update_service_config_json(&self, json: &str) -> Result<(), crate::Error> {
+        let config = ServiceConfig::from_json(json).map_err(builder::invalid_config)?;
+        self.update_service_config(&config)
+    }
+
+    /// Replaces the service config with one built in code; see
+    /// [`update_service_config_json`](Self::update_service_config_json).
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidConfig`](crate::ErrorKind::InvalidConfig) naming the bad field.
+    pub fn update_service_config(&self, config: &ServiceConfig) -> Result<(), crate::Error> {
+        let (call_config, mode, ewma) = self.inner.policies.call_config(Some(config))?;
+        self.inner.config.store(Arc::new(call_config));
+        self.inner.mode.send_replace((mode, ewma));
+        Ok(())
+    }
+
+    /// Waits until `done` holds for the channel's subchannels, re-checking after every
+    /// change the control task publishes. Useful for readiness probes and tests:
+    /// `channel.wait_for(|subs| subs.iter().all(|s| s.state == Ready)).await`.
+    ///
+    /// Load counters change without a publish; this waits on state changes only.
+    pub async fn wait_for<F>(&self, mut done: F)
+    where
+        F: FnMut(&[SubchannelInfo]) -> bool,
+    {
+        let mut published = self.inner.shared.published.subscribe();
+        loop {
+            if done(&self.subchannels()) {
+                return;
+            }
+            if published.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+impl fmt::Debug for BalancedChannel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BalancedChannel")
+            .field("target", &self.inner.target)
+            .field("state", &self.state())
+            .field("policy", self.inner.config.load().pickers.get(""))
+            .finish()
+    }
+}
+
+impl Service<http::Request<Body>> for BalancedChannel {
+    type Response = http::Response<Body>;
+    type Error = Status;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> ResponseFuture {
+        let path = request.uri().path();
+        let (service, method) = path
+            .strip_prefix('/')
+            .and_then(|p| p.rsplit_once('/'))
+            .unwrap_or(("", path));
+        let span = tracing::debug_span!(
+            "grpc.call",
+            rpc.system = "grpc",
+            rpc.service = service,
+            rpc.method = method,
+            rpc.grpc.status_code = tracing::field::Empty,
+            policy = tracing::field::Empty,
+        );
+        let future = self.inner.clone().call(request);
+        ResponseFuture::new(tracing::Instrument::instrument(future, span))
+    }
+}
+
+// === impl Inner ===
+
+impl Inner {
+    async fn call(
+        self: Arc<Self>,
+        mut request: http::Request<Body>,
+    ) -> Result<http::Response<Body>, Status> {
+        mark_sensitive(request.headers_mut(), &self.sensitive);
+        let config = self.config.load_full();
+        let path = request.uri().path();
+        let picker = &**config.pickers.get(path);
+        let method = config.methods.get(path).as_deref();
+        let span = tracing::Span::current();
+        if !span.is_disabled() {
+            span.record("policy", tracing::field::debug(picker));
+        }
+        let record = CallRecord::start(self.stats.method(path), span);
+
+        // The earliest of: inherited, set on the request, configured for the method.
+        let requested = match deadline::request_timeout(request.headers()) {
+            None => None,
+            Some(Ok(timeout)) => Some(timeout),
+            // The caller's own code wrote a bad header: say so rather than drop the deadline.
+            Some(Err(invalid)) => {
+                record.finish(tonic::Code::Internal);
+                return Err(Status::internal(invalid.to_string()));
+            }
+        };
+        let now = Instant::now();
+        let deadline = [
+            deadline::current(),
+            requested.map(|t| now + t),
+            method.and_then(|m| m.timeout).map(|t| now + t),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        if deadline.is_some_and(|d| d <= now) {
+            record.finish(tonic::Code::DeadlineExceeded);
+            return Err(Status::deadline_exceeded(format!(
+                "deadline exceeded before the call to {} was sent",
+                self.target
+            )));
+        }
+        let wait_for_ready = request
+            .extensions()
+            .get::<WaitForReady>()
+            .map(|w| w.0)
+            .or_else(|| method.and_then(|m| m.wait_for_ready))
+            .unwrap_or(self.wait_for_ready);
+        if let Some(budget) = &self.budget {
+            budget.deposit();
+        }
+
+        let (parts, body) = request.into_parts();
+        let call = attempt::Call {
+            inner: &self,
+            picker,
+            parts,
+            replay: Replay::new(
+                body,
+                self.replay_limit,
+                method
+                    .and_then(|m| m.max_request_message_bytes)
+                    .map(|limit| MessageLimit::new(limit, "request")),
+            ),
+            wait_for_ready,
+            deadline,
+            throttle: config.throttle.as_deref(),
+            stats: record.method(),
+        };
+        let result = match (
+            method.and_then(|m| m.retry_policy.as_ref()),
+            method.and_then(|m| m.hedging_policy.as_ref()),
+        ) {
+            (_, Some(hedging)) => call.run_hedged(hedging).await,
+            (retry, None) => call.run(retry).await,
+        };
+        match result {
+            // Trailers-Only: the call is over; the guard already counted the outcome.
+            Ok(answer) => match trailers_only_status(answer.response.headers()) {
+                Some(code) => {
+                    record.finish(code);
+                    Ok(answer.response)
+                }
+                None => {
+                    let limit = method
+                        .and_then(|m| m.max_response_message_bytes)
+                        .map(|limit| MessageLimit::new(limit, "response"));
+                    Ok(CallBody::wrap(answer, record, limit, deadline))
+                }
+            },
+            Err(status) => {
+                record.finish(status.code());
+                Err(status)
+            }
+        }
+    }
+
+    /// A seed for one call's backoff jitter: reproducible from the channel's seed.
+    fn next_seed(&self) -> u64 {
+        self.seed.wrapping_add(
+            self.calls
+                .fetch_add(1, Ordering::Relaxed)
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        )
+    }
+
+    /// Picks a READY subchannel, queueing if none is ready yet.
+    async fn pick(
+        &self,
+        picker: &dyn Picker,
+        wait_for_ready: bool,
+        deadline: Option<Instant>,
+    ) -> Result<ReadyConn, Status> {
+        match self.try_pick(picker, &self.shared.snapshot.load()) {
+            Some(ready) => Ok(ready),
+            None => self.wait_for_pick(picker, wait_for_ready, deadline).await,
+        }
+    }
+
+    /// One pick from a snapshot, or `None` if it has no live READY subchannel.
+    fn try_pick(&self, picker: &dyn Picker, snapshot: &Snapshot) -> Option<ReadyConn> {
+        let conns = &snapshot.conns;
+        if conns.is_empty() {
+            return None;
+        }
+        let first = picker.pick(&snapshot.ready) % conns.len();
+        // A connection that ended a moment ago may still be in this snapshot; take the
+        // next live one rather than send a call into a closed connection.
+        (0..conns.len())
+            .map(|k| &conns[(first + k) % conns.len()])
+            .find(|r| r.is_up())
+            .cloned()
+    }
+
+    /// Queues until a pick succeeds, the channel fails (without wait-for-ready), or the
+    /// deadline passes.
+    async fn wait_for_pick(
+        &self,
+        picker: &dyn Picker,
+        wait_for_ready: bool,
+        deadline: Option<Instant>,
+    ) -> Result<ReadyConn, Status> {
+        let mut published = self.shared.published.subscribe();
+        loop {
+            let snapshot = self.shared.snapshot.load_full();
+            if let Some(ready) = self.try_pick(picker, &snapshot) {
+                return Ok(ready);
+            }
+            match snapshot.state {
+                ConnectivityState::TransientFailure if !wait_for_ready => {
+                    return Err(Status::unavailable(format!(
+                        "no ready endpoints for {}: {}",
+                        self.target,
+                        describe_error(&snapshot)
+                    )));
+                }
+                ConnectivityState::Shutdown => return Err(self.shut_down()),
+                _ => {}
+            }
+            let changed = published.changed();
+            let outcome = match deadline {
+                Some(deadline) => match tokio::time::timeout_at(deadline, changed).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => return Err(self.deadline_exceeded(Some(&snapshot))),
+                },
+                None => changed.await,
+            };
+            if outcome.is_err() {
+                return Err(self.shut_down());
+            }
+        }
+    }
+
+    fn deadline_exceeded(&self, snapshot: Option<&Snapshot>) -> Status {
+        let snapshot = match snapshot {
+            Some(snapshot) => snapshot,
+            None => &self.shared.snapshot.load(),
+        };
+        Status::deadline_exceeded(format!(
+            "deadline exceeded waiting for a ready endpoint of {} (channel {}: {})",
+            self.target,
+            snapshot.state,
+            describe_error(snapshot)
+        ))
+    }
+
+    fn shut_down(&self) -> Status {
+        Status::unavailable(format!("channel to {} is shut down", self.target))
+    }
+}
+
+/// Marks every value of these headers sensitive: never-indexed in HPACK, `Sensitive` in
+/// `Debug`.
+fn mark_sensitive(headers: &mut http::HeaderMap, names: &[http::HeaderName]) {
+    for name in names {
+        if !headers.contains_key(name) {
+            continue;
+        }
+        if let http::header::Entry::Occupied(mut entry) = headers.entry(name) {
+            entry.iter_mut().for_each(|value| value.set_sensitive(true));
+        }
+    }
+}
+
+/// The `grpc-status` of a Trailers-Only response (status in the headers), if it is one.
+fn trailers_only_status(headers: &http::HeaderMap) -> Option<tonic::Code> {
+    grpc_status(headers)
+}
+
+/// The `grpc-status` in response metadata (trailers, or Trailers-Only headers).
+fn grpc_status(headers: &http::HeaderMap) -> Option<tonic::Code> {
+    let value = headers.get("grpc-status")?;
+    let code = std::str::from_utf8(value.as_bytes())
+        .ok()?
+        .parse::<i32>()
+        .ok()?;
+    Some(tonic::Code::from_i32(code))
+}
+
+fn describe_error(snapshot: &Snapshot) -> String {
+    match &snapshot.error {
+        Some(error) => format!("last error: {error}"),
+        None => "no error reported yet".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configured_metadata_is_marked_sensitive_in_every_value() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("authorization", "Bearer t".parse().unwrap());
+        headers.append("x-api-key", "k1".parse().unwrap());
+        headers.append("x-api-key", "k2".parse().unwrap());
+        headers.insert("x-trace", "visible".parse().unwrap());
+        let names = [
+            http::header::AUTHORIZATION,
+            http::HeaderName::from_static("x-api-key"),
+            http::HeaderName::from_static("x-absent"),
+        ];
+        mark_sensitive(&mut headers, &names);
+        assert!(headers["authorization"].is_sensitive());
+        assert!(
+            headers
+                .get_all("x-api-key")
+                .iter()
+                .all(|v| v.is_sensitive())
+        );
+        assert!(!headers["x-trace"].is_sensitive());
+        assert!(!headers.contains_key("x-absent"));
+        let text = format!("{headers:?}");
+        assert!(!text.contains("k1") && !text.contains("Bearer"), "{text}");
+    }
+}

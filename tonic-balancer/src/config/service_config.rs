@@ -1,0 +1,485 @@
+//! The gRPC service config (gRFC A2, A6, A21) as typed Rust, and its validation rules.
+//!
+//! [`ServiceConfig::from_json`] checks JSON types and required fields while it walks the
+//! document (see `json.rs`); value ranges and cross-field rules live here, in
+//! [`ServiceConfig::validate`], so configs built in Rust get the same checks.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::Code;
+
+use super::{MethodMap, MethodName};
+
+/// A gRPC service config: the channel-wide load balancing policy and per-method settings.
+///
+/// Parse one with [`ServiceConfig::from_json`], or start from [`Default`] (everything
+/// unset) and check the result with [`ServiceConfig::validate`].
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct ServiceConfig {
+    /// The load balancing policy (`loadBalancingConfig`: the first supported entry).
+    /// `None`: the channel's own choice (pick_first in gRPC).
+    pub load_balancing: Option<LoadBalancingConfig>,
+    /// Per-method settings (`methodConfig`). A call uses the config naming its exact
+    /// method, else its service, else the default (empty name). Default: none.
+    pub method_configs: Vec<MethodConfig>,
+    /// Retry throttling (`retryThrottling`), shared by all calls on the channel.
+    /// `None`: retries and hedges are not throttled.
+    pub retry_throttling: Option<RetryThrottling>,
+    /// Client-side health checking (`healthCheckConfig`). `None`: disabled.
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+/// A load balancing policy and its settings, as `loadBalancingConfig` names it.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum LoadBalancingConfig {
+    /// `{"pick_first": {}}`: the first address that connects takes every call.
+    PickFirst,
+    /// `{"round_robin": {}}`: READY backends in turn.
+    RoundRobin,
+    /// `{"least_request": {"choiceCount": N}}`: the least loaded of N random backends.
+    LeastRequest {
+        /// How many backends to sample: 2..=10, default 2 (JSON values above 10 are
+        /// treated as 10).
+        choice_count: usize,
+    },
+    /// `{"peak_ewma": {"decay": "10s", "defaultRtt": "0.03s"}}`: the backend with the lowest
+    /// peak-sensitive moving average of latency times load.
+    PeakEwma {
+        /// How fast old latency samples fade: must be > 0. `None`: the policy's default.
+        decay: Option<Duration>,
+        /// The latency assumed for a backend with no samples yet. `None`: the policy's
+        /// default.
+        default_rtt: Option<Duration>,
+    },
+}
+
+/// Settings for the calls matching one of [`names`](Self::names).
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct MethodConfig {
+    /// The methods this config applies to (`name`). Each name may appear once in a
+    /// whole service config. Default: none (the config applies to no call).
+    pub names: Vec<MethodPattern>,
+    /// Whether calls wait for a READY backend instead of failing fast
+    /// (`waitForReady`). `None`: the channel's default.
+    pub wait_for_ready: Option<bool>,
+    /// The deadline for a call (`timeout`), > 0; a shorter deadline set by the
+    /// application wins. `None`: no limit from the config.
+    pub timeout: Option<Duration>,
+    /// The largest request message, in bytes (`maxRequestMessageBytes`). `None`: the
+    /// channel's default.
+    pub max_request_message_bytes: Option<u64>,
+    /// The largest response message, in bytes (`maxResponseMessageBytes`). `None`: the
+    /// channel's default.
+    pub max_response_message_bytes: Option<u64>,
+    /// How failed calls are retried (`retryPolicy`). Exclusive with `hedging_policy`.
+    pub retry_policy: Option<RetryPolicy>,
+    /// How calls are hedged (`hedgingPolicy`). Exclusive with `retry_policy`.
+    pub hedging_policy: Option<HedgingPolicy>,
+}
+
+/// One entry of a method config's `name` list: a method, a whole service, or the default.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct MethodPattern {
+    /// The full service name, e.g. `pkg.Svc` (`service`). `None` (or empty): the default
+    /// pattern, which must then have no method.
+    pub service: Option<String>,
+    /// The method name within the service, e.g. `Get` (`method`). `None` (or empty): every
+    /// method of the service.
+    pub method: Option<String>,
+}
+
+/// Retries of failed calls (gRFC A6 `retryPolicy`).
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included (`maxAttempts`): 2..=5; JSON values above 5
+    /// are treated as 5.
+    pub max_attempts: u32,
+    /// The backoff before the first retry, > 0 (`initialBackoff`); each retry waits a
+    /// random time up to the current backoff.
+    pub initial_backoff: Duration,
+    /// The largest backoff, > 0 (`maxBackoff`).
+    pub max_backoff: Duration,
+    /// The factor the backoff grows by after each retry, > 0 (`backoffMultiplier`).
+    pub backoff_multiplier: f64,
+    /// The status codes worth a retry; must not be empty (`retryableStatusCodes`).
+    pub retryable_status_codes: Vec<Code>,
+}
+
+impl RetryPolicy {
+    /// A retry policy from its required settings; see the fields for their ranges.
+    pub fn new(
+        max_attempts: u32,
+        initial_backoff: Duration,
+        max_backoff: Duration,
+        backoff_multiplier: f64,
+        retryable_status_codes: Vec<Code>,
+    ) -> Self {
+        Self {
+            max_attempts,
+            initial_backoff,
+            max_backoff,
+            backoff_multiplier,
+            retryable_status_codes,
+        }
+    }
+}
+
+/// Parallel attempts of a call (gRFC A6 `hedgingPolicy`).
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct HedgingPolicy {
+    /// Attempts in all, the first included (`maxAttempts`): 2..=5; JSON values above 5
+    /// are treated as 5.
+    pub max_attempts: u32,
+    /// The delay before each further attempt (`hedgingDelay`). Default: 0s (all at once).
+    pub hedging_delay: Duration,
+    /// Status codes that do not stop the other attempts (`nonFatalStatusCodes`). Default:
+    /// none (any failure ends the call).
+    pub non_fatal_status_codes: Vec<Code>,
+}
+
+impl HedgingPolicy {
+    /// A hedging policy with `max_attempts` (2..=5), no delay and no non-fatal codes.
+    pub fn new(max_attempts: u32) -> Self {
+        Self {
+            max_attempts,
+            hedging_delay: Duration::ZERO,
+            non_fatal_status_codes: Vec::new(),
+        }
+    }
+}
+
+/// Retry throttling (gRFC A6 `retryThrottling`): a token bucket per channel; each failure
+/// takes a token, each success returns `token_ratio`; retries and hedges stop while the
+/// bucket is at most half full.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct RetryThrottling {
+    /// The bucket size, in (0, 1000] (`maxTokens`).
+    pub max_tokens: f64,
+    /// Tokens returned per success, > 0 (`tokenRatio`; gRPC keeps 3 decimal places).
+    pub token_ratio: f64,
+}
+
+impl RetryThrottling {
+    /// Throttling with the given bucket size and ratio; see the fields for their ranges.
+    pub fn new(max_tokens: f64, token_ratio: f64) -> Self {
+        Self {
+            max_tokens,
+            token_ratio,
+        }
+    }
+}
+
+/// Client-side health checking (`healthCheckConfig`, gRFC A17).
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct HealthCheckConfig {
+    /// The service name sent in health checks (`serviceName`). Default: empty, the
+    /// health of the whole server.
+    pub service_name: String,
+}
+
+impl HealthCheckConfig {
+    /// Health checking of `service_name` (empty: the whole server).
+    pub fn new(service_name: impl Into<String>) -> Self {
+        Self {
+            service_name: service_name.into(),
+        }
+    }
+}
+
+/// Why a service config is not valid: the path of the offending field, as the JSON
+/// writes it (`methodConfig[1].retryPolicy.maxAttempts`), and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct InvalidConfig {
+    path: String,
+    reason: String,
+}
+
+impl InvalidConfig {
+    /// The path of the offending field, e.g. `methodConfig[1].retryPolicy.maxAttempts`;
+    /// empty when the whole document is at fault (such as invalid JSON).
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// What is wrong, e.g. `must be > 1, got 1`.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+impl fmt::Display for InvalidConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.path.as_str() {
+            "" => f.write_str(&self.reason),
+            path => write!(f, "{path}: {}", self.reason),
+        }
+    }
+}
+
+/// A field path being built, such as `methodConfig[2].name[0]`.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Path(String);
+
+impl Path {
+    pub(crate) fn root() -> Self {
+        Self::default()
+    }
+
+    pub(crate) fn key(&self, key: &str) -> Self {
+        match self.0.as_str() {
+            "" => Self(key.to_owned()),
+            path => Self(format!("{path}.{key}")),
+        }
+    }
+
+    pub(crate) fn index(&self, index: usize) -> Self {
+        Self(format!("{}[{index}]", self.0))
+    }
+
+    pub(crate) fn error(&self, reason: impl Into<String>) -> InvalidConfig {
+        InvalidConfig {
+            path: self.0.clone(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for Path {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl ServiceConfig {
+    /// Checks the rules [`from_json`](Self::from_json) applies, for a config built in
+    /// Rust; errors name fields by their JSON paths (the load balancing config counts as
+    /// entry 0). Stricter on one point: counts JSON would clamp (`maxAttempts` above 5,
+    /// `choiceCount` above 10) are rejected.
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        let root = Path::root();
+        if let Some(lb) = &self.load_balancing {
+            lb.validate(&root.key("loadBalancingConfig").index(0).key(lb.name()))?;
+        }
+        let mut names = HashMap::new();
+        for (i, method) in self.method_configs.iter().enumerate() {
+            method.validate(&root.key("methodConfig").index(i), &mut names)?;
+        }
+        if let Some(throttling) = &self.retry_throttling {
+            throttling.validate(&root.key("retryThrottling"))?;
+        }
+        Ok(())
+    }
+
+    /// The method configs by method name: the exact method, else its service, else the
+    /// default (the config with the empty name, if any). Meant for a validated config; on
+    /// an invalid one, invalid names are skipped and a later duplicate wins.
+    pub(crate) fn method_map(&self) -> MethodMap<Option<Arc<MethodConfig>>> {
+        let mut default = None;
+        let mut named = Vec::new();
+        for method in &self.method_configs {
+            let shared = Arc::new(method.clone());
+            for pattern in &method.names {
+                match pattern.method_name() {
+                    Ok(None) => default = Some(Arc::clone(&shared)),
+                    Ok(Some(name)) => named.push((name, Arc::clone(&shared))),
+                    Err(_) => {}
+                }
+            }
+        }
+        let mut map = MethodMap::new(default);
+        for (name, method) in named {
+            map.insert(&name, Some(method));
+        }
+        map
+    }
+}
+
+impl LoadBalancingConfig {
+    /// The policy's name in `loadBalancingConfig`, e.g. `round_robin`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::PickFirst => "pick_first",
+            Self::RoundRobin => "round_robin",
+            Self::LeastRequest { .. } => "least_request",
+            Self::PeakEwma { .. } => "peak_ewma",
+        }
+    }
+
+    /// Range checks; `path` names the policy's config object.
+    pub(crate) fn validate(&self, path: &Path) -> Result<(), InvalidConfig> {
+        match self {
+            Self::PickFirst | Self::RoundRobin => Ok(()),
+            Self::LeastRequest { choice_count } => {
+                let count = u64::try_from(*choice_count).unwrap_or(u64::MAX);
+                check_count(
+                    count,
+                    crate::defaults::MAX_CHOICE_COUNT as u32,
+                    &path.key("choiceCount"),
+                )
+            }
+            Self::PeakEwma { decay, .. } => match decay {
+                Some(decay) => check_positive(*decay, &path.key("decay")),
+                None => Ok(()),
+            },
+        }
+    }
+}
+
+impl MethodPattern {
+    /// The default pattern (`{}`): every method no other pattern matches.
+    pub fn default_all() -> Self {
+        Self::default()
+    }
+
+    /// Every method of `service` (`{"service": "pkg.Svc"}`).
+    pub fn service(service: impl Into<String>) -> Self {
+        Self {
+            service: Some(service.into()),
+            method: None,
+        }
+    }
+
+    /// One method (`{"service": "pkg.Svc", "method": "Get"}`).
+    pub fn method(service: impl Into<String>, method: impl Into<String>) -> Self {
+        Self {
+            service: Some(service.into()),
+            method: Some(method.into()),
+        }
+    }
+
+    /// `None` for the default pattern, else the method or service it names.
+    pub(crate) fn method_name(&self) -> Result<Option<MethodName>, String> {
+        fn non_empty(s: &Option<String>) -> Option<&str> {
+            s.as_deref().filter(|s| !s.is_empty())
+        }
+        match (non_empty(&self.service), non_empty(&self.method)) {
+            (None, None) => Ok(None),
+            (None, Some(method)) => Err(format!(
+                "method {method:?} without a service: a name with a method must name its service"
+            )),
+            (Some(service), method) => MethodName::from_parts(service, method)
+                .map(Some)
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+impl MethodConfig {
+    /// Checks this config; `names` maps each name seen so far to where it was.
+    fn validate(
+        &self,
+        path: &Path,
+        names: &mut HashMap<Option<MethodName>, Path>,
+    ) -> Result<(), InvalidConfig> {
+        for (i, pattern) in self.names.iter().enumerate() {
+            let here = path.key("name").index(i);
+            let name = pattern.method_name().map_err(|e| here.error(e))?;
+            match names.entry(name) {
+                Entry::Vacant(entry) => {
+                    entry.insert(here);
+                }
+                Entry::Occupied(entry) => {
+                    let shown = entry
+                        .key()
+                        .as_ref()
+                        .map_or("{} (the default)".to_owned(), |n| n.to_string());
+                    return Err(
+                        here.error(format!("duplicate name {shown}, also at {}", entry.get()))
+                    );
+                }
+            }
+        }
+        if let Some(timeout) = self.timeout {
+            check_positive(timeout, &path.key("timeout"))?;
+        }
+        if self.retry_policy.is_some() && self.hedging_policy.is_some() {
+            return Err(path.error("retryPolicy and hedgingPolicy are mutually exclusive"));
+        }
+        if let Some(retry) = &self.retry_policy {
+            retry.validate(&path.key("retryPolicy"))?;
+        }
+        if let Some(hedging) = &self.hedging_policy {
+            let count = u64::from(hedging.max_attempts);
+            check_count(
+                count,
+                crate::defaults::MAX_ATTEMPTS,
+                &path.key("hedgingPolicy").key("maxAttempts"),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl RetryPolicy {
+    fn validate(&self, path: &Path) -> Result<(), InvalidConfig> {
+        let attempts = u64::from(self.max_attempts);
+        check_count(
+            attempts,
+            crate::defaults::MAX_ATTEMPTS,
+            &path.key("maxAttempts"),
+        )?;
+        check_positive(self.initial_backoff, &path.key("initialBackoff"))?;
+        check_positive(self.max_backoff, &path.key("maxBackoff"))?;
+        let multiplier = self.backoff_multiplier;
+        if !(multiplier.is_finite() && multiplier > 0.0) {
+            let path = path.key("backoffMultiplier");
+            return Err(path.error(format!("must be > 0, got {multiplier}")));
+        }
+        if self.retryable_status_codes.is_empty() {
+            return Err(path.key("retryableStatusCodes").error("must not be empty"));
+        }
+        Ok(())
+    }
+}
+
+impl RetryThrottling {
+    fn validate(&self, path: &Path) -> Result<(), InvalidConfig> {
+        let Self {
+            max_tokens,
+            token_ratio,
+        } = *self;
+        if !(max_tokens > 0.0 && max_tokens <= 1000.0) {
+            return Err(path
+                .key("maxTokens")
+                .error(format!("must be in (0, 1000], got {max_tokens}")));
+        }
+        if !(token_ratio.is_finite() && token_ratio > 0.0) {
+            return Err(path
+                .key("tokenRatio")
+                .error(format!("must be > 0, got {token_ratio}")));
+        }
+        Ok(())
+    }
+}
+
+/// A count with gRPC's bounds: > 1, and at most `limit` (JSON clamps larger values).
+fn check_count(count: u64, limit: u32, path: &Path) -> Result<(), InvalidConfig> {
+    if count < 2 {
+        Err(path.error(format!("must be > 1, got {count}")))
+    } else if count > u64::from(limit) {
+        Err(path.error(format!(
+            "must be <= {limit}, got {count} (in JSON, values above {limit} are treated as {limit})"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+fn check_positive(duration: Duration, path: &Path) -> Result<(), InvalidConfig> {
+    if duration.is_zero() {
+        return Err(path.error("must be > 0s, got 0s"));
+    }
+    Ok(())
+}
