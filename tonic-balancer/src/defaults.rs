@@ -26,6 +26,30 @@ pub const DEFAULT_BACKOFF_MAX_DELAY: Duration = Duration::from_secs(120);
 /// gRPC gives every attempt 20 s.
 pub const DEFAULT_MIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// A connection that has answered a call, or stayed up this long, has proved itself:
+/// when it ends, its subchannel reconnects at once with a fresh backoff. One that ends
+/// sooner without answering anything (a server that accepts, sends its SETTINGS and
+/// closes) counts as a failed attempt and waits out the backoff, so a flapping server
+/// gets a handful of connections in five seconds, not hundreds.
+pub const CONNECTION_PROVEN_AFTER: Duration = Duration::from_secs(10);
+
+// === Liveness and keepalive (gRFC A8) ===
+
+/// The built-in liveness check's shortest silence: a connection with calls outstanding
+/// that has read nothing for this long (and at least [`LIVENESS_RTT_FACTOR`] smoothed
+/// round trips) gets one PING, and is declared dead if no ACK comes within as long
+/// again. 1 s keeps a frozen backend (a hung process, a partition) from failing calls
+/// for more than about 2.5 s, while a loopback or in-cluster round trip (≤ 10 ms) is a
+/// hundred times shorter, so a busy but live server is never mistaken for a dead one.
+pub const DEFAULT_LIVENESS_FLOOR: Duration = Duration::from_secs(1);
+/// The liveness silence in smoothed round trips (RTT sampled from the connect handshake,
+/// then from each PING): over a 100 ms WAN link the check waits 1 s, over 300 ms 3 s.
+pub const LIVENESS_RTT_FACTOR: u32 = 10;
+/// The shortest keepalive time accepted (gRFC A8): shorter values are raised to it.
+pub const MIN_KEEPALIVE_TIME: Duration = Duration::from_secs(10);
+/// Default keepalive timeout (gRFC A8): no PING ACK within 20 s closes the connection.
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
 // === Targets ===
 
 /// The port gRPC assumes when a target names none.
@@ -72,10 +96,16 @@ pub const RETRY_JITTER: f64 = 0.2;
 /// grpc-go. Unary requests are far smaller; a stream that sends more than this commits
 /// (is not retried) rather than hold its whole history in memory.
 pub const DEFAULT_REPLAY_BUFFER: usize = 256 * 1024;
-/// Retries of attempts that never left the client, per call. They do not count against
-/// `maxAttempts`; this only stops a call from spinning if every pick lands on a
-/// connection that has just closed.
-pub const MAX_TRANSPARENT_RETRIES: u32 = 10;
+/// The replay budget of a whole channel: the request bytes all its calls together may
+/// hold for retries and hedges (grpc-java's 16 MiB). A call whose body would take the
+/// channel past it is committed from the start: it is sent once, plus transparent
+/// retries, but not retried by its policy. The bytes are given back when the call ends.
+pub const DEFAULT_CHANNEL_REPLAY_BUFFER: usize = 16 * 1024 * 1024;
+/// The longest delay a server's `grpc-retry-pushback-ms` can impose before the next
+/// attempt: 120 s, gRPC's longest connection backoff. Without a bound a server could
+/// put a call that has no deadline to sleep for years; with it, a longer pushback still
+/// says "not now" and is honoured as "2 minutes".
+pub const MAX_PUSHBACK: Duration = Duration::from_secs(120);
 /// Default [`RetryBudget::ttl`](crate::retry::RetryBudget::ttl): how long a call counts
 /// toward the budget (Finagle's 10 s).
 pub const DEFAULT_BUDGET_TTL: Duration = Duration::from_secs(10);

@@ -52,7 +52,7 @@ pub use balance::ReadySubchannel;
 pub use channel::{
     BalancedChannel, Builder, ConnectionBackoff, DEFAULT_BACKOFF_BASE_DELAY,
     DEFAULT_BACKOFF_JITTER, DEFAULT_BACKOFF_MAX_DELAY, DEFAULT_BACKOFF_MULTIPLIER,
-    DEFAULT_MIN_CONNECT_TIMEOUT, ResponseFuture, WaitForReady,
+    DEFAULT_MIN_CONNECT_TIMEOUT, KeepaliveConfig, ResponseFuture, WaitForReady,
 };
 pub use connectivity::ConnectivityState;
 pub use error::{Error, ErrorKind, InvalidSetting};

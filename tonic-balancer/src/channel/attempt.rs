@@ -4,9 +4,19 @@
 //! as `grpc-timeout`, and after the first carries `grpc-previous-rpc-attempts`. A call is
 //! *committed*, and never sent again, once response headers arrive that are not a
 //! Trailers-Only response, or once its request body outgrows the replay buffer.
+//!
+//! Transparent retries (gRFC A6), which count against neither `maxAttempts` nor
+//! throttling: an attempt that never left the client (its connection took no new
+//! stream) is sent again until the deadline; one the server refused unprocessed
+//! (REFUSED_STREAM, or a stream above a GOAWAY's last stream id) is sent again once per
+//! call, after which only the retry policy applies.
+//!
+//! A unary request body (the common case) is held whole as `Bytes`: every attempt
+//! sends the same message with its head in one flush, and nothing is buffered beyond
+//! the message itself. Only a streaming body goes through the [`Replay`] record.
 
 use super::future::Answer;
-use super::{Inner, status, trailers_only_status};
+use super::{Inner, trailers_only_status};
 use crate::backoff::{Backoff, BackoffParams};
 use crate::balance::Picker;
 use crate::config::{HedgingPolicy, RetryPolicy};
@@ -14,6 +24,8 @@ use crate::deadline::{self, GRPC_TIMEOUT};
 use crate::load::CallGuard;
 use crate::retry::{Pushback, Replay, Throttle, pushback};
 use crate::stats::{AttemptKind, MethodStats};
+use crate::subchannel::{Outgoing, send_error};
+use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use http::HeaderValue;
@@ -30,14 +42,128 @@ use tracing::Instrument;
 pub(super) type CallResult = Result<Answer, Status>;
 
 /// How one attempt ended.
+// `Response` is the common case and moves once; boxing it would allocate on every call.
+#[allow(clippy::large_enum_variant)]
 enum Attempt {
     /// Response headers arrived.
     Response(Answer),
-    /// The transport failed. `sent` is false if the request never reached the server's
-    /// handler (its body was never read, or the stream was refused).
-    Failed { status: Status, sent: bool },
+    /// The transport failed; `reached` says how far the request got.
+    Failed { status: Status, reached: Reached },
     /// No subchannel could be picked (the channel is failing, or the deadline passed).
     NotPicked(Status),
+}
+
+/// How far a failed attempt's request got: what decides a transparent retry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reached {
+    /// It never left the client: retried transparently until the deadline.
+    Nowhere,
+    /// The server saw it and refused it unprocessed: retried transparently once.
+    Refused,
+    /// The server may have processed it: only the retry policy may send it again.
+    Server,
+}
+
+/// A call's request body, as every attempt sends it.
+pub(super) enum RequestBody {
+    /// The whole body, known up front (a unary call): attempts share the bytes.
+    Whole {
+        message: Option<Bytes>,
+        /// Whether the retry policy may send it again: within the per-call and
+        /// channel-wide replay limits. Transparent retries always may.
+        replayable: bool,
+        /// The bytes counted against the channel's replay budget, given back when
+        /// the call ends (it has committed by then).
+        _permit: Option<BufferPermit>,
+    },
+    /// A body still being produced, recorded for retries and hedges.
+    Stream(Replay),
+}
+
+impl RequestBody {
+    /// This attempt's body, and whether it has been read (a `Stream` only).
+    fn outgoing(
+        &self,
+    ) -> (
+        Outgoing,
+        Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    ) {
+        match self {
+            RequestBody::Whole { message: None, .. } => (Outgoing::Empty, None),
+            RequestBody::Whole {
+                message: Some(message),
+                ..
+            } => (Outgoing::Message(message.clone()), None),
+            RequestBody::Stream(replay) => {
+                let (body, polled) = replay.attempt_body();
+                (Outgoing::Stream(body), Some(polled))
+            }
+        }
+    }
+
+    /// Whether the retry policy (or a hedge) may send the whole body again.
+    fn can_replay(&self) -> bool {
+        match self {
+            RequestBody::Whole { replayable, .. } => *replayable,
+            RequestBody::Stream(replay) => replay.can_replay(),
+        }
+    }
+
+    /// Whether a transparent retry can send the whole body again.
+    fn can_resend(&self) -> bool {
+        match self {
+            RequestBody::Whole { .. } => true,
+            RequestBody::Stream(replay) => replay.can_replay(),
+        }
+    }
+
+    /// Whether the body has ended and is all at hand.
+    fn is_complete(&self) -> bool {
+        match self {
+            RequestBody::Whole { .. } => true,
+            RequestBody::Stream(replay) => replay.is_complete(),
+        }
+    }
+
+    fn rejection(&self) -> Option<Status> {
+        match self {
+            RequestBody::Whole { .. } => None,
+            RequestBody::Stream(replay) => replay.rejection(),
+        }
+    }
+}
+
+/// Bytes held for retries, counted against the channel's replay budget until dropped.
+pub(super) struct BufferPermit {
+    bytes: usize,
+    held: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl BufferPermit {
+    /// Takes `bytes` from `held` if it stays within `cap`.
+    pub(super) fn take(
+        held: &std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        bytes: usize,
+        cap: usize,
+    ) -> Option<Self> {
+        use std::sync::atomic::Ordering;
+        let before = held.fetch_add(bytes, Ordering::Relaxed);
+        if before.saturating_add(bytes) > cap {
+            held.fetch_sub(bytes, Ordering::Relaxed);
+            return None;
+        }
+        Some(Self {
+            bytes,
+            held: held.clone(),
+        })
+    }
+}
+
+impl Drop for BufferPermit {
+    fn drop(&mut self) {
+        self.held
+            .fetch_sub(self.bytes, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// The end of a call, as retry decisions see it.
@@ -65,6 +191,12 @@ fn verdict(attempt: Attempt) -> Verdict {
         Attempt::Failed { status, .. } => {
             Verdict::Failed(status.code(), Err(status), Pushback::None)
         }
+        // A failed pick (no READY backend, not wait-for-ready) is an attempt that ended
+        // UNAVAILABLE, for the retry policy to judge (gRFC A6, as grpc-go does); a pick
+        // that ran out of time ends the call.
+        Attempt::NotPicked(status) if status.code() == Code::Unavailable => {
+            Verdict::Failed(Code::Unavailable, Err(status), Pushback::None)
+        }
         Attempt::NotPicked(status) => Verdict::Done(Err(status)),
     }
 }
@@ -74,7 +206,7 @@ pub(super) struct Call<'a> {
     pub(super) inner: &'a Inner,
     pub(super) picker: &'a dyn Picker,
     pub(super) parts: Parts,
-    pub(super) replay: Replay,
+    pub(super) body: RequestBody,
     pub(super) wait_for_ready: bool,
     pub(super) deadline: Option<Instant>,
     pub(super) throttle: Option<&'a Throttle>,
@@ -139,35 +271,36 @@ impl Call<'_> {
             head.headers
                 .insert("grpc-previous-rpc-attempts", HeaderValue::from(previous));
         }
-        let (body, polled) = self.replay.attempt_body();
-        let request = http::Request::from_parts(head, body);
-
+        let (body, polled) = self.body.outgoing();
         let addr = ready.subchannel.address.addr;
-        let mut guard = CallGuard::new(ready.subchannel.load.clone());
-        let mut channel = ready.channel;
-        let send = async {
-            tower::ServiceExt::ready(&mut channel).await?;
-            tower::Service::call(&mut channel, request).await
+        let sent = match ready.send(head, body) {
+            Ok(sent) => sent,
+            Err(error) => {
+                return Attempt::Failed {
+                    status: send_error(&error, addr),
+                    reached: Reached::Nowhere,
+                };
+            }
         };
-        // The whole send is bounded by the deadline: tonic's own timer starts only once
-        // its buffer has taken the request, and a server at its stream limit can hold a
-        // request before that.
-        let sent = match self.deadline {
-            Some(deadline) => match tokio::time::timeout_at(deadline, send).await {
-                Ok(sent) => sent,
+        let stream_id = sent.stream_id();
+        let mut guard = CallGuard::new(ready.subchannel.load.clone());
+        let response = sent.response(addr);
+        let response = match self.deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, response).await {
+                Ok(response) => response,
                 Err(_) => {
                     guard.failed();
                     return Attempt::Failed {
                         status: Status::deadline_exceeded(format!(
                             "deadline exceeded waiting for {addr} to answer"
                         )),
-                        sent: true,
+                        reached: Reached::Server,
                     };
                 }
             },
-            None => send.await,
+            None => response.await,
         };
-        match sent {
+        match response {
             Ok(response) => {
                 guard.responded(trailers_only_status(response.headers()));
                 Attempt::Response(Answer {
@@ -178,20 +311,46 @@ impl Call<'_> {
             }
             Err(error) => {
                 guard.failed();
-                if let Some(rejected) = self.replay.rejection() {
+                if let Some(rejected) = self.body.rejection() {
                     return Attempt::Failed {
                         status: rejected,
-                        sent: true,
+                        reached: Reached::Server,
                     };
                 }
-                let refused = status::never_processed(&error);
-                let sent = polled.load(std::sync::atomic::Ordering::Relaxed) && !refused;
+                let reached = if ready.refused(&error, stream_id) {
+                    Reached::Refused
+                } else if polled.is_some_and(|p| !p.load(std::sync::atomic::Ordering::Relaxed))
+                    && error.is_io()
+                {
+                    // The connection broke before the stream's body was read: the
+                    // server's handler never started.
+                    Reached::Nowhere
+                } else {
+                    Reached::Server
+                };
                 Attempt::Failed {
-                    status: status::from_send_error(&error, addr),
-                    sent,
+                    status: send_error(&error, addr),
+                    reached,
                 }
             }
         }
+    }
+
+    /// Whether a failed attempt is sent again at once, uncounted (gRFC A6's transparent
+    /// retry): `refused_once` tracks the one retry a call gets for a refused stream.
+    fn transparent(&self, attempt: &Attempt, refused_once: &mut bool) -> bool {
+        let Attempt::Failed { reached, .. } = attempt else {
+            return false;
+        };
+        let allowed = match reached {
+            Reached::Nowhere => true,
+            Reached::Refused if !*refused_once => {
+                *refused_once = true;
+                true
+            }
+            _ => false,
+        };
+        allowed && self.body.can_resend() && self.time_for(Duration::ZERO)
     }
 
     /// Whether there is time for another attempt after `delay`.
@@ -245,17 +404,13 @@ impl Call<'_> {
         });
         // Made on the first backoff only: most calls never need one.
         let mut rng: Option<SmallRng> = None;
-        let (mut previous, mut transparent) = (0u32, 0u32);
+        let mut previous = 0u32;
+        let mut refused_once = false;
         let mut kind = AttemptKind::First;
         loop {
             let attempt = self.attempt(previous, kind).await;
-            if let Attempt::Failed { sent: false, .. } = &attempt
-                && transparent < crate::defaults::MAX_TRANSPARENT_RETRIES
-                && self.replay.can_replay()
-                && self.time_for(Duration::ZERO)
-            {
-                transparent += 1;
-                tracing::debug!(transparent, "retrying a call that never left the client");
+            if self.transparent(&attempt, &mut refused_once) {
+                tracing::debug!("retrying transparently a call the server never processed");
                 kind = AttemptKind::Transparent;
                 continue;
             }
@@ -268,7 +423,7 @@ impl Call<'_> {
                 return result;
             }
             self.record(false);
-            if previous + 1 >= max_attempts || !self.replay.can_replay() {
+            if previous + 1 >= max_attempts || !self.body.can_replay() {
                 return result;
             }
             let Some(backoff) = backoff.as_mut() else {
@@ -278,7 +433,7 @@ impl Call<'_> {
                 Pushback::Stop => return result,
                 Pushback::After(delay) => {
                     backoff.reset();
-                    delay
+                    delay.min(crate::defaults::MAX_PUSHBACK)
                 }
                 Pushback::None => {
                     let rng =
@@ -323,28 +478,23 @@ impl Call<'_> {
         let mut pending: FuturesUnordered<Pending<'_>> = FuturesUnordered::new();
         pending.push(launch(0, AttemptKind::First));
         let mut sent = 1u32;
-        let mut transparent = 0u32;
+        let mut refused_once = false;
         let mut next_hedge = Box::pin(tokio::time::sleep(policy.hedging_delay));
         let mut last: Option<CallResult> = None;
         let mut stopped = false; // pushback, throttling or the deadline said no more
         loop {
-            let can_hedge = sent < max_attempts && !stopped && self.replay.can_replay();
+            let can_hedge = sent < max_attempts && !stopped && self.body.can_replay();
             // Hedges replay a request body that has ended, so attempts never read the
             // caller's body at the same time and nothing can outgrow the record. With
             // nothing in flight and the body still open, no hedge can ever start.
-            if pending.is_empty() && !(can_hedge && self.replay.is_complete()) {
+            if pending.is_empty() && !(can_hedge && self.body.is_complete()) {
                 break;
             }
             tokio::select! {
                 Some((n, attempt)) = pending.next() => {
                     let attempt = match attempt {
-                        // Never left the client: send it again, uncounted.
-                        Attempt::Failed { sent: false, .. }
-                            if transparent < crate::defaults::MAX_TRANSPARENT_RETRIES
-                                && self.replay.can_replay()
-                                && self.time_for(Duration::ZERO) =>
-                        {
-                            transparent += 1;
+                        // The server never processed it: send it again, uncounted.
+                        attempt if self.transparent(&attempt, &mut refused_once) => {
                             pending.push(launch(n, AttemptKind::Transparent));
                             continue;
                         }
@@ -366,13 +516,15 @@ impl Call<'_> {
                     last = Some(result);
                     match push {
                         Pushback::Stop => stopped = true,
-                        Pushback::After(delay) => next_hedge.as_mut().reset(Instant::now() + delay),
+                        Pushback::After(delay) => next_hedge
+                            .as_mut()
+                            .reset(Instant::now() + delay.min(crate::defaults::MAX_PUSHBACK)),
                         // A non-fatal failure sends the next hedge at once.
                         Pushback::None => next_hedge.as_mut().reset(Instant::now()),
                     }
                 }
                 _ = &mut next_hedge, if can_hedge => {
-                    if !self.replay.is_complete() {
+                    if !self.body.is_complete() {
                         // The first attempt is still sending its body: look again shortly.
                         next_hedge.as_mut().reset(Instant::now() + Duration::from_millis(1));
                     } else if self.time_for(Duration::ZERO) && self.throttle_allows() {

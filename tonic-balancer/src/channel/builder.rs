@@ -10,7 +10,7 @@ use crate::health::OutlierDetection;
 use crate::load::{Accounting, CodeSet, EwmaParams};
 use crate::resolver::{Address, Resolve, StaticList, Target};
 use crate::retry::{Budget, DEFAULT_REPLAY_BUFFER, RetryBudget, Throttle};
-use crate::subchannel::{ConnectSettings, EndpointMaker};
+use crate::subchannel::{ConnSettings, ConnectSettings, EndpointMaker, Liveness, TcpOptions};
 use arc_swap::ArcSwap;
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
@@ -108,6 +108,53 @@ enum Source {
     Resolver(Box<dyn Resolve>),
 }
 
+/// gRFC A8 keepalive: PING a connection that has read nothing for `time`, and close it
+/// if no ACK comes within `timeout`. Off by default; see [`Builder::keepalive`].
+///
+/// ```
+/// # use std::time::Duration;
+/// use tonic_balancer::KeepaliveConfig;
+/// let keepalive = KeepaliveConfig::new(Duration::from_secs(30))
+///     .timeout(Duration::from_secs(10))
+///     .without_calls(true);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KeepaliveConfig {
+    /// Silence before a PING. Values under
+    /// [`MIN_KEEPALIVE_TIME`](crate::defaults::MIN_KEEPALIVE_TIME) are raised to it.
+    pub time: Duration,
+    /// Wait for the ACK; also the connection's `TCP_USER_TIMEOUT` (gRFC A18). Default
+    /// [`DEFAULT_KEEPALIVE_TIMEOUT`](crate::defaults::DEFAULT_KEEPALIVE_TIMEOUT).
+    pub timeout: Duration,
+    /// PING idle connections too (default false). Servers allow a PING without calls
+    /// once per 2 hours by default and cut clients that send more.
+    pub without_calls: bool,
+}
+
+impl KeepaliveConfig {
+    /// Keepalive every `time`, with the default timeout, only while calls are out.
+    pub fn new(time: Duration) -> Self {
+        Self {
+            time,
+            timeout: crate::defaults::DEFAULT_KEEPALIVE_TIMEOUT,
+            without_calls: false,
+        }
+    }
+
+    /// The wait for a PING's ACK.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Whether idle connections are pinged too.
+    pub fn without_calls(mut self, without_calls: bool) -> Self {
+        self.without_calls = without_calls;
+        self
+    }
+}
+
 /// Builds a [`BalancedChannel`]. Settings are checked by [`Builder::build`].
 pub struct Builder {
     source: Result<Source, Error>,
@@ -130,6 +177,8 @@ pub struct Builder {
     #[cfg(feature = "dns")]
     dns_options: crate::resolver::DnsOptions,
     sensitive: Vec<String>,
+    liveness: Option<Duration>,
+    keepalive: Option<KeepaliveConfig>,
 }
 
 impl Builder {
@@ -163,6 +212,8 @@ impl Builder {
             #[cfg(feature = "dns")]
             dns_options: crate::resolver::DnsOptions::default(),
             sensitive: Vec::new(),
+            liveness: Some(crate::defaults::DEFAULT_LIVENESS_FLOOR),
+            keepalive: None,
         }
     }
 
@@ -278,6 +329,32 @@ impl Builder {
         self
     }
 
+    /// The built-in liveness check, on by default: a connection with calls outstanding
+    /// that has read nothing for `floor` (and at least
+    /// [`LIVENESS_RTT_FACTOR`](crate::defaults::LIVENESS_RTT_FACTOR) smoothed round
+    /// trips) while new calls were sent gets one HTTP/2 PING; no ACK within as long
+    /// again and the connection is dead: its subchannel leaves READY, its calls fail
+    /// with UNAVAILABLE, and it reconnects with backoff. This is what notices a frozen
+    /// backend (a hung process, a partition), which TCP alone does not for minutes.
+    ///
+    /// It never trips a server's ping policing: it pings only while the server is
+    /// silent, and at most twice in a row without the server having sent a response
+    /// in between (grpc-go and C-core servers cut a client at the third such PING).
+    /// Default floor [`DEFAULT_LIVENESS_FLOOR`](crate::defaults::DEFAULT_LIVENESS_FLOOR);
+    /// `None` turns the check off.
+    pub fn liveness_check(mut self, floor: Option<Duration>) -> Self {
+        self.liveness = floor;
+        self
+    }
+
+    /// gRFC A8 keepalive (off by default): see [`KeepaliveConfig`]. When a server
+    /// answers with GOAWAY ENHANCE_YOUR_CALM `too_many_pings`, the channel logs it and
+    /// doubles the keepalive time of its new connections.
+    pub fn keepalive(mut self, keepalive: KeepaliveConfig) -> Self {
+        self.keepalive = Some(keepalive);
+        self
+    }
+
     /// Seeds every random choice the channel makes (picker offsets and samples, backoff
     /// jitter), for reproducible tests and benchmarks. Default: a random seed.
     pub fn seed(mut self, seed: u64) -> Self {
@@ -363,6 +440,7 @@ impl Builder {
             )
         })?;
         let backoff = self.backoff.validate()?;
+        let conn = self.conn_settings()?;
         let seed = self.seed_or_random();
         let sensitive = sensitive_keys(&self.sensitive)?;
         let policies = Policies {
@@ -457,6 +535,11 @@ impl Builder {
                 health_service,
                 #[cfg(feature = "tls")]
                 tls,
+                keepalive_time: Arc::new(std::sync::atomic::AtomicU64::new(
+                    conn.keepalive
+                        .map_or(0, |k| u64::try_from(k.time.as_nanos()).unwrap_or(u64::MAX)),
+                )),
+                conn,
             },
             seed,
             target: self.name.clone(),
@@ -474,6 +557,8 @@ impl Builder {
                 wait_for_ready: self.wait_for_ready,
                 budget,
                 replay_limit: self.replay_limit,
+                replay_held: Arc::default(),
+                channel_replay_limit: crate::defaults::DEFAULT_CHANNEL_REPLAY_BUFFER,
                 sensitive,
                 seed,
                 calls: Default::default(),
@@ -581,6 +666,40 @@ fn build_pickers(
         }
     }
     Ok(map)
+}
+
+impl Builder {
+    /// Liveness and keepalive, checked.
+    fn conn_settings(&self) -> Result<ConnSettings, Error> {
+        use crate::InvalidSetting;
+        if self.liveness.is_some_and(|floor| floor.is_zero()) {
+            return Err(
+                InvalidSetting::new("liveness_check", "must be > 0 (None turns it off)").into(),
+            );
+        }
+        let keepalive = match self.keepalive {
+            Some(k) if k.timeout.is_zero() => {
+                return Err(InvalidSetting::new("keepalive.timeout", "must be > 0").into());
+            }
+            Some(k) => Some(crate::subchannel::Keepalive {
+                time: k.time.max(crate::defaults::MIN_KEEPALIVE_TIME),
+                timeout: k.timeout,
+                without_calls: k.without_calls,
+            }),
+            None => None,
+        };
+        Ok(ConnSettings {
+            tcp: TcpOptions {
+                user_timeout: keepalive.map(|k| k.timeout),
+                ..TcpOptions::default()
+            },
+            liveness: self.liveness.map(|floor| Liveness {
+                floor,
+                rtt_factor: crate::defaults::LIVENESS_RTT_FACTOR,
+            }),
+            keepalive,
+        })
+    }
 }
 
 /// The endpoint maker: the user's, or `http://AUTHORITY` (per address when the target

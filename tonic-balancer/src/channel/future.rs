@@ -1,9 +1,9 @@
 //! The channel's response future and the response body that carries a call's load guard.
 
-use super::status;
 use crate::load::CallGuard;
 use crate::retry::MessageLimit;
 use crate::stats::CallRecord;
+use crate::subchannel::H2Body;
 use bytes::Bytes;
 use http_body::Frame;
 use std::fmt;
@@ -55,7 +55,7 @@ impl fmt::Debug for ResponseFuture {
 /// travels beside it until the call knows this attempt is the one it returns.
 #[derive(Debug)]
 pub(crate) struct Answer {
-    pub(crate) response: http::Response<Body>,
+    pub(crate) response: http::Response<H2Body>,
     /// `None` once the attempt has ended (a Trailers-Only failure kept for the caller).
     pub(crate) guard: Option<CallGuard>,
     pub(crate) addr: SocketAddr,
@@ -67,7 +67,7 @@ pin_project_lite::pin_project! {
     /// record, both with the final status.
     pub(crate) struct CallBody {
         #[pin]
-        inner: Body,
+        inner: H2Body,
         guard: Option<CallGuard>,
         record: Option<CallRecord>,
         addr: SocketAddr,
@@ -128,8 +128,7 @@ impl http_body::Body for CallBody {
                 "deadline exceeded while the response was streaming",
             )))
         } else {
-            let frame = std::task::ready!(this.inner.poll_frame(cx));
-            frame.map(|f| f.map_err(|e| status::from_body_error(e, *this.addr)))
+            std::task::ready!(this.inner.poll_frame(cx))
         };
         if let (Some(Ok(data)), Some(limit)) = (&frame, this.limit.as_mut())
             && let Some(bytes) = data.data_ref()

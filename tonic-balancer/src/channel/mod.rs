@@ -11,11 +11,11 @@ mod attempt;
 mod builder;
 mod control;
 mod future;
-mod status;
 
 pub use builder::{
     Builder, ConnectionBackoff, DEFAULT_BACKOFF_BASE_DELAY, DEFAULT_BACKOFF_JITTER,
     DEFAULT_BACKOFF_MAX_DELAY, DEFAULT_BACKOFF_MULTIPLIER, DEFAULT_MIN_CONNECT_TIMEOUT,
+    KeepaliveConfig,
 };
 pub use future::ResponseFuture;
 
@@ -85,6 +85,9 @@ struct Inner {
     wait_for_ready: bool,
     budget: Option<Budget>,
     replay_limit: usize,
+    /// Request bytes the channel's calls hold for retries, and the most they may.
+    replay_held: Arc<std::sync::atomic::AtomicUsize>,
+    channel_replay_limit: usize,
     /// Metadata whose values are marked sensitive on every call.
     sensitive: Arc<[http::HeaderName]>,
     seed: u64,
@@ -280,35 +283,39 @@ impl Inner {
         }
 
         let (parts, body) = request.into_parts();
+        let retry = method.and_then(|m| m.retry_policy.as_ref());
+        let hedging = method.and_then(|m| m.hedging_policy.as_ref());
+        let request_limit = method
+            .and_then(|m| m.max_request_message_bytes)
+            .map(|limit| MessageLimit::new(limit, "request"));
+        let body =
+            match self.request_body(body, request_limit, retry.is_some() || hedging.is_some()) {
+                Ok(body) => body,
+                Err(status) => {
+                    record.finish(status.code());
+                    return Err(status);
+                }
+            };
         let call = attempt::Call {
             inner: &self,
             picker,
             parts,
-            replay: Replay::new(
-                body,
-                self.replay_limit,
-                method
-                    .and_then(|m| m.max_request_message_bytes)
-                    .map(|limit| MessageLimit::new(limit, "request")),
-            ),
+            body,
             wait_for_ready,
             deadline,
             throttle: config.throttle.as_deref(),
             stats: record.method(),
         };
-        let result = match (
-            method.and_then(|m| m.retry_policy.as_ref()),
-            method.and_then(|m| m.hedging_policy.as_ref()),
-        ) {
-            (_, Some(hedging)) => call.run_hedged(hedging).await,
-            (retry, None) => call.run(retry).await,
+        let result = match hedging {
+            Some(hedging) => call.run_hedged(hedging).await,
+            None => call.run(retry).await,
         };
         match result {
             // Trailers-Only: the call is over; the guard already counted the outcome.
             Ok(answer) => match trailers_only_status(answer.response.headers()) {
                 Some(code) => {
                     record.finish(code);
-                    Ok(answer.response)
+                    Ok(answer.response.map(Body::new))
                 }
                 None => {
                     let limit = method
@@ -320,6 +327,46 @@ impl Inner {
             Err(status) => {
                 record.finish(status.code());
                 Err(status)
+            }
+        }
+    }
+
+    /// A call's request body: whole when it is at hand at once (a unary call), else
+    /// recorded for replay. A whole body kept for the retry policy counts against the
+    /// per-call and channel-wide replay limits; past either, the call is committed.
+    fn request_body(
+        &self,
+        body: Body,
+        mut limit: Option<MessageLimit>,
+        has_policy: bool,
+    ) -> Result<attempt::RequestBody, Status> {
+        match crate::subchannel::prefetch(body)? {
+            crate::subchannel::Outgoing::Stream(body) => Ok(attempt::RequestBody::Stream(
+                Replay::new(body, self.replay_limit, limit),
+            )),
+            outgoing => {
+                let message = match outgoing {
+                    crate::subchannel::Outgoing::Message(message) => Some(message),
+                    _ => None,
+                };
+                if let (Some(limit), Some(message)) = (limit.as_mut(), &message) {
+                    limit.check(message)?;
+                }
+                let size = message.as_ref().map_or(0, bytes::Bytes::len);
+                let permit = (has_policy && size <= self.replay_limit)
+                    .then(|| {
+                        attempt::BufferPermit::take(
+                            &self.replay_held,
+                            size,
+                            self.channel_replay_limit,
+                        )
+                    })
+                    .flatten();
+                Ok(attempt::RequestBody::Whole {
+                    message,
+                    replayable: permit.is_some(),
+                    _permit: permit,
+                })
             }
         }
     }

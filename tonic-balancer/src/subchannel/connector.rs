@@ -1,16 +1,17 @@
-//! The connector each subchannel hands to tonic, and the IO wrappers that tell the
-//! subchannel when the server has answered with HTTP/2 and the moment its connection ends.
+//! Opening a subchannel's connection, and the IO wrappers that tell the subchannel when
+//! the server has answered with HTTP/2, what frames it sends, and the moment the
+//! connection ends.
 //!
 //! The stack of one connection, from the socket up: `TcpStream`, [`TrackedIo`] (end of
-//! the connection), TLS when configured, [`ConnIo`] (the server's HTTP/2 preface), hyper.
+//! the connection), TLS when configured, [`ConnIo`] (the server's HTTP/2 preface and a
+//! [`Tap`] on its frames), h2.
 
-use hyper_util::rt::TokioIo;
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -49,102 +50,79 @@ impl Link {
     }
 }
 
-/// A call was routed to a subchannel whose connection had already ended, so tonic asked
-/// for a new connection. Subchannels reconnect in their own worker, with backoff, never
-/// from inside a call: the request never left the client.
-#[derive(Debug, thiserror::Error)]
-#[error("connection to {0} is closed")]
-pub(crate) struct ConnectionClosed(pub(crate) SocketAddr);
-
 /// What the server's first bytes said: `Ok` once they opened an HTTP/2 SETTINGS frame,
 /// else why the connection is no good. `None` until then.
 pub(crate) type PrefaceResult = Option<Result<(), String>>;
 
-/// Connects one subchannel's single connection: TCP, then TLS when configured.
-///
-/// tonic's `Channel` reconnects on its own when its connection drops; this connector
-/// refuses the second connect so that reconnection stays with the subchannel worker,
-/// which applies gRPC's connection backoff and keeps the state the picker sees truthful.
-#[derive(Debug)]
-pub(crate) struct Connector {
-    addr: SocketAddr,
-    once: Option<(Arc<Link>, watch::Sender<PrefaceResult>)>,
-    /// The connection's link, kept to close it when tonic asks for a second connection:
-    /// that only happens once hyper has stopped taking requests on the first, as after
-    /// a graceful GOAWAY, while the socket itself stays open until its streams finish.
-    link: Arc<Link>,
-    #[cfg(feature = "tls")]
-    tls: Option<crate::tls::TlsConnect>,
+/// TCP options of every connection: the ones a tonic `Endpoint` carries that the
+/// channel honours (see `Builder::configure_endpoint`), and the keepalive timeout as
+/// `TCP_USER_TIMEOUT` (gRFC A18).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct TcpOptions {
+    pub(crate) nodelay: bool,
+    pub(crate) keepalive: Option<std::time::Duration>,
+    pub(crate) keepalive_interval: Option<std::time::Duration>,
+    pub(crate) keepalive_retries: Option<u32>,
+    pub(crate) user_timeout: Option<std::time::Duration>,
 }
 
-impl Connector {
-    /// A connector whose connection reports its end on `link` and what the server's
-    /// first bytes said on `preface`.
-    pub(crate) fn new(
-        addr: SocketAddr,
-        link: Arc<Link>,
-        preface: watch::Sender<PrefaceResult>,
-    ) -> Self {
-        Self {
-            addr,
-            once: Some((link.clone(), preface)),
-            link,
-            #[cfg(feature = "tls")]
-            tls: None,
-        }
-    }
-
-    /// Runs a TLS handshake over the TCP connection before handing it to hyper.
-    #[cfg(feature = "tls")]
-    pub(crate) fn tls(mut self, tls: Option<crate::tls::TlsConnect>) -> Self {
-        self.tls = tls;
-        self
-    }
-}
-
-type ConnectFuture = Pin<Box<dyn Future<Output = io::Result<TokioIo<ConnIo>>> + Send>>;
-
-impl tower::Service<http::Uri> for Connector {
-    type Response = TokioIo<ConnIo>;
-    type Error = io::Error;
-    type Future = ConnectFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: http::Uri) -> ConnectFuture {
-        let addr = self.addr;
-        let Some((link, preface)) = self.once.take() else {
-            // The connection no longer takes requests (GOAWAY, or it ended): the
-            // subchannel must stop being picked and reconnect, with backoff.
-            self.link.close();
-            return Box::pin(std::future::ready(Err(io::Error::new(
-                io::ErrorKind::NotConnected,
-                ConnectionClosed(addr),
-            ))));
-        };
-        #[cfg(feature = "tls")]
-        let tls = self.tls.clone();
-        Box::pin(async move {
-            let stream = TcpStream::connect(addr)
-                .await
-                .map_err(|e| io::Error::new(e.kind(), format!("connect to {addr}: {e}")))?;
-            stream.set_nodelay(true)?;
-            let tracked = TrackedIo { io: stream, link };
-            #[cfg(feature = "tls")]
-            if let Some(tls) = tls {
-                let stream = tls.handshake(tracked, addr).await?;
-                let io = Transport::Tls(Box::new(stream));
-                return Ok(TokioIo::new(ConnIo::new(io, addr, preface)));
+impl TcpOptions {
+    fn apply(&self, stream: &TcpStream) -> io::Result<()> {
+        stream.set_nodelay(self.nodelay)?;
+        let socket = socket2::SockRef::from(stream);
+        if let Some(idle) = self.keepalive {
+            let mut keepalive = socket2::TcpKeepalive::new().with_time(idle);
+            if let Some(interval) = self.keepalive_interval {
+                keepalive = keepalive.with_interval(interval);
             }
-            let io = Transport::Plain(tracked);
-            Ok(TokioIo::new(ConnIo::new(io, addr, preface)))
-        })
+            #[cfg(any(target_os = "linux", target_os = "macos", target_os = "freebsd"))]
+            if let Some(retries) = self.keepalive_retries {
+                keepalive = keepalive.with_retries(retries);
+            }
+            socket.set_tcp_keepalive(&keepalive)?;
+        }
+        #[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
+        if let Some(timeout) = self.user_timeout {
+            socket.set_tcp_user_timeout(Some(timeout))?;
+        }
+        Ok(())
     }
 }
 
-/// The byte stream hyper speaks HTTP/2 over.
+/// Opens one connection: TCP (with `tcp`), then TLS when configured, under [`ConnIo`],
+/// which reports the server's preface on `preface` and its frames on `tap`.
+pub(crate) async fn connect(
+    addr: SocketAddr,
+    tcp: TcpOptions,
+    link: Arc<Link>,
+    preface: watch::Sender<PrefaceResult>,
+    tap: Arc<Tap>,
+    #[cfg(feature = "tls")] tls: Option<crate::tls::TlsConnect>,
+) -> io::Result<ConnIo> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| io::Error::new(e.kind(), format!("connect to {addr}: {e}")))?;
+    tcp.apply(&stream)?;
+    let tracked = TrackedIo {
+        io: stream,
+        link: link.clone(),
+    };
+    #[cfg(feature = "tls")]
+    if let Some(tls) = tls {
+        let stream = tls.handshake(tracked, addr).await?;
+        let io = Transport::Tls(Box::new(stream));
+        return Ok(ConnIo::new(io, addr, preface, tap, link));
+    }
+    Ok(ConnIo::new(
+        Transport::Plain(tracked),
+        addr,
+        preface,
+        tap,
+        link,
+    ))
+}
+
+/// The byte stream HTTP/2 runs over.
 #[derive(Debug)]
 enum Transport {
     Plain(TrackedIo),
@@ -213,73 +191,257 @@ impl AsyncWrite for Transport {
     }
 }
 
-/// The connection as hyper sees it: watches the server's first bytes, which must open
-/// its HTTP/2 preface (a SETTINGS frame), and reports what they said once.
+/// What a connection's frames have shown, for its liveness monitor and its subchannel.
 ///
-/// The subchannel is READY only after that, as in grpc-go: a server that accepts TCP
-/// (and, in TLS 1.3, completes the handshake) may still refuse the connection, e.g. a
-/// client certificate it does not trust, and says so only in its first bytes.
+/// Written only by the connection's own reads (the task that drives it); read by the
+/// monitor and the subchannel worker. h2 has no hook for received frames, so
+/// [`ConnIo`] walks the frame headers of every byte it reads.
+#[derive(Debug, Default)]
+pub(crate) struct Tap {
+    /// Bytes read from the server so far.
+    bytes: AtomicU64,
+    /// HEADERS and DATA frames received: the server answering calls, which is also
+    /// what resets a gRPC server's count of ping strikes.
+    answers: AtomicU64,
+    /// The latest GOAWAY: a graceful shutdown sends two, the second with the real
+    /// last stream id.
+    goaway: std::sync::Mutex<Option<GoAway>>,
+    /// Why the connection was declared dead, if it was.
+    ended: OnceLock<String>,
+}
+
+/// A GOAWAY the server sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct GoAway {
+    /// The last stream the server may have processed; streams above it were not.
+    pub(crate) last_stream_id: u32,
+    /// Its error code (0 = NO_ERROR, 11 = ENHANCE_YOUR_CALM, ...).
+    pub(crate) code: u32,
+    /// Its debug data, as text (lossy; at most [`GOAWAY_DEBUG_LIMIT`] bytes).
+    pub(crate) debug: String,
+}
+
+impl GoAway {
+    /// The server's ping policing cut the connection (gRFC A8).
+    pub(crate) fn too_many_pings(&self) -> bool {
+        self.code == u32::from(h2::Reason::ENHANCE_YOUR_CALM) && self.debug == "too_many_pings"
+    }
+}
+
+/// The debug data kept of a GOAWAY.
+const GOAWAY_DEBUG_LIMIT: usize = 256;
+
+impl Tap {
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn answers(&self) -> u64 {
+        self.answers.load(Ordering::Relaxed)
+    }
+
+    /// The latest GOAWAY the server sent, if any.
+    pub(crate) fn goaway(&self) -> Option<GoAway> {
+        self.goaway
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn set_ended(&self, why: String) {
+        let _ = self.ended.set(why);
+    }
+
+    /// Why the connection was declared dead, if it was.
+    pub(crate) fn ended(&self) -> Option<&str> {
+        self.ended.get().map(String::as_str)
+    }
+}
+
+/// Walks the frames of the server's byte stream (RFC 9113 §4.1: a 9-byte header, then
+/// `length` bytes of payload), whatever the read boundaries.
+#[derive(Debug, Default)]
+struct FrameReader {
+    head: [u8; 9],
+    have: usize,
+    /// Payload bytes of the current frame still to pass.
+    skip: usize,
+    /// The payload of a GOAWAY being read (its first bytes only).
+    goaway: Option<Vec<u8>>,
+    /// Frames whose header has been read.
+    frames: u64,
+}
+
+/// What the frames showed, in order.
+#[derive(Debug, PartialEq)]
+enum FrameEvent {
+    /// The first frame's verdict on the server's preface.
+    Preface(Result<(), String>),
+    /// A HEADERS or DATA frame.
+    Answer,
+    PingAck,
+    GoAway(GoAway),
+}
+
+impl FrameReader {
+    fn feed(&mut self, mut bytes: &[u8], addr: SocketAddr, tls: bool, out: &mut Vec<FrameEvent>) {
+        while !bytes.is_empty() {
+            if self.skip > 0 {
+                let n = self.skip.min(bytes.len());
+                if let Some(payload) = self.goaway.as_mut() {
+                    let room = (8 + GOAWAY_DEBUG_LIMIT).saturating_sub(payload.len());
+                    payload.extend_from_slice(&bytes[..n.min(room)]);
+                }
+                self.skip -= n;
+                bytes = &bytes[n..];
+                if self.skip == 0 {
+                    self.end_goaway(out);
+                }
+                continue;
+            }
+            let n = (9 - self.have).min(bytes.len());
+            self.head[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+            self.have += n;
+            bytes = &bytes[n..];
+            if self.have < 9 {
+                continue;
+            }
+            self.have = 0;
+            self.frames += 1;
+            let head = self.head;
+            if self.frames == 1 {
+                out.push(FrameEvent::Preface(check_preface(&head, addr, tls)));
+            }
+            let length =
+                usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            match head[3] {
+                0 | 1 => out.push(FrameEvent::Answer),
+                6 if head[4] & 1 == 1 => out.push(FrameEvent::PingAck),
+                7 => self.goaway = Some(Vec::with_capacity(length.min(8 + GOAWAY_DEBUG_LIMIT))),
+                _ => {}
+            }
+            self.skip = length;
+            if length == 0 {
+                self.end_goaway(out);
+            }
+        }
+    }
+
+    fn end_goaway(&mut self, out: &mut Vec<FrameEvent>) {
+        let Some(payload) = self.goaway.take() else {
+            return;
+        };
+        // Shorter than its two fixed fields: a malformed frame, which h2 reports.
+        if payload.len() < 8 {
+            return;
+        }
+        let word = |i: usize| {
+            u32::from_be_bytes([payload[i], payload[i + 1], payload[i + 2], payload[i + 3]])
+        };
+        out.push(FrameEvent::GoAway(GoAway {
+            last_stream_id: word(0) & 0x7fff_ffff,
+            code: word(4),
+            debug: String::from_utf8_lossy(&payload[8..]).into_owned(),
+        }));
+    }
+}
+
+/// The connection as h2 sees it: watches the server's frames. The first must open its
+/// HTTP/2 preface (a SETTINGS frame), reported once on `preface`; then every HEADERS,
+/// DATA, PING ACK and GOAWAY is counted on the [`Tap`]. A GOAWAY also takes the
+/// connection's [`Link`] down at once, so no new call is routed to it.
+///
+/// The subchannel is READY only after the preface, as in grpc-go: a server that accepts
+/// TCP (and, in TLS 1.3, completes the handshake) may still refuse the connection, e.g.
+/// a client certificate it does not trust, and says so only in its first bytes.
 #[derive(Debug)]
 pub(crate) struct ConnIo {
     io: Transport,
-    /// Until the preface is judged.
-    preface: Option<PrefaceCheck>,
-}
-
-#[derive(Debug)]
-struct PrefaceCheck {
     addr: SocketAddr,
-    /// The first bytes of a frame header seen so far.
-    head: [u8; 9],
-    seen: usize,
-    report: watch::Sender<PrefaceResult>,
+    /// Until the preface is judged.
+    preface: Option<watch::Sender<PrefaceResult>>,
+    reader: FrameReader,
+    events: Vec<FrameEvent>,
+    tap: Arc<Tap>,
+    link: Arc<Link>,
 }
 
 impl ConnIo {
-    fn new(io: Transport, addr: SocketAddr, report: watch::Sender<PrefaceResult>) -> Self {
+    fn new(
+        io: Transport,
+        addr: SocketAddr,
+        preface: watch::Sender<PrefaceResult>,
+        tap: Arc<Tap>,
+        link: Arc<Link>,
+    ) -> Self {
         Self {
             io,
-            preface: Some(PrefaceCheck {
-                addr,
-                head: [0; 9],
-                seen: 0,
-                report,
-            }),
+            addr,
+            preface: Some(preface),
+            reader: FrameReader::default(),
+            events: Vec::new(),
+            tap,
+            link,
         }
     }
 
     fn judge(&mut self, verdict: Result<(), String>) {
-        if let Some(check) = self.preface.take() {
-            check.report.send_replace(Some(verdict));
+        if let Some(report) = self.preface.take() {
+            report.send_replace(Some(verdict));
         }
     }
 
     /// Looks at the bytes a read returned (`new`; empty at end of stream) or its error.
     fn observe(&mut self, read: Result<&[u8], &io::Error>) {
-        let tls = self.io.is_tls();
-        let Some(check) = self.preface.as_mut() else {
-            return;
+        let session = if self.io.is_tls() {
+            "TLS session"
+        } else {
+            "connection"
         };
-        let addr = check.addr;
-        let session = if tls { "TLS session" } else { "connection" };
-        let verdict = match read {
-            Err(error) => Err(format!(
-                "{session} with {addr} failed before the server's HTTP/2 preface: {error}"
-            )),
-            Ok([]) => Err(format!(
-                "{addr} closed the {session} before sending its HTTP/2 preface"
-            )),
-            Ok(bytes) => {
-                let take = bytes.len().min(check.head.len() - check.seen);
-                check.head[check.seen..check.seen + take].copy_from_slice(&bytes[..take]);
-                check.seen += take;
-                if check.seen < check.head.len() {
-                    return;
-                }
-                check_preface(&check.head, addr, tls)
+        let addr = self.addr;
+        let bytes = match read {
+            Err(error) => {
+                return self.judge(Err(format!(
+                    "{session} with {addr} failed before the server's HTTP/2 preface: {error}"
+                )));
             }
+            Ok([]) => {
+                return self.judge(Err(format!(
+                    "{addr} closed the {session} before sending its HTTP/2 preface"
+                )));
+            }
+            Ok(bytes) => bytes,
         };
-        self.judge(verdict);
+        self.tap
+            .bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        let tls = self.io.is_tls();
+        let mut events = std::mem::take(&mut self.events);
+        self.reader.feed(bytes, addr, tls, &mut events);
+        for event in events.drain(..) {
+            match event {
+                FrameEvent::Preface(verdict) => self.judge(verdict),
+                FrameEvent::Answer => {
+                    self.tap.answers.fetch_add(1, Ordering::Relaxed);
+                }
+                // h2 hands ACKs to the connection's PingPong.
+                FrameEvent::PingAck => {}
+                FrameEvent::GoAway(goaway) => {
+                    if goaway.too_many_pings() {
+                        tracing::warn!(%addr, "the server sent GOAWAY ENHANCE_YOUR_CALM \"too_many_pings\": its keepalive policy is stricter than this channel's pings");
+                    } else {
+                        tracing::debug!(%addr, code = goaway.code, debug = %goaway.debug, last_stream_id = goaway.last_stream_id, "GOAWAY");
+                    }
+                    *self
+                        .tap
+                        .goaway
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(goaway);
+                    self.link.close();
+                }
+            }
+        }
+        self.events = events;
     }
 }
 
@@ -304,12 +466,10 @@ fn check_preface(head: &[u8; 9], addr: SocketAddr, tls: bool) -> Result<(), Stri
 
 impl Drop for ConnIo {
     fn drop(&mut self) {
-        if let Some(check) = &self.preface {
-            let addr = check.addr;
-            self.judge(Err(format!(
-                "connection to {addr} closed before the server's HTTP/2 preface"
-            )));
-        }
+        let addr = self.addr;
+        self.judge(Err(format!(
+            "connection to {addr} closed before the server's HTTP/2 preface"
+        )));
     }
 }
 
@@ -321,17 +481,15 @@ impl AsyncRead for ConnIo {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.io).poll_read(cx, buf);
-        if self.preface.is_some() {
-            match &result {
-                Poll::Ready(Ok(())) => {
-                    let new = &buf.filled()[before..];
-                    if !new.is_empty() || buf.remaining() > 0 {
-                        self.observe(Ok(new));
-                    }
+        match &result {
+            Poll::Ready(Ok(())) => {
+                let new = &buf.filled()[before..];
+                if !new.is_empty() || buf.remaining() > 0 {
+                    self.observe(Ok(new));
                 }
-                Poll::Ready(Err(error)) => self.observe(Err(error)),
-                Poll::Pending => {}
             }
+            Poll::Ready(Err(error)) => self.observe(Err(error)),
+            Poll::Pending => {}
         }
         result
     }
@@ -368,8 +526,8 @@ impl AsyncWrite for ConnIo {
 }
 
 /// A TCP stream that marks its [`Link`] down on end of stream, on an IO error and when
-/// hyper drops it (which it does when the HTTP/2 connection ends for any reason:
-/// GOAWAY, keepalive timeout, the channel being dropped).
+/// it is dropped (which happens when the HTTP/2 connection ends for any reason: GOAWAY,
+/// a failed liveness check, the subchannel letting go).
 #[derive(Debug)]
 pub(crate) struct TrackedIo {
     io: TcpStream,
@@ -450,29 +608,42 @@ impl AsyncWrite for TrackedIo {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tower::Service;
 
     fn addr() -> SocketAddr {
         "127.0.0.1:9".parse().unwrap()
     }
 
+    async fn open(
+        addr: SocketAddr,
+        link: Arc<Link>,
+    ) -> (ConnIo, watch::Receiver<PrefaceResult>, Arc<Tap>) {
+        let (preface_tx, preface) = watch::channel(None);
+        let tap = Arc::new(Tap::default());
+        let io = connect(
+            addr,
+            TcpOptions::default(),
+            link,
+            preface_tx,
+            tap.clone(),
+            #[cfg(feature = "tls")]
+            None,
+        )
+        .await
+        .unwrap();
+        (io, preface, tap)
+    }
+
     #[tokio::test]
-    async fn link_goes_down_when_the_peer_closes_and_connector_is_one_shot() {
+    async fn link_goes_down_when_the_peer_closes() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let link = Arc::new(Link::default());
-        let (preface_tx, mut preface) = watch::channel(None);
-        let mut connector = Connector::new(addr, link.clone(), preface_tx);
-        let io = connector
-            .call(http::Uri::from_static("http://x"))
-            .await
-            .unwrap();
+        let (mut io, mut preface, _) = open(addr, link.clone()).await;
         let (mut server_side, _) = listener.accept().await.unwrap();
         assert!(link.is_up());
 
-        // Read in the background as hyper would; the peer's close ends the read.
+        // Read in the background as h2 would; the peer's close ends the read.
         let reader = tokio::spawn(async move {
-            let mut io = io.into_inner();
             let mut buf = [0u8; 8];
             let _ = io.read(&mut buf).await;
             io
@@ -486,28 +657,13 @@ mod tests {
         let why = verdict.unwrap().unwrap_err();
         assert!(why.contains("before sending its HTTP/2 preface"), "{why}");
         drop(reader.await.unwrap());
-
-        let err = connector
-            .call(http::Uri::from_static("http://x"))
-            .await
-            .unwrap_err();
-        let inner = err
-            .get_ref()
-            .and_then(|e| e.downcast_ref::<ConnectionClosed>());
-        assert!(inner.is_some(), "{err}");
     }
 
     #[tokio::test]
     async fn a_settings_frame_split_over_reads_is_a_preface() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (preface_tx, preface) = watch::channel(None);
-        let mut connector = Connector::new(addr, Arc::new(Link::default()), preface_tx);
-        let mut io = connector
-            .call(http::Uri::from_static("http://x"))
-            .await
-            .unwrap()
-            .into_inner();
+        let (mut io, preface, _) = open(addr, Arc::new(Link::default())).await;
         let (mut server_side, _) = listener.accept().await.unwrap();
         // An empty SETTINGS frame: length 0, type 4, no flags, stream 0; sent in two parts.
         let frame = [0u8, 0, 0, 4, 0, 0, 0, 0, 0];
@@ -518,6 +674,66 @@ mod tests {
         server_side.write_all(&frame[4..]).await.unwrap();
         assert_eq!(io.read(&mut buf).await.unwrap(), 5);
         assert_eq!(*preface.borrow(), Some(Ok(())));
+    }
+
+    #[tokio::test]
+    async fn a_goaway_takes_the_link_down_and_is_recorded() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let link = Arc::new(Link::default());
+        let (mut io, _, tap) = open(addr, link.clone()).await;
+        let (mut server_side, _) = listener.accept().await.unwrap();
+        let mut bytes = vec![0u8, 0, 0, 4, 0, 0, 0, 0, 0];
+        bytes.extend(goaway(3, 11, b"too_many_pings"));
+        server_side.write_all(&bytes).await.unwrap();
+        let mut buf = [0u8; 64];
+        let mut read = 0;
+        while read < bytes.len() {
+            read += io.read(&mut buf).await.unwrap();
+        }
+        assert!(!link.is_up());
+        let seen = tap.goaway().expect("a GOAWAY");
+        assert_eq!(seen.last_stream_id, 3);
+        assert!(seen.too_many_pings(), "{seen:?}");
+        assert_eq!(tap.bytes(), bytes.len() as u64);
+    }
+
+    fn goaway(last: u32, code: u32, debug: &[u8]) -> Vec<u8> {
+        let len = 8 + debug.len();
+        let mut frame = vec![0, (len >> 8) as u8, len as u8, 7, 0, 0, 0, 0, 0];
+        frame.extend(last.to_be_bytes());
+        frame.extend(code.to_be_bytes());
+        frame.extend(debug);
+        frame
+    }
+
+    #[test]
+    fn frames_are_followed_across_any_read_boundaries() {
+        let mut stream = vec![0u8, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100];
+        stream.extend([0, 0, 3, 1, 4, 0, 0, 0, 1, 0x88, 0x5f, 0x8b]); // HEADERS
+        stream.extend([0, 0, 2, 0, 0, 0, 0, 0, 1, 7, 7]); // DATA
+        stream.extend([0, 0, 8, 6, 1, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]); // PING ACK
+        stream.extend([0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]); // PING
+        stream.extend(goaway(1, 0, b""));
+        let expected = vec![
+            FrameEvent::Preface(Ok(())),
+            FrameEvent::Answer,
+            FrameEvent::Answer,
+            FrameEvent::PingAck,
+            FrameEvent::GoAway(GoAway {
+                last_stream_id: 1,
+                code: 0,
+                debug: String::new(),
+            }),
+        ];
+        for chunk in [1, 2, 5, 9, 10, 64] {
+            let mut reader = FrameReader::default();
+            let mut events = Vec::new();
+            for part in stream.chunks(chunk) {
+                reader.feed(part, addr(), false, &mut events);
+            }
+            assert_eq!(events, expected, "chunks of {chunk}");
+        }
     }
 
     #[test]

@@ -26,7 +26,7 @@ impl Worker {
         let mut backoff = Backoff::new(self.settings.backoff);
         let mut rng = SmallRng::seed_from_u64(self.subchannel.id);
         loop {
-            let mut client = HealthClient::new(ready.channel.clone());
+            let mut client = HealthClient::new(ready.conn.service());
             let request = HealthCheckRequest {
                 service: service.clone(),
             };

@@ -6,18 +6,20 @@
 //! state change to the channel's control task, which rebuilds the picker. Calls never
 //! connect anything: they are only routed to subchannels that are READY.
 
+mod conn;
 mod connector;
 mod health;
+pub(crate) mod status;
 
-pub(crate) use connector::{ConnectionClosed, Link};
+pub(crate) use conn::{ConnSettings, H2Body, Keepalive, Liveness, Outgoing, Sent, prefetch};
+pub(crate) use connector::TcpOptions;
 
 use crate::backoff::{Backoff, BackoffParams};
 use crate::balance::ReadySubchannel;
 use crate::connectivity::ConnectivityState;
-use crate::error::chain;
 use crate::load::{Accounting, Load};
 use crate::resolver::Address;
-use connector::Connector;
+use conn::Conn;
 
 use rand::{SeedableRng, rngs::SmallRng};
 use std::fmt;
@@ -25,7 +27,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
-use tonic::transport::{Channel, Endpoint};
+use tonic::Status;
+use tonic::transport::Endpoint;
 
 /// Makes the endpoint for an address; an error fails that connection attempt with its
 /// message.
@@ -45,6 +48,11 @@ pub(crate) struct ConnectSettings {
     /// The TLS handshake every connection makes, if any.
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<crate::tls::TlsConnect>,
+    /// TCP options, liveness and keepalive of every connection.
+    pub(crate) conn: ConnSettings,
+    /// The keepalive time of new connections, doubled each time a server answers
+    /// keepalive PINGs with GOAWAY `too_many_pings` (gRFC A8). Shared by the channel.
+    pub(crate) keepalive_time: Arc<AtomicU64>,
 }
 
 /// The state of one subchannel that outlives its connections: its address, its state
@@ -116,8 +124,7 @@ pub struct SubchannelInfo {
 #[derive(Clone)]
 pub(crate) struct ReadyConn {
     pub(crate) subchannel: Arc<Subchannel>,
-    pub(crate) channel: Channel,
-    pub(crate) link: Arc<Link>,
+    pub(crate) conn: Arc<Conn>,
 }
 
 impl ReadyConn {
@@ -132,8 +139,32 @@ impl ReadyConn {
     /// Whether the connection is still up. A picker may be a moment behind a connection
     /// that just ended; the channel skips such a subchannel.
     pub(crate) fn is_up(&self) -> bool {
-        self.link.is_up()
+        self.conn.link.is_up()
     }
+
+    /// Sends a request on this subchannel's connection.
+    pub(crate) fn send(
+        &self,
+        head: http::request::Parts,
+        body: Outgoing,
+    ) -> Result<Sent, h2::Error> {
+        self.conn.send(head, body)
+    }
+
+    /// Whether an error of stream `stream_id` means the server refused it unprocessed.
+    pub(crate) fn refused(&self, error: &h2::Error, stream_id: u32) -> bool {
+        self.conn.refused(error, stream_id)
+    }
+}
+
+/// The status a caller sees for an error sending to `addr`.
+pub(crate) fn send_error(error: &h2::Error, addr: std::net::SocketAddr) -> Status {
+    status::from_send_error(error, addr)
+}
+
+/// The status a caller sees for an error reading a response from `addr`.
+pub(crate) fn body_error(error: &h2::Error, addr: std::net::SocketAddr) -> Status {
+    status::from_send_error(error, addr)
 }
 
 impl fmt::Debug for ReadyConn {
@@ -269,8 +300,8 @@ impl Worker {
             };
             match attempt {
                 Ok(ready) => {
-                    self.backoff.reset();
-                    let link = ready.link.clone();
+                    let conn = ready.conn.clone();
+                    let link = conn.link.clone();
                     let serve = async {
                         match self.settings.health_service.clone() {
                             Some(service) => self.watch_health(ready, service).await,
@@ -299,9 +330,25 @@ impl Worker {
                         Wake::Unwanted => continue,
                         Wake::Done => {}
                     }
-                    let why = format!("connection to {} lost", self.subchannel.address);
+                    let why = self.why_lost(&conn);
+                    // Only a connection that proved itself resets the backoff: one that
+                    // closes right after its preface, or before it answered anything,
+                    // counts as a failed attempt, so a flapping server is not hammered.
+                    let proven = conn.tap.answers() > 0
+                        || conn.since.elapsed() >= crate::defaults::CONNECTION_PROVEN_AFTER;
+                    if proven {
+                        self.backoff.reset();
+                        tracing::debug!(address = %self.subchannel.address, "{why}");
+                        self.report(ConnectivityState::Idle, Update::Lost(why));
+                        continue;
+                    }
+                    let why = format!("{why} before it served anything");
                     tracing::debug!(address = %self.subchannel.address, "{why}");
-                    self.report(ConnectivityState::Idle, Update::Lost(why));
+                    self.report(ConnectivityState::TransientFailure, Update::Failed(why));
+                    let delay = self.backoff.next_delay(&mut self.rng);
+                    if let Wake::Stop = self.wait(&mut stop, tokio::time::sleep(delay)).await {
+                        break;
+                    }
                 }
                 Err(error) => {
                     tracing::debug!(address = %self.subchannel.address, %error, "connect failed");
@@ -330,40 +377,72 @@ impl Worker {
         }
     }
 
+    /// What ended a READY connection, for the log and the channel's last error; and
+    /// what the channel learns from it (a `too_many_pings` GOAWAY doubles keepalive).
+    fn why_lost(&self, conn: &Conn) -> String {
+        let address = &self.subchannel.address;
+        if let Some(why) = conn.tap.ended() {
+            return format!("connection to {address} declared dead: {why}");
+        }
+        match conn.tap.goaway() {
+            Some(goaway) if goaway.too_many_pings() => {
+                let time = &self.settings.keepalive_time;
+                let doubled = time.load(Ordering::Relaxed).saturating_mul(2);
+                if self.settings.conn.keepalive.is_some() {
+                    time.store(doubled, Ordering::Relaxed);
+                    tracing::warn!(
+                        %address,
+                        keepalive_time = ?Duration::from_nanos(doubled),
+                        "GOAWAY too_many_pings: doubling the keepalive time of new connections"
+                    );
+                }
+                format!("{address} sent GOAWAY ENHANCE_YOUR_CALM \"too_many_pings\"")
+            }
+            Some(goaway) => format!(
+                "{address} sent GOAWAY (code {}{}{})",
+                goaway.code,
+                if goaway.debug.is_empty() { "" } else { ", " },
+                goaway.debug
+            ),
+            None => format!("connection to {address} lost"),
+        }
+    }
+
     async fn connect(&self) -> Result<ReadyConn, String> {
         self.report(ConnectivityState::Connecting, Update::Connecting);
         let address = &self.subchannel.address;
         let endpoint = (self.settings.endpoint)(address)?;
-        let link = Arc::new(Link::default());
-        let (preface_tx, mut preface) = watch::channel(None);
-        let connector = Connector::new(address.addr, link.clone(), preface_tx);
-        #[cfg(feature = "tls")]
-        let connector = connector.tls(self.settings.tls.clone());
-        let attempt = async {
-            let channel = endpoint
-                .connect_with_connector(connector)
-                .await
-                .map_err(|e| chain(&e))?;
-            // READY only once the server has answered with HTTP/2 (see `ConnIo`).
-            match preface.wait_for(Option::is_some).await.as_deref() {
-                Ok(Some(Ok(()))) => Ok(channel),
-                Ok(Some(Err(why))) => Err(why.clone()),
-                Ok(None) | Err(_) => Err(format!(
-                    "connection to {address} closed before the server's HTTP/2 preface"
-                )),
-            }
+        let mut settings = self.settings.conn.clone();
+        settings.tcp = TcpOptions {
+            nodelay: endpoint.get_tcp_nodelay(),
+            keepalive: endpoint.get_tcp_keepalive(),
+            keepalive_interval: endpoint.get_tcp_keepalive_interval(),
+            keepalive_retries: endpoint.get_tcp_keepalive_retries(),
+            user_timeout: settings.tcp.user_timeout,
         };
+        if let Some(keepalive) = settings.keepalive.as_mut() {
+            keepalive.time =
+                Duration::from_nanos(self.settings.keepalive_time.load(Ordering::Relaxed));
+        }
+        let attempt = conn::open(
+            address.addr,
+            endpoint.uri(),
+            &settings,
+            self.subchannel.load.clone(),
+            #[cfg(feature = "tls")]
+            self.settings.tls.clone(),
+        );
         // gRPC gives every attempt at least the minimum connect timeout, and longer
-        // once the backoff has grown past it.
-        let timeout = self
-            .settings
-            .min_connect_timeout
+        // once the backoff has grown past it; an endpoint's connect_timeout replaces
+        // the minimum.
+        let timeout = endpoint
+            .get_connect_timeout()
+            .unwrap_or(self.settings.min_connect_timeout)
             .max(self.backoff.current());
         match tokio::time::timeout(timeout, attempt).await {
-            Ok(Ok(channel)) => Ok(ReadyConn {
+            Ok(Ok(conn)) => Ok(ReadyConn {
                 subchannel: self.subchannel.clone(),
-                channel,
-                link,
+                conn,
             }),
             Ok(Err(error)) => Err(error),
             Err(_) => Err(format!("connect to {address}: timed out after {timeout:?}")),

@@ -1,12 +1,10 @@
 //! Turning transport failures into the `tonic::Status` a caller should see.
 //!
-//! tonic reports many connection failures as UNKNOWN or CANCELLED; for a client-side load
-//! balancer they are UNAVAILABLE (the backend could not be reached: retry elsewhere), and
-//! a client-side timeout is DEADLINE_EXCEEDED. This mapping follows grpc/grpc's
-//! PROTOCOL-HTTP2.md for HTTP/2 error codes.
+//! A broken or refused connection is UNAVAILABLE (the backend could not be reached:
+//! retry elsewhere), a client-side timeout DEADLINE_EXCEEDED, and an HTTP/2 reset code
+//! maps as grpc/grpc's PROTOCOL-HTTP2.md says.
 
 use crate::error::chain;
-use crate::subchannel::ConnectionClosed;
 use std::error::Error as StdError;
 use std::net::SocketAddr;
 use tonic::{Code, Status};
@@ -40,9 +38,6 @@ pub(crate) fn from_send_error(err: &(dyn StdError + 'static), addr: SocketAddr) 
         if let Some(status) = e.downcast_ref::<Status>() {
             return Status::new(status.code(), status.message());
         }
-        if e.is::<ConnectionClosed>() {
-            return Status::unavailable(format!("connection to {addr} is closed"));
-        }
         if e.is::<tonic::TimeoutExpired>() {
             return Status::deadline_exceeded(format!("deadline exceeded waiting for {addr}"));
         }
@@ -59,41 +54,6 @@ pub(crate) fn from_send_error(err: &(dyn StdError + 'static), addr: SocketAddr) 
     }
     // Anything else failed at the transport: the backend could not be reached.
     Status::unavailable(format!("error sending to {addr}: {}", chain(err)))
-}
-
-/// Whether a send error shows the server never processed the request: the connection
-/// no longer took requests when the call reached it, or the server refused the stream
-/// (REFUSED_STREAM, or a GOAWAY below the stream's id: HTTP/2 defines both as "not
-/// processed").
-pub(crate) fn never_processed(err: &(dyn StdError + 'static)) -> bool {
-    causes(err).any(|e| {
-        e.is::<ConnectionClosed>()
-            || refused_by_goaway(e)
-            || e.downcast_ref::<h2::Error>()
-                .is_some_and(|h2| h2.reason() == Some(h2::Reason::REFUSED_STREAM))
-    })
-}
-
-/// Maps an error status from a response body: tonic reports a broken connection under
-/// a stream as UNKNOWN; the caller should see UNAVAILABLE.
-pub(crate) fn from_body_error(status: Status, addr: SocketAddr) -> Status {
-    match status.code() {
-        Code::Unknown | Code::Cancelled | Code::Internal => {
-            let Some(source) = std::error::Error::source(&status) else {
-                return status;
-            };
-            if is_transport_error(source) {
-                from_send_error(source, addr)
-            } else {
-                status
-            }
-        }
-        _ => status,
-    }
-}
-
-fn is_transport_error(err: &(dyn StdError + 'static)) -> bool {
-    causes(err).any(|e| e.is::<hyper::Error>() || e.is::<h2::Error>() || e.is::<std::io::Error>())
 }
 
 /// PROTOCOL-HTTP2.md's table. `None` for reasons that say nothing specific (the
@@ -122,18 +82,6 @@ mod tests {
 
     fn addr() -> SocketAddr {
         "127.0.0.1:9".parse().unwrap()
-    }
-
-    #[test]
-    fn closed_connection_is_unavailable_and_never_processed() {
-        // As a connector returns it: the marker inside an io::Error, inside tonic's error.
-        let err = std::io::Error::new(std::io::ErrorKind::NotConnected, ConnectionClosed(addr()));
-        let status = from_send_error(&err, addr());
-        assert_eq!(status.code(), Code::Unavailable);
-        assert_eq!(status.message(), "connection to 127.0.0.1:9 is closed");
-        assert!(never_processed(&err));
-        let other = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
-        assert!(!never_processed(&other));
     }
 
     #[test]
@@ -166,21 +114,5 @@ mod tests {
             from_send_error(&inner, addr()).code(),
             Code::PermissionDenied
         );
-    }
-
-    #[test]
-    fn body_errors_from_the_transport_become_unavailable() {
-        // tonic wraps a broken connection under a body as UNKNOWN with the io error as source.
-        let from_io = Status::from_error(Box::new(std::io::Error::new(
-            std::io::ErrorKind::ConnectionReset,
-            "reset",
-        )));
-        assert_eq!(from_io.code(), Code::Unknown);
-        assert_eq!(from_body_error(from_io, addr()).code(), Code::Unavailable);
-        // Statuses the server sent are left alone.
-        let app = Status::internal("app said so");
-        assert_eq!(from_body_error(app, addr()).code(), Code::Internal);
-        let unknown = Status::unknown("no source");
-        assert_eq!(from_body_error(unknown, addr()).code(), Code::Unknown);
     }
 }
