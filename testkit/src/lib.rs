@@ -52,6 +52,7 @@ use pb::{
 
 mod conn;
 pub mod dns;
+pub mod faults;
 mod health;
 
 mod relay;

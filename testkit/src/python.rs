@@ -156,11 +156,21 @@ impl PythonPeer {
     /// If the environment cannot be created or the peer does not start; the message says
     /// why and what to do.
     pub fn start(server_id: &str) -> PythonPeer {
+        Self::start_on(server_id, 0)
+    }
+
+    /// The same on a given port (0: any), e.g. to restart a peer where it was.
+    ///
+    /// # Panics
+    ///
+    /// As [`PythonPeer::start`].
+    pub fn start_on(server_id: &str, port: u16) -> PythonPeer {
         let python = interpreter().unwrap_or_else(|why| panic!("python peer: {why}"));
         let script = python_dir().join("interop_server.py");
         let mut child = Command::new(&python)
             .arg(&script)
             .args(["--server-id", server_id])
+            .args(["--port", &port.to_string()])
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .env("PYTHONUNBUFFERED", "1")
             .stdin(Stdio::piped())
@@ -236,6 +246,23 @@ impl PythonPeer {
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
+
+    /// Freezes the process (SIGSTOP), as a hung server or a partition looks from the
+    /// client: its TCP connections stay open (the kernel still ACKs), nothing answers.
+    pub fn freeze(&self) {
+        signal(self.child.id(), "-STOP");
+    }
+
+    /// Resumes a frozen process (SIGCONT).
+    pub fn thaw(&self) {
+        signal(self.child.id(), "-CONT");
+    }
+
+    /// Kills the process at once (SIGKILL) and reaps it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for PythonPeer {
@@ -243,6 +270,15 @@ impl Drop for PythonPeer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Sends a signal with `kill(1)`, which every Unix has.
+fn signal(pid: u32, which: &str) {
+    let status = Command::new("kill")
+        .args([which, &pid.to_string()])
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run kill {which} {pid}: {e}"));
+    assert!(status.success(), "kill {which} {pid}: {status}");
 }
 
 /// Forwards each line of `from` to this process's stderr, prefixed with `tag`. The

@@ -175,6 +175,12 @@ pub struct Load {
     /// Whether calls time their round trip. Only peak_ewma reads the estimate, and two
     /// clock reads are most of what a call costs here, so other channels skip them.
     track_rtt: AtomicBool,
+    /// Connections this subchannel opened.
+    pub(crate) connections: AtomicU64,
+    /// HTTP/2 PINGs sent on this subchannel's connections.
+    pub(crate) pings: AtomicU64,
+    /// Connections declared dead for want of a PING ACK.
+    pub(crate) dead_connections: AtomicU64,
     /// Handles into the `metrics` facade, when this load belongs to a channel's endpoint.
     #[cfg(feature = "metrics")]
     pub(crate) exported: Option<exported::Endpoint>,
@@ -221,6 +227,9 @@ impl Load {
             outlier_signal: accounting.outliers.clone(),
             track_rtt: AtomicBool::new(params.is_some()),
             rtt: Ewma::new(params.unwrap_or_default()),
+            connections: AtomicU64::new(0),
+            pings: AtomicU64::new(0),
+            dead_connections: AtomicU64::new(0),
             #[cfg(feature = "metrics")]
             exported: None,
         }

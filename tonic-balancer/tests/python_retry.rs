@@ -185,3 +185,41 @@ async fn grpcio_streams_are_not_retried_after_headers() {
     })
     .await;
 }
+
+/// gRFC A6: a pick that fails because no backend is READY (the call is not
+/// wait-for-ready) is an attempt with status UNAVAILABLE, retried by the policy. A
+/// single grpcio backend restarted under a call with retries and an 8 s deadline: the
+/// call waits out its backoffs and succeeds once the backend is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_pick_is_an_attempt_the_retry_policy_retries() {
+    let peer = PythonPeer::start("python");
+    let port = peer.addr().port();
+    within(async {
+        let channel = BalancedChannel::builder(&target([peer.addr()]))
+            .service_config_json(&config(5, "0.3s"))
+            .unwrap()
+            .connection_backoff(fast_backoff())
+            .build()
+            .unwrap();
+        wait_ready(&channel, 1).await;
+        peer.kill();
+        // Every connection attempt is refused now: the channel fails fast.
+        channel
+            .wait_for(|subs| subs[0].state == tonic_balancer::ConnectivityState::TransientFailure)
+            .await;
+        let mut client = Client::new(channel.clone());
+        let call = tokio::spawn(async move {
+            let mut request = scripted(&[]);
+            request.set_timeout(Duration::from_secs(8));
+            client.unary_call(request).await
+        });
+        // The backend comes back on the same port while the call backs off.
+        let restarted = tokio::task::spawn_blocking(move || PythonPeer::start_on("python", port))
+            .await
+            .unwrap();
+        let response = call.await.unwrap().expect("the call outlives the restart");
+        assert_eq!(response.get_ref().server_id, "python");
+        drop(restarted);
+    })
+    .await;
+}

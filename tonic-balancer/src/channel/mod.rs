@@ -401,11 +401,19 @@ impl Inner {
         }
         let first = picker.pick(&snapshot.ready) % conns.len();
         // A connection that ended a moment ago may still be in this snapshot; take the
-        // next live one rather than send a call into a closed connection.
-        (0..conns.len())
-            .map(|k| &conns[(first + k) % conns.len()])
-            .find(|r| r.is_up())
-            .cloned()
+        // next live one rather than send a call into a closed connection. One whose
+        // liveness check is out (a PING unanswered) is taken only if no other will do.
+        let mut fallback = None;
+        for k in 0..conns.len() {
+            let conn = &conns[(first + k) % conns.len()];
+            if conn.is_trusted() {
+                return Some(conn.clone());
+            }
+            if fallback.is_none() && conn.is_up() {
+                fallback = Some(conn);
+            }
+        }
+        fallback.cloned()
     }
 
     /// Queues until a pick succeeds, the channel fails (without wait-for-ready), or the

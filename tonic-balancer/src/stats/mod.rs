@@ -299,6 +299,12 @@ pub struct EndpointSnapshot {
     pub ejections: u64,
     /// Its peak-EWMA round-trip estimate, on channels with a peak_ewma policy.
     pub rtt: Option<Duration>,
+    /// Connections opened to it (each one READY at least once).
+    pub connections: u64,
+    /// HTTP/2 PINGs sent on its connections (liveness checks and keepalive).
+    pub pings: u64,
+    /// Its connections declared dead for want of a PING ACK.
+    pub dead_connections: u64,
 }
 
 impl MethodStats {

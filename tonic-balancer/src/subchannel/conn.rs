@@ -11,7 +11,7 @@
 //! and which requests the server never saw (REFUSED_STREAM, streams above a GOAWAY's
 //! last stream id), the material of transparent retries.
 
-use super::connector::{self, GoAway, Link, PrefaceResult, Tap, TcpOptions};
+use super::connector::{self, GoAway, Link, PrefaceResult, Tap, TcpOptions, Watchers};
 use crate::load::Load;
 use bytes::Bytes;
 use h2::client::SendRequest;
@@ -443,12 +443,16 @@ pub(crate) async fn open(
     let tap = Arc::new(Tap::default());
     let (preface_tx, mut preface) = watch::channel::<PrefaceResult>(None);
     let start = Instant::now();
+    let watchers = Watchers {
+        link: link.clone(),
+        preface: preface_tx,
+        tap: tap.clone(),
+        load: load.clone(),
+    };
     let io = connector::connect(
         addr,
         settings.tcp,
-        link.clone(),
-        preface_tx,
-        tap.clone(),
+        watchers,
         #[cfg(feature = "tls")]
         tls,
     )
@@ -536,7 +540,9 @@ async fn drive(
     watched: Watched,
 ) {
     tokio::pin!(connection);
-    let mut tick = Box::pin(tokio::time::sleep(monitor.period(0)));
+    let mut tick = Box::pin(tokio::time::sleep(
+        monitor.next_tick(Instant::now(), Observed::default()),
+    ));
     loop {
         let awaiting_pong = monitor.awaiting_pong();
         tokio::select! {
@@ -552,6 +558,7 @@ async fn drive(
             }) => {
                 if pong {
                     monitor.on_pong(Instant::now(), watched.load.started());
+                    watched.link.suspect(false);
                 } else {
                     break;
                 }
@@ -562,7 +569,9 @@ async fn drive(
                     bytes: watched.tap.bytes(),
                     answers: watched.tap.answers(),
                     started: watched.load.started(),
+                    started_at_read: watched.tap.started_at_read(),
                     in_flight: watched.load.in_flight(),
+                    last_read: Some(watched.tap.last_read()),
                 };
                 match monitor.tick(now, observed) {
                     Action::Wait => {}
@@ -570,17 +579,26 @@ async fn drive(
                         let sent = ping_pong
                             .as_mut()
                             .is_some_and(|pp| pp.send_ping(h2::Ping::opaque()).is_ok());
-                        if !sent {
+                        if sent {
+                            watched.load.pings.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            // No new calls here until it answers, if another
+                            // subchannel can take them.
+                            watched.link.suspect(true);
+                        } else {
                             monitor.ping_not_sent();
                         }
                     }
                     Action::Dead(why) => {
                         tracing::debug!(addr = %watched.addr, %why, "connection declared dead");
+                        watched
+                            .load
+                            .dead_connections
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         watched.tap.set_ended(format!("{}: {why}", watched.addr));
                         break;
                     }
                 }
-                tick.as_mut().reset(now + monitor.period(observed.in_flight));
+                tick.as_mut().reset(now + monitor.next_tick(now, observed));
             }
         }
     }
@@ -599,6 +617,11 @@ pub(crate) struct Observed {
     pub(crate) answers: u64,
     /// Calls started on the subchannel so far.
     pub(crate) started: u64,
+    /// `started` when bytes were last read.
+    pub(crate) started_at_read: u64,
+    /// When bytes were last read, if the connection knows (else the tick that first
+    /// saw `bytes` change stands for it).
+    pub(crate) last_read: Option<Instant>,
     pub(crate) in_flight: usize,
 }
 
@@ -620,9 +643,9 @@ enum PingKind {
 /// The liveness state machine of one connection, driven by ticks and PING ACKs, with
 /// no IO of its own (the connection task does the IO; the tests drive it directly).
 ///
-/// - **Liveness** (on by default): when calls are outstanding, calls were started since
-///   the last byte arrived, and nothing has arrived for `silence`, send one PING; no
-///   ACK within `silence` → dead. `silence` = max(floor, factor × smoothed RTT), the RTT
+/// - **Liveness** (on by default): when calls were started since the last byte
+///   arrived (still out, or given up on by the client), and nothing has arrived for
+///   `silence`, send one PING; no ACK within `silence` → dead. `silence` = max(floor, factor × smoothed RTT), the RTT
 ///   sampled from the connect handshake and then from every ACK. An ACK clears
 ///   suspicion until new calls are started.
 /// - **Ping policing** (gRFC A8; grpc-go and C-core servers): a PING is a strike unless
@@ -638,7 +661,7 @@ pub(crate) struct Monitor {
     srtt: Duration,
     last_bytes: u64,
     last_read: Instant,
-    /// `started` when bytes last arrived.
+    /// Calls started when bytes last arrived (as the reads themselves recorded it).
     started_at_read: u64,
     /// `started` at the last ACK: no liveness PING until calls start after it.
     started_at_ack: Option<u64>,
@@ -684,11 +707,12 @@ impl Monitor {
             .map(|l| l.floor.max(self.srtt.saturating_mul(l.rtt_factor)))
     }
 
-    /// How long until the next tick: a quarter of the silence while calls are out or a
-    /// PING is, else the whole silence (an idle connection costs one wake-up per
-    /// silence); keepalive's own period when it is shorter.
-    pub(crate) fn period(&self, in_flight: usize) -> Duration {
-        let busy = in_flight > 0 || self.ping.is_some();
+    /// How long until the next tick: a quarter of the silence while calls are out,
+    /// unanswered or a PING is, else the whole silence (an idle connection costs one
+    /// wake-up per silence); keepalive's own period when it is shorter.
+    pub(crate) fn period(&self, seen: Observed) -> Duration {
+        let busy =
+            seen.in_flight > 0 || seen.started != seen.started_at_read || self.ping.is_some();
         let liveness = self.silence().map(|s| if busy { s / 4 } else { s });
         let keepalive = self
             .keepalive
@@ -700,6 +724,23 @@ impl Monitor {
             .min()
             .unwrap_or(Duration::from_secs(3600))
             .max(Duration::from_millis(1))
+    }
+
+    /// How long until the next tick: [`Monitor::period`], or sooner if a PING's wait
+    /// for its ACK ends sooner.
+    pub(crate) fn next_tick(&self, now: Instant, seen: Observed) -> Duration {
+        let period = self.period(seen);
+        match self.ping {
+            Some((sent, kind)) => {
+                let wait = match kind {
+                    PingKind::Liveness => self.silence().unwrap_or(Duration::MAX),
+                    PingKind::Keepalive => self.keepalive.map_or(Duration::MAX, |k| k.timeout),
+                };
+                let left = (sent + wait).saturating_duration_since(now);
+                period.min(left.max(Duration::from_millis(1)))
+            }
+            None => period,
+        }
     }
 
     pub(crate) fn awaiting_pong(&self) -> bool {
@@ -724,8 +765,8 @@ impl Monitor {
     pub(crate) fn tick(&mut self, now: Instant, seen: Observed) -> Action {
         if seen.bytes != self.last_bytes {
             self.last_bytes = seen.bytes;
-            self.last_read = now;
-            self.started_at_read = seen.started;
+            self.last_read = seen.last_read.unwrap_or(now).min(now);
+            self.started_at_read = seen.started_at_read;
         }
         let quiet = now.saturating_duration_since(self.last_read);
         if let Some((sent, kind)) = self.ping {
@@ -751,8 +792,9 @@ impl Monitor {
         let Some(silence) = self.silence() else {
             return Action::Wait;
         };
-        let suspicious = seen.in_flight > 0
-            && quiet >= silence
+        // Calls were sent since the server last said anything (whether they are still
+        // out or the client gave up on them), and it has been quiet for a while.
+        let suspicious = quiet >= silence
             && seen.started != self.started_at_read
             && self.started_at_ack != Some(seen.started);
         if !suspicious {
@@ -795,12 +837,15 @@ mod tests {
         })
     }
 
-    fn busy(bytes: u64, answers: u64, started: u64) -> Observed {
+    /// A call out, `started` calls so far, the last read having seen `read_started`.
+    fn busy_since(bytes: u64, answers: u64, started: u64, read_started: u64) -> Observed {
         Observed {
             bytes,
             answers,
             started,
+            started_at_read: read_started,
             in_flight: 1,
+            last_read: None,
         }
     }
 
@@ -844,7 +889,7 @@ mod tests {
         // Answers until tick 4, then nothing while calls keep being started.
         let actions = run(&mut m, start, 20, |i| {
             let read = u64::from(i.min(4));
-            busy(100 * read, read, u64::from(i))
+            busy_since(100 * read, read, u64::from(i), u64::from(i.min(4)))
         });
         // Last byte at tick 4 (1 s); PING after 1 s of silence; dead 1 s later.
         assert_eq!(actions[0], (8, Action::Ping));
@@ -866,7 +911,10 @@ mod tests {
                 bytes: 100 + 17 * acked,
                 answers: 1,
                 started: u64::from(i >= 3),
+                // The ACK is read after the call started.
+                started_at_read: u64::from(acked > 0),
                 in_flight: usize::from(i >= 3),
+                last_read: None,
             };
             let action = m.tick(now, seen);
             if action == Action::Ping {
@@ -887,7 +935,7 @@ mod tests {
     fn a_call_started_before_the_last_read_draws_no_ping() {
         let start = Instant::now();
         let mut m = Monitor::new(liveness(), None, MS, start);
-        let actions = run(&mut m, start, 40, |_| busy(100, 1, 1));
+        let actions = run(&mut m, start, 40, |_| busy_since(100, 1, 1, 1));
         assert!(actions.is_empty(), "{actions:?}");
     }
 
@@ -901,7 +949,7 @@ mod tests {
         let mut bytes = 100;
         for i in 1..=400u32 {
             let now = start + 250 * MS * i;
-            let seen = busy(bytes, 1, u64::from(i));
+            let seen = busy_since(bytes, 1, u64::from(i), u64::from(i.saturating_sub(1)));
             if m.tick(now, seen) == Action::Ping {
                 pings += 1;
                 bytes += 17;
@@ -917,8 +965,17 @@ mod tests {
         let mut m = Monitor::new(liveness(), None, MS, start);
         let actions = run(&mut m, start, 100, |_| Observed::default());
         assert!(actions.is_empty(), "{actions:?}");
-        assert_eq!(m.period(0), SEC);
-        assert_eq!(m.period(3), 250 * MS);
+        assert_eq!(m.period(Observed::default()), SEC);
+        assert_eq!(m.period(busy_since(0, 0, 3, 3)), 250 * MS);
+        assert_eq!(
+            m.period(Observed {
+                started: 4,
+                started_at_read: 3,
+                ..Observed::default()
+            }),
+            250 * MS,
+            "a call sent and not answered keeps the check busy"
+        );
     }
 
     #[test]

@@ -6,12 +6,13 @@
 //! the connection), TLS when configured, [`ConnIo`] (the server's HTTP/2 preface and a
 //! [`Tap`] on its frames), h2.
 
+use crate::load::Load;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -19,19 +20,45 @@ use tokio::sync::{Notify, watch};
 
 /// The liveness of one HTTP/2 connection, shared by its IO, its subchannel worker and
 /// the call path (which skips a subchannel whose link is down before the picker is rebuilt).
+///
+/// While its liveness check waits for a PING ACK the link is *suspect*: calls go to
+/// other subchannels if any is usable, so a frozen peer gets no new calls while the
+/// check runs.
 #[derive(Debug, Default)]
 pub(crate) struct Link {
-    down: AtomicBool,
+    /// [`UP`], [`SUSPECT`] or [`DOWN`].
+    state: AtomicU8,
     notify: Notify,
 }
 
+const UP: u8 = 0;
+const SUSPECT: u8 = 1;
+const DOWN: u8 = 2;
+
 impl Link {
     pub(crate) fn is_up(&self) -> bool {
-        !self.down.load(Ordering::Acquire)
+        self.state.load(Ordering::Acquire) != DOWN
+    }
+
+    /// Up and not under suspicion.
+    pub(crate) fn is_trusted(&self) -> bool {
+        self.state.load(Ordering::Acquire) == UP
+    }
+
+    /// Marks the link suspect (a PING is out) or trusted again (its ACK came).
+    pub(crate) fn suspect(&self, suspect: bool) {
+        let (from, to) = if suspect {
+            (UP, SUSPECT)
+        } else {
+            (SUSPECT, UP)
+        };
+        let _ = self
+            .state
+            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire);
     }
 
     pub(crate) fn close(&self) {
-        if !self.down.swap(true, Ordering::AcqRel) {
+        if self.state.swap(DOWN, Ordering::AcqRel) != DOWN {
             self.notify.notify_waiters();
         }
     }
@@ -89,14 +116,24 @@ impl TcpOptions {
     }
 }
 
+/// Who hears what a connection's bytes show.
+pub(crate) struct Watchers {
+    /// Taken down when the connection ends or the server sends GOAWAY.
+    pub(crate) link: Arc<Link>,
+    /// The verdict on the server's preface.
+    pub(crate) preface: watch::Sender<PrefaceResult>,
+    /// Counts of what the server sent.
+    pub(crate) tap: Arc<Tap>,
+    /// The subchannel's load: which calls had started when bytes arrived.
+    pub(crate) load: Arc<Load>,
+}
+
 /// Opens one connection: TCP (with `tcp`), then TLS when configured, under [`ConnIo`],
-/// which reports the server's preface on `preface` and its frames on `tap`.
+/// which reports to `watchers`.
 pub(crate) async fn connect(
     addr: SocketAddr,
     tcp: TcpOptions,
-    link: Arc<Link>,
-    preface: watch::Sender<PrefaceResult>,
-    tap: Arc<Tap>,
+    watchers: Watchers,
     #[cfg(feature = "tls")] tls: Option<crate::tls::TlsConnect>,
 ) -> io::Result<ConnIo> {
     let stream = TcpStream::connect(addr)
@@ -105,21 +142,15 @@ pub(crate) async fn connect(
     tcp.apply(&stream)?;
     let tracked = TrackedIo {
         io: stream,
-        link: link.clone(),
+        link: watchers.link.clone(),
     };
     #[cfg(feature = "tls")]
     if let Some(tls) = tls {
         let stream = tls.handshake(tracked, addr).await?;
         let io = Transport::Tls(Box::new(stream));
-        return Ok(ConnIo::new(io, addr, preface, tap, link));
+        return Ok(ConnIo::new(io, addr, watchers));
     }
-    Ok(ConnIo::new(
-        Transport::Plain(tracked),
-        addr,
-        preface,
-        tap,
-        link,
-    ))
+    Ok(ConnIo::new(Transport::Plain(tracked), addr, watchers))
 }
 
 /// The byte stream HTTP/2 runs over.
@@ -196,13 +227,19 @@ impl AsyncWrite for Transport {
 /// Written only by the connection's own reads (the task that drives it); read by the
 /// monitor and the subchannel worker. h2 has no hook for received frames, so
 /// [`ConnIo`] walks the frame headers of every byte it reads.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Tap {
+    /// The origin of [`Tap::last_read`].
+    epoch: tokio::time::Instant,
+    /// When bytes were last read, in nanoseconds since `epoch`.
+    last_read: AtomicU64,
     /// Bytes read from the server so far.
     bytes: AtomicU64,
     /// HEADERS and DATA frames received: the server answering calls, which is also
     /// what resets a gRPC server's count of ping strikes.
     answers: AtomicU64,
+    /// Calls started on the subchannel when bytes were last read.
+    started_at_read: AtomicU64,
     /// The latest GOAWAY: a graceful shutdown sends two, the second with the real
     /// last stream id.
     goaway: std::sync::Mutex<Option<GoAway>>,
@@ -231,13 +268,36 @@ impl GoAway {
 /// The debug data kept of a GOAWAY.
 const GOAWAY_DEBUG_LIMIT: usize = 256;
 
+impl Default for Tap {
+    fn default() -> Self {
+        Self {
+            epoch: tokio::time::Instant::now(),
+            last_read: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            answers: AtomicU64::new(0),
+            started_at_read: AtomicU64::new(0),
+            goaway: std::sync::Mutex::new(None),
+            ended: OnceLock::new(),
+        }
+    }
+}
+
 impl Tap {
+    /// When bytes were last read (the connection's start if none were).
+    pub(crate) fn last_read(&self) -> tokio::time::Instant {
+        self.epoch + std::time::Duration::from_nanos(self.last_read.load(Ordering::Relaxed))
+    }
+
     pub(crate) fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
     }
 
     pub(crate) fn answers(&self) -> u64 {
         self.answers.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn started_at_read(&self) -> u64 {
+        self.started_at_read.load(Ordering::Relaxed)
     }
 
     /// The latest GOAWAY the server sent, if any.
@@ -364,24 +424,20 @@ pub(crate) struct ConnIo {
     events: Vec<FrameEvent>,
     tap: Arc<Tap>,
     link: Arc<Link>,
+    load: Arc<Load>,
 }
 
 impl ConnIo {
-    fn new(
-        io: Transport,
-        addr: SocketAddr,
-        preface: watch::Sender<PrefaceResult>,
-        tap: Arc<Tap>,
-        link: Arc<Link>,
-    ) -> Self {
+    fn new(io: Transport, addr: SocketAddr, watchers: Watchers) -> Self {
         Self {
             io,
             addr,
-            preface: Some(preface),
+            preface: Some(watchers.preface),
             reader: FrameReader::default(),
             events: Vec::new(),
-            tap,
-            link,
+            tap: watchers.tap,
+            link: watchers.link,
+            load: watchers.load,
         }
     }
 
@@ -415,6 +471,15 @@ impl ConnIo {
         self.tap
             .bytes
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        self.tap
+            .started_at_read
+            .store(self.load.started(), Ordering::Relaxed);
+        // One clock read per read call (not per frame), for the liveness check.
+        let since = tokio::time::Instant::now().saturating_duration_since(self.tap.epoch);
+        self.tap.last_read.store(
+            u64::try_from(since.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         let tls = self.io.is_tls();
         let mut events = std::mem::take(&mut self.events);
         self.reader.feed(bytes, addr, tls, &mut events);
@@ -619,12 +684,16 @@ mod tests {
     ) -> (ConnIo, watch::Receiver<PrefaceResult>, Arc<Tap>) {
         let (preface_tx, preface) = watch::channel(None);
         let tap = Arc::new(Tap::default());
+        let watchers = Watchers {
+            link,
+            preface: preface_tx,
+            tap: tap.clone(),
+            load: Arc::new(Load::new()),
+        };
         let io = connect(
             addr,
             TcpOptions::default(),
-            link,
-            preface_tx,
-            tap.clone(),
+            watchers,
             #[cfg(feature = "tls")]
             None,
         )

@@ -92,6 +92,9 @@ impl Subchannel {
             errors: self.load.errors(),
             ejections: self.ejections.load(Ordering::Relaxed),
             rtt: self.load.tracks_rtt().then(|| self.load.rtt()),
+            connections: self.load.connections.load(Ordering::Relaxed),
+            pings: self.load.pings.load(Ordering::Relaxed),
+            dead_connections: self.load.dead_connections.load(Ordering::Relaxed),
         }
     }
 
@@ -140,6 +143,11 @@ impl ReadyConn {
     /// that just ended; the channel skips such a subchannel.
     pub(crate) fn is_up(&self) -> bool {
         self.conn.link.is_up()
+    }
+
+    /// Up, and not waiting for the answer to a liveness PING.
+    pub(crate) fn is_trusted(&self) -> bool {
+        self.conn.link.is_trusted()
     }
 
     /// Sends a request on this subchannel's connection.
@@ -440,10 +448,16 @@ impl Worker {
             .unwrap_or(self.settings.min_connect_timeout)
             .max(self.backoff.current());
         match tokio::time::timeout(timeout, attempt).await {
-            Ok(Ok(conn)) => Ok(ReadyConn {
-                subchannel: self.subchannel.clone(),
-                conn,
-            }),
+            Ok(Ok(conn)) => {
+                self.subchannel
+                    .load
+                    .connections
+                    .fetch_add(1, Ordering::Relaxed);
+                Ok(ReadyConn {
+                    subchannel: self.subchannel.clone(),
+                    conn,
+                })
+            }
             Ok(Err(error)) => Err(error),
             Err(_) => Err(format!("connect to {address}: timed out after {timeout:?}")),
         }
