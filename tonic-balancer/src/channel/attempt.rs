@@ -143,7 +143,7 @@ impl Call<'_> {
         let request = http::Request::from_parts(head, body);
 
         let addr = ready.subchannel.address.addr;
-        let mut guard = CallGuard::new(ready.subchannel.load.clone());
+        let mut guard = CallGuard::new(ready.subchannel.load.clone()).with_deadline(self.deadline);
         let mut channel = ready.channel;
         let send = async {
             tower::ServiceExt::ready(&mut channel).await?;

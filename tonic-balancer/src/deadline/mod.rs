@@ -50,6 +50,20 @@ tokio::task_local! {
     static INHERITED: Option<Instant>;
 }
 
+/// About 30 years, tokio's own "far future": what a timer set further away than the
+/// clock can count (`Duration::MAX`) waits instead. Nothing observable happens later.
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+
+/// `instant + duration`, saturating where the sum would overflow `Instant` (which
+/// panics): any duration a user can set, up to `Duration::MAX`, is then a valid (if
+/// distant) point in time.
+pub(crate) fn saturating_add(instant: Instant, duration: Duration) -> Instant {
+    instant
+        .checked_add(duration)
+        .or_else(|| instant.checked_add(FAR_FUTURE))
+        .unwrap_or(instant)
+}
+
 /// The deadline inherited from the request being handled, if any.
 pub fn current() -> Option<Instant> {
     INHERITED.try_with(|d| *d).ok().flatten()
