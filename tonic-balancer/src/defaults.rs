@@ -126,6 +126,10 @@ pub const DEFAULT_DNS_MIN_RE_RESOLVE_INTERVAL: Duration = Duration::from_secs(30
 pub const DEFAULT_DNS_RETRY_BASE_DELAY: Duration = Duration::from_secs(1);
 /// Default `DnsOptions::retry_max_delay`: 120 s, gRPC's longest backoff delay.
 pub const DEFAULT_DNS_RETRY_MAX_DELAY: Duration = Duration::from_secs(120);
+/// The longest `DnsOptions::query_timeout` accepted: 1 h. hickory adds the timeout to
+/// the current instant, which overflows (a panic in its task) for values near
+/// `Duration::MAX`; no DNS answer is worth waiting an hour for.
+pub const MAX_DNS_QUERY_TIMEOUT: Duration = Duration::from_secs(3600);
 
 // === Per-call credentials ===
 

@@ -465,7 +465,7 @@ impl Builder {
             outliers,
             panic_threshold: self.panic_threshold,
         };
-        runtime.spawn(control.run(stop_rx));
+        runtime.spawn(control.supervise(stop_rx));
         Ok(BalancedChannel {
             inner: Arc::new(Inner {
                 shared,

@@ -119,8 +119,26 @@ struct State {
 }
 
 impl Control {
+    /// Runs the control task, and if it panics (a bug here, or in a custom resolver)
+    /// publishes a SHUTDOWN snapshot that names the panic: calls fail with it at once
+    /// rather than queue for a publish that will never come.
+    pub(crate) async fn supervise(self, stop: oneshot::Receiver<()>) {
+        let shared = self.shared.clone();
+        let target = self.target.clone();
+        if let Err(why) = crate::error::catch_panic(self.run(stop)).await {
+            let why = format!("the channel's control task {why}");
+            tracing::error!(%target, error = %why, "channel stopped");
+            shared.snapshot.store(Arc::new(Snapshot {
+                state: ConnectivityState::Shutdown,
+                error: Some(why),
+                ..Snapshot::initial()
+            }));
+            shared.published.send_replace(());
+        }
+    }
+
     /// Runs until `stop` fires or is dropped (the last channel handle is gone).
-    pub(crate) async fn run(mut self, mut stop: oneshot::Receiver<()>) {
+    async fn run(mut self, mut stop: oneshot::Receiver<()>) {
         let (events_tx, mut events) = mpsc::unbounded_channel();
         let mut state = State {
             order: Vec::new(),
@@ -133,7 +151,12 @@ impl Control {
             published_state: ConnectivityState::Idle,
         };
         let mut resolver_done = false;
-        let interval = self.outliers.as_ref().map(|o| o.config.interval);
+        // tokio's interval adds its period to the clock, which overflows for
+        // `Duration::MAX`: a period beyond ~30 years is the same as never.
+        let interval = self
+            .outliers
+            .as_ref()
+            .map(|o| o.config.interval.min(crate::deadline::FAR_FUTURE));
         let mut outlier_tick = tokio::time::interval(interval.unwrap_or(Duration::from_secs(3600)));
         outlier_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         outlier_tick.reset();

@@ -383,7 +383,7 @@ impl Inner {
                         describe_error(&snapshot)
                     )));
                 }
-                ConnectivityState::Shutdown => return Err(self.shut_down()),
+                ConnectivityState::Shutdown => return Err(self.shut_down(&snapshot)),
                 _ => {}
             }
             let changed = published.changed();
@@ -395,7 +395,7 @@ impl Inner {
                 None => changed.await,
             };
             if outcome.is_err() {
-                return Err(self.shut_down());
+                return Err(self.shut_down(&self.shared.snapshot.load()));
             }
         }
     }
@@ -413,8 +413,14 @@ impl Inner {
         ))
     }
 
-    fn shut_down(&self) -> Status {
-        Status::unavailable(format!("channel to {} is shut down", self.target))
+    /// The channel has stopped; the snapshot says why if it did not stop normally.
+    fn shut_down(&self, snapshot: &Snapshot) -> Status {
+        match &snapshot.error {
+            Some(why) => {
+                Status::unavailable(format!("channel to {} is shut down: {why}", self.target))
+            }
+            None => Status::unavailable(format!("channel to {} is shut down", self.target)),
+        }
     }
 }
 

@@ -87,8 +87,18 @@ impl Token {
     }
 
     /// A token valid for `lifetime` from now (the `expires_in` of an OAuth 2 response).
+    /// A lifetime too long for the clock (`Duration::MAX`) saturates to decades.
     pub fn expires_in(value: impl Into<String>, lifetime: Duration) -> Self {
-        Self::new(value, Instant::now() + lifetime)
+        Self::new(value, crate::deadline::after(lifetime))
+    }
+
+    /// A token valid for `seconds` from now, as an OAuth 2 response's `expires_in`
+    /// says it (a JSON integer, which a faulty server can send negative or huge). Zero
+    /// or negative: already expired, so the fetch counts as failed and is retried after
+    /// [`RefreshPolicy::retry_delay`]; huge: saturates.
+    pub fn expires_in_secs(value: impl Into<String>, seconds: i64) -> Self {
+        let lifetime = Duration::from_secs(u64::try_from(seconds).unwrap_or(0));
+        Self::expires_in(value, lifetime)
     }
 
     /// A token that never expires: fetched once, never refreshed.
@@ -301,7 +311,7 @@ where
 fn call_deadline(headers: &http::HeaderMap) -> Option<Instant> {
     let own = crate::deadline::request_timeout(headers)
         .and_then(Result::ok)
-        .map(|timeout| Instant::now() + timeout);
+        .map(crate::deadline::after);
     [crate::deadline::current(), own]
         .into_iter()
         .flatten()

@@ -52,7 +52,7 @@ tokio::task_local! {
 
 /// About 30 years, tokio's own "far future": what a timer set further away than the
 /// clock can count (`Duration::MAX`) waits instead. Nothing observable happens later.
-const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+pub(crate) const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
 
 /// `instant + duration`, saturating where the sum would overflow `Instant` (which
 /// panics): any duration a user can set, up to `Duration::MAX`, is then a valid (if
@@ -62,6 +62,11 @@ pub(crate) fn saturating_add(instant: Instant, duration: Duration) -> Instant {
         .checked_add(duration)
         .or_else(|| instant.checked_add(FAR_FUTURE))
         .unwrap_or(instant)
+}
+
+/// `Instant::now() + duration`, saturating (see [`saturating_add`]).
+pub(crate) fn after(duration: Duration) -> Instant {
+    saturating_add(Instant::now(), duration)
 }
 
 /// The deadline inherited from the request being handled, if any.

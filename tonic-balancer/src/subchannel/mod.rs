@@ -205,7 +205,22 @@ pub(crate) fn spawn(
         events,
         want: want_rx,
     };
-    tokio::spawn(worker.run(stop_rx));
+    let (subchannel, events) = (worker.subchannel.clone(), worker.events.clone());
+    tokio::spawn(async move {
+        // A panicking worker leaves its subchannel in TRANSIENT_FAILURE naming the
+        // panic, so calls fail with it (as for any unreachable backend) instead of
+        // queueing behind a CONNECTING state that will never change.
+        if let Err(why) = crate::error::catch_panic(worker.run(stop_rx)).await {
+            let why = format!("the worker of subchannel {} {why}", subchannel.address);
+            tracing::error!(error = %why, "subchannel worker stopped");
+            subchannel.set_state(ConnectivityState::TransientFailure);
+            let update = Update::Failed(why);
+            let _ = events.send(Event {
+                id: subchannel.id,
+                update,
+            });
+        }
+    });
     WorkerHandle {
         want: want_tx,
         _stop: stop_tx,

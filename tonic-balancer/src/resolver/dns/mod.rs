@@ -158,6 +158,16 @@ impl DnsOptions {
         if self.query_timeout.is_some_and(|t| t.is_zero()) {
             return Err(invalid("query_timeout", "must be > 0"));
         }
+        if self
+            .query_timeout
+            .is_some_and(|t| t > crate::defaults::MAX_DNS_QUERY_TIMEOUT)
+        {
+            let max = crate::defaults::MAX_DNS_QUERY_TIMEOUT;
+            return Err(invalid(
+                "query_timeout",
+                &format!("must be at most {max:?} (hickory adds it to the clock)"),
+            ));
+        }
         Ok(Timing {
             min_refresh: self.min_refresh,
             max_refresh: self.max_refresh,

@@ -18,6 +18,7 @@
 
 use super::super::{Address, Resolution, ResolveError};
 use crate::backoff::{Backoff, BackoffParams};
+use crate::deadline::saturating_add;
 use rand::{SeedableRng, rngs::SmallRng};
 use std::fmt;
 use std::future::Future;
@@ -145,7 +146,7 @@ impl Schedule {
             return scheduled;
         }
         let allowed = match self.last_start {
-            Some(start) => start + self.timing.min_re_resolve_interval,
+            Some(start) => saturating_add(start, self.timing.min_re_resolve_interval),
             None => now,
         };
         scheduled.min(allowed)
@@ -160,7 +161,7 @@ impl Schedule {
                 let wait = found
                     .ttl
                     .clamp(self.timing.min_refresh, self.timing.max_refresh);
-                self.next = Some(now + wait);
+                self.next = Some(saturating_add(now, wait));
                 let addrs = dedup(found.addrs);
                 let mut key: Vec<_> = addrs.iter().map(|a| (a.addr, a.weight)).collect();
                 key.sort_unstable();
@@ -171,11 +172,11 @@ impl Schedule {
                 Some(Ok(addrs))
             }
             Ok(_) => {
-                self.next = Some(now + self.backoff.next_delay(&mut self.rng));
+                self.next = Some(saturating_add(now, self.backoff.next_delay(&mut self.rng)));
                 Some(Err(ResolveError::new("the DNS lookup found no addresses")))
             }
             Err(error) => {
-                self.next = Some(now + self.backoff.next_delay(&mut self.rng));
+                self.next = Some(saturating_add(now, self.backoff.next_delay(&mut self.rng)));
                 Some(Err(error))
             }
         }
