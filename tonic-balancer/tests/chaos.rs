@@ -89,12 +89,12 @@ async fn serve_h2(socket: tokio::net::TcpStream) {
     let mut streams = 0u64;
     while let Some(Ok((request, mut respond))) = conn.accept().await {
         streams += 1;
-        if streams % 7 == 0 {
+        if streams.is_multiple_of(7) {
             respond.send_reset(h2::Reason::REFUSED_STREAM);
             REFUSED.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        if streams % 40 == 0 {
+        if streams.is_multiple_of(40) {
             conn.graceful_shutdown();
             GOAWAYS.fetch_add(1, Ordering::Relaxed);
         }
