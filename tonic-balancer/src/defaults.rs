@@ -86,6 +86,28 @@ pub const DEFAULT_BUDGET_MIN_PER_SEC: u32 = 10;
 /// may add 20 % to the calls made.
 pub const DEFAULT_BUDGET_RATIO: f64 = 0.2;
 
+// === Statistics ===
+
+/// Default [`Builder::stats_method_limit`](crate::Builder::stats_method_limit): 256
+/// methods get figures (and exported label sets) of their own per channel. A client of a
+/// few services calls tens of methods; the bound is for channels whose method paths
+/// come from outside (a gateway), where each new path would otherwise add a map entry
+/// and up to 17 `grpc_client_calls_total` series for ever.
+pub const DEFAULT_STATS_METHOD_LIMIT: usize = 256;
+
+// === Resolution ===
+
+/// The most addresses a channel takes from one resolver update; the rest are dropped
+/// with a warning. Each address is a subchannel with a task and a connection, so a
+/// resolver (or a DNS answer) listing millions must not make millions of them.
+pub const MAX_ADDRESSES: usize = 10_000;
+/// The most SRV records of one answer whose targets are looked up; the rest are
+/// ignored. RFC 2782 answers list a handful; this bounds the work a hostile or broken
+/// DNS server can cause.
+pub const MAX_SRV_TARGETS: usize = 256;
+/// How many SRV target lookups run at once.
+pub const MAX_CONCURRENT_SRV_LOOKUPS: usize = 8;
+
 // === Outlier detection (gRFC A50) and health ===
 
 /// Default [`OutlierDetection::interval`](crate::health::OutlierDetection::interval):

@@ -130,6 +130,7 @@ pub struct Builder {
     #[cfg(feature = "dns")]
     dns_options: crate::resolver::DnsOptions,
     sensitive: Vec<String>,
+    stats_method_limit: usize,
 }
 
 impl Builder {
@@ -163,6 +164,7 @@ impl Builder {
             #[cfg(feature = "dns")]
             dns_options: crate::resolver::DnsOptions::default(),
             sensitive: Vec::new(),
+            stats_method_limit: crate::defaults::DEFAULT_STATS_METHOD_LIMIT,
         }
     }
 
@@ -347,6 +349,15 @@ impl Builder {
         self
     }
 
+    /// How many methods get figures of their own in [`BalancedChannel::stats`] and in
+    /// the exported metrics; calls to further methods are counted under `"other"`
+    /// (see [`stats`](crate::stats)). Default
+    /// [`DEFAULT_STATS_METHOD_LIMIT`](crate::defaults::DEFAULT_STATS_METHOD_LIMIT) (256).
+    pub fn stats_method_limit(mut self, methods: usize) -> Self {
+        self.stats_method_limit = methods;
+        self
+    }
+
     /// Checks the settings, starts the channel's control task and returns the channel.
     /// Connections are made in the background; the first calls queue until a backend is
     /// READY (or all have failed).
@@ -477,7 +488,7 @@ impl Builder {
                 sensitive,
                 seed,
                 calls: Default::default(),
-                stats: Default::default(),
+                stats: crate::stats::Stats::with_limit(self.stats_method_limit),
                 mode: mode_tx,
                 policies,
                 _stop: stop_tx,
@@ -724,7 +735,8 @@ impl fmt::Debug for Builder {
             .field("outlier_detection", &self.outlier_detection)
             .field("panic_threshold", &self.panic_threshold)
             .field("dns_options", &self.dns_options_debug())
-            .field("sensitive_metadata", &self.sensitive);
+            .field("sensitive_metadata", &self.sensitive)
+            .field("stats_method_limit", &self.stats_method_limit);
         #[cfg(feature = "tls")]
         f.field("tls", &self.tls);
         f.finish_non_exhaustive()

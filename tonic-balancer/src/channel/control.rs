@@ -223,8 +223,12 @@ impl Control {
     ) {
         state.resolved = true;
         state.resolver_error = None;
-        let mut order = Vec::with_capacity(addrs.len());
-        for address in addrs {
+        let limit = crate::defaults::MAX_ADDRESSES;
+        if addrs.len() > limit {
+            tracing::warn!(target = %self.target, addresses = addrs.len(), limit, "too many addresses; using the first ones");
+        }
+        let mut order = Vec::with_capacity(addrs.len().min(limit));
+        for address in addrs.into_iter().take(limit) {
             let addr = address.addr;
             if order.contains(&addr) {
                 continue;
@@ -264,6 +268,12 @@ impl Control {
                 // handle on the connection and finish (drain).
                 tracing::debug!(target = %self.target, %addr, "address removed, draining");
                 entry.subchannel.shut_down();
+                // The facade cannot delete a series: leave no stale value in it.
+                #[cfg(feature = "metrics")]
+                if let Some(exported) = &entry.subchannel.load.exported {
+                    exported.ready.set(0.0);
+                    exported.rtt.set(0.0);
+                }
                 state.ids.remove(&entry.subchannel.id);
             }
             keep

@@ -182,7 +182,16 @@ async fn lookup_srv(resolver: &TokioResolver, name: &str) -> Result<Found, Strin
     let srv_ttl = min_ttl(lookup.answers());
     let mut groups: BTreeMap<u16, Vec<(u16, u16, Name)>> = BTreeMap::new();
     let mut records = 0;
+    let bound = crate::defaults::MAX_SRV_TARGETS;
     for record in lookup.answers() {
+        if records == bound {
+            tracing::warn!(
+                srv = name,
+                bound,
+                "too many SRV records; using the first ones"
+            );
+            break;
+        }
         if let RData::SRV(srv) = &record.data {
             records += 1;
             // A target of "." means the service is decidedly not available there.
@@ -203,16 +212,21 @@ async fn lookup_srv(resolver: &TokioResolver, name: &str) -> Result<Found, Strin
     }
     let mut failures = Vec::new();
     for (priority, group) in groups {
-        let lookups = group.iter().map(|(weight, port, target)| {
-            let host = target.to_ascii();
-            async move {
-                let result = lookup_ip(resolver, &host, *port, Some(u32::from(*weight))).await;
-                (host, result)
-            }
-        });
+        // At most MAX_CONCURRENT_SRV_LOOKUPS at a time, in record order.
+        let mut results = Vec::with_capacity(group.len());
+        for batch in group.chunks(crate::defaults::MAX_CONCURRENT_SRV_LOOKUPS) {
+            let lookups = batch.iter().map(|(weight, port, target)| {
+                let host = target.to_ascii();
+                async move {
+                    let result = lookup_ip(resolver, &host, *port, Some(u32::from(*weight))).await;
+                    (host, result)
+                }
+            });
+            results.extend(join_all(lookups).await);
+        }
         let mut addrs = Vec::new();
         let mut ttl = srv_ttl;
-        for (host, result) in join_all(lookups).await {
+        for (host, result) in results {
             match result {
                 Ok((found, host_ttl)) => {
                     addrs.extend(found);
