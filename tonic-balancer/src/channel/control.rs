@@ -402,19 +402,32 @@ impl Control {
 
     fn publish(&self, state: &mut State) {
         let entries = state.order.iter().filter_map(|a| state.entries.get(a));
-        let mut ready = Vec::new();
         let mut connected = Vec::new();
         let mut subchannels = Vec::with_capacity(state.order.len());
-        let mut connecting = false;
+        // SRV priorities (RFC 2782): calls go to the lowest priority with a usable
+        // backend. A priority is passed over only once every backend in it has failed
+        // (none READY, none still connecting); while one is still connecting, calls
+        // wait for it. Addresses without a priority are one group.
+        let mut tiers: std::collections::BTreeMap<Option<u16>, (Vec<ReadyConn>, bool)> =
+            std::collections::BTreeMap::new();
         for entry in entries {
             subchannels.push(entry.subchannel.clone());
             if let Some(c) = entry.ready.as_ref().or(entry.unhealthy.as_ref()) {
                 connected.push(c.clone());
             }
+            let tier = tiers.entry(entry.subchannel.address.priority).or_default();
             match &entry.ready {
-                Some(r) if !entry.ejection.is_ejected() => ready.push(r.clone()),
+                Some(r) if !entry.ejection.is_ejected() => tier.0.push(r.clone()),
                 Some(_) => {}
-                None => connecting |= !entry.failing,
+                None => tier.1 |= !entry.failing,
+            }
+        }
+        let mut ready = Vec::new();
+        let mut connecting = false;
+        for (tier_ready, tier_connecting) in tiers.into_values() {
+            (ready, connecting) = (tier_ready, tier_connecting);
+            if !ready.is_empty() || connecting {
+                break;
             }
         }
         // Panic mode: too few usable backends, so use every connected one.
