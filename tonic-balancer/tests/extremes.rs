@@ -239,6 +239,8 @@ async fn credential_durations_at_max_and_zero_work() {
             (ZERO, Duration::from_nanos(1) * 1_000_000_000, ZERO),
         ] {
             let channel = BalancedChannel::builder(&target([backends[0].addr()]))
+                // Plaintext loopback backends: tokens in cleartext are accepted here.
+                .allow_credentials_without_tls(true)
                 .build()
                 .unwrap();
             let mut policy = RefreshPolicy::default();

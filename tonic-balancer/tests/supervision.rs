@@ -78,6 +78,8 @@ async fn a_panicking_token_source_fails_the_fetch_and_the_task_lives_on() {
     within(async {
         let backends = fleet(1, Latency::None).await;
         let channel = BalancedChannel::builder(&target(backends.iter().map(|b| b.addr())))
+            // Plaintext loopback backends: tokens in cleartext are accepted here.
+            .allow_credentials_without_tls(true)
             .build()
             .unwrap();
         let calls = std::sync::atomic::AtomicUsize::new(0);

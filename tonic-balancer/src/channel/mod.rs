@@ -96,6 +96,8 @@ struct Inner {
     mode: watch::Sender<(ConnectMode, Option<EwmaParams>)>,
     /// The builder's policies, under each service config update.
     policies: Policies,
+    /// Whether bearer credentials may be sent: TLS, or the user's explicit opt-in.
+    credentials_allowed: bool,
     /// Dropped with the last handle: stops the control task.
     _stop: oneshot::Sender<()>,
 }
@@ -232,6 +234,15 @@ impl Inner {
         self: Arc<Self>,
         mut request: http::Request<Body>,
     ) -> Result<http::Response<Body>, Status> {
+        if !self.credentials_allowed
+            && request
+                .extensions()
+                .get::<crate::credentials::BearerAttached>()
+                .is_some()
+        {
+            let why = builder::no_tls_for_credentials(&self.target);
+            return Err(Status::unauthenticated(crate::credentials::refusal(&why)));
+        }
         mark_sensitive(request.headers_mut(), &self.sensitive);
         let config = self.config.load_full();
         let path = request.uri().path();
