@@ -14,7 +14,8 @@ use tonic_balancer::config::{
 use tonic_balancer::credentials::{BearerLayer, RefreshPolicy, Token};
 use tonic_balancer::health::OutlierDetection;
 use tonic_balancer::resolver::DnsOptions;
-use tonic_balancer::{BalancedChannel, ConnectionBackoff, WaitForReady};
+use tonic_balancer::retry::RetryBudget;
+use tonic_balancer::{BalancedChannel, ConnectionBackoff, Policy, WaitForReady};
 use tonic_balancer_testkit::dns::DnsServer;
 use tonic_balancer_testkit::pb::SimpleRequest;
 use tonic_balancer_testkit::pb::test_service_client::TestServiceClient;
@@ -89,6 +90,16 @@ async fn durations_out_of_range_are_refused_naming_the_setting() {
         dns(|d| d.query_timeout = Some(MAX)),
         "dns_options.query_timeout",
     );
+
+    refused(
+        base().policy(Policy::peak_ewma().decay(ZERO)),
+        "policy.peak_ewma.decay",
+    );
+    for ttl in [ZERO, MAX] {
+        let mut budget = RetryBudget::default();
+        budget.ttl = ttl;
+        refused(base().retry_budget(budget), "retry_budget.ttl");
+    }
 
     let mut policy = RefreshPolicy::default();
     policy.fetch_timeout = ZERO;
@@ -178,6 +189,26 @@ async fn connection_and_outlier_durations_at_max_work() {
 }
 
 #[tokio::test]
+async fn peak_ewma_durations_at_the_extremes_work() {
+    within(async {
+        let backends = fleet(2, Latency::None).await;
+        for (decay, rtt) in [(MAX, MAX), (MAX, ZERO), (Duration::from_nanos(1), ZERO)] {
+            let channel = BalancedChannel::builder(&target(backends.iter().map(|b| b.addr())))
+                .policy(Policy::peak_ewma().decay(decay).default_rtt(rtt))
+                .build()
+                .unwrap();
+            wait_ready(&channel, 2).await;
+            let mut client = Client::new(channel.clone());
+            for _ in 0..10 {
+                call(&mut client).await.expect("call");
+            }
+            assert!(channel.stats().endpoints.iter().all(|e| e.rtt.is_some()));
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn dns_durations_at_max_and_zero_work() {
     within(async {
         let backend = Backend::start("b0").await.unwrap();
@@ -257,6 +288,30 @@ async fn credential_durations_at_max_and_zero_work() {
                     .expect("call with a token");
             }
         }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_resolver_update_is_cut_at_the_address_limit() {
+    within(async {
+        let backends = fleet(1, Latency::None).await;
+        let limit = tonic_balancer::defaults::MAX_ADDRESSES;
+        // The real backend first, then far more addresses than the limit (pick_first:
+        // only the first is connected, so the others cost a subchannel each, no socket).
+        let addrs = std::iter::once(backends[0].addr()).chain((0..limit as u32 + 500).map(|i| {
+            let [a, b, c, d] = (0x7f00_0002 + i).to_be_bytes();
+            std::net::SocketAddr::from(([a, b, c, d], 9))
+        }));
+        let (resolver, handle) = tonic_balancer::resolver::Manual::new();
+        handle.update(addrs);
+        let channel = BalancedChannel::builder_with_resolver(resolver)
+            .policy(Policy::pick_first())
+            .build()
+            .unwrap();
+        let mut client = Client::new(channel.clone());
+        call(&mut client).await.expect("call to the first address");
+        assert_eq!(channel.subchannels().len(), limit);
     })
     .await;
 }
