@@ -39,6 +39,8 @@ const CALL_DEADLINE: Duration = Duration::from_secs(2);
 /// A call still running this long after its deadline counts as hung (generous: a slow
 /// machine must not fail the test, a call that never ends must).
 const HUNG_AFTER: Duration = Duration::from_secs(30);
+/// How long the grpcio peer stays frozen each time.
+const FREEZE: Duration = Duration::from_millis(2500);
 /// Peak resident memory allowed for the whole test process (client, tonic backends, h2
 /// server): far above what it needs, far below what a leak per call would reach.
 const MAX_HWM_KIB: u64 = 1024 * 1024;
@@ -215,7 +217,8 @@ async fn worker(
 struct Faults {
     backends: Vec<Backend>,
     peer: Option<PythonPeer>,
-    frozen: bool,
+    /// Since when the peer has been frozen, if it is.
+    frozen: Option<Instant>,
 }
 
 impl Faults {
@@ -226,11 +229,18 @@ impl Faults {
                 .status()
                 .expect("run kill");
             assert!(status.success(), "kill {signal} failed");
-            self.frozen = signal == "-STOP";
+            self.frozen = (signal == "-STOP").then(Instant::now);
         }
     }
 
     async fn act(&mut self, rng: &mut SmallRng, counts: &mut BTreeMap<&'static str, u64>) {
+        // A freeze lasts FREEZE, longer than a call's deadline: calls caught on the
+        // frozen peer must end by their deadline, not by the thaw.
+        if self.frozen.is_some_and(|since| since.elapsed() >= FREEZE) {
+            self.signal("-CONT");
+            *counts.entry("thaw").or_default() += 1;
+            return;
+        }
         let i = rng.random_range(0..self.backends.len());
         let backend = &self.backends[i];
         let action = match rng.random_range(0..6u32) {
@@ -246,13 +256,9 @@ impl Faults {
                 backend.set_serving(rng.random_bool(0.5));
                 "health flip"
             }
-            4 if self.peer.is_some() && !self.frozen => {
+            4 if self.peer.is_some() && self.frozen.is_none() => {
                 self.signal("-STOP");
                 "freeze"
-            }
-            4 | 5 if self.frozen => {
-                self.signal("-CONT");
-                "thaw"
             }
             _ => return,
         };
@@ -270,7 +276,7 @@ impl Faults {
             }
             backend.set_serving(true);
         }
-        if self.frozen {
+        if self.frozen.is_some() {
             self.signal("-CONT");
         }
     }
@@ -358,7 +364,7 @@ async fn chaos_soak() {
     let mut faults = Faults {
         backends,
         peer: Some(peer),
-        frozen: false,
+        frozen: None,
     };
     let mut rng = SmallRng::seed_from_u64(42);
     let mut actions = BTreeMap::new();
