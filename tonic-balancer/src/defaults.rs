@@ -26,6 +26,13 @@ pub const DEFAULT_BACKOFF_MAX_DELAY: Duration = Duration::from_secs(120);
 /// gRPC gives every attempt 20 s.
 pub const DEFAULT_MIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
+// === Timers ===
+
+/// About 30 years, tokio's own "far future": where a timer or deadline set further away
+/// than the clock can add (`Duration::MAX`, which would panic in `Instant + Duration`)
+/// is put instead. Settings accept any `Duration`; past this, nothing observable differs.
+pub const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+
 // === Targets ===
 
 /// The port gRPC assumes when a target names none.

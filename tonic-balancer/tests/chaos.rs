@@ -138,6 +138,8 @@ struct Tally {
     codes: BTreeMap<String, u64>,
     hung: u64,
     by_kind: BTreeMap<&'static str, u64>,
+    /// Failed calls by channel and code.
+    failures: BTreeMap<(&'static str, String), u64>,
 }
 
 async fn one_call(client: &mut Client, kind: u32) -> Result<(), tonic::Status> {
@@ -201,10 +203,9 @@ async fn worker(
         match outcome {
             Ok(Ok(())) => *tally.codes.entry("OK".into()).or_default() += 1,
             Ok(Err(status)) => {
-                *tally
-                    .codes
-                    .entry(format!("{:?}", status.code()))
-                    .or_default() += 1
+                let code = format!("{:?}", status.code());
+                *tally.failures.entry((*name, code.clone())).or_default() += 1;
+                *tally.codes.entry(code).or_default() += 1;
             }
             Err(_) => tally.hung += 1,
         }
@@ -412,6 +413,7 @@ async fn chaos_soak() {
     );
     println!("calls per channel: {:?}", tally.by_kind);
     println!("status codes: {:?}", tally.codes);
+    println!("failures by channel: {:?}", tally.failures);
     println!(
         "faults injected: {actions:?}; h2 server: {} streams refused, {} GOAWAYs",
         REFUSED.load(Ordering::Relaxed),

@@ -402,37 +402,43 @@ impl Control {
 
     fn publish(&self, state: &mut State) {
         let entries = state.order.iter().filter_map(|a| state.entries.get(a));
-        let mut connected = Vec::new();
         let mut subchannels = Vec::with_capacity(state.order.len());
         // SRV priorities (RFC 2782): calls go to the lowest priority with a usable
         // backend. A priority is passed over only once every backend in it has failed
         // (none READY, none still connecting); while one is still connecting, calls
         // wait for it. Addresses without a priority are one group.
-        let mut tiers: std::collections::BTreeMap<Option<u16>, (Vec<ReadyConn>, bool)> =
+        let mut tiers: std::collections::BTreeMap<Option<u16>, Tier> =
             std::collections::BTreeMap::new();
         for entry in entries {
             subchannels.push(entry.subchannel.clone());
-            if let Some(c) = entry.ready.as_ref().or(entry.unhealthy.as_ref()) {
-                connected.push(c.clone());
-            }
             let tier = tiers.entry(entry.subchannel.address.priority).or_default();
+            tier.size += 1;
+            if let Some(c) = entry.ready.as_ref().or(entry.unhealthy.as_ref()) {
+                tier.connected.push(c.clone());
+            }
             match &entry.ready {
-                Some(r) if !entry.ejection.is_ejected() => tier.0.push(r.clone()),
+                Some(r) if !entry.ejection.is_ejected() => tier.ready.push(r.clone()),
                 Some(_) => {}
-                None => tier.1 |= !entry.failing,
+                None => tier.connecting |= !entry.failing,
             }
         }
-        let mut ready = Vec::new();
-        let mut connecting = false;
-        for (tier_ready, tier_connecting) in tiers.into_values() {
-            (ready, connecting) = (tier_ready, tier_connecting);
-            if !ready.is_empty() || connecting {
+        let mut chosen = Tier::default();
+        for tier in tiers.into_values() {
+            chosen = tier;
+            if !chosen.ready.is_empty() || chosen.connecting {
                 break;
             }
         }
-        // Panic mode: too few usable backends, so use every connected one.
+        let Tier {
+            mut ready,
+            connecting,
+            connected,
+            size,
+        } = chosen;
+        // Panic mode: too few usable backends in the priority used, so use every
+        // connected one of it.
         if let Some(threshold) = self.panic_threshold
-            && (ready.len() as u64) * 100 < u64::from(threshold) * subchannels.len() as u64
+            && (ready.len() as u64) * 100 < u64::from(threshold) * size as u64
             && connected.len() > ready.len()
         {
             tracing::debug!(target = %self.target, usable = ready.len(), connected = connected.len(), "panic mode");
@@ -478,6 +484,18 @@ impl Control {
         }));
         self.shared.published.send_replace(());
     }
+}
+
+/// The subchannels of one SRV priority, as `publish` sorts them.
+#[derive(Default)]
+struct Tier {
+    /// READY and not ejected.
+    ready: Vec<ReadyConn>,
+    /// Some are still trying their first connection (not failing).
+    connecting: bool,
+    /// Connected, healthy or not (panic mode's pool).
+    connected: Vec<ReadyConn>,
+    size: usize,
 }
 
 /// Resolves when outlier detection's signal fires (never without one).

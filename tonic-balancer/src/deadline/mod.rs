@@ -50,9 +50,7 @@ tokio::task_local! {
     static INHERITED: Option<Instant>;
 }
 
-/// About 30 years, tokio's own "far future": what a timer set further away than the
-/// clock can count (`Duration::MAX`) waits instead. Nothing observable happens later.
-pub(crate) const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+pub(crate) use crate::defaults::FAR_FUTURE;
 
 /// `instant + duration`, saturating where the sum would overflow `Instant` (which
 /// panics): any duration a user can set, up to `Duration::MAX`, is then a valid (if
