@@ -323,6 +323,47 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn durations_at_max_saturate_instead_of_overflowing_the_clock() {
+        let script = Script::new(Duration::ZERO);
+        script
+            .then(found(&[1], Duration::MAX))
+            .then(Err(ResolveError::new("SERVFAIL")));
+        let max = Timing {
+            min_refresh: Duration::MAX,
+            max_refresh: Duration::MAX,
+            min_re_resolve_interval: Duration::MAX,
+            retry: BackoffParams {
+                initial: Duration::MAX,
+                multiplier: 1.6,
+                max: Duration::MAX,
+                jitter: 0.2,
+            },
+        };
+        let mut s = script.schedule(max);
+        assert!(poll(&mut s).is_ready());
+        // The next refresh is "never" (decades away), and a re-resolve request waits for
+        // the rate limit, also "never": no panic, no lookup.
+        s.re_resolve();
+        assert!(poll_after(&mut s, 86_400 * SEC).await.is_pending());
+        assert_eq!(script.lookups(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_zero_re_resolve_interval_looks_up_at_once() {
+        let script = Script::new(Duration::ZERO);
+        script
+            .then(found(&[1], 100 * SEC))
+            .then(found(&[2], 100 * SEC));
+        let mut t = timing();
+        t.min_re_resolve_interval = Duration::ZERO;
+        let mut s = script.schedule(t);
+        assert!(poll(&mut s).is_ready());
+        s.re_resolve();
+        assert_eq!(poll(&mut s), Poll::Ready(Ok(addrs(&[2]))));
+        assert_eq!(script.lookups(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn ttl_is_clamped_to_the_refresh_bounds() {
         let script = Script::new(Duration::ZERO);
         script
