@@ -568,3 +568,25 @@ async fn malformed_dns_targets_and_options_are_builder_errors() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn an_srv_answer_is_cut_at_the_target_limit() {
+    within(async {
+        let dns = DnsServer::start().await.unwrap();
+        let limit = tonic_balancer::defaults::MAX_SRV_TARGETS;
+        dns.set_addrs("t.test", [IpAddr::from([127, 0, 0, 1])], TTL);
+        // More records than the limit (the answer goes over TCP), each a distinct port.
+        let records = (0..limit as u16 + 44).map(|i| Srv::new(1, 1, 20_000 + i, "t.test"));
+        dns.set_srv("_grpc._tcp.many.test", records, TTL);
+        let target = format!("dns+srv://{}/_grpc._tcp.many.test", dns.addr());
+        let channel = BalancedChannel::builder(&target)
+            .dns_options(quick())
+            .policy(tonic_balancer::Policy::pick_first())
+            .build()
+            .unwrap();
+        // One update carries the whole set.
+        channel.wait_for(|subs| !subs.is_empty()).await;
+        assert_eq!(channel.subchannels().len(), limit);
+    })
+    .await;
+}
