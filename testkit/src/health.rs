@@ -22,6 +22,8 @@ pub(super) struct HealthState {
     pub(super) breaks: watch::Sender<u64>,
     /// Watch streams opened so far.
     pub(super) watches: AtomicU64,
+    /// Watch messages handed to the transport so far, over every stream.
+    pub(super) sent: watch::Sender<u64>,
     /// Set when the server is shutting down: Watch streams end (cleanly).
     pub(super) ended: watch::Sender<bool>,
 }
@@ -32,6 +34,7 @@ impl HealthState {
             serving: watch::Sender::new(true),
             breaks: watch::Sender::new(0),
             watches: AtomicU64::new(0),
+            sent: watch::Sender::new(0),
             ended: watch::Sender::new(false),
         })
     }
@@ -129,6 +132,7 @@ impl Health for HealthService {
                 .state
                 .status(&watch.service)
                 .unwrap_or(ServingStatus::ServiceUnknown);
+            watch.state.sent.send_modify(|n| *n += 1);
             Some((Ok(response(status)), watch))
         });
         Ok(Response::new(Box::pin(stream)))

@@ -303,6 +303,27 @@ impl Backend {
         }
     }
 
+    /// Sends the current status again on every open health Watch stream, as a server
+    /// whose health service republishes an unchanged status does (the protocol allows it).
+    pub fn repeat_health_status(&self) {
+        if let Some(health) = &self.health {
+            health.serving.send_modify(|_| {});
+        }
+    }
+
+    /// Health Watch messages sent so far, over every stream.
+    pub fn health_messages(&self) -> u64 {
+        self.health.as_ref().map_or(0, |h| *h.sent.borrow())
+    }
+
+    /// Waits until `n` health Watch messages have been sent in all (see
+    /// [`Backend::health_messages`]); a stream delivers them in order.
+    pub async fn wait_health_messages(&self, n: u64) {
+        if let Some(health) = &self.health {
+            let _ = health.sent.subscribe().wait_for(|sent| *sent >= n).await;
+        }
+    }
+
     /// Ends every open health Watch stream with UNAVAILABLE (the connection stays up),
     /// as a flaky health service would.
     pub fn break_health_streams(&self) {

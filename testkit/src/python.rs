@@ -148,6 +148,12 @@ pub struct PythonPeer {
 }
 
 impl PythonPeer {
+    /// The peer's process id, for tests that freeze it (`kill -STOP`) and thaw it
+    /// (`kill -CONT`) to play a server that hangs without closing its connections.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts `interop_server.py --server-id <server_id>` on 127.0.0.1 and waits for it to
     /// serve, creating the Python environment first if this build has none yet.
     ///

@@ -15,7 +15,6 @@ use tonic_balancer::tls::{Certificate, Identity, TlsConfig};
 use tonic_balancer_testkit::Backend;
 use tonic_balancer_testkit::pb::SimpleRequest;
 use tonic_balancer_testkit::pb::test_service_client::TestServiceClient;
-use tower::Layer;
 
 type Error = Box<dyn std::error::Error>;
 
@@ -79,7 +78,8 @@ async fn main() -> Result<(), Error> {
     let bearer = BearerLayer::new(|| async {
         Ok::<_, std::io::Error>(Token::expires_in("demo-token", Duration::from_secs(300)))
     });
-    let mut client = TestServiceClient::new(bearer.layer(channel));
+    // try_layer refuses a channel without TLS (tokens would travel in cleartext).
+    let mut client = TestServiceClient::new(bearer.try_layer(channel)?);
     for _ in 0..4 {
         let request = SimpleRequest {
             fill_server_id: true,

@@ -51,7 +51,7 @@ impl Backoff {
         let grown = base.as_secs_f64() * self.params.multiplier;
         // `grown` may be inf or NaN for absurd inputs; `min` against max keeps it finite.
         self.current = if grown.is_finite() && grown < self.params.max.as_secs_f64() {
-            Duration::from_secs_f64(grown.max(0.0))
+            Duration::try_from_secs_f64(grown.max(0.0)).unwrap_or(self.params.max)
         } else {
             self.params.max
         };
@@ -75,7 +75,8 @@ fn jittered<R: Rng + ?Sized>(base: Duration, jitter: f64, rng: &mut R) -> Durati
         return base;
     }
     let factor = rng.random_range(1.0 - jitter..=1.0 + jitter);
-    Duration::from_secs_f64(base.as_secs_f64() * factor)
+    // Above `Duration::MAX` (a max delay near it, jittered up) saturates.
+    Duration::try_from_secs_f64(base.as_secs_f64() * factor).unwrap_or(Duration::MAX)
 }
 
 #[cfg(test)]
@@ -83,6 +84,26 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use rand::{SeedableRng, rngs::SmallRng};
+
+    #[test]
+    fn delays_near_duration_max_saturate() {
+        let mut rng = SmallRng::seed_from_u64(7);
+        for (initial, max) in [
+            (Duration::MAX, Duration::MAX),
+            (Duration::from_secs(1), Duration::MAX),
+            (Duration::MAX / 2, Duration::MAX),
+        ] {
+            let mut b = Backoff::new(BackoffParams {
+                initial,
+                multiplier: 1.6,
+                max,
+                jitter: 0.2,
+            });
+            for _ in 0..200 {
+                assert!(b.next_delay(&mut rng) <= Duration::MAX);
+            }
+        }
+    }
 
     fn params(initial_ms: u64, multiplier: f64, max_ms: u64) -> BackoffParams {
         BackoffParams {

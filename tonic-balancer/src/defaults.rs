@@ -50,6 +50,13 @@ pub const MIN_KEEPALIVE_TIME: Duration = Duration::from_secs(10);
 /// Default keepalive timeout (gRFC A8): no PING ACK within 20 s closes the connection.
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
+// === Timers ===
+
+/// About 30 years, tokio's own "far future": where a timer or deadline set further away
+/// than the clock can add (`Duration::MAX`, which would panic in `Instant + Duration`)
+/// is put instead. Settings accept any `Duration`; past this, nothing observable differs.
+pub const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+
 // === Targets ===
 
 /// The port gRPC assumes when a target names none.
@@ -116,6 +123,28 @@ pub const DEFAULT_BUDGET_MIN_PER_SEC: u32 = 10;
 /// may add 20 % to the calls made.
 pub const DEFAULT_BUDGET_RATIO: f64 = 0.2;
 
+// === Statistics ===
+
+/// Default [`Builder::stats_method_limit`](crate::Builder::stats_method_limit): 256
+/// methods get figures (and exported label sets) of their own per channel. A client of a
+/// few services calls tens of methods; the bound is for channels whose method paths
+/// come from outside (a gateway), where each new path would otherwise add a map entry
+/// and up to 17 `grpc_client_calls_total` series for ever.
+pub const DEFAULT_STATS_METHOD_LIMIT: usize = 256;
+
+// === Resolution ===
+
+/// The most addresses a channel takes from one resolver update; the rest are dropped
+/// with a warning. Each address is a subchannel with a task and a connection, so a
+/// resolver (or a DNS answer) listing millions must not make millions of them.
+pub const MAX_ADDRESSES: usize = 10_000;
+/// The most SRV records of one answer whose targets are looked up; the rest are
+/// ignored. RFC 2782 answers list a handful; this bounds the work a hostile or broken
+/// DNS server can cause.
+pub const MAX_SRV_TARGETS: usize = 256;
+/// How many SRV target lookups run at once.
+pub const MAX_CONCURRENT_SRV_LOOKUPS: usize = 8;
+
 // === Outlier detection (gRFC A50) and health ===
 
 /// Default [`OutlierDetection::interval`](crate::health::OutlierDetection::interval):
@@ -156,6 +185,10 @@ pub const DEFAULT_DNS_MIN_RE_RESOLVE_INTERVAL: Duration = Duration::from_secs(30
 pub const DEFAULT_DNS_RETRY_BASE_DELAY: Duration = Duration::from_secs(1);
 /// Default `DnsOptions::retry_max_delay`: 120 s, gRPC's longest backoff delay.
 pub const DEFAULT_DNS_RETRY_MAX_DELAY: Duration = Duration::from_secs(120);
+/// The longest `DnsOptions::query_timeout` accepted: 1 h. hickory adds the timeout to
+/// the current instant, which overflows (a panic in its task) for values near
+/// `Duration::MAX`; no DNS answer is worth waiting an hour for.
+pub const MAX_DNS_QUERY_TIMEOUT: Duration = Duration::from_secs(3600);
 
 // === Per-call credentials ===
 

@@ -115,6 +115,25 @@ impl Error {
 
 /// Formats an error with its whole `source()` chain: `outer: middle: root cause`.
 ///
+/// What a caught panic says: its `&str` or `String` payload, as `panic!` makes them.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
+/// Runs a background task's future, turning a panic inside it into `Err` with the
+/// panic's message, so the task's owner can tell calls why it stopped.
+pub(crate) async fn catch_panic<F: std::future::Future>(future: F) -> Result<F::Output, String> {
+    use futures_util::FutureExt;
+    std::panic::AssertUnwindSafe(future)
+        .catch_unwind()
+        .await
+        .map_err(|panic| format!("panicked: {}", panic_message(&*panic)))
+}
+
 /// Transport errors say little at the top ("transport error"); the cause a user needs
 /// ("Connection refused") sits at the bottom of the chain.
 pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {

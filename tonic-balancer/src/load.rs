@@ -302,6 +302,8 @@ pub struct CallGuard {
     /// Set until the call's round trip has been recorded.
     sent: Option<Instant>,
     outcome_recorded: bool,
+    /// The call's deadline, if it has one.
+    deadline: Option<Instant>,
 }
 
 impl CallGuard {
@@ -319,7 +321,20 @@ impl CallGuard {
             load,
             sent,
             outcome_recorded: false,
+            deadline: None,
         }
+    }
+
+    /// The call's deadline. A DEADLINE_EXCEEDED that ends the call once its own deadline
+    /// has passed (the client's timer, or the server enforcing the `grpc-timeout` the
+    /// client sent) is the client's doing, not the backend's: it is neither an error of
+    /// the endpoint nor a failure for outlier detection, so a client whose deadlines are
+    /// too short for the work does not eject healthy backends one after another. A
+    /// DEADLINE_EXCEEDED before the deadline (the backend's own downstream call timed
+    /// out) still counts.
+    pub fn with_deadline(mut self, deadline: Option<Instant>) -> Self {
+        self.deadline = deadline;
+        self
     }
 
     /// Response headers arrived. `status` is the `grpc-status` they carry if the response
@@ -330,20 +345,39 @@ impl CallGuard {
         let ok = status.is_none_or(|code| !failures.contains(code));
         self.record(ok);
         if let Some(code) = status {
-            self.outcome(failures.contains(code));
+            self.finished(code);
         }
     }
 
-    /// The call ended with this status in its trailers.
+    /// The call ended with this status (in its trailers, or from the client's own
+    /// deadline timer: `DEADLINE_EXCEEDED`).
     pub fn finished(&mut self, code: Code) {
+        if code == Code::DeadlineExceeded && self.past_deadline() {
+            return self.no_outcome();
+        }
         let failed = self.load.failure_codes.contains(code);
         self.outcome(failed);
     }
 
-    /// The call failed before any response (a transport error).
+    /// The call failed before any response (a transport error), or the client's timer
+    /// ended it: once the call's deadline has passed, the timer is what ended it (tonic's
+    /// `grpc-timeout`, the channel's own), and that is not the backend's failure.
     pub fn failed(&mut self) {
         self.record(false);
+        if self.past_deadline() {
+            return self.no_outcome();
+        }
         self.outcome(true);
+    }
+
+    fn past_deadline(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// The call ended by the client's deadline: no outcome at all. A success would hide
+    /// a streak of real failures; a failure would blame the backend.
+    fn no_outcome(&mut self) {
+        self.outcome_recorded = true;
     }
 
     /// Counts the call's outcome once: its endpoint's errors, and outlier detection.

@@ -54,6 +54,8 @@ async fn every_call_to_every_backend_carries_the_token() {
     within(async {
         let backends = fleet(2, Latency::None).await;
         let channel = BalancedChannel::builder(&target(backends.iter().map(|b| b.addr())))
+            // Plaintext loopback backends: tokens in cleartext are accepted here.
+            .allow_credentials_without_tls(true)
             .build()
             .unwrap();
         let (source, fetches) = numbered(Duration::from_secs(3600));
@@ -74,6 +76,8 @@ async fn concurrent_first_calls_share_one_fetch() {
     within(async {
         let backend = Backend::start("b").await.unwrap();
         let channel = BalancedChannel::builder(&target([backend.addr()]))
+            // Plaintext loopback backends: tokens in cleartext are accepted here.
+            .allow_credentials_without_tls(true)
             .build()
             .unwrap();
         let (source, fetches) = numbered(Duration::from_secs(3600));
@@ -96,6 +100,8 @@ async fn a_short_lived_token_is_replaced_before_it_expires() {
     within(async {
         let backend = Backend::start("b").await.unwrap();
         let channel = BalancedChannel::builder(&target([backend.addr()]))
+            // Plaintext loopback backends: tokens in cleartext are accepted here.
+            .allow_credentials_without_tls(true)
             .build()
             .unwrap();
         let lifetime = Duration::from_secs(2);
@@ -124,6 +130,8 @@ async fn a_failing_token_source_fails_calls_quickly_with_unauthenticated() {
     within(async {
         let backend = Backend::start("b").await.unwrap();
         let channel = BalancedChannel::builder(&target([backend.addr()]))
+            // Plaintext loopback backends: tokens in cleartext are accepted here.
+            .allow_credentials_without_tls(true)
             .build()
             .unwrap();
         let fetches = Arc::new(AtomicUsize::new(0));
@@ -165,6 +173,8 @@ async fn every_attempt_of_a_call_carries_the_same_token_even_across_a_refresh() 
             "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.01s", "maxBackoff": "0.1s",
               "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]}"#;
         let channel = BalancedChannel::builder(&target([backend.addr()]))
+            // Plaintext loopback backends: tokens in cleartext are accepted here.
+            .allow_credentials_without_tls(true)
             .service_config_json(config)
             .unwrap()
             .connection_backoff(fast_backoff())
@@ -204,6 +214,46 @@ async fn every_attempt_of_a_call_carries_the_same_token_even_across_a_refresh() 
         // The next call has the new token.
         auth_call(&mut client).await.unwrap();
         assert_ne!(authorizations(&backend)[2], bearer("tok-1"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bearer_tokens_are_refused_on_a_channel_without_tls() {
+    within(async {
+        let backend = Backend::start("b").await.unwrap();
+        let channel = BalancedChannel::builder(&target([backend.addr()]))
+            .build()
+            .unwrap();
+        let (source, _) = numbered(Duration::from_secs(3600));
+        let layer = BearerLayer::new(source);
+
+        // When the client is built: an error that says why and how to opt in.
+        let error = layer.try_layer(channel.clone()).unwrap_err();
+        assert_eq!(error.kind(), tonic_balancer::ErrorKind::InvalidConfig);
+        let message = error.to_string();
+        assert!(message.contains("has no TLS"), "{message}");
+        assert!(
+            message.contains("allow_credentials_without_tls(true)"),
+            "{message}"
+        );
+
+        // Composed anyway (a Layer cannot fail): the channel refuses every such call,
+        // and no token reaches the wire.
+        let mut client = AuthClient::new(layer.layer(channel));
+        let status = auth_call(&mut client).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+        assert!(status.message().contains("has no TLS"), "{status:?}");
+        assert_eq!(backend.calls(), 0);
+
+        // Opted in: accepted.
+        let channel = BalancedChannel::builder(&target([backend.addr()]))
+            .allow_credentials_without_tls(true)
+            .build()
+            .unwrap();
+        let mut client = AuthClient::new(layer.try_layer(channel).unwrap());
+        auth_call(&mut client).await.unwrap();
+        assert_eq!(authorizations(&backend), vec![bearer("tok-1")]);
     })
     .await;
 }

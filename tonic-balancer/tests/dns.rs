@@ -401,20 +401,26 @@ async fn srv_records_give_host_port_pairs_by_priority() {
             .build()
             .unwrap();
         let mut client = Client::new(channel.clone());
-        wait_ready(&channel, 2).await;
+        // Every priority connects (the backup stays warm) ...
+        wait_ready(&channel, 3).await;
+        // ... but calls go to the lowest priority with a READY backend.
         let counts = shares(&mut client, 40).await;
         assert_eq!(counts.get("b0"), Some(&20), "{counts:?}");
         assert_eq!(counts.get("b1"), Some(&20), "{counts:?}");
         assert_eq!(backup.calls(), 0, "priority 20 is a fallback only");
-        let mut weights: Vec<_> = channel
+        let mut attributes: Vec<_> = channel
             .subchannels()
             .iter()
-            .map(|s| (s.address.addr, s.address.weight))
+            .map(|s| (s.address.addr, s.address.priority, s.address.weight))
             .collect();
-        weights.sort();
-        let mut want = vec![(primary[0].addr(), Some(60)), (primary[1].addr(), Some(40))];
+        attributes.sort();
+        let mut want = vec![
+            (primary[0].addr(), Some(10), Some(60)),
+            (primary[1].addr(), Some(10), Some(40)),
+            (backup.addr(), Some(20), Some(1)),
+        ];
         want.sort();
-        assert_eq!(weights, want);
+        assert_eq!(attributes, want);
 
         // Every target of priority 10 stops resolving: priority 20 takes over.
         dns.remove("a.test");
@@ -429,11 +435,63 @@ async fn srv_records_give_host_port_pairs_by_priority() {
         // One target of priority 10 is back: its group wins again.
         dns.set_addrs("a.test", localhost, TTL);
         channel
-            .wait_for(|subs| subs.len() == 1 && subs[0].address.addr == primary[0].addr())
+            .wait_for(|subs| subs.len() == 2 && subs[0].address.addr == primary[0].addr())
             .await;
-        wait_ready(&channel, 1).await;
+        wait_ready(&channel, 2).await;
+        until_served_by(&mut client, "b0").await;
         let counts = shares(&mut client, 10).await;
         assert_eq!(counts.get("b0"), Some(&10), "{counts:?}");
+    })
+    .await;
+}
+
+/// Calls until one is served by `id` (a subchannel's READY state shows a moment
+/// before the channel publishes it to the pickers); at most 1000 calls.
+async fn until_served_by(client: &mut Client, id: &str) {
+    for _ in 0..1000 {
+        if call(client).await.is_ok_and(|served| served == id) {
+            return;
+        }
+    }
+    panic!("no call reached {id}");
+}
+
+#[tokio::test]
+async fn srv_fails_over_when_every_backend_of_a_priority_is_unreachable() {
+    within(async {
+        let primary = Backend::start("primary").await.unwrap();
+        let backup = Backend::start("backup").await.unwrap();
+        // Its name resolves, but nothing listens: only connecting can tell.
+        primary.kill().await;
+        let dns = DnsServer::start().await.unwrap();
+        let localhost = [primary.addr().ip()];
+        dns.set_addrs("a.test", localhost, TTL);
+        dns.set_addrs("c.test", localhost, TTL);
+        dns.set_srv(
+            "_grpc._tcp.orders.test",
+            [
+                Srv::new(10, 1, primary.addr().port(), "a.test"),
+                Srv::new(20, 1, backup.addr().port(), "c.test"),
+            ],
+            TTL,
+        );
+        let target = format!("dns+srv://{}/_grpc._tcp.orders.test", dns.addr());
+        let channel = BalancedChannel::builder(&target)
+            .dns_options(quick())
+            .connection_backoff(fast_backoff())
+            .build()
+            .unwrap();
+        let mut client = Client::new(channel.clone());
+        let counts = shares(&mut client, 10).await;
+        assert_eq!(counts.get("backup"), Some(&10), "{counts:?}");
+
+        // Priority 10 is reachable again: calls move back to it.
+        primary.restart().await.unwrap();
+        until_served_by(&mut client, "primary").await;
+        let backup_calls = backup.calls();
+        let counts = shares(&mut client, 10).await;
+        assert_eq!(counts.get("primary"), Some(&10), "{counts:?}");
+        assert_eq!(backup.calls(), backup_calls);
     })
     .await;
 }
@@ -509,4 +567,26 @@ async fn malformed_dns_targets_and_options_are_builder_errors() {
         err.to_string().contains("dns_options.retry_max_delay"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn an_srv_answer_is_cut_at_the_target_limit() {
+    within(async {
+        let dns = DnsServer::start().await.unwrap();
+        let limit = tonic_balancer::defaults::MAX_SRV_TARGETS;
+        dns.set_addrs("t.test", [IpAddr::from([127, 0, 0, 1])], TTL);
+        // More records than the limit (the answer goes over TCP), each a distinct port.
+        let records = (0..limit as u16 + 44).map(|i| Srv::new(1, 1, 20_000 + i, "t.test"));
+        dns.set_srv("_grpc._tcp.many.test", records, TTL);
+        let target = format!("dns+srv://{}/_grpc._tcp.many.test", dns.addr());
+        let channel = BalancedChannel::builder(&target)
+            .dns_options(quick())
+            .policy(tonic_balancer::Policy::pick_first())
+            .build()
+            .unwrap();
+        // One update carries the whole set.
+        channel.wait_for(|subs| !subs.is_empty()).await;
+        assert_eq!(channel.subchannels().len(), limit);
+    })
+    .await;
 }

@@ -7,6 +7,7 @@ use support::*;
 use tonic::Code;
 use tonic_balancer::health::OutlierDetection;
 use tonic_balancer::{BalancedChannel, ConnectivityState};
+use tonic_balancer_testkit::pb::SimpleRequest;
 use tonic_balancer_testkit::{Backend, Latency};
 
 fn state_of(channel: &BalancedChannel, backend: &Backend) -> ConnectivityState {
@@ -143,6 +144,38 @@ async fn a_backend_failing_every_call_is_ejected() {
         // Five failures in a row eject it; round robin then never reaches it again.
         assert_eq!(failures, 5);
         assert_eq!(backends[2].calls(), 5);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_clients_own_short_deadlines_eject_no_backend() {
+    within(async {
+        // Healthy backends that need 200 ms; the client gives each call 5 ms.
+        let backends = fleet(3, Latency::Fixed(Duration::from_millis(200))).await;
+        let mut outliers = OutlierDetection::default();
+        outliers.interval = Duration::from_secs(60);
+        outliers.consecutive_failures = 2;
+        outliers.max_ejection_percent = 100;
+        let channel = BalancedChannel::builder(&target(backends.iter().map(|b| b.addr())))
+            .outlier_detection(outliers)
+            .build()
+            .unwrap();
+        wait_ready(&channel, 3).await;
+        let mut client = Client::new(channel.clone());
+        for _ in 0..12 {
+            let mut request = tonic::Request::new(SimpleRequest::default());
+            request.set_timeout(Duration::from_millis(5));
+            let status = client.unary_call(request).await.unwrap_err();
+            assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+        }
+        // Four deadline failures each: none of them is the backends' fault.
+        for endpoint in channel.stats().endpoints {
+            assert_eq!(endpoint.errors, 0, "{endpoint:?}");
+            assert_eq!(endpoint.ejections, 0, "{endpoint:?}");
+        }
+        // And every backend still gets calls.
+        assert_eq!(shares(&mut client, 3).await.len(), 3);
     })
     .await;
 }

@@ -67,6 +67,8 @@ async fn no_token_or_sensitive_metadata_in_trace_output() {
             "retryPolicy": {"maxAttempts": 2, "initialBackoff": "0.01s", "maxBackoff": "0.1s",
               "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]}"#;
         let builder = BalancedChannel::builder(&target([backend.addr()]))
+            // Plaintext loopback backends: tokens in cleartext are accepted here.
+            .allow_credentials_without_tls(true)
             .service_config_json(config)
             .unwrap()
             .sensitive_metadata(["x-api-key"]);

@@ -15,6 +15,8 @@ use tonic::transport::ServerTlsConfig;
 use tonic_balancer::tls::{Certificate, Identity, TlsConfig};
 use tonic_balancer::{BalancedChannel, ConnectivityState, ErrorKind};
 use tonic_balancer_testkit::Backend;
+use tonic_balancer_testkit::pb::Empty;
+use tonic_balancer_testkit::pb::test_service_client::TestServiceClient;
 
 /// A certificate authority made for one test.
 struct Ca {
@@ -121,6 +123,13 @@ async fn mutual_tls_with_a_trusted_client_certificate_serves_every_backend() {
             .domain_name("backend.test");
         let channel = channel(&target(backends.iter().map(|b| b.addr())), tls);
         wait_ready(&channel, 2).await;
+        // A channel with TLS takes bearer credentials without an opt-in.
+        let source = || async {
+            Ok::<_, tower::BoxError>(tonic_balancer::credentials::Token::without_expiry("t"))
+        };
+        let layer = tonic_balancer::credentials::BearerLayer::new(source);
+        let mut authorized = TestServiceClient::new(layer.try_layer(channel.clone()).unwrap());
+        authorized.empty_call(Empty {}).await.unwrap();
         let mut client = Client::new(channel);
         let counts = shares(&mut client, 10).await;
         assert_eq!(counts.get("b0"), Some(&5), "{counts:?}");

@@ -282,8 +282,8 @@ impl Call<'_> {
                 };
             }
         };
-        let stream_id = sent.stream_id();
-        let mut guard = CallGuard::new(ready.subchannel.load.clone());
+        let mark = sent.mark();
+        let mut guard = CallGuard::new(ready.subchannel.load.clone()).with_deadline(self.deadline);
         let response = sent.response(addr);
         let response = match self.deadline {
             Some(deadline) => match tokio::time::timeout_at(deadline, response).await {
@@ -317,7 +317,9 @@ impl Call<'_> {
                         reached: Reached::Server,
                     };
                 }
-                let reached = if ready.refused(&error, stream_id) {
+                let reached = if ready.never_left(&error, mark) {
+                    Reached::Nowhere
+                } else if ready.refused(&error, mark.stream_id) {
                     Reached::Refused
                 } else if polled.is_some_and(|p| !p.load(std::sync::atomic::Ordering::Relaxed))
                     && error.is_io()

@@ -179,6 +179,8 @@ pub struct Builder {
     sensitive: Vec<String>,
     liveness: Option<Duration>,
     keepalive: Option<KeepaliveConfig>,
+    stats_method_limit: usize,
+    credentials_without_tls: bool,
 }
 
 impl Builder {
@@ -214,6 +216,8 @@ impl Builder {
             sensitive: Vec::new(),
             liveness: Some(crate::defaults::DEFAULT_LIVENESS_FLOOR),
             keepalive: None,
+            stats_method_limit: crate::defaults::DEFAULT_STATS_METHOD_LIMIT,
+            credentials_without_tls: false,
         }
     }
 
@@ -424,6 +428,26 @@ impl Builder {
         self
     }
 
+    /// How many methods get figures of their own in [`BalancedChannel::stats`] and in
+    /// the exported metrics; calls to further methods are counted under `"other"`
+    /// (see [`stats`](crate::stats)). Default
+    /// [`DEFAULT_STATS_METHOD_LIMIT`](crate::defaults::DEFAULT_STATS_METHOD_LIMIT) (256).
+    pub fn stats_method_limit(mut self, methods: usize) -> Self {
+        self.stats_method_limit = methods;
+        self
+    }
+
+    /// Lets per-call credentials ([`BearerLayer`](crate::credentials::BearerLayer)) send
+    /// tokens on this channel although it has no [`Builder::tls`]: for traffic protected
+    /// another way (a mesh sidecar on localhost, a tunnel), or an `https://` endpoint with
+    /// tonic's own TLS, which the channel cannot see. Without it, wrapping the channel
+    /// in a bearer layer is refused (gRPC's `RequireTransportSecurity`); see
+    /// [`credentials`](crate::credentials). Default: false.
+    pub fn allow_credentials_without_tls(mut self, allow: bool) -> Self {
+        self.credentials_without_tls = allow;
+        self
+    }
+
     /// Checks the settings, starts the channel's control task and returns the channel.
     /// Connections are made in the background; the first calls queue until a backend is
     /// READY (or all have failed).
@@ -505,6 +529,10 @@ impl Builder {
             }
             None => None,
         };
+        #[cfg(feature = "tls")]
+        let credentials_allowed = self.credentials_without_tls || tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        let credentials_allowed = self.credentials_without_tls;
         let endpoint = make_endpoint(
             self.endpoint,
             self.configure,
@@ -548,7 +576,7 @@ impl Builder {
             outliers,
             panic_threshold: self.panic_threshold,
         };
-        runtime.spawn(control.run(stop_rx));
+        runtime.spawn(control.supervise(stop_rx));
         Ok(BalancedChannel {
             inner: Arc::new(Inner {
                 shared,
@@ -562,13 +590,34 @@ impl Builder {
                 sensitive,
                 seed,
                 calls: Default::default(),
-                stats: Default::default(),
+                stats: crate::stats::Stats::with_limit(self.stats_method_limit),
                 mode: mode_tx,
                 policies,
+                credentials_allowed,
                 _stop: stop_tx,
             }),
         })
     }
+}
+
+/// Bearer tokens go only over TLS unless the builder opted in: the rule
+/// [`BearerLayer::try_layer`](crate::credentials::BearerLayer::try_layer) checks.
+impl crate::credentials::TransportSecurity for BalancedChannel {
+    fn check_transport_security(&self) -> Result<(), String> {
+        if self.inner.credentials_allowed {
+            return Ok(());
+        }
+        Err(no_tls_for_credentials(&self.inner.target))
+    }
+}
+
+/// Why a channel without TLS takes no bearer tokens, and how to opt in.
+pub(super) fn no_tls_for_credentials(target: &str) -> String {
+    format!(
+        "the channel to {target} has no TLS (Builder::tls), so tokens would travel in \
+         cleartext; if its traffic is protected another way, opt in with \
+         Builder::allow_credentials_without_tls(true)"
+    )
 }
 
 /// `authorization` and the user's keys, checked and without repeats.
@@ -843,7 +892,12 @@ impl fmt::Debug for Builder {
             .field("outlier_detection", &self.outlier_detection)
             .field("panic_threshold", &self.panic_threshold)
             .field("dns_options", &self.dns_options_debug())
-            .field("sensitive_metadata", &self.sensitive);
+            .field("sensitive_metadata", &self.sensitive)
+            .field("stats_method_limit", &self.stats_method_limit)
+            .field(
+                "allow_credentials_without_tls",
+                &self.credentials_without_tls,
+            );
         #[cfg(feature = "tls")]
         f.field("tls", &self.tls);
         f.finish_non_exhaustive()

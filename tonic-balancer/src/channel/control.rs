@@ -119,8 +119,26 @@ struct State {
 }
 
 impl Control {
+    /// Runs the control task, and if it panics (a bug here, or in a custom resolver)
+    /// publishes a SHUTDOWN snapshot that names the panic: calls fail with it at once
+    /// rather than queue for a publish that will never come.
+    pub(crate) async fn supervise(self, stop: oneshot::Receiver<()>) {
+        let shared = self.shared.clone();
+        let target = self.target.clone();
+        if let Err(why) = crate::error::catch_panic(self.run(stop)).await {
+            let why = format!("the channel's control task {why}");
+            tracing::error!(%target, error = %why, "channel stopped");
+            shared.snapshot.store(Arc::new(Snapshot {
+                state: ConnectivityState::Shutdown,
+                error: Some(why),
+                ..Snapshot::initial()
+            }));
+            shared.published.send_replace(());
+        }
+    }
+
     /// Runs until `stop` fires or is dropped (the last channel handle is gone).
-    pub(crate) async fn run(mut self, mut stop: oneshot::Receiver<()>) {
+    async fn run(mut self, mut stop: oneshot::Receiver<()>) {
         let (events_tx, mut events) = mpsc::unbounded_channel();
         let mut state = State {
             order: Vec::new(),
@@ -133,7 +151,12 @@ impl Control {
             published_state: ConnectivityState::Idle,
         };
         let mut resolver_done = false;
-        let interval = self.outliers.as_ref().map(|o| o.config.interval);
+        // tokio's interval adds its period to the clock, which overflows for
+        // `Duration::MAX`: a period beyond ~30 years is the same as never.
+        let interval = self
+            .outliers
+            .as_ref()
+            .map(|o| o.config.interval.min(crate::deadline::FAR_FUTURE));
         let mut outlier_tick = tokio::time::interval(interval.unwrap_or(Duration::from_secs(3600)));
         outlier_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         outlier_tick.reset();
@@ -200,8 +223,12 @@ impl Control {
     ) {
         state.resolved = true;
         state.resolver_error = None;
-        let mut order = Vec::with_capacity(addrs.len());
-        for address in addrs {
+        let limit = crate::defaults::MAX_ADDRESSES;
+        if addrs.len() > limit {
+            tracing::warn!(target = %self.target, addresses = addrs.len(), limit, "too many addresses; using the first ones");
+        }
+        let mut order = Vec::with_capacity(addrs.len().min(limit));
+        for address in addrs.into_iter().take(limit) {
             let addr = address.addr;
             if order.contains(&addr) {
                 continue;
@@ -241,6 +268,12 @@ impl Control {
                 // handle on the connection and finish (drain).
                 tracing::debug!(target = %self.target, %addr, "address removed, draining");
                 entry.subchannel.shut_down();
+                // The facade cannot delete a series: leave no stale value in it.
+                #[cfg(feature = "metrics")]
+                if let Some(exported) = &entry.subchannel.load.exported {
+                    exported.ready.set(0.0);
+                    exported.rtt.set(0.0);
+                }
                 state.ids.remove(&entry.subchannel.id);
             }
             keep
@@ -369,24 +402,43 @@ impl Control {
 
     fn publish(&self, state: &mut State) {
         let entries = state.order.iter().filter_map(|a| state.entries.get(a));
-        let mut ready = Vec::new();
-        let mut connected = Vec::new();
         let mut subchannels = Vec::with_capacity(state.order.len());
-        let mut connecting = false;
+        // SRV priorities (RFC 2782): calls go to the lowest priority with a usable
+        // backend. A priority is passed over only once every backend in it has failed
+        // (none READY, none still connecting); while one is still connecting, calls
+        // wait for it. Addresses without a priority are one group.
+        let mut tiers: std::collections::BTreeMap<Option<u16>, Tier> =
+            std::collections::BTreeMap::new();
         for entry in entries {
             subchannels.push(entry.subchannel.clone());
+            let tier = tiers.entry(entry.subchannel.address.priority).or_default();
+            tier.size += 1;
             if let Some(c) = entry.ready.as_ref().or(entry.unhealthy.as_ref()) {
-                connected.push(c.clone());
+                tier.connected.push(c.clone());
             }
             match &entry.ready {
-                Some(r) if !entry.ejection.is_ejected() => ready.push(r.clone()),
+                Some(r) if !entry.ejection.is_ejected() => tier.ready.push(r.clone()),
                 Some(_) => {}
-                None => connecting |= !entry.failing,
+                None => tier.connecting |= !entry.failing,
             }
         }
-        // Panic mode: too few usable backends, so use every connected one.
+        let mut chosen = Tier::default();
+        for tier in tiers.into_values() {
+            chosen = tier;
+            if !chosen.ready.is_empty() || chosen.connecting {
+                break;
+            }
+        }
+        let Tier {
+            mut ready,
+            connecting,
+            connected,
+            size,
+        } = chosen;
+        // Panic mode: too few usable backends in the priority used, so use every
+        // connected one of it.
         if let Some(threshold) = self.panic_threshold
-            && (ready.len() as u64) * 100 < u64::from(threshold) * subchannels.len() as u64
+            && (ready.len() as u64) * 100 < u64::from(threshold) * size as u64
             && connected.len() > ready.len()
         {
             tracing::debug!(target = %self.target, usable = ready.len(), connected = connected.len(), "panic mode");
@@ -432,6 +484,18 @@ impl Control {
         }));
         self.shared.published.send_replace(());
     }
+}
+
+/// The subchannels of one SRV priority, as `publish` sorts them.
+#[derive(Default)]
+struct Tier {
+    /// READY and not ejected.
+    ready: Vec<ReadyConn>,
+    /// Some are still trying their first connection (not failing).
+    connecting: bool,
+    /// Connected, healthy or not (panic mode's pool).
+    connected: Vec<ReadyConn>,
+    size: usize,
 }
 
 /// Resolves when outlier detection's signal fires (never without one).

@@ -99,6 +99,8 @@ struct Inner {
     mode: watch::Sender<(ConnectMode, Option<EwmaParams>)>,
     /// The builder's policies, under each service config update.
     policies: Policies,
+    /// Whether bearer credentials may be sent: TLS, or the user's explicit opt-in.
+    credentials_allowed: bool,
     /// Dropped with the last handle: stops the control task.
     _stop: oneshot::Sender<()>,
 }
@@ -235,6 +237,15 @@ impl Inner {
         self: Arc<Self>,
         mut request: http::Request<Body>,
     ) -> Result<http::Response<Body>, Status> {
+        if !self.credentials_allowed
+            && request
+                .extensions()
+                .get::<crate::credentials::BearerAttached>()
+                .is_some()
+        {
+            let why = builder::no_tls_for_credentials(&self.target);
+            return Err(Status::unauthenticated(crate::credentials::refusal(&why)));
+        }
         mark_sensitive(request.headers_mut(), &self.sensitive);
         let config = self.config.load_full();
         let path = request.uri().path();
@@ -438,7 +449,7 @@ impl Inner {
                         describe_error(&snapshot)
                     )));
                 }
-                ConnectivityState::Shutdown => return Err(self.shut_down()),
+                ConnectivityState::Shutdown => return Err(self.shut_down(&snapshot)),
                 _ => {}
             }
             let changed = published.changed();
@@ -450,7 +461,7 @@ impl Inner {
                 None => changed.await,
             };
             if outcome.is_err() {
-                return Err(self.shut_down());
+                return Err(self.shut_down(&self.shared.snapshot.load()));
             }
         }
     }
@@ -468,8 +479,14 @@ impl Inner {
         ))
     }
 
-    fn shut_down(&self) -> Status {
-        Status::unavailable(format!("channel to {} is shut down", self.target))
+    /// The channel has stopped; the snapshot says why if it did not stop normally.
+    fn shut_down(&self, snapshot: &Snapshot) -> Status {
+        match &snapshot.error {
+            Some(why) => {
+                Status::unavailable(format!("channel to {} is shut down: {why}", self.target))
+            }
+            None => Status::unavailable(format!("channel to {} is shut down", self.target)),
+        }
     }
 }
 

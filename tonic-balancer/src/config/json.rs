@@ -16,7 +16,7 @@ use super::service_config::{
 type Result<T> = std::result::Result<T, InvalidConfig>;
 
 /// The largest duration proto3 allows: 10,000 years.
-const MAX_DURATION_SECONDS: u64 = 315_576_000_000;
+pub(crate) const MAX_DURATION_SECONDS: u64 = 315_576_000_000;
 
 /// Status code names, indexed by code number.
 const CODE_NAMES: [(&str, Code); 17] = [

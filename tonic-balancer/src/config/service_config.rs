@@ -404,6 +404,12 @@ impl MethodConfig {
         if let Some(timeout) = self.timeout {
             check_positive(timeout, &path.key("timeout"))?;
         }
+        if let Some(hedging) = &self.hedging_policy {
+            check_bounded(
+                hedging.hedging_delay,
+                &path.key("hedgingPolicy").key("hedgingDelay"),
+            )?;
+        }
         if self.retry_policy.is_some() && self.hedging_policy.is_some() {
             return Err(path.error("retryPolicy and hedgingPolicy are mutually exclusive"));
         }
@@ -432,6 +438,7 @@ impl RetryPolicy {
         )?;
         check_positive(self.initial_backoff, &path.key("initialBackoff"))?;
         check_positive(self.max_backoff, &path.key("maxBackoff"))?;
+        check_bounded(self.max_backoff, &path.key("maxBackoff"))?;
         let multiplier = self.backoff_multiplier;
         if !(multiplier.is_finite() && multiplier > 0.0) {
             let path = path.key("backoffMultiplier");
@@ -477,9 +484,22 @@ fn check_count(count: u64, limit: u32, path: &Path) -> Result<(), InvalidConfig>
     }
 }
 
+/// Above 0, and within proto3's range (what JSON can say).
 fn check_positive(duration: Duration, path: &Path) -> Result<(), InvalidConfig> {
     if duration.is_zero() {
         return Err(path.error("must be > 0s, got 0s"));
+    }
+    check_bounded(duration, path)
+}
+
+/// Within proto3's range, 10,000 years: a config built in code can hold any `Duration`,
+/// and one beyond what the clock can add (`Duration::MAX`) is refused here, naming it.
+fn check_bounded(duration: Duration, path: &Path) -> Result<(), InvalidConfig> {
+    let max = super::json::MAX_DURATION_SECONDS;
+    if duration > Duration::from_secs(max) {
+        return Err(path.error(format!(
+            "must be at most {max}s (proto3's limit), got {duration:?}"
+        )));
     }
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! The token a layer's calls share, and the one background task that fetches it.
 
 use super::{RefreshPolicy, Token, TokenSource};
-use crate::error::chain;
+use crate::deadline::saturating_add;
+use crate::error::{catch_panic, chain};
 use arc_swap::ArcSwapOption;
 use http::HeaderValue;
 use std::fmt;
@@ -48,6 +49,8 @@ struct Outcome {
     fetching: bool,
     /// Why the last fetch failed, and when; cleared by a success.
     failure: Option<(Arc<str>, Instant)>,
+    /// Why the refresh task stopped, if it did (a bug: it runs while the cache lives).
+    stopped: Option<Arc<str>>,
 }
 
 struct Shared {
@@ -116,7 +119,7 @@ impl Cache {
         // future dropped unpolled must not take the only chance to start it with it.
         if let Some(stop) = slot.take() {
             match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => drop(runtime.spawn(run(shared.clone(), stop))),
+                Ok(runtime) => drop(runtime.spawn(supervise(shared.clone(), stop))),
                 // No runtime here: leave it for the next call.
                 Err(_) => *slot = Some(stop),
             }
@@ -140,20 +143,30 @@ async fn wait(shared: &Shared, deadline: Option<Instant>) -> Result<HeaderValue,
         if let Some(current) = shared.valid(now) {
             return Ok(current.header.clone());
         }
+        if let Some(why) = &outcome.stopped {
+            return Err(unauthenticated(why));
+        }
         if let Some((why, at)) = &outcome.failure
             && !outcome.fetching
-            && now < *at + policy.retry_delay
+            && now < saturating_add(*at, policy.retry_delay)
         {
             return Err(unauthenticated(why));
         }
         outcome.fetches
     };
     shared.demand.notify_one();
-    let limit = Instant::now() + policy.fetch_timeout;
+    let limit = crate::deadline::after(policy.fetch_timeout);
     let until = deadline.map_or(limit, |d| d.min(limit));
-    match tokio::time::timeout_at(until, outcome.wait_for(|o| o.fetches > seen)).await {
+    let done = |o: &Outcome| o.fetches > seen || o.stopped.is_some();
+    match tokio::time::timeout_at(until, outcome.wait_for(done)).await {
         Ok(Ok(outcome)) => match shared.valid(Instant::now()) {
             Some(current) => Ok(current.header.clone()),
+            None if outcome.stopped.is_some() => Err(unauthenticated(
+                outcome
+                    .stopped
+                    .as_deref()
+                    .unwrap_or("the token task has stopped"),
+            )),
             None => Err(unauthenticated(
                 outcome
                     .failure
@@ -169,6 +182,20 @@ async fn wait(shared: &Shared, deadline: Option<Instant>) -> Result<HeaderValue,
             "fetching a token took longer than {:?}",
             policy.fetch_timeout
         ))),
+    }
+}
+
+/// Runs the background task; if it ever panics, calls waiting for a token (and every
+/// later one) fail at once with UNAUTHENTICATED naming the panic, instead of each waiting
+/// out the fetch timeout.
+async fn supervise(shared: Arc<Shared>, stop: oneshot::Receiver<()>) {
+    if let Err(why) = catch_panic(run(shared.clone(), stop)).await {
+        let why = format!("the token refresh task {why}");
+        tracing::error!(error = %why, "bearer token task stopped");
+        shared.outcome.send_modify(|o| {
+            o.fetching = false;
+            o.stopped = Some(why.into());
+        });
     }
 }
 
@@ -197,7 +224,7 @@ async fn run(shared: Arc<Shared>, mut stop: oneshot::Receiver<()>) {
                 () = shared.demand.notified() => {
                     let now = Instant::now();
                     let failed_recently = shared.outcome.borrow().failure.as_ref()
-                        .is_some_and(|(_, at)| now < *at + policy.retry_delay);
+                        .is_some_and(|(_, at)| now < saturating_add(*at, policy.retry_delay));
                     // Calls answered by the last fetch may have asked again meanwhile.
                     if shared.valid(now).is_some() || failed_recently {
                         continue;
@@ -210,7 +237,11 @@ async fn run(shared: Arc<Shared>, mut stop: oneshot::Receiver<()>) {
         let fetched = tokio::select! {
             biased;
             _ = &mut stop => return,
-            fetched = tokio::time::timeout(policy.fetch_timeout, shared.source.fetch()) => fetched,
+            // A source that panics fails this fetch; the task lives on to retry.
+            fetched = tokio::time::timeout(
+                policy.fetch_timeout,
+                catch_panic(async { shared.source.fetch().await }),
+            ) => fetched.map(|caught| caught.unwrap_or_else(|why| Err(format!("token source {why}").into()))),
         };
         let now = Instant::now();
         let result = match fetched {
@@ -237,7 +268,7 @@ async fn run(shared: Arc<Shared>, mut stop: oneshot::Receiver<()>) {
             }
             Err(why) => {
                 tracing::warn!(error = %why, "bearer token fetch failed");
-                retry_at = Some(now + policy.retry_delay);
+                retry_at = Some(saturating_add(now, policy.retry_delay));
                 shared.outcome.send_modify(|o| {
                     o.fetches += 1;
                     o.fetching = false;

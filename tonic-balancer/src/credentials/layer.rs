@@ -1,7 +1,7 @@
 //! [`BearerLayer`]: wraps services in [`Bearer`].
 
 use super::cache::Cache;
-use super::{Bearer, RefreshPolicy, TokenSource};
+use super::{Bearer, RefreshPolicy, TokenSource, TransportSecurity};
 use crate::error::Error;
 use std::fmt;
 use std::sync::Arc;
@@ -42,7 +42,20 @@ impl BearerLayer {
         self.cache.policy()
     }
 
-    pub(super) fn wrap<S>(&self, inner: S) -> Bearer<S> {
+    /// Wraps `inner`, if it may carry bearer tokens: it uses TLS, or its owner opted in
+    /// to sending them without (see the [module docs](super) for why).
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidConfig`](crate::ErrorKind::InvalidConfig) saying that the
+    /// channel has no TLS and how to opt in.
+    pub fn try_layer<S: TransportSecurity>(&self, inner: S) -> Result<Bearer<S>, Error> {
+        inner
+            .check_transport_security()
+            .map_err(|why| Error::new(crate::ErrorKind::InvalidConfig, refusal(&why)))?;
+        Ok(self.layer_unchecked(inner))
+    }
+
+    pub(super) fn layer_unchecked<S>(&self, inner: S) -> Bearer<S> {
         Bearer {
             inner,
             cache: self.cache.clone(),
@@ -50,11 +63,19 @@ impl BearerLayer {
     }
 }
 
+/// Why bearer credentials are refused, as the error and the calls' status say it.
+pub(crate) fn refusal(why: &str) -> String {
+    format!("bearer credentials refused: {why}")
+}
+
+/// Wraps any service; a [`BalancedChannel`](crate::BalancedChannel) without TLS then
+/// refuses the calls (`UNAUTHENTICATED`). [`BearerLayer::try_layer`] reports that when
+/// the client is built instead.
 impl<S> tower::Layer<S> for BearerLayer {
     type Service = Bearer<S>;
 
     fn layer(&self, inner: S) -> Bearer<S> {
-        self.wrap(inner)
+        self.layer_unchecked(inner)
     }
 }
 

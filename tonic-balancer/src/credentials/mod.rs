@@ -41,6 +41,24 @@
 //! and the source's error; calls in the next [`RefreshPolicy::retry_delay`] fail at
 //! once with the same error instead of asking the source again.
 //!
+//! # Only over TLS
+//! A bearer token sent in cleartext can be read and replayed by anyone on the path, so,
+//! as grpc-go's `RequireTransportSecurity`, tokens go only over a channel with TLS. Two
+//! places enforce it:
+//! - where the layer meets the channel, [`BearerLayer::try_layer`] (the one place that
+//!   knows both, when the client is built) returns an [`ErrorKind::InvalidConfig`]
+//!   error saying the channel has no TLS and how to opt in;
+//! - the channel itself refuses every call that carries a token from this module
+//!   (each such request is marked) with `UNAUTHENTICATED` and the same words, so the
+//!   rule holds however the layers are stacked (`tower::Layer::layer` cannot return an
+//!   error, and a middleware may sit between the layer and the channel).
+//!
+//! A channel whose traffic is protected another way (a service mesh sidecar on
+//! localhost, a WireGuard tunnel) opts in with
+//! [`Builder::allow_credentials_without_tls`](crate::Builder::allow_credentials_without_tls).
+//! `try_layer` takes any service implementing [`TransportSecurity`], as
+//! [`BalancedChannel`](crate::BalancedChannel) does.
+//!
 //! # Secrets
 //! The header value is marked sensitive (`HeaderValue::set_sensitive`): HTTP/2 sends it
 //! never-indexed and `Debug` prints `Sensitive`. [`Token`], [`BearerLayer`] and
@@ -52,6 +70,7 @@ mod layer;
 
 pub use future::ResponseFuture;
 pub use layer::BearerLayer;
+pub(crate) use layer::refusal;
 
 use crate::error::{Error, ErrorKind};
 use cache::Cache;
@@ -87,8 +106,18 @@ impl Token {
     }
 
     /// A token valid for `lifetime` from now (the `expires_in` of an OAuth 2 response).
+    /// A lifetime too long for the clock (`Duration::MAX`) saturates to decades.
     pub fn expires_in(value: impl Into<String>, lifetime: Duration) -> Self {
-        Self::new(value, Instant::now() + lifetime)
+        Self::new(value, crate::deadline::after(lifetime))
+    }
+
+    /// A token valid for `seconds` from now, as an OAuth 2 response's `expires_in`
+    /// says it (a JSON integer, which a faulty server can send negative or huge). Zero
+    /// or negative: already expired, so the fetch counts as failed and is retried after
+    /// [`RefreshPolicy::retry_delay`]; huge: saturates.
+    pub fn expires_in_secs(value: impl Into<String>, seconds: i64) -> Self {
+        let lifetime = Duration::from_secs(u64::try_from(seconds).unwrap_or(0));
+        Self::expires_in(value, lifetime)
     }
 
     /// A token that never expires: fetched once, never refreshed.
@@ -120,6 +149,15 @@ impl fmt::Debug for Token {
             .field("expires_in", &expires_in)
             .finish()
     }
+}
+
+/// What a service says about its transport, for credentials that must not travel in
+/// cleartext (grpc-go: `PerRPCCredentials.RequireTransportSecurity`).
+pub trait TransportSecurity {
+    /// `Ok` if bearer tokens may be sent through this service: its connections use TLS,
+    /// or its owner opted in to sending them without. `Err` says why not, and how to
+    /// opt in.
+    fn check_transport_security(&self) -> Result<(), String>;
 }
 
 /// Where tokens come from: an identity provider, a metadata server, a file.
@@ -229,10 +267,17 @@ pub struct Bearer<S> {
     cache: Arc<Cache>,
 }
 
+/// Marks a request whose `authorization` header this module set, so a channel without
+/// TLS can refuse it (see the [module docs](self)).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BearerAttached;
+
 impl<S> Bearer<S> {
-    /// Wraps `inner` with a token source of its own (and its own background task).
+    /// Wraps `inner` with a token source of its own (and its own background task). The
+    /// channel refuses its calls if it has no TLS; [`BearerLayer::try_layer`] says so
+    /// when the client is built.
     pub fn new<T: TokenSource>(inner: S, source: T) -> Self {
-        BearerLayer::new(source).wrap(inner)
+        BearerLayer::new(source).layer_unchecked(inner)
     }
 
     /// The wrapped service.
@@ -283,6 +328,7 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        request.extensions_mut().insert(BearerAttached);
         if let Some(header) = self.cache.header(Instant::now()) {
             request
                 .headers_mut()
@@ -301,7 +347,7 @@ where
 fn call_deadline(headers: &http::HeaderMap) -> Option<Instant> {
     let own = crate::deadline::request_timeout(headers)
         .and_then(Result::ok)
-        .map(|timeout| Instant::now() + timeout);
+        .map(crate::deadline::after);
     [crate::deadline::current(), own]
         .into_iter()
         .flatten()

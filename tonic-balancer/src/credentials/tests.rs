@@ -289,3 +289,39 @@ fn policies_out_of_range_are_rejected_with_their_field() {
         assert!(error.to_string().starts_with("refresh_policy."), "{error}");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn refresh_policy_and_token_durations_at_max_saturate() {
+    let (source, fetches) = source(|n| match n {
+        1 => Err("identity provider down".to_owned()),
+        _ => Ok(Token::expires_in("forever", Duration::MAX)),
+    });
+    let policy = RefreshPolicy {
+        before_expiry: Duration::MAX,
+        fetch_timeout: Duration::MAX,
+        retry_delay: Duration::MAX,
+        ..RefreshPolicy::default()
+    };
+    let service = BearerLayer::with_policy(source, policy)
+        .unwrap()
+        .layer(echo());
+    // The failure holds for retry_delay ("never" ends): later calls fail at once.
+    assert!(call(&service).await.is_err());
+    tokio::time::advance(Duration::from_secs(86_400 * 365)).await;
+    let status = call(&service).await.unwrap_err();
+    assert!(
+        status.message().contains("identity provider down"),
+        "{status:?}"
+    );
+    assert_eq!(*fetches.borrow(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_that_lives_for_ever_is_never_refreshed() {
+    let (source, fetches) = source(|n| Ok(Token::expires_in_secs(format!("tok-{n}"), i64::MAX)));
+    let service = BearerLayer::new(source).layer(echo());
+    assert_eq!(call(&service).await.unwrap(), "Bearer tok-1");
+    tokio::time::advance(Duration::from_secs(86_400 * 365 * 10)).await;
+    assert_eq!(call(&service).await.unwrap(), "Bearer tok-1");
+    assert_eq!(*fetches.borrow(), 1);
+}

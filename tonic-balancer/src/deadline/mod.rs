@@ -50,6 +50,23 @@ tokio::task_local! {
     static INHERITED: Option<Instant>;
 }
 
+pub(crate) use crate::defaults::FAR_FUTURE;
+
+/// `instant + duration`, saturating where the sum would overflow `Instant` (which
+/// panics): any duration a user can set, up to `Duration::MAX`, is then a valid (if
+/// distant) point in time.
+pub(crate) fn saturating_add(instant: Instant, duration: Duration) -> Instant {
+    instant
+        .checked_add(duration)
+        .or_else(|| instant.checked_add(FAR_FUTURE))
+        .unwrap_or(instant)
+}
+
+/// `Instant::now() + duration`, saturating (see [`saturating_add`]).
+pub(crate) fn after(duration: Duration) -> Instant {
+    saturating_add(Instant::now(), duration)
+}
+
 /// The deadline inherited from the request being handled, if any.
 pub fn current() -> Option<Instant> {
     INHERITED.try_with(|d| *d).ok().flatten()

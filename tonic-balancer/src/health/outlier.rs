@@ -177,21 +177,25 @@ fn ejected_count(hosts: &[Host<'_>]) -> usize {
     hosts.iter().filter(|h| h.ejection.is_ejected()).count()
 }
 
-/// Whether another ejection stays within the cap ("at least one may always be").
+/// Whether one more ejection keeps the ejected share within `max_ejection_percent`,
+/// or nothing is ejected yet (at least one may always be, gRFC A50).
+///
+/// The share is checked *after* the ejection: grpc-go and Envoy check it before, so
+/// with 10 backends and 15 % they eject a second one (20 %); here it stays at one.
 fn may_eject(config: &OutlierDetection, hosts: &[Host<'_>]) -> bool {
-    (ejected_count(hosts) as u64) * 100
-        < u64::from(config.max_ejection_percent) * hosts.len() as u64
-        || ejected_count(hosts) == 0
+    let ejected = ejected_count(hosts) as u64;
+    ejected == 0
+        || (ejected + 1) * 100 <= u64::from(config.max_ejection_percent) * hosts.len() as u64
 }
 
 fn eject(config: &OutlierDetection, host: &mut Host<'_>, now: Instant) {
-    host.ejection.multiplier += 1;
+    host.ejection.multiplier = host.ejection.multiplier.saturating_add(1);
     let cap = config.max_ejection_time.max(config.base_ejection_time);
     let time = config
         .base_ejection_time
         .saturating_mul(host.ejection.multiplier)
         .min(cap);
-    host.ejection.until = Some(now + time);
+    host.ejection.until = Some(crate::deadline::saturating_add(now, time));
     host.outcomes.reset_consecutive();
 }
 
@@ -410,6 +414,14 @@ mod tests {
         (5..10).for_each(|i| fleet.calls(i, 100, 0));
         fleet.interval(&config, &mut rng);
         assert_eq!(fleet.ejected().len(), 2);
+
+        // 15 % of 10 backends is one and a half: a second ejection would make 20 %.
+        config.max_ejection_percent = 15;
+        let mut fleet = Fleet::new(10);
+        (0..3).for_each(|i| fleet.calls(i, 0, 100));
+        (3..10).for_each(|i| fleet.calls(i, 100, 0));
+        fleet.interval(&config, &mut rng);
+        assert_eq!(fleet.ejected().len(), 1);
 
         // 10 % of 5 backends is half of one: one may still be ejected.
         let config = failure_percentage_only();

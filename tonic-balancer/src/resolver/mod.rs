@@ -40,12 +40,22 @@ pub struct Address {
     /// subchannel keeps the `Address` it was created with, so a change of weight alone
     /// does not show there.
     pub weight: Option<u32>,
+    /// The priority of the DNS SRV record this address came from (RFC 2782: lower is
+    /// preferred), if any. The channel sends calls to the lowest priority that has a
+    /// READY backend, and passes a priority over only once every one of its backends
+    /// has failed (see [`resolver::dns`](crate::resolver::dns)). Addresses without one
+    /// form a single group.
+    pub priority: Option<u16>,
 }
 
 impl Address {
     /// An address with no attributes.
     pub fn new(addr: SocketAddr) -> Self {
-        Self { addr, weight: None }
+        Self {
+            addr,
+            weight: None,
+            priority: None,
+        }
     }
 }
 

@@ -80,18 +80,26 @@ pub(crate) struct Throttle {
 }
 
 impl Throttle {
+    /// The config accepts any finite `token_ratio` > 0 (gRPC sets no upper bound), so
+    /// both values are clamped to what the bucket can hold: a ratio above `max_tokens`
+    /// refills the bucket in one success either way, and no sum below can overflow.
     pub(crate) fn new(max_tokens: f64, token_ratio: f64) -> Self {
-        let max = (max_tokens * 1000.0).round().max(0.0) as u64;
+        let milli = |value: f64| {
+            let value = (value * 1000.0).round();
+            // `as` saturates (and maps NaN to 0); the clamp keeps `2 × max` in range.
+            (if value.is_nan() { 0.0 } else { value.max(0.0) }) as u64
+        };
+        let max = milli(max_tokens).min(u64::MAX / 2);
         Self {
             milli_tokens: AtomicU64::new(max),
             max,
             // gRPC keeps three decimals of the ratio.
-            ratio: (token_ratio * 1000.0).round().max(0.0) as u64,
+            ratio: milli(token_ratio).min(max),
         }
     }
 
     pub(crate) fn allows_retry(&self) -> bool {
-        self.milli_tokens.load(Ordering::Relaxed) * 2 > self.max
+        self.milli_tokens.load(Ordering::Relaxed).saturating_mul(2) > self.max
     }
 
     pub(crate) fn on_failure(&self) {
@@ -107,7 +115,7 @@ impl Throttle {
         let _ = self
             .milli_tokens
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
-                Some((t + ratio).min(max))
+                Some(t.saturating_add(ratio).min(max))
             });
     }
 
@@ -345,6 +353,32 @@ mod tests {
             t.on_success();
         }
         assert_eq!(t.tokens(), 4.0);
+    }
+
+    #[test]
+    fn throttle_arithmetic_holds_for_any_accepted_ratio() {
+        // The service config accepts any finite tokenRatio > 0 and maxTokens up to 1000.
+        for ratio in [1e-12, 0.001, 0.5, 999.0, 1e6, 1.8e16, 1e300, f64::MAX] {
+            for max_tokens in [0.001, 1.0, 4.0, 1000.0] {
+                let t = Throttle::new(max_tokens, ratio);
+                t.on_success(); // at the cap already: must not overflow
+                assert!(t.tokens() <= max_tokens + 1e-9, "{max_tokens} {ratio}");
+                for _ in 0..3 {
+                    t.on_failure();
+                }
+                t.on_success();
+                t.on_success();
+                assert!(t.tokens() <= max_tokens + 1e-9, "{max_tokens} {ratio}");
+                let _ = t.allows_retry();
+            }
+        }
+        // A ratio above the bucket refills it in one success.
+        let t = Throttle::new(4.0, 1e300);
+        (0..4).for_each(|_| t.on_failure());
+        assert!(!t.allows_retry());
+        t.on_success();
+        assert_eq!(t.tokens(), 4.0);
+        assert!(t.allows_retry());
     }
 
     #[tokio::test(start_paused = true)]

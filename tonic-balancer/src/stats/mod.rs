@@ -24,6 +24,15 @@
 //!
 //! `method` is the full path (`/pkg.Service/Method`), `endpoint` the address (`ip:port`).
 //!
+//! **Cardinality:** a channel keeps figures for at most
+//! [`Builder::stats_method_limit`](crate::Builder::stats_method_limit) methods (default
+//! [`DEFAULT_STATS_METHOD_LIMIT`]); calls to methods beyond it are counted under
+//! `method = "other"` ([`OTHER_METHOD`]), as gRPC's OpenTelemetry plugin does for
+//! methods it does not know. When an address is removed, its `endpoint` gauges are set
+//! to 0 (`ready`, `rtt`; `in_flight` reaches 0 as its calls drain): the `metrics`
+//! facade has no way to delete a series, so to drop them from an exporter, give it an
+//! idle timeout (`metrics-exporter-prometheus`: `PrometheusBuilder::idle_timeout`).
+//!
 //! Tracing: each call is a DEBUG span `grpc.call` with OpenTelemetry's RPC field names
 //! (`rpc.system = "grpc"`, `rpc.service`, `rpc.method`, `rpc.grpc.status_code`) plus
 //! `policy`; each attempt a DEBUG span `grpc.attempt` with `attempt` (1, 2, ...),
@@ -108,36 +117,72 @@ impl MethodStats {
     }
 }
 
+/// The entry that methods beyond the limit share, in [`ChannelStats::methods`] and as
+/// the `method` label of the exported metrics.
+pub const OTHER_METHOD: &str = "other";
+
+pub use crate::defaults::DEFAULT_STATS_METHOD_LIMIT;
+
 /// Every method's figures, found without a lock: a new method copies the map once.
+///
+/// At most `limit` methods get figures of their own; calls to any further method are
+/// counted under [`OTHER_METHOD`]. A method path is whatever the caller put in the
+/// request, so without the bound a gateway that forwards arbitrary paths would grow
+/// this map, and the exported label sets, without end.
 #[derive(Debug)]
 pub(crate) struct Stats {
     methods: ArcSwap<HashMap<Arc<str>, Arc<MethodStats>>>,
+    limit: usize,
+    other: std::sync::OnceLock<Arc<MethodStats>>,
     started: Instant,
 }
 
 impl Default for Stats {
     fn default() -> Self {
-        Self {
-            methods: ArcSwap::default(),
-            started: Instant::now(),
-        }
+        Self::with_limit(DEFAULT_STATS_METHOD_LIMIT)
     }
 }
 
 impl Stats {
+    pub(crate) fn with_limit(limit: usize) -> Self {
+        Self {
+            methods: ArcSwap::default(),
+            limit,
+            other: std::sync::OnceLock::new(),
+            started: Instant::now(),
+        }
+    }
+
     pub(crate) fn method(&self, path: &str) -> Arc<MethodStats> {
-        if let Some(stats) = self.methods.load().get(path) {
+        let methods = self.methods.load();
+        if let Some(stats) = methods.get(path) {
             return stats.clone();
+        }
+        if methods.len() >= self.limit {
+            return self.other();
         }
         let fresh = Arc::new(MethodStats::new(path));
         let mut found = None;
         self.methods.rcu(|methods| {
             let mut methods = HashMap::clone(methods);
-            let entry = methods.entry(path.into()).or_insert_with(|| fresh.clone());
-            found = Some(entry.clone());
+            found = match methods.get(path) {
+                Some(entry) => Some(entry.clone()),
+                // Filled up meanwhile by other new methods.
+                None if methods.len() >= self.limit => None,
+                None => {
+                    methods.insert(path.into(), fresh.clone());
+                    Some(fresh.clone())
+                }
+            };
             methods
         });
-        found.unwrap_or(fresh)
+        found.unwrap_or_else(|| self.other())
+    }
+
+    fn other(&self) -> Arc<MethodStats> {
+        self.other
+            .get_or_init(|| Arc::new(MethodStats::new(OTHER_METHOD)))
+            .clone()
     }
 
     /// A snapshot of every method.
@@ -147,6 +192,7 @@ impl Stats {
             .methods
             .load()
             .values()
+            .chain(self.other.get())
             .map(|m| m.snapshot(uptime))
             .collect();
         methods.sort_by(|a, b| a.method.cmp(&b.method));

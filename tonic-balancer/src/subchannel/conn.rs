@@ -91,10 +91,19 @@ pub(crate) enum Outgoing {
     Stream(Body),
 }
 
+/// Where a request stood when it was handed to h2.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SentMark {
+    pub(crate) stream_id: u32,
+    written_before: u64,
+}
+
 /// A request on its way: the response future, and the pump of a streaming body (which
 /// stops, resetting the stream, when this or the response body is dropped).
 pub(crate) struct Sent {
     response: h2::client::ResponseFuture,
+    /// Bytes the connection had written before this request.
+    written_before: u64,
     pump: Option<oneshot::Sender<()>>,
 }
 
@@ -102,6 +111,14 @@ impl Sent {
     /// The stream's id, to compare with a GOAWAY's last stream id.
     pub(crate) fn stream_id(&self) -> u32 {
         self.response.stream_id().into()
+    }
+
+    /// Where the request stood: the stream id and the bytes written before it.
+    pub(crate) fn mark(&self) -> SentMark {
+        SentMark {
+            stream_id: self.stream_id(),
+            written_before: self.written_before,
+        }
     }
 
     /// Waits for the response head. Its body keeps the pump alive.
@@ -141,6 +158,7 @@ impl Conn {
         body: Outgoing,
     ) -> Result<Sent, h2::Error> {
         let request = self.request(head);
+        let written_before = self.tap.written();
         let mut send = self.send.clone();
         let end = matches!(body, Outgoing::Empty);
         let (response, mut stream) = match send.send_request(request, end) {
@@ -163,7 +181,11 @@ impl Conn {
                 Some(cancel)
             }
         };
-        Ok(Sent { response, pump })
+        Ok(Sent {
+            response,
+            written_before,
+            pump,
+        })
     }
 
     /// The request as h2 takes it: an absolute URI on this connection's origin, no
@@ -199,6 +221,12 @@ impl Conn {
     /// subchannel itself (the health Watch).
     pub(crate) fn service(self: &Arc<Self>) -> ConnService {
         ConnService { conn: self.clone() }
+    }
+
+    /// Whether a failed request never left the client: the connection was found
+    /// closed before anything was written after the request was handed to h2.
+    pub(crate) fn never_left(&self, error: &h2::Error, mark: SentMark) -> bool {
+        !error.is_remote() && !error.is_reset() && self.tap.closed_before(mark.written_before)
     }
 
     /// Whether the server refused a stream it never processed: RST_STREAM
@@ -603,6 +631,7 @@ async fn drive(
         }
     }
     // Dropping the connection fails its open streams; calls see UNAVAILABLE.
+    watched.tap.mark_closed();
     watched.link.close();
 }
 

@@ -240,6 +240,10 @@ pub(crate) struct Tap {
     answers: AtomicU64,
     /// Calls started on the subchannel when bytes were last read.
     started_at_read: AtomicU64,
+    /// Bytes written to the server so far.
+    written: AtomicU64,
+    /// `written` when the connection was found closed (`u64::MAX` while open).
+    written_at_close: AtomicU64,
     /// The latest GOAWAY: a graceful shutdown sends two, the second with the real
     /// last stream id.
     goaway: std::sync::Mutex<Option<GoAway>>,
@@ -276,6 +280,8 @@ impl Default for Tap {
             bytes: AtomicU64::new(0),
             answers: AtomicU64::new(0),
             started_at_read: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            written_at_close: AtomicU64::new(u64::MAX),
             goaway: std::sync::Mutex::new(None),
             ended: OnceLock::new(),
         }
@@ -294,6 +300,22 @@ impl Tap {
 
     pub(crate) fn answers(&self) -> u64 {
         self.answers.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+
+    /// Marks the connection closed: what was written by then is all that ever will be.
+    pub(crate) fn mark_closed(&self) {
+        self.written_at_close
+            .fetch_min(self.written(), Ordering::Relaxed);
+    }
+
+    /// Whether the connection closed before anything written after `written` (a count
+    /// of [`Tap::written`] taken earlier) went out: a request sent then never left.
+    pub(crate) fn closed_before(&self, written: u64) -> bool {
+        self.written_at_close.load(Ordering::Relaxed) <= written
     }
 
     pub(crate) fn started_at_read(&self) -> u64 {
@@ -449,6 +471,9 @@ impl ConnIo {
 
     /// Looks at the bytes a read returned (`new`; empty at end of stream) or its error.
     fn observe(&mut self, read: Result<&[u8], &io::Error>) {
+        if !matches!(read, Ok([_, ..])) {
+            self.tap.mark_closed();
+        }
         let session = if self.io.is_tls() {
             "TLS session"
         } else {
@@ -560,13 +585,27 @@ impl AsyncRead for ConnIo {
     }
 }
 
+impl ConnIo {
+    fn wrote(&self, result: &Poll<io::Result<usize>>) {
+        match result {
+            Poll::Ready(Ok(n)) => {
+                self.tap.written.fetch_add(*n as u64, Ordering::Relaxed);
+            }
+            Poll::Ready(Err(_)) => self.tap.mark_closed(),
+            Poll::Pending => {}
+        }
+    }
+}
+
 impl AsyncWrite for ConnIo {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let result = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.wrote(&result);
+        result
     }
 
     fn poll_write_vectored(
@@ -574,7 +613,9 @@ impl AsyncWrite for ConnIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let result = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.wrote(&result);
+        result
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -21,6 +21,8 @@ impl Worker {
     ///   error level, not asked again on this connection.
     /// - Any other end of the stream: unhealthy, re-opened after a backoff (reset by
     ///   every message received).
+    /// - A message that repeats the status already reported on this stream reports
+    ///   nothing: the control task would only rebuild the same picker.
     pub(super) async fn watch_health(&self, ready: ReadyConn, service: String) {
         let address = ready.subchannel.address.clone();
         let mut backoff = Backoff::new(self.settings.backoff);
@@ -43,10 +45,14 @@ impl Worker {
                 Err(status) => format!("health watch failed: {}", status.message()),
                 Ok(response) => {
                     let mut stream = response.into_inner();
+                    let mut current = None;
                     loop {
                         match stream.message().await {
                             Ok(Some(message)) => {
                                 backoff.reset();
+                                if current.replace(message.status) == Some(message.status) {
+                                    continue;
+                                }
                                 let serving = message.status == ServingStatus::Serving as i32;
                                 if serving {
                                     self.report(
@@ -80,5 +86,82 @@ impl Worker {
             );
             tokio::time::sleep(backoff.next_delay(&mut rng)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::backoff::BackoffParams;
+    use crate::load::Accounting;
+    use crate::resolver::Address;
+    use crate::subchannel::{ConnectSettings, Update, new_subchannel, spawn};
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio::sync::mpsc;
+    use tonic_balancer_testkit::Backend;
+
+    /// The next update that is not CONNECTING, as a word.
+    async fn next(events: &mut mpsc::UnboundedReceiver<super::super::Event>) -> &'static str {
+        loop {
+            match events.recv().await.expect("the worker is running").update {
+                Update::Connecting => continue,
+                Update::Ready(_) => return "ready",
+                Update::Unhealthy(..) => return "unhealthy",
+                Update::Lost(_) => return "lost",
+                Update::Failed(_) => return "failed",
+                Update::Idle => return "idle",
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_repeated_health_status_reports_nothing() {
+        let backend = Backend::start("a").await.unwrap();
+        let settings = ConnectSettings {
+            backoff: BackoffParams {
+                initial: Duration::from_millis(10),
+                multiplier: 1.6,
+                max: Duration::from_millis(100),
+                jitter: 0.0,
+            },
+            min_connect_timeout: Duration::from_secs(20),
+            endpoint: Arc::new(|a: &Address| {
+                tonic::transport::Endpoint::from_shared(format!("http://{}", a.addr))
+                    .map_err(|e| e.to_string())
+            }),
+            accounting: Accounting::default(),
+            health_service: Some(String::new()),
+            #[cfg(feature = "tls")]
+            tls: None,
+            conn: crate::subchannel::ConnSettings {
+                tcp: crate::subchannel::TcpOptions::default(),
+                liveness: None,
+                keepalive: None,
+            },
+            keepalive_time: Arc::default(),
+        };
+        let subchannel = new_subchannel(0, Address::from(backend.addr()), &Accounting::default());
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let _worker = spawn(subchannel, settings, true, 1, tx);
+        let run = async {
+            assert_eq!(next(&mut events).await, "ready");
+            // SERVING again, three times, each sent before the next, then a real change:
+            // the change must be the very next update (the stream keeps the order).
+            for _ in 0..3 {
+                let sent = backend.health_messages();
+                backend.repeat_health_status();
+                backend.wait_health_messages(sent + 1).await;
+            }
+            backend.set_serving(false);
+            assert_eq!(next(&mut events).await, "unhealthy");
+            let sent = backend.health_messages();
+            backend.repeat_health_status();
+            backend.wait_health_messages(sent + 1).await;
+            backend.set_serving(true);
+            assert_eq!(next(&mut events).await, "ready");
+        };
+        tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .expect("updates within 30 s");
     }
 }

@@ -163,6 +163,11 @@ impl ReadyConn {
     pub(crate) fn refused(&self, error: &h2::Error, stream_id: u32) -> bool {
         self.conn.refused(error, stream_id)
     }
+
+    /// Whether a request that failed never left the client.
+    pub(crate) fn never_left(&self, error: &h2::Error, mark: conn::SentMark) -> bool {
+        self.conn.never_left(error, mark)
+    }
 }
 
 /// The status a caller sees for an error sending to `addr`.
@@ -244,7 +249,22 @@ pub(crate) fn spawn(
         events,
         want: want_rx,
     };
-    tokio::spawn(worker.run(stop_rx));
+    let (subchannel, events) = (worker.subchannel.clone(), worker.events.clone());
+    tokio::spawn(async move {
+        // A panicking worker leaves its subchannel in TRANSIENT_FAILURE naming the
+        // panic, so calls fail with it (as for any unreachable backend) instead of
+        // queueing behind a CONNECTING state that will never change.
+        if let Err(why) = crate::error::catch_panic(worker.run(stop_rx)).await {
+            let why = format!("the worker of subchannel {} {why}", subchannel.address);
+            tracing::error!(error = %why, "subchannel worker stopped");
+            subchannel.set_state(ConnectivityState::TransientFailure);
+            let update = Update::Failed(why);
+            let _ = events.send(Event {
+                id: subchannel.id,
+                update,
+            });
+        }
+    });
     WorkerHandle {
         want: want_tx,
         _stop: stop_tx,

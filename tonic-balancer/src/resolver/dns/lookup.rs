@@ -149,7 +149,7 @@ async fn lookup_ip(
     resolver: &TokioResolver,
     host: &str,
     port: u16,
-    weight: Option<u32>,
+    srv: Option<(u16, u16)>,
 ) -> Result<(Vec<Address>, Duration), String> {
     let lookup = resolver.lookup_ip(host).await.map_err(|e| match &e {
         // hickory reports the A query's NODATA when both queries found nothing.
@@ -162,9 +162,11 @@ async fn lookup_ip(
     })?;
     let addrs: Vec<Address> = lookup
         .iter()
-        .map(|ip| Address {
-            addr: SocketAddr::new(ip, port),
-            weight,
+        .map(|ip| {
+            let mut address = Address::new(SocketAddr::new(ip, port));
+            address.priority = srv.map(|(priority, _)| priority);
+            address.weight = srv.map(|(_, weight)| u32::from(weight));
+            address
         })
         .collect();
     if addrs.is_empty() {
@@ -173,16 +175,27 @@ async fn lookup_ip(
     Ok((addrs, min_ttl(lookup.as_lookup().answers())))
 }
 
-/// SRV records grouped by priority, lowest first: the first group in which at least one
-/// target resolves gives the addresses (RFC 2782: "a client MUST attempt to contact the
-/// target host with the lowest-numbered priority it can reach"). Weights are carried on
-/// the addresses; see [`Address::weight`].
+/// SRV records grouped by priority, lowest first: the addresses of every target that
+/// resolves, in priority order, each carrying its record's priority and weight. Which
+/// priority gets calls is the channel's choice, made on what it can *reach* (RFC 2782:
+/// "a client MUST attempt to contact the target host with the lowest-numbered priority
+/// it can reach"): a group whose names resolve but whose backends are all down must be
+/// passed over too, which a lookup alone cannot see. See [`Address::priority`].
 async fn lookup_srv(resolver: &TokioResolver, name: &str) -> Result<Found, String> {
     let lookup = resolver.srv_lookup(name).await.map_err(|e| describe(&e))?;
     let srv_ttl = min_ttl(lookup.answers());
     let mut groups: BTreeMap<u16, Vec<(u16, u16, Name)>> = BTreeMap::new();
     let mut records = 0;
+    let bound = crate::defaults::MAX_SRV_TARGETS;
     for record in lookup.answers() {
+        if records == bound {
+            tracing::warn!(
+                srv = name,
+                bound,
+                "too many SRV records; using the first ones"
+            );
+            break;
+        }
         if let RData::SRV(srv) = &record.data {
             records += 1;
             // A target of "." means the service is decidedly not available there.
@@ -202,17 +215,21 @@ async fn lookup_srv(resolver: &TokioResolver, name: &str) -> Result<Found, Strin
         return Err("the service is not available (SRV target \".\")".to_owned());
     }
     let mut failures = Vec::new();
+    let (mut addrs, mut ttl) = (Vec::new(), srv_ttl);
     for (priority, group) in groups {
-        let lookups = group.iter().map(|(weight, port, target)| {
-            let host = target.to_ascii();
-            async move {
-                let result = lookup_ip(resolver, &host, *port, Some(u32::from(*weight))).await;
-                (host, result)
-            }
-        });
-        let mut addrs = Vec::new();
-        let mut ttl = srv_ttl;
-        for (host, result) in join_all(lookups).await {
+        // At most MAX_CONCURRENT_SRV_LOOKUPS at a time, in record order.
+        let mut results = Vec::with_capacity(group.len());
+        for batch in group.chunks(crate::defaults::MAX_CONCURRENT_SRV_LOOKUPS) {
+            let lookups = batch.iter().map(|(weight, port, target)| {
+                let host = target.to_ascii();
+                async move {
+                    let result = lookup_ip(resolver, &host, *port, Some((priority, *weight))).await;
+                    (host, result)
+                }
+            });
+            results.extend(join_all(lookups).await);
+        }
+        for (host, result) in results {
             match result {
                 Ok((found, host_ttl)) => {
                     addrs.extend(found);
@@ -221,14 +238,14 @@ async fn lookup_srv(resolver: &TokioResolver, name: &str) -> Result<Found, Strin
                 Err(why) => failures.push(format!("{host} (priority {priority}): {why}")),
             }
         }
-        if !addrs.is_empty() {
-            if !failures.is_empty() {
-                tracing::debug!(srv = name, ?failures, "SRV targets that did not resolve");
-            }
-            return Ok(Found { addrs, ttl });
-        }
     }
-    Err(format!("no SRV target resolved: {}", failures.join("; ")))
+    if addrs.is_empty() {
+        return Err(format!("no SRV target resolved: {}", failures.join("; ")));
+    }
+    if !failures.is_empty() {
+        tracing::debug!(srv = name, ?failures, "SRV targets that did not resolve");
+    }
+    Ok(Found { addrs, ttl })
 }
 
 fn min_ttl(records: &[Record]) -> Duration {

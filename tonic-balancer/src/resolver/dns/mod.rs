@@ -52,14 +52,20 @@
 //!
 //! `dns+srv:///_grpc._tcp.orders.svc` looks up the SRV records of the name (RFC 2782;
 //! Consul and Kubernetes publish ports this way), then the A and AAAA records of each
-//! record's target, which gives host:port pairs. Priority is honoured: the group with the
-//! lowest priority value in which at least one target resolves is the address set, and
-//! the next group is used only when every target of the groups before it fails. Weight
+//! record's target, which gives host:port pairs. Priority is honoured on what the
+//! channel can *reach* (RFC 2782): every target that resolves becomes an address carrying
+//! its [`Address::priority`](crate::resolver::Address::priority), and the channel
+//! connects to all of them but sends calls only to the lowest priority with a READY
+//! backend. It passes a priority over once every backend in it has failed (a failed
+//! lookup, refused or lost connections, failing health checks, ejection), and comes
+//! back as soon as one of them is READY again; the backup priorities' connections are
+//! kept warm for that. At most 256 SRV records are used, their targets looked up 8 at a
+//! time ([`defaults::MAX_SRV_TARGETS`](crate::defaults::MAX_SRV_TARGETS)). Weight
 //! is carried on [`Address::weight`](crate::resolver::Address::weight) but no policy
 //! reads it: round_robin shares calls evenly within the group, and least_request and
 //! peak_ewma send more calls to the backends that answer faster, which is what weights
 //! usually approximate. The refresh uses the shortest TTL of the SRV records and of the
-//! address records of the group used. Calls carry the SRV name as `:authority` unless
+//! address records found. Calls carry the SRV name as `:authority` unless
 //! [`Builder::endpoint`](crate::Builder::endpoint) says otherwise.
 //!
 //! # The DNS server
@@ -157,6 +163,16 @@ impl DnsOptions {
         }
         if self.query_timeout.is_some_and(|t| t.is_zero()) {
             return Err(invalid("query_timeout", "must be > 0"));
+        }
+        if self
+            .query_timeout
+            .is_some_and(|t| t > crate::defaults::MAX_DNS_QUERY_TIMEOUT)
+        {
+            let max = crate::defaults::MAX_DNS_QUERY_TIMEOUT;
+            return Err(invalid(
+                "query_timeout",
+                &format!("must be at most {max:?} (hickory adds it to the clock)"),
+            ));
         }
         Ok(Timing {
             min_refresh: self.min_refresh,

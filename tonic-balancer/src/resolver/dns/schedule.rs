@@ -18,6 +18,7 @@
 
 use super::super::{Address, Resolution, ResolveError};
 use crate::backoff::{Backoff, BackoffParams};
+use crate::deadline::saturating_add;
 use rand::{SeedableRng, rngs::SmallRng};
 use std::fmt;
 use std::future::Future;
@@ -145,7 +146,7 @@ impl Schedule {
             return scheduled;
         }
         let allowed = match self.last_start {
-            Some(start) => start + self.timing.min_re_resolve_interval,
+            Some(start) => saturating_add(start, self.timing.min_re_resolve_interval),
             None => now,
         };
         scheduled.min(allowed)
@@ -160,7 +161,7 @@ impl Schedule {
                 let wait = found
                     .ttl
                     .clamp(self.timing.min_refresh, self.timing.max_refresh);
-                self.next = Some(now + wait);
+                self.next = Some(saturating_add(now, wait));
                 let addrs = dedup(found.addrs);
                 let mut key: Vec<_> = addrs.iter().map(|a| (a.addr, a.weight)).collect();
                 key.sort_unstable();
@@ -171,11 +172,11 @@ impl Schedule {
                 Some(Ok(addrs))
             }
             Ok(_) => {
-                self.next = Some(now + self.backoff.next_delay(&mut self.rng));
+                self.next = Some(saturating_add(now, self.backoff.next_delay(&mut self.rng)));
                 Some(Err(ResolveError::new("the DNS lookup found no addresses")))
             }
             Err(error) => {
-                self.next = Some(now + self.backoff.next_delay(&mut self.rng));
+                self.next = Some(saturating_add(now, self.backoff.next_delay(&mut self.rng)));
                 Some(Err(error))
             }
         }
@@ -319,6 +320,47 @@ mod tests {
             Poll::Ready(Ok(addrs(&[3])))
         );
         assert_eq!(script.lookups(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn durations_at_max_saturate_instead_of_overflowing_the_clock() {
+        let script = Script::new(Duration::ZERO);
+        script
+            .then(found(&[1], Duration::MAX))
+            .then(Err(ResolveError::new("SERVFAIL")));
+        let max = Timing {
+            min_refresh: Duration::MAX,
+            max_refresh: Duration::MAX,
+            min_re_resolve_interval: Duration::MAX,
+            retry: BackoffParams {
+                initial: Duration::MAX,
+                multiplier: 1.6,
+                max: Duration::MAX,
+                jitter: 0.2,
+            },
+        };
+        let mut s = script.schedule(max);
+        assert!(poll(&mut s).is_ready());
+        // The next refresh is "never" (decades away), and a re-resolve request waits for
+        // the rate limit, also "never": no panic, no lookup.
+        s.re_resolve();
+        assert!(poll_after(&mut s, 86_400 * SEC).await.is_pending());
+        assert_eq!(script.lookups(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_zero_re_resolve_interval_looks_up_at_once() {
+        let script = Script::new(Duration::ZERO);
+        script
+            .then(found(&[1], 100 * SEC))
+            .then(found(&[2], 100 * SEC));
+        let mut t = timing();
+        t.min_re_resolve_interval = Duration::ZERO;
+        let mut s = script.schedule(t);
+        assert!(poll(&mut s).is_ready());
+        s.re_resolve();
+        assert_eq!(poll(&mut s), Poll::Ready(Ok(addrs(&[2]))));
+        assert_eq!(script.lookups(), 2);
     }
 
     #[tokio::test(start_paused = true)]
