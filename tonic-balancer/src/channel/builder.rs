@@ -1,13 +1,13 @@
 //! The consuming builder for [`BalancedChannel`].
 
-use super::control::{ConnectMode, Control, Outliers, Shared, Snapshot};
+use super::control::{ConnectMode, Control, ControlConfig, Outliers, Shared, Snapshot};
 use super::{BalancedChannel, CallConfig, Inner};
 use crate::backoff::BackoffParams;
 use crate::balance::{Picker, Policy};
-use crate::config::{MethodMap, MethodName, ServiceConfig};
+use crate::config::{LoadBalancingConfig, MethodMap, MethodName, ServiceConfig};
 use crate::error::{Error, ErrorKind};
 use crate::health::OutlierDetection;
-use crate::load::{Accounting, CodeSet, EwmaParams};
+use crate::load::{Accounting, CodeSet};
 use crate::resolver::{Address, Resolve, StaticList, Target};
 use crate::retry::{Budget, DEFAULT_REPLAY_BUFFER, RetryBudget, Throttle};
 use crate::subchannel::{ConnectSettings, EndpointMaker};
@@ -365,38 +365,28 @@ impl Builder {
         let backoff = self.backoff.validate()?;
         let seed = self.seed_or_random();
         let sensitive = sensitive_keys(&self.sensitive)?;
+        if let Some(config) = &self.outlier_detection {
+            config.validate()?;
+        }
         let policies = Policies {
             policy: self.policy.clone(),
             methods: self.method_policies.clone(),
             seed,
+            outliers: self.outlier_detection.clone(),
+            health_service: self.health_service.clone(),
         };
-        let (call_config, mode, ewma) = policies.call_config(self.service_config.as_ref())?;
-        let outliers = match self.outlier_detection.clone() {
-            Some(config) => {
-                config.validate()?;
-                Some(Outliers {
-                    config,
-                    signal: Arc::new(Notify::new()),
-                })
-            }
-            None => None,
-        };
-        let failure_codes = outliers
+        let (call_config, control_config) = policies.call_config(self.service_config.as_ref())?;
+        let failure_codes = self
+            .outlier_detection
             .as_ref()
-            .map_or_else(CodeSet::default, |o| CodeSet::of(&o.config.failure_codes));
+            .map_or_else(CodeSet::default, |o| CodeSet::of(&o.failure_codes));
+        let outlier_signal = Arc::new(Notify::new());
         if self.panic_threshold.is_some_and(|p| p > 100) {
             return Err(Error::new(
                 ErrorKind::InvalidConfig,
                 "panic_threshold: must be a percentage, at most 100",
             ));
         }
-        // The builder's setting wins over the service config's healthCheckConfig.
-        let health_service = self.health_service.clone().or_else(|| {
-            self.service_config
-                .as_ref()
-                .and_then(|c| c.health_check.as_ref())
-                .map(|h| h.service_name.clone())
-        });
         let budget = match &self.budget {
             Some(budget) => {
                 budget.validate()?;
@@ -439,7 +429,15 @@ impl Builder {
             published: watch::Sender::new(()),
         });
         let (stop_tx, stop_rx) = oneshot::channel();
-        let (mode_tx, mode_rx) = watch::channel((mode, ewma));
+        let ControlConfig {
+            mode,
+            ewma,
+            shuffle,
+            outliers,
+            health_service,
+        } = control_config.clone();
+        let (updates_tx, updates_rx) = watch::channel(control_config);
+        let (health_tx, health_rx) = watch::channel(health_service);
         let control = Control {
             shared: shared.clone(),
             resolver,
@@ -452,17 +450,20 @@ impl Builder {
                     failure_codes,
                     outliers: outliers
                         .as_ref()
-                        .map(|o| (o.signal.clone(), u64::from(o.config.consecutive_failures))),
+                        .map(|o| (outlier_signal.clone(), u64::from(o.consecutive_failures))),
                 },
-                health_service,
+                health_service: health_rx,
                 #[cfg(feature = "tls")]
                 tls,
             },
             seed,
             target: self.name.clone(),
             mode,
-            mode_updates: mode_rx,
-            outliers,
+            shuffle,
+            updates: updates_rx,
+            outliers: outliers.map(|config| Outliers { config }),
+            outlier_signal,
+            health: health_tx,
             panic_threshold: self.panic_threshold,
         };
         runtime.spawn(control.run(stop_rx));
@@ -478,7 +479,7 @@ impl Builder {
                 seed,
                 calls: Default::default(),
                 stats: Default::default(),
-                mode: mode_tx,
+                mode: updates_tx,
                 policies,
                 _stop: stop_tx,
             }),
@@ -512,29 +513,49 @@ pub(super) fn invalid_config(error: crate::config::InvalidConfig) -> Error {
     )
 }
 
-/// The policies set on the builder, kept so a service config update can be applied on
-/// top of them.
+/// The builder's settings a service config may override, kept so each service config
+/// update can be applied on top of them.
 #[derive(Clone, Debug)]
 pub(super) struct Policies {
     policy: Policy,
     methods: Vec<(String, Policy)>,
     seed: u64,
+    /// Outlier detection set on the builder; a config's `outlier_detection_experimental`
+    /// replaces it.
+    outliers: Option<OutlierDetection>,
+    /// Health checking set on the builder; it wins over a config's `healthCheckConfig`.
+    health_service: Option<String>,
 }
 
 impl Policies {
-    /// What calls consult, from these policies and a service config; plus how the
-    /// channel must connect and the RTT estimate parameters its policies need.
+    /// What calls consult, from these settings and a service config; plus what the
+    /// control task applies: how to connect, the RTT estimate parameters the policies
+    /// need, outlier detection and health checking.
     pub(super) fn call_config(
         &self,
         service_config: Option<&ServiceConfig>,
-    ) -> Result<(CallConfig, ConnectMode, Option<EwmaParams>), Error> {
+    ) -> Result<(CallConfig, ControlConfig), Error> {
         if let Some(config) = service_config {
             config.validate().map_err(invalid_config)?;
         }
-        // The service config's loadBalancingConfig, when present, is the channel's policy.
-        let default = service_config
-            .and_then(|c| c.load_balancing.as_ref())
-            .map_or_else(|| self.policy.clone(), Policy::from);
+        // The service config's load balancing policy, when present, is the channel's.
+        let lb = service_config.and_then(|c| c.load_balancing.as_ref());
+        let default = lb.map_or_else(|| self.policy.clone(), Policy::from);
+        let shuffle = matches!(
+            lb.map(LoadBalancingConfig::picking_policy),
+            Some(LoadBalancingConfig::PickFirst {
+                shuffle_address_list: true
+            })
+        );
+        let outliers = match lb.and_then(LoadBalancingConfig::outlier_detection) {
+            Some(config) => Some(OutlierDetection::from(config)),
+            None => self.outliers.clone(),
+        };
+        let health_service = self.health_service.clone().or_else(|| {
+            service_config
+                .and_then(|c| c.health_check.as_ref())
+                .map(|h| h.service_name.clone())
+        });
         let pickers = build_pickers(&default, &self.methods, self.seed)?;
         let ewma = pickers
             .values()
@@ -553,7 +574,14 @@ impl Policies {
                 .and_then(|c| c.retry_throttling.as_ref())
                 .map(|t| Arc::new(Throttle::new(t.max_tokens, t.token_ratio))),
         };
-        Ok((call_config, mode, ewma))
+        let control = ControlConfig {
+            mode,
+            ewma,
+            shuffle,
+            outliers,
+            health_service,
+        };
+        Ok((call_config, control))
     }
 }
 

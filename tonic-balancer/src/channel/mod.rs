@@ -23,13 +23,12 @@ use crate::balance::Picker;
 use crate::config::{MethodConfig, MethodMap, ServiceConfig};
 use crate::connectivity::ConnectivityState;
 use crate::deadline;
-use crate::load::EwmaParams;
 use crate::retry::{Budget, MessageLimit, Replay, Throttle};
 use crate::stats::{CallRecord, ChannelStats, Stats};
 use crate::subchannel::{ReadyConn, SubchannelInfo};
 use arc_swap::ArcSwap;
 use builder::Policies;
-use control::{ConnectMode, Shared, Snapshot};
+use control::{ControlConfig, Shared, Snapshot};
 use future::CallBody;
 use std::fmt;
 use std::sync::Arc;
@@ -92,8 +91,9 @@ struct Inner {
     calls: AtomicU64,
     /// Golden signals per method.
     stats: Stats,
-    /// Tells the control task how to connect when a config update changes the policies.
-    mode: watch::Sender<(ConnectMode, Option<EwmaParams>)>,
+    /// Hands each service config update to the control task (how to connect, outlier
+    /// detection, health checking).
+    mode: watch::Sender<ControlConfig>,
     /// The builder's policies, under each service config update.
     policies: Policies,
     /// Dropped with the last handle: stops the control task.
@@ -160,9 +160,9 @@ impl BalancedChannel {
     /// # Errors
     /// [`ErrorKind::InvalidConfig`](crate::ErrorKind::InvalidConfig) naming the bad field.
     pub fn update_service_config(&self, config: &ServiceConfig) -> Result<(), crate::Error> {
-        let (call_config, mode, ewma) = self.inner.policies.call_config(Some(config))?;
+        let (call_config, control) = self.inner.policies.call_config(Some(config))?;
         self.inner.config.store(Arc::new(call_config));
-        self.inner.mode.send_replace((mode, ewma));
+        self.inner.mode.send_replace(control);
         Ok(())
     }
 

@@ -40,8 +40,8 @@ pub(crate) struct ConnectSettings {
     /// How new subchannels account their calls.
     pub(crate) accounting: Accounting,
     /// The `grpc.health.v1` service name to watch (`""`: the whole server), if health
-    /// checking is on.
-    pub(crate) health_service: Option<String>,
+    /// checking is on; a service config update may change it on live connections.
+    pub(crate) health_service: watch::Receiver<Option<String>>,
     /// The TLS handshake every connection makes, if any.
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<crate::tls::TlsConnect>,
@@ -272,11 +272,27 @@ impl Worker {
                     self.backoff.reset();
                     let link = ready.link.clone();
                     let serve = async {
-                        match self.settings.health_service.clone() {
-                            Some(service) => self.watch_health(ready, service).await,
-                            None => {
-                                self.report(ConnectivityState::Ready, Update::Ready(ready));
-                                std::future::pending().await
+                        let mut health = self.settings.health_service.clone();
+                        loop {
+                            let service = health.borrow_and_update().clone();
+                            let serving = async {
+                                match service {
+                                    Some(service) => {
+                                        self.watch_health(ready.clone(), service).await
+                                    }
+                                    None => {
+                                        self.report(
+                                            ConnectivityState::Ready,
+                                            Update::Ready(ready.clone()),
+                                        );
+                                        std::future::pending().await
+                                    }
+                                }
+                            };
+                            // A new health setting restarts the watch on this connection.
+                            tokio::select! {
+                                () = serving => break,
+                                Ok(()) = health.changed() => {}
                             }
                         }
                     };
