@@ -5,6 +5,7 @@ use super::{BalancedChannel, CallConfig, Inner};
 use crate::backoff::BackoffParams;
 use crate::balance::{Picker, Policy};
 use crate::config::{LoadBalancingConfig, MethodMap, MethodName, ServiceConfig};
+use crate::defaults::MAX_ATTEMPTS;
 use crate::error::{Error, ErrorKind};
 use crate::health::OutlierDetection;
 use crate::load::{Accounting, CodeSet};
@@ -130,6 +131,8 @@ pub struct Builder {
     #[cfg(feature = "dns")]
     dns_options: crate::resolver::DnsOptions,
     sensitive: Vec<String>,
+    max_attempts: u32,
+    default_timeout: Option<Duration>,
 }
 
 impl Builder {
@@ -163,6 +166,8 @@ impl Builder {
             #[cfg(feature = "dns")]
             dns_options: crate::resolver::DnsOptions::default(),
             sensitive: Vec::new(),
+            max_attempts: MAX_ATTEMPTS,
+            default_timeout: None,
         }
     }
 
@@ -237,6 +242,35 @@ impl Builder {
     pub fn tls(mut self, config: crate::tls::TlsConfig) -> Self {
         self.tls = Some(config);
         self
+    }
+
+    /// The deadline of calls that have none: neither their own (`grpc-timeout`, tonic's
+    /// `Request::set_timeout`), nor an inherited one, nor their method config's
+    /// `timeout`. Must be > 0. Default: none, as in gRPC (such calls may wait forever).
+    pub fn default_timeout(mut self, timeout: Duration) -> Self {
+        self.default_timeout = Some(timeout);
+        self
+    }
+
+    /// The most attempts one call makes, the first included, whatever its retry or
+    /// hedging policy says (grpc-go's `WithMaxCallAttempts`): 1 turns retries and
+    /// hedging off. In 1..=[`MAX_ATTEMPTS`] (5); grpc-go also lets it raise the limit
+    /// above 5, this crate does not. Default [`MAX_ATTEMPTS`].
+    pub fn max_call_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts;
+        self
+    }
+
+    /// Builds the channel, then waits until a backend is READY, for at most `timeout`:
+    /// the `Endpoint::connect().await` of tonic users. See [`BalancedChannel::ready`].
+    ///
+    /// # Errors
+    /// Those of [`Builder::build`], and [`ErrorKind::NotReady`] when no backend is
+    /// READY in time (the message names the target and the last connection error).
+    pub async fn connect(self, timeout: Duration) -> Result<BalancedChannel, Error> {
+        let channel = self.build()?;
+        channel.ready(timeout).await?;
+        Ok(channel)
     }
 
     /// How subchannels reconnect. Default: gRPC's connection backoff.
@@ -363,6 +397,21 @@ impl Builder {
             )
         })?;
         let backoff = self.backoff.validate()?;
+        if !(1..=MAX_ATTEMPTS).contains(&self.max_attempts) {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!(
+                    "max_call_attempts: must be in 1..={MAX_ATTEMPTS}, got {}",
+                    self.max_attempts
+                ),
+            ));
+        }
+        if self.default_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "default_timeout: must be > 0 (a zero timeout would fail every call)",
+            ));
+        }
         let seed = self.seed_or_random();
         let sensitive = sensitive_keys(&self.sensitive)?;
         if let Some(config) = &self.outlier_detection {
@@ -374,6 +423,8 @@ impl Builder {
             seed,
             outliers: self.outlier_detection.clone(),
             health_service: self.health_service.clone(),
+            max_attempts: self.max_attempts,
+            default_timeout: self.default_timeout,
         };
         let (call_config, control_config) = policies.call_config(self.service_config.as_ref())?;
         let failure_codes = self
@@ -394,19 +445,49 @@ impl Builder {
             }
             None => None,
         };
+        let lookup = |target: &Target| {
+            #[cfg(feature = "dns")]
+            let resolver = dns_resolver(target, &self.name, &self.dns_options, seed);
+            #[cfg(not(feature = "dns"))]
+            let resolver = dns_resolver(target, &self.name);
+            resolver
+        };
+        // An https:// target means TLS, with the default roots unless Builder::tls.
+        let mut https = false;
         let (resolver, authority): (Box<dyn Resolve>, Option<String>) = match self.source? {
             Source::Resolver(resolver) => (resolver, None),
             Source::Target(Target::Static(addrs)) => (Box::new(StaticList::new(addrs)), None),
-            Source::Target(target) => {
-                #[cfg(feature = "dns")]
-                let resolver = dns_resolver(&target, &self.name, &self.dns_options, seed)?;
-                #[cfg(not(feature = "dns"))]
-                let resolver = dns_resolver(&target, &self.name)?;
-                (resolver, Some(target.authority()))
+            Source::Target(target @ Target::Unix(_)) => unix_resolver(&target, &self.name)?,
+            Source::Target(Target::Https { host, port }) => {
+                https = true;
+                let target = Target::Dns {
+                    server: None,
+                    host,
+                    port,
+                };
+                (lookup(&target)?, Some(target.authority()))
             }
+            Source::Target(target) => (lookup(&target)?, Some(target.authority())),
+        };
+        #[cfg(not(feature = "tls"))]
+        if https {
+            return Err(Error::new(
+                ErrorKind::UnsupportedTarget,
+                format!(
+                    "target {:?}: https:// means TLS, which needs the `tls` feature of \
+                     tonic-balancer (and `tls-native-roots` or `tls-webpki-roots` for the \
+                     default roots); or use an http:// target for plaintext",
+                    self.name
+                ),
+            ));
+        }
+        #[cfg(feature = "tls")]
+        let https_default = match (&self.tls, https) {
+            (None, true) => Some(crate::tls::TlsConfig::for_https()?),
+            _ => None,
         };
         #[cfg(feature = "tls")]
-        let tls = match &self.tls {
+        let tls = match self.tls.as_ref().or(https_default.as_ref()) {
             Some(config) => {
                 // A dns: target's host is the name its servers' certificates carry.
                 let host = authority
@@ -525,6 +606,10 @@ pub(super) struct Policies {
     outliers: Option<OutlierDetection>,
     /// Health checking set on the builder; it wins over a config's `healthCheckConfig`.
     health_service: Option<String>,
+    /// Attempts per call at most, retries and hedges included.
+    max_attempts: u32,
+    /// The deadline of calls that have none.
+    default_timeout: Option<Duration>,
 }
 
 impl Policies {
@@ -573,6 +658,8 @@ impl Policies {
             throttle: service_config
                 .and_then(|c| c.retry_throttling.as_ref())
                 .map(|t| Arc::new(Throttle::new(t.max_tokens, t.token_ratio))),
+            max_attempts: self.max_attempts,
+            default_timeout: self.default_timeout,
         };
         let control = ControlConfig {
             mode,
@@ -668,6 +755,24 @@ fn https_origin(endpoint: Endpoint) -> Result<Endpoint, String> {
     Ok(endpoint.origin(origin))
 }
 
+/// The one address of a `unix:` target, and the authority gRPC sends to Unix sockets.
+fn unix_resolver(target: &Target, name: &str) -> Result<(Box<dyn Resolve>, Option<String>), Error> {
+    let Target::Unix(path) = target else {
+        return Err(Error::new(
+            ErrorKind::InvalidTarget,
+            format!("target {name:?} is not a unix: target"),
+        ));
+    };
+    if cfg!(not(unix)) {
+        return Err(Error::new(
+            ErrorKind::UnsupportedTarget,
+            format!("target {name:?}: Unix domain sockets exist only on Unix"),
+        ));
+    }
+    let resolver = StaticList::new([Address::unix(path)]);
+    Ok((Box::new(resolver), Some(target.authority())))
+}
+
 /// An IP literal in a `dns:` target needs no lookup (and no `dns` feature).
 fn ip_literal(target: &Target) -> Option<Box<dyn Resolve>> {
     match target {
@@ -752,7 +857,9 @@ impl fmt::Debug for Builder {
             .field("outlier_detection", &self.outlier_detection)
             .field("panic_threshold", &self.panic_threshold)
             .field("dns_options", &self.dns_options_debug())
-            .field("sensitive_metadata", &self.sensitive);
+            .field("sensitive_metadata", &self.sensitive)
+            .field("max_call_attempts", &self.max_attempts)
+            .field("default_timeout", &self.default_timeout);
         #[cfg(feature = "tls")]
         f.field("tls", &self.tls);
         f.finish_non_exhaustive()

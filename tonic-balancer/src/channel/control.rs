@@ -19,10 +19,14 @@ use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
+
+/// An address as the control task keys it: the IP address, or the Unix socket path.
+type Key = (SocketAddr, Option<Arc<Path>>);
 
 /// What calls see of the channel: an immutable picture, replaced whole on every change.
 #[derive(Debug)]
@@ -128,9 +132,9 @@ pub(crate) struct Outliers {
 }
 
 struct State {
-    order: Vec<SocketAddr>,
-    entries: HashMap<SocketAddr, Entry>,
-    ids: HashMap<u64, SocketAddr>,
+    order: Vec<Key>,
+    entries: HashMap<Key, Entry>,
+    ids: HashMap<u64, Key>,
     next_id: u64,
     /// Whether the resolver has produced an address set yet.
     resolved: bool,
@@ -260,11 +264,11 @@ impl Control {
         state.resolver_error = None;
         let mut order = Vec::with_capacity(addrs.len());
         for address in addrs {
-            let addr = address.addr;
+            let addr: Key = (address.addr, address.unix.clone());
             if order.contains(&addr) {
                 continue;
             }
-            order.push(addr);
+            order.push(addr.clone());
             if state.entries.contains_key(&addr) {
                 continue;
             }
@@ -278,8 +282,8 @@ impl Control {
                 self.seed,
                 events.clone(),
             );
-            tracing::debug!(target = %self.target, %addr, "address added");
-            state.ids.insert(id, addr);
+            tracing::debug!(target = %self.target, address = %subchannel.address, "address added");
+            state.ids.insert(id, addr.clone());
             state.entries.insert(
                 addr,
                 Entry {
@@ -297,7 +301,7 @@ impl Control {
             if !keep {
                 // No new picks from the next snapshot on; calls in flight keep their own
                 // handle on the connection and finish (drain).
-                tracing::debug!(target = %self.target, %addr, "address removed, draining");
+                tracing::debug!(target = %self.target, address = %entry.subchannel.address, "address removed, draining");
                 entry.subchannel.shut_down();
                 state.ids.remove(&entry.subchannel.id);
             }
@@ -321,7 +325,7 @@ impl Control {
         }
         let entries: Vec<&mut Entry> = {
             let State { order, entries, .. } = state;
-            let mut refs: HashMap<&SocketAddr, &mut Entry> = entries.iter_mut().collect();
+            let mut refs: HashMap<&Key, &mut Entry> = entries.iter_mut().collect();
             order.iter().filter_map(|a| refs.remove(a)).collect()
         };
         // An ejected backend is as good as failing: fail over past it.
@@ -394,7 +398,7 @@ impl Control {
             return;
         };
         let State { order, entries, .. } = state;
-        let mut by_addr: HashMap<&SocketAddr, &mut Entry> = entries.iter_mut().collect();
+        let mut by_addr: HashMap<&Key, &mut Entry> = entries.iter_mut().collect();
         let mut hosts: Vec<Host<'_>> = order
             .iter()
             .filter_map(|a| by_addr.remove(a))

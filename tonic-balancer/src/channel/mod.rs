@@ -46,6 +46,10 @@ struct CallConfig {
     pickers: MethodMap<Arc<dyn Picker>>,
     methods: MethodMap<Option<Arc<MethodConfig>>>,
     throttle: Option<Arc<Throttle>>,
+    /// The builder's cap on attempts per call (retries and hedges included).
+    max_attempts: u32,
+    /// The deadline of calls that have none, from the builder.
+    default_timeout: Option<std::time::Duration>,
 }
 
 /// A per-call wait-for-ready flag, set as a request extension.
@@ -166,6 +170,50 @@ impl BalancedChannel {
         Ok(())
     }
 
+    /// Waits until a backend is READY, for at most `timeout`: what tonic users do with
+    /// `Endpoint::connect().await` at start-up, and grpc-go users with a blocking dial.
+    /// Backends that fail keep being retried with the connection backoff meanwhile; the
+    /// channel works the same whether or not this was awaited.
+    ///
+    /// # Errors
+    /// [`ErrorKind::NotReady`](crate::ErrorKind::NotReady) when `timeout` passes first
+    /// (naming the target, the channel's state and the last connection error) or the
+    /// channel shuts down.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropping the future only stops the waiting.
+    pub async fn ready(&self, timeout: std::time::Duration) -> Result<(), crate::Error> {
+        let mut published = self.inner.shared.published.subscribe();
+        let wait = async {
+            loop {
+                match self.state() {
+                    ConnectivityState::Ready => return true,
+                    ConnectivityState::Shutdown => return false,
+                    _ => {}
+                }
+                if published.changed().await.is_err() {
+                    return false;
+                }
+            }
+        };
+        let outcome = tokio::time::timeout(timeout, wait).await;
+        let snapshot = self.inner.shared.snapshot.load();
+        let why = match outcome {
+            Ok(true) => return Ok(()),
+            Ok(false) => "the channel shut down".to_owned(),
+            Err(_) => format!("none is READY after {timeout:?}"),
+        };
+        Err(crate::Error::new(
+            crate::ErrorKind::NotReady,
+            format!(
+                "no backend of {} is ready: {why} (channel {}: {})",
+                self.inner.target,
+                snapshot.state,
+                describe_error(&snapshot)
+            ),
+        ))
+    }
+
     /// Waits until `done` holds for the channel's subchannels, re-checking after every
     /// change the control task publishes. Useful for readiness probes and tests:
     /// `channel.wait_for(|subs| subs.iter().all(|s| s.state == Ready)).await`.
@@ -261,7 +309,8 @@ impl Inner {
         ]
         .into_iter()
         .flatten()
-        .min();
+        .min()
+        .or_else(|| config.default_timeout.map(|t| now + t));
         if deadline.is_some_and(|d| d <= now) {
             record.finish(tonic::Code::DeadlineExceeded);
             return Err(Status::deadline_exceeded(format!(
@@ -294,6 +343,7 @@ impl Inner {
             wait_for_ready,
             deadline,
             throttle: config.throttle.as_deref(),
+            max_attempts: config.max_attempts,
             stats: record.method(),
         };
         let result = match (

@@ -1,13 +1,15 @@
 //! The connector each subchannel hands to tonic, and the IO wrappers that tell the
 //! subchannel when the server has answered with HTTP/2 and the moment its connection ends.
 //!
-//! The stack of one connection, from the socket up: `TcpStream`, [`TrackedIo`] (end of
-//! the connection), TLS when configured, [`ConnIo`] (the server's HTTP/2 preface), hyper.
+//! The stack of one connection, from the socket up: `TcpStream` (or `UnixStream` for a
+//! Unix socket address), [`TrackedIo`] (end of the connection), TLS when configured,
+//! [`ConnIo`] (the server's HTTP/2 preface), hyper.
 
 use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,6 +17,8 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, watch};
+
+use crate::resolver::Address;
 
 /// The liveness of one HTTP/2 connection, shared by its IO, its subchannel worker and
 /// the call path (which skips a subchannel whose link is down before the picker is rebuilt).
@@ -68,6 +72,10 @@ pub(crate) type PrefaceResult = Option<Result<(), String>>;
 #[derive(Debug)]
 pub(crate) struct Connector {
     addr: SocketAddr,
+    /// A Unix socket to connect to instead of `addr`.
+    unix: Option<Arc<Path>>,
+    /// The address as errors name it.
+    peer: Arc<str>,
     once: Option<(Arc<Link>, watch::Sender<PrefaceResult>)>,
     /// The connection's link, kept to close it when tonic asks for a second connection:
     /// that only happens once hyper has stopped taking requests on the first, as after
@@ -81,12 +89,14 @@ impl Connector {
     /// A connector whose connection reports its end on `link` and what the server's
     /// first bytes said on `preface`.
     pub(crate) fn new(
-        addr: SocketAddr,
+        address: &Address,
         link: Arc<Link>,
         preface: watch::Sender<PrefaceResult>,
     ) -> Self {
         Self {
-            addr,
+            addr: address.addr,
+            unix: address.unix.clone(),
+            peer: address.to_string().into(),
             once: Some((link.clone(), preface)),
             link,
             #[cfg(feature = "tls")]
@@ -126,20 +136,27 @@ impl tower::Service<http::Uri> for Connector {
         };
         #[cfg(feature = "tls")]
         let tls = self.tls.clone();
+        let (unix, peer) = (self.unix.clone(), self.peer.clone());
         Box::pin(async move {
-            let stream = TcpStream::connect(addr)
-                .await
-                .map_err(|e| io::Error::new(e.kind(), format!("connect to {addr}: {e}")))?;
-            stream.set_nodelay(true)?;
-            let tracked = TrackedIo { io: stream, link };
+            let failed = |e: io::Error| io::Error::new(e.kind(), format!("connect to {peer}: {e}"));
+            let socket = match &unix {
+                Some(path) => Socket::unix(path).await.map_err(failed)?,
+                None => {
+                    let stream = TcpStream::connect(addr).await.map_err(failed)?;
+                    stream.set_nodelay(true)?;
+                    Socket::Tcp(stream)
+                }
+            };
+            let tracked = TrackedIo { io: socket, link };
             #[cfg(feature = "tls")]
             if let Some(tls) = tls {
-                let stream = tls.handshake(tracked, addr).await?;
+                let ip = unix.is_none().then(|| addr.ip());
+                let stream = tls.handshake(tracked, ip, &peer).await?;
                 let io = Transport::Tls(Box::new(stream));
-                return Ok(TokioIo::new(ConnIo::new(io, addr, preface)));
+                return Ok(TokioIo::new(ConnIo::new(io, peer, preface)));
             }
             let io = Transport::Plain(tracked);
-            Ok(TokioIo::new(ConnIo::new(io, addr, preface)))
+            Ok(TokioIo::new(ConnIo::new(io, peer, preface)))
         })
     }
 }
@@ -228,7 +245,7 @@ pub(crate) struct ConnIo {
 
 #[derive(Debug)]
 struct PrefaceCheck {
-    addr: SocketAddr,
+    addr: Arc<str>,
     /// The first bytes of a frame header seen so far.
     head: [u8; 9],
     seen: usize,
@@ -236,7 +253,7 @@ struct PrefaceCheck {
 }
 
 impl ConnIo {
-    fn new(io: Transport, addr: SocketAddr, report: watch::Sender<PrefaceResult>) -> Self {
+    fn new(io: Transport, addr: Arc<str>, report: watch::Sender<PrefaceResult>) -> Self {
         Self {
             io,
             preface: Some(PrefaceCheck {
@@ -260,7 +277,7 @@ impl ConnIo {
         let Some(check) = self.preface.as_mut() else {
             return;
         };
-        let addr = check.addr;
+        let addr = check.addr.clone();
         let session = if tls { "TLS session" } else { "connection" };
         let verdict = match read {
             Err(error) => Err(format!(
@@ -276,7 +293,7 @@ impl ConnIo {
                 if check.seen < check.head.len() {
                     return;
                 }
-                check_preface(&check.head, addr, tls)
+                check_preface(&check.head, &addr, tls)
             }
         };
         self.judge(verdict);
@@ -285,7 +302,7 @@ impl ConnIo {
 
 /// Whether a frame header opens a server preface: a SETTINGS frame (type 4) that is not
 /// an ACK, on stream 0 (RFC 9113 §3.4). Else, a hint at what the server speaks.
-fn check_preface(head: &[u8; 9], addr: SocketAddr, tls: bool) -> Result<(), String> {
+fn check_preface(head: &[u8; 9], addr: &str, tls: bool) -> Result<(), String> {
     let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
     if head[3] == 4 && head[4] & 1 == 0 && stream == 0 {
         return Ok(());
@@ -305,7 +322,7 @@ fn check_preface(head: &[u8; 9], addr: SocketAddr, tls: bool) -> Result<(), Stri
 impl Drop for ConnIo {
     fn drop(&mut self) {
         if let Some(check) = &self.preface {
-            let addr = check.addr;
+            let addr = check.addr.clone();
             self.judge(Err(format!(
                 "connection to {addr} closed before the server's HTTP/2 preface"
             )));
@@ -367,12 +384,88 @@ impl AsyncWrite for ConnIo {
     }
 }
 
-/// A TCP stream that marks its [`Link`] down on end of stream, on an IO error and when
+/// The socket under a connection: TCP, or a Unix domain socket.
+#[derive(Debug)]
+enum Socket {
+    Tcp(TcpStream),
+    #[cfg(unix)]
+    Unix(tokio::net::UnixStream),
+}
+
+impl Socket {
+    #[cfg(unix)]
+    async fn unix(path: &Path) -> io::Result<Self> {
+        tokio::net::UnixStream::connect(path)
+            .await
+            .map(Socket::Unix)
+    }
+
+    #[cfg(not(unix))]
+    async fn unix(_: &Path) -> io::Result<Self> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "Unix domain sockets exist only on Unix",
+        ))
+    }
+}
+
+/// Forwards a method to the socket in use.
+macro_rules! each_socket {
+    ($self:expr, $io:ident => $call:expr) => {
+        match $self {
+            Socket::Tcp($io) => $call,
+            #[cfg(unix)]
+            Socket::Unix($io) => $call,
+        }
+    };
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        each_socket!(self.get_mut(), io => Pin::new(io).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        each_socket!(self.get_mut(), io => Pin::new(io).poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        each_socket!(self.get_mut(), io => Pin::new(io).poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        each_socket!(self, io => io.is_write_vectored())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each_socket!(self.get_mut(), io => Pin::new(io).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each_socket!(self.get_mut(), io => Pin::new(io).poll_shutdown(cx))
+    }
+}
+
+/// A socket that marks its [`Link`] down on end of stream, on an IO error and when
 /// hyper drops it (which it does when the HTTP/2 connection ends for any reason:
 /// GOAWAY, keepalive timeout, the channel being dropped).
 #[derive(Debug)]
 pub(crate) struct TrackedIo {
-    io: TcpStream,
+    io: Socket,
     link: Arc<Link>,
 }
 
@@ -452,8 +545,10 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tower::Service;
 
-    fn addr() -> SocketAddr {
-        "127.0.0.1:9".parse().unwrap()
+    const PEER: &str = "127.0.0.1:9";
+
+    fn address(addr: SocketAddr) -> Address {
+        Address::new(addr)
     }
 
     #[tokio::test]
@@ -462,7 +557,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let link = Arc::new(Link::default());
         let (preface_tx, mut preface) = watch::channel(None);
-        let mut connector = Connector::new(addr, link.clone(), preface_tx);
+        let mut connector = Connector::new(&address(addr), link.clone(), preface_tx);
         let io = connector
             .call(http::Uri::from_static("http://x"))
             .await
@@ -502,7 +597,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (preface_tx, preface) = watch::channel(None);
-        let mut connector = Connector::new(addr, Arc::new(Link::default()), preface_tx);
+        let mut connector = Connector::new(&address(addr), Arc::new(Link::default()), preface_tx);
         let mut io = connector
             .call(http::Uri::from_static("http://x"))
             .await
@@ -523,7 +618,7 @@ mod tests {
     #[test]
     fn only_a_settings_frame_on_stream_zero_opens_a_preface() {
         assert_eq!(
-            check_preface(&[0, 0, 6, 4, 0, 0, 0, 0, 0], addr(), false),
+            check_preface(&[0, 0, 6, 4, 0, 0, 0, 0, 0], PEER, false),
             Ok(())
         );
         // A SETTINGS ACK, another frame type, another stream: not a preface.
@@ -532,12 +627,12 @@ mod tests {
             [0, 0, 8, 6, 0, 0, 0, 0, 0],
             [0, 0, 6, 4, 0, 0, 0, 0, 1],
         ] {
-            assert!(check_preface(&head, addr(), false).is_err(), "{head:?}");
+            assert!(check_preface(&head, PEER, false).is_err(), "{head:?}");
         }
         // A TLS alert record to a plaintext client says what to do.
-        let tls = check_preface(&[0x15, 3, 3, 0, 2, 2, 40, 0, 0], addr(), false).unwrap_err();
+        let tls = check_preface(&[0x15, 3, 3, 0, 2, 2, 40, 0, 0], PEER, false).unwrap_err();
         assert!(tls.contains("Builder::tls"), "{tls}");
-        let http1 = check_preface(b"HTTP/1.1 ", addr(), false).unwrap_err();
+        let http1 = check_preface(b"HTTP/1.1 ", PEER, false).unwrap_err();
         assert!(http1.contains("HTTP/1"), "{http1}");
     }
 }

@@ -352,7 +352,7 @@ impl Worker {
         let endpoint = (self.settings.endpoint)(address)?;
         let link = Arc::new(Link::default());
         let (preface_tx, mut preface) = watch::channel(None);
-        let connector = Connector::new(address.addr, link.clone(), preface_tx);
+        let connector = Connector::new(address, link.clone(), preface_tx);
         #[cfg(feature = "tls")]
         let connector = connector.tls(self.settings.tls.clone());
         let attempt = async {

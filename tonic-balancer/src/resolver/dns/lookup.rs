@@ -163,8 +163,8 @@ async fn lookup_ip(
     let addrs: Vec<Address> = lookup
         .iter()
         .map(|ip| Address {
-            addr: SocketAddr::new(ip, port),
             weight,
+            ..Address::new(SocketAddr::new(ip, port))
         })
         .collect();
     if addrs.is_empty() {
