@@ -199,7 +199,8 @@ pub struct TlsConfig {
 }
 
 impl TlsConfig {
-    /// A config that trusts no CA yet: add one with [`Self::ca_certificate`].
+    /// A config that trusts no CA yet: add one with [`Self::ca_certificate`] (or the
+    /// platform's or webpki's roots).
     pub fn new() -> Self {
         Self::default()
     }

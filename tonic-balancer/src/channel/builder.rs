@@ -297,7 +297,8 @@ impl Builder {
     }
 
     /// Turns on outlier detection (gRFC A50, plus ejection after consecutive failures).
-    /// Default: off.
+    /// A service config's `outlier_detection_experimental` replaces it while that config
+    /// is in force. Default: off.
     pub fn outlier_detection(mut self, config: OutlierDetection) -> Self {
         self.outlier_detection = Some(config);
         self

@@ -106,7 +106,9 @@ struct Inner {
 
 impl BalancedChannel {
     /// Starts building a channel for a gRPC target (`ipv4:127.0.0.1:5001,127.0.0.1:5002`,
-    /// `ipv6:[::1]:5001`, ...); see [`Target`](crate::resolver::Target) for the syntax.
+    /// `dns:///orders:50051`, `unix:///run/orders.sock`, ...) or the URI a tonic user
+    /// would give `Endpoint` (`http://orders:50051`; `https://` means TLS); see
+    /// [`Target`](crate::resolver::Target) for the syntax.
     /// A malformed target is reported by [`Builder::build`].
     pub fn builder(target: &str) -> Builder {
         Builder::from_target(target)

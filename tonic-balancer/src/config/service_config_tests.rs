@@ -739,7 +739,9 @@ fn verdicts_on_grpc_go_and_c_core_configs() {
         // grpc-go examples/features.
         ("go retry example", r#"{"methodConfig": [{"name": [{"service": "grpc.examples.echo.Echo"}], "waitForReady": true, "retryPolicy": {"MaxAttempts": 4, "InitialBackoff": ".01s", "MaxBackoff": ".01s", "BackoffMultiplier": 1.0, "RetryableStatusCodes": ["UNAVAILABLE"]}}]}"#.into(), OK),
         ("go load_balancing example", r#"{"loadBalancingConfig": [{"round_robin":{}}]}"#.into(), OK),
-        ("go health example", r#"{"loadBalancingConfig": [{"round_robin":{}}], "healthCheckConfig": {"serviceName": ""}}"#.into(), OK),
+        ("go health example", r#"{"loadBalancingPolicy": "round_robin", "healthCheckConfig": {"serviceName": ""}}"#.into(), OK),
+        ("go health, portable form", r#"{"loadBalancingConfig": [{"round_robin":{}}], "healthCheckConfig": {"serviceName": ""}}"#.into(), OK),
+        ("portable policy list", r#"{"loadBalancingConfig": [{"peak_ewma":{}}, {"round_robin":{}}]}"#.into(), OK),
         ("go deprecated policy", r#"{"loadBalancingPolicy": "round_robin", "methodConfig": [{"name": [{"service": "foo", "method": "Bar"}], "waitForReady": true}]}"#.into(), OK),
         ("go policy not a string", r#"{"loadBalancingPolicy": 1, "methodConfig": [{"name": [{"service": "foo", "method": "Bar"}], "waitForReady": false}]}"#.into(), REJECT),
         ("go unknown policy name", r#"{"loadBalancingPolicy": "no_such_policy"}"#.into(), OK),
