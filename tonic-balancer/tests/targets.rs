@@ -208,3 +208,28 @@ async fn max_call_attempts_caps_retries() {
     })
     .await;
 }
+
+/// Without the `tls` feature an `https://` target is refused, saying what to enable.
+#[cfg(not(feature = "tls"))]
+#[tokio::test]
+async fn an_https_target_without_the_tls_feature_says_which_feature() {
+    let error = BalancedChannel::builder("https://127.0.0.1:443")
+        .build()
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::UnsupportedTarget);
+    assert!(error.to_string().contains("`tls` feature"), "{error}");
+}
+
+/// With `tls` but no roots feature, an `https://` target needs `Builder::tls`.
+#[cfg(all(
+    feature = "tls",
+    not(any(feature = "tls-native-roots", feature = "tls-webpki-roots"))
+))]
+#[tokio::test]
+async fn an_https_target_without_roots_says_which_feature() {
+    let error = BalancedChannel::builder("https://127.0.0.1:443")
+        .build()
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::InvalidConfig);
+    assert!(error.to_string().contains("tls-native-roots"), "{error}");
+}
