@@ -61,6 +61,9 @@ pub const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
 
 /// The port gRPC assumes when a target names none.
 pub const DEFAULT_PORT: u16 = 443;
+/// The port of an `http://host` target that names none: http's own, as tonic's
+/// `Endpoint` has it (`https://host` keeps 443).
+pub const DEFAULT_HTTP_PORT: u16 = 80;
 
 // === Policies ===
 

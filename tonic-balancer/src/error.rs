@@ -83,6 +83,10 @@ pub enum ErrorKind {
     InvalidConfig,
     /// `build()` was called outside a tokio runtime.
     NoRuntime,
+    /// No backend became READY in the time given to
+    /// [`BalancedChannel::ready`](crate::BalancedChannel::ready) or
+    /// [`Builder::connect`](crate::Builder::connect), or the channel shut down first.
+    NotReady,
 }
 
 impl Error {

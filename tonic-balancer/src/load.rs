@@ -169,8 +169,11 @@ pub struct Load {
     pub(crate) outcomes: Outcomes,
     track_outcomes: AtomicBool,
     failure_codes: CodeSet,
-    /// Woken when consecutive failures reach `consecutive_limit` (0: never).
-    outlier_signal: Option<(Arc<tokio::sync::Notify>, u64)>,
+    /// Woken when consecutive failures reach `consecutive_limit`.
+    outlier_signal: Option<Arc<tokio::sync::Notify>>,
+    /// Consecutive failures that wake outlier detection (0: never). A service config
+    /// update may change it.
+    consecutive_limit: AtomicU64,
     pub(crate) rtt: Ewma,
     /// Whether calls time their round trip. Only peak_ewma reads the estimate, and two
     /// clock reads are most of what a call costs here, so other channels skip them.
@@ -224,7 +227,8 @@ impl Load {
             outcomes: Outcomes::default(),
             track_outcomes: AtomicBool::new(accounting.outliers.is_some()),
             failure_codes: accounting.failure_codes,
-            outlier_signal: accounting.outliers.clone(),
+            outlier_signal: accounting.outliers.as_ref().map(|(s, _)| s.clone()),
+            consecutive_limit: AtomicU64::new(accounting.outliers.as_ref().map_or(0, |(_, l)| *l)),
             track_rtt: AtomicBool::new(params.is_some()),
             rtt: Ewma::new(params.unwrap_or_default()),
             connections: AtomicU64::new(0),
@@ -278,6 +282,15 @@ impl Load {
     /// Turns round-trip timing on or off (a config update added or removed peak_ewma).
     pub(crate) fn set_rtt_tracking(&self, on: bool) {
         self.track_rtt.store(on, Ordering::Relaxed);
+    }
+
+    /// Turns outcome counting for outlier detection on (with this consecutive-failure
+    /// limit, 0: none) or off.
+    pub(crate) fn set_outlier_detection(&self, consecutive_limit: Option<u64>) {
+        self.consecutive_limit
+            .store(consecutive_limit.unwrap_or(0), Ordering::Relaxed);
+        self.track_outcomes
+            .store(consecutive_limit.is_some(), Ordering::Relaxed);
     }
 }
 
@@ -398,9 +411,10 @@ impl CallGuard {
             return;
         }
         let consecutive = load.outcomes.record(failed);
-        if let Some((signal, limit)) = &load.outlier_signal
-            && *limit > 0
-            && consecutive == *limit
+        let limit = load.consecutive_limit.load(Ordering::Relaxed);
+        if let Some(signal) = &load.outlier_signal
+            && limit > 0
+            && consecutive == limit
         {
             signal.notify_one();
         }

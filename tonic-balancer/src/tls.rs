@@ -16,6 +16,21 @@
 //! attempt: TRANSIENT_FAILURE, connection backoff, and calls fail with UNAVAILABLE
 //! carrying the reason (`received fatal alert: CertificateRequired`).
 //!
+//! # Trust roots
+//! A config trusts what it is given: CA certificates ([`TlsConfig::ca_certificate`]),
+//! the platform's trust store ([`TlsConfig::with_native_roots`], feature
+//! `tls-native-roots`), Mozilla's roots compiled in ([`TlsConfig::with_webpki_roots`],
+//! feature `tls-webpki-roots`), or anything a rustls `ClientConfig` of your own
+//! verifies ([`TlsConfig::from_rustls`]: a custom verifier, pinned keys). An
+//! `https://` target with no [`Builder::tls`](crate::Builder::tls) trusts the
+//! platform's roots, else webpki's, whichever feature is on.
+//!
+//! # Rotating the client certificate
+//! [`ReloadableIdentity`] holds the client certificate and key every new handshake
+//! presents; [`ReloadableIdentity::replace`] swaps them while the channel runs (for
+//! short-lived certificates from cert-manager or SPIFFE). Connections already up keep
+//! the identity they were made with until they end.
+//!
 //! # Which name the server certificate must carry
 //! - `dns:` targets: the target's host, for every address resolved from it (never the
 //!   address connected to).
@@ -42,15 +57,22 @@
 //! ```
 
 use crate::InvalidSetting;
+use arc_swap::ArcSwap;
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls::client::ResolvesClientCert;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+use tokio_rustls::rustls::sign::CertifiedKey;
+use tokio_rustls::rustls::{ClientConfig, RootCertStore, SignatureScheme};
+
+/// The rustls this crate uses, for [`TlsConfig::from_rustls`]: build the `ClientConfig`
+/// with this one so the versions match.
+pub use tokio_rustls::rustls;
 
 /// A PEM certificate (tonic's type, so the same value can configure a tonic server).
 pub use tonic::transport::Certificate;
@@ -86,22 +108,99 @@ impl fmt::Debug for Identity {
     }
 }
 
-/// The TLS settings of a channel's connections: the CA certificates trusted to sign
-/// server certificates, an optional client identity for mutual TLS, and the server
-/// name to check.
+/// A client certificate and key that can be replaced while channels use it: every new
+/// TLS handshake presents the current one. Cheap to clone; clones share the identity.
 ///
-/// Only the CA certificates given here are trusted; no platform roots are loaded.
+/// ```no_run
+/// # fn demo(cert: &[u8], key: &[u8], renewed_cert: &[u8], renewed_key: &[u8]) -> Result<(), tonic_balancer::InvalidSetting> {
+/// use tonic_balancer::tls::{Identity, ReloadableIdentity, TlsConfig};
+///
+/// let identity = ReloadableIdentity::new(Identity::from_pem(cert, key))?;
+/// let tls = TlsConfig::new().with_native_roots().reloadable_identity(identity.clone());
+/// // ... later, when the certificate is renewed:
+/// identity.replace(Identity::from_pem(renewed_cert, renewed_key))?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct ReloadableIdentity {
+    current: Arc<ArcSwap<CertifiedKey>>,
+}
+
+impl ReloadableIdentity {
+    /// Starts with `identity`.
+    ///
+    /// # Errors
+    /// The certificate or key does not parse, or they do not match.
+    pub fn new(identity: Identity) -> Result<Self, InvalidSetting> {
+        Ok(Self {
+            current: Arc::new(ArcSwap::from_pointee(certified_key(&identity)?)),
+        })
+    }
+
+    /// Makes `identity` the one new handshakes present. On an error the previous one
+    /// stays.
+    ///
+    /// # Errors
+    /// The certificate or key does not parse, or they do not match.
+    pub fn replace(&self, identity: Identity) -> Result<(), InvalidSetting> {
+        self.current.store(Arc::new(certified_key(&identity)?));
+        Ok(())
+    }
+}
+
+impl fmt::Debug for ReloadableIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReloadableIdentity")
+            .field("certificates", &self.current.load().cert.len())
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+impl ResolvesClientCert for ReloadableIdentity {
+    fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// A parsed identity, checked: its key matches its certificate.
+fn certified_key(identity: &Identity) -> Result<CertifiedKey, InvalidSetting> {
+    let chain = certificates(&identity.cert)
+        .map_err(|e| InvalidSetting::new("tls.identity certificate", e))?;
+    let key = PrivateKeyDer::from_pem_slice(&identity.key)
+        .map_err(|e| InvalidSetting::caused_by("tls.identity key", e))?;
+    let key = CertifiedKey::from_der(chain, key, &provider())
+        .map_err(|e| InvalidSetting::caused_by("tls.identity", e))?;
+    key.keys_match()
+        .map_err(|e| InvalidSetting::caused_by("tls.identity", e))?;
+    Ok(key)
+}
+
+/// The TLS settings of a channel's connections: the roots trusted to sign server
+/// certificates, an optional client identity for mutual TLS, and the server name to
+/// check; or a rustls `ClientConfig` of your own.
+///
+/// Only the roots given here are trusted (see the [module docs](self)).
 /// [`Builder::build`](crate::Builder::build) checks the config (PEM that does not
 /// parse, a key that does not match, a name that is not a DNS name or IP address).
 #[derive(Clone, Default)]
 pub struct TlsConfig {
     roots: Vec<Certificate>,
+    native_roots: bool,
+    webpki_roots: bool,
     identity: Option<Identity>,
+    reloadable: Option<ReloadableIdentity>,
+    rustls: Option<Arc<ClientConfig>>,
     domain_name: Option<String>,
 }
 
 impl TlsConfig {
-    /// A config that trusts no CA yet: add one with [`Self::ca_certificate`].
+    /// A config that trusts no CA yet: add one with [`Self::ca_certificate`] (or the
+    /// platform's or webpki's roots).
     pub fn new() -> Self {
         Self::default()
     }
@@ -113,11 +212,65 @@ impl TlsConfig {
         self
     }
 
+    /// Trusts the platform's trust store (rustls-native-certs: the system's CA bundle
+    /// on Linux, the keychain on macOS, the certificate store on Windows), read when the
+    /// channel is built.
+    #[cfg(feature = "tls-native-roots")]
+    pub fn with_native_roots(mut self) -> Self {
+        self.native_roots = true;
+        self
+    }
+
+    /// Trusts Mozilla's root CAs as compiled into this program (webpki-roots): the same
+    /// on every machine, updated by updating the crate.
+    #[cfg(feature = "tls-webpki-roots")]
+    pub fn with_webpki_roots(mut self) -> Self {
+        self.webpki_roots = true;
+        self
+    }
+
+    /// Uses this rustls config for every handshake: its roots or custom verifier, its
+    /// client certificate (or resolver), its protocol versions. The channel only sets
+    /// ALPN to `h2` (gRPC needs HTTP/2). Roots and identities given to this `TlsConfig`
+    /// are then not used; [`Self::domain_name`] still is.
+    pub fn from_rustls(config: ClientConfig) -> Self {
+        Self {
+            rustls: Some(Arc::new(config)),
+            ..Self::default()
+        }
+    }
+
     /// Presents this certificate and key to servers that ask for a client certificate
     /// (mutual TLS).
     pub fn identity(mut self, identity: Identity) -> Self {
         self.identity = Some(identity);
         self
+    }
+
+    /// Presents the current identity of `identity` on every new connection, so it can
+    /// be replaced while the channel runs. Wins over [`Self::identity`].
+    pub fn reloadable_identity(mut self, identity: ReloadableIdentity) -> Self {
+        self.reloadable = Some(identity);
+        self
+    }
+
+    /// The config an `https://` target gets without [`Builder::tls`](crate::Builder::tls):
+    /// the platform's roots (feature `tls-native-roots`), else webpki's
+    /// (`tls-webpki-roots`).
+    ///
+    /// # Errors
+    /// Neither feature is on: the message says what to do.
+    pub(crate) fn for_https() -> Result<Self, InvalidSetting> {
+        #[cfg(feature = "tls-native-roots")]
+        return Ok(Self::new().with_native_roots());
+        #[cfg(all(feature = "tls-webpki-roots", not(feature = "tls-native-roots")))]
+        return Ok(Self::new().with_webpki_roots());
+        #[cfg(not(any(feature = "tls-native-roots", feature = "tls-webpki-roots")))]
+        Err(InvalidSetting::new(
+            "tls",
+            "an https:// target needs roots to trust: enable the `tls-native-roots` or \
+             `tls-webpki-roots` feature of tonic-balancer, or pass Builder::tls",
+        ))
     }
 
     /// The name every server certificate must carry, for every address: a DNS name or
@@ -131,14 +284,54 @@ impl TlsConfig {
     /// Checks the config and makes the connector's TLS settings. `host` is the target's
     /// host for `dns:` targets: the default server name.
     pub(crate) fn connector(&self, host: Option<&str>) -> Result<TlsConnect, InvalidSetting> {
-        if self.roots.is_empty() {
+        let name = match self.domain_name.as_deref().or(host) {
+            Some(name) => {
+                Some(server_name(name).map_err(|e| InvalidSetting::new("tls.domain_name", e))?)
+            }
+            None => None,
+        };
+        let mut config = match &self.rustls {
+            Some(config) => ClientConfig::clone(config),
+            None => self.client_config()?,
+        };
+        config.alpn_protocols = vec![ALPN_H2.to_vec()];
+        Ok(TlsConnect {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            name,
+        })
+    }
+
+    /// The rustls config from the roots and identity given.
+    fn client_config(&self) -> Result<ClientConfig, InvalidSetting> {
+        if self.roots.is_empty() && !self.native_roots && !self.webpki_roots {
             return Err(InvalidSetting::new(
                 "tls.ca_certificate",
                 "no CA certificate to check servers against; add one with \
-                 TlsConfig::ca_certificate",
+                 TlsConfig::ca_certificate (or trust the platform's or webpki's roots)",
             ));
         }
         let mut roots = RootCertStore::empty();
+        #[cfg(feature = "tls-native-roots")]
+        if self.native_roots {
+            let found = rustls_native_certs::load_native_certs();
+            if found.certs.is_empty() {
+                let why = found
+                    .errors
+                    .first()
+                    .map_or_else(|| "none found".to_owned(), |e| e.to_string());
+                return Err(InvalidSetting::new(
+                    "tls.with_native_roots",
+                    format!("no usable root certificate in the platform's store: {why}"),
+                ));
+            }
+            // A store may hold certificates rustls cannot use; the others still count.
+            let (added, skipped) = roots.add_parsable_certificates(found.certs);
+            tracing::debug!(added, skipped, "platform root certificates loaded");
+        }
+        #[cfg(feature = "tls-webpki-roots")]
+        if self.webpki_roots {
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        }
         for (i, pem) in self.roots.iter().enumerate() {
             let setting = || format!("tls.ca_certificate #{}", i + 1);
             let certs =
@@ -153,8 +346,11 @@ impl TlsConfig {
             .with_safe_default_protocol_versions()
             .map_err(|e| InvalidSetting::caused_by("tls", e))?
             .with_root_certificates(roots);
-        let mut config = match &self.identity {
-            Some(identity) => {
+        Ok(match (&self.reloadable, &self.identity) {
+            (Some(reloadable), _) => {
+                builder.with_client_cert_resolver(Arc::new(reloadable.clone()))
+            }
+            (None, Some(identity)) => {
                 let chain = certificates(&identity.cert)
                     .map_err(|e| InvalidSetting::new("tls.identity certificate", e))?;
                 let key = PrivateKeyDer::from_pem_slice(&identity.key)
@@ -163,18 +359,7 @@ impl TlsConfig {
                     .with_client_auth_cert(chain, key)
                     .map_err(|e| InvalidSetting::caused_by("tls.identity", e))?
             }
-            None => builder.with_no_client_auth(),
-        };
-        config.alpn_protocols = vec![ALPN_H2.to_vec()];
-        let name = match self.domain_name.as_deref().or(host) {
-            Some(name) => {
-                Some(server_name(name).map_err(|e| InvalidSetting::new("tls.domain_name", e))?)
-            }
-            None => None,
-        };
-        Ok(TlsConnect {
-            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
-            name,
+            (None, None) => builder.with_no_client_auth(),
         })
     }
 }
@@ -183,7 +368,11 @@ impl fmt::Debug for TlsConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TlsConfig")
             .field("ca_certificates", &self.roots.len())
+            .field("native_roots", &self.native_roots)
+            .field("webpki_roots", &self.webpki_roots)
             .field("identity", &self.identity)
+            .field("reloadable_identity", &self.reloadable)
+            .field("rustls", &self.rustls.as_ref().map(|_| "<ClientConfig>"))
             .field("domain_name", &self.domain_name)
             .finish()
     }
@@ -227,18 +416,30 @@ pub(crate) struct TlsConnect {
 }
 
 impl TlsConnect {
-    /// Runs the handshake with `addr` over `io` and checks that HTTP/2 was negotiated.
+    /// Runs the handshake with `addr` (an IP address; `None` for a Unix socket) over
+    /// `io` and checks that HTTP/2 was negotiated; `peer` names it in errors.
     ///
     /// # Errors
-    /// The handshake's error, prefixed with `TLS handshake with ADDR failed:`.
-    pub(crate) async fn handshake<IO>(&self, io: IO, addr: SocketAddr) -> io::Result<TlsStream<IO>>
+    /// The handshake's error, prefixed with `TLS handshake with PEER failed:`.
+    pub(crate) async fn handshake<IO>(
+        &self,
+        io: IO,
+        ip: Option<IpAddr>,
+        addr: &str,
+    ) -> io::Result<TlsStream<IO>>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let name = self
-            .name
-            .clone()
-            .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
+        let name = match (&self.name, ip) {
+            (Some(name), _) => name.clone(),
+            (None, Some(ip)) => ServerName::IpAddress(ip.into()),
+            (None, None) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("TLS with {addr}: no server name to check; set TlsConfig::domain_name"),
+                ));
+            }
+        };
         let stream = self.connector.connect(name, io).await.map_err(|e| {
             io::Error::new(e.kind(), format!("TLS handshake with {addr} failed: {e}"))
         })?;

@@ -369,3 +369,156 @@ async fn calls_carry_the_https_scheme_and_the_address_as_authority() {
     })
     .await;
 }
+
+/// A replaced client identity is what the next connections present: a server that
+/// refused the first certificate accepts the second, and a later reconnection presents
+/// the newest.
+#[tokio::test]
+async fn a_replaced_client_certificate_is_presented_by_new_connections() {
+    use tonic_balancer::tls::ReloadableIdentity;
+    within(async {
+        let trusted = Ca::new("trusted CA");
+        let other = Ca::new("other CA");
+        let backend = mtls_backend("b", &trusted, &trusted.server(&["backend.test"])).await;
+        let identity = ReloadableIdentity::new(other.client()).unwrap();
+        let tls = TlsConfig::new()
+            .ca_certificate(trusted.root())
+            .reloadable_identity(identity.clone())
+            .domain_name("backend.test");
+        let channel = channel(&target([backend.addr()]), tls);
+        // The server refuses a certificate from a CA it does not trust.
+        let why = refused(&channel).await;
+        assert!(why.contains("UnknownCA"), "{why}");
+
+        identity.replace(trusted.client()).unwrap();
+        wait_ready(&channel, 1).await;
+        let mut client = Client::new(channel.clone());
+        assert_eq!(call(&mut client).await.unwrap(), "b");
+
+        // Back to the untrusted one: the live connection keeps working, and the next
+        // one (after a restart of the server) is refused.
+        identity.replace(other.client()).unwrap();
+        assert_eq!(call(&mut client).await.unwrap(), "b");
+        backend.kill().await;
+        backend.restart().await.unwrap();
+        loop {
+            channel
+                .wait_for(|subs| subs[0].state == ConnectivityState::TransientFailure)
+                .await;
+            let status = call(&mut client).await.unwrap_err();
+            assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+            if status.message().contains("UnknownCA") {
+                break;
+            }
+            // Refused while the server was down: wait for the next attempt's verdict.
+            channel
+                .wait_for(|subs| subs[0].state != ConnectivityState::TransientFailure)
+                .await;
+        }
+
+        // An identity that does not parse leaves the current one in place.
+        let bad = identity.replace(Identity::from_pem("not pem", "not pem"));
+        assert!(bad.is_err());
+    })
+    .await;
+}
+
+/// A rustls `ClientConfig` of the user's own is used as given (roots, client
+/// certificate), with ALPN set by the channel.
+#[tokio::test]
+async fn a_rustls_client_config_is_used_as_given() {
+    use tonic_balancer::tls::rustls;
+    use tonic_balancer::tls::rustls::pki_types::pem::PemObject;
+    use tonic_balancer::tls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    within(async {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let ca = Ca::new("test CA");
+        let backend = mtls_backend("b", &ca, &ca.server(&["backend.test"])).await;
+        let client = ca.issue(&[], ExtendedKeyUsagePurpose::ClientAuth);
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca.pem.as_bytes()).unwrap())
+            .unwrap();
+        let config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(client.cert.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(client.key.as_bytes()).unwrap(),
+            )
+            .unwrap();
+        let tls = TlsConfig::from_rustls(config).domain_name("backend.test");
+        let channel = channel(&target([backend.addr()]), tls);
+        assert_eq!(call(&mut Client::new(channel)).await.unwrap(), "b");
+
+        // The same config without the client certificate: the server refuses it.
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca.pem.as_bytes()).unwrap())
+            .unwrap();
+        let config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tls = TlsConfig::from_rustls(config).domain_name("backend.test");
+        let why = refused(&channel_for(&backend, tls)).await;
+        assert!(why.contains("CertificateRequired"), "{why}");
+    })
+    .await;
+}
+
+fn channel_for(backend: &Backend, tls: TlsConfig) -> BalancedChannel {
+    channel(&target([backend.addr()]), tls)
+}
+
+/// `https://` targets mean TLS: with `Builder::tls` the given roots and name are used;
+/// the server certificate must carry the target's host.
+#[tokio::test]
+async fn https_targets_make_tls_connections_checked_against_the_host() {
+    within(async {
+        let ca = Ca::new("test CA");
+        let server = ca.server(&["localhost"]);
+        let backend = mtls_backend("b", &ca, &server).await;
+        let port = backend.addr().port();
+        let tls = || {
+            TlsConfig::new()
+                .ca_certificate(ca.root())
+                .identity(ca.client())
+        };
+        let https = channel(&format!("https://localhost:{port}"), tls());
+        assert_eq!(call(&mut Client::new(https)).await.unwrap(), "b");
+
+        // A certificate for another name: the wrong server identity is refused.
+        let elsewhere = mtls_backend("e", &ca, &ca.server(&["elsewhere.test"])).await;
+        let port = elsewhere.addr().port();
+        let wrong = channel(&format!("https://127.0.0.1:{port}"), tls());
+        let why = refused(&wrong).await;
+        assert!(why.contains("certificate"), "{why}");
+    })
+    .await;
+}
+
+/// Without `Builder::tls`, an `https://` target trusts the platform's roots: a server
+/// with a certificate from a private CA is refused, with the reason.
+#[cfg(feature = "tls-native-roots")]
+#[tokio::test]
+async fn an_https_target_without_builder_tls_trusts_only_public_roots() {
+    within(async {
+        let ca = Ca::new("private CA");
+        let backend = mtls_backend("b", &ca, &ca.server(&["127.0.0.1"])).await;
+        let port = backend.addr().port();
+        let built = BalancedChannel::builder(&format!("https://127.0.0.1:{port}"))
+            .connection_backoff(fast_backoff())
+            .build();
+        let channel = match built {
+            Ok(channel) => channel,
+            // A machine without a trust store says so at build time.
+            Err(error) => {
+                assert_eq!(error.kind(), ErrorKind::InvalidConfig, "{error}");
+                assert!(error.to_string().contains("platform"), "{error}");
+                return;
+            }
+        };
+        let why = refused(&channel).await;
+        assert!(why.contains("UnknownIssuer"), "{why}");
+    })
+    .await;
+}

@@ -273,7 +273,7 @@ impl Policy {
 impl From<&LoadBalancingConfig> for Policy {
     fn from(config: &LoadBalancingConfig) -> Self {
         match config {
-            LoadBalancingConfig::PickFirst => Policy::pick_first(),
+            LoadBalancingConfig::PickFirst { .. } => Policy::pick_first(),
             LoadBalancingConfig::RoundRobin => Policy::round_robin(),
             LoadBalancingConfig::LeastRequest { choice_count } => {
                 Policy::least_request().choice_count(*choice_count)
@@ -288,6 +288,8 @@ impl From<&LoadBalancingConfig> for Policy {
                 }
                 policy
             }
+            // Outlier detection ejects; its child picks.
+            LoadBalancingConfig::OutlierDetection(od) => Policy::from(&od.child_policy),
             // A policy added to the config format later: the default.
             #[allow(unreachable_patterns)]
             _ => Policy::default(),

@@ -210,6 +210,8 @@ pub(super) struct Call<'a> {
     pub(super) wait_for_ready: bool,
     pub(super) deadline: Option<Instant>,
     pub(super) throttle: Option<&'a Throttle>,
+    /// The builder's cap on attempts (grpc-go's `WithMaxCallAttempts`).
+    pub(super) max_attempts: u32,
     pub(super) stats: &'a MethodStats,
 }
 
@@ -393,9 +395,7 @@ impl Call<'_> {
     /// Runs the call with up to `policy.max_attempts` attempts (one without a policy),
     /// plus transparent retries of attempts that never left the client.
     pub(super) async fn run(self, policy: Option<&RetryPolicy>) -> CallResult {
-        let max_attempts = policy.map_or(1, |p| {
-            p.max_attempts.clamp(1, crate::defaults::MAX_ATTEMPTS)
-        });
+        let max_attempts = policy.map_or(1, |p| p.max_attempts.clamp(1, self.max_attempts));
         let mut backoff = policy.map(|p| {
             Backoff::new(BackoffParams {
                 initial: p.initial_backoff,
@@ -472,7 +472,7 @@ impl Call<'_> {
     /// response wins and cancels the rest; a fatal code ends the call with it.
     pub(super) async fn run_hedged(self, policy: &HedgingPolicy) -> CallResult {
         type Pending<'a> = Pin<Box<dyn Future<Output = (u32, Attempt)> + Send + 'a>>;
-        let max_attempts = policy.max_attempts.clamp(1, crate::defaults::MAX_ATTEMPTS);
+        let max_attempts = policy.max_attempts.clamp(1, self.max_attempts);
         let this = &self;
         let launch = move |n: u32, kind: AttemptKind| -> Pending<'_> {
             Box::pin(async move { (n, this.attempt(n, kind).await) })

@@ -1,13 +1,14 @@
 //! The consuming builder for [`BalancedChannel`].
 
-use super::control::{ConnectMode, Control, Outliers, Shared, Snapshot};
+use super::control::{ConnectMode, Control, ControlConfig, Outliers, Shared, Snapshot};
 use super::{BalancedChannel, CallConfig, Inner};
 use crate::backoff::BackoffParams;
 use crate::balance::{Picker, Policy};
-use crate::config::{MethodMap, MethodName, ServiceConfig};
+use crate::config::{LoadBalancingConfig, MethodMap, MethodName, ServiceConfig};
+use crate::defaults::MAX_ATTEMPTS;
 use crate::error::{Error, ErrorKind};
 use crate::health::OutlierDetection;
-use crate::load::{Accounting, CodeSet, EwmaParams};
+use crate::load::{Accounting, CodeSet};
 use crate::resolver::{Address, Resolve, StaticList, Target};
 use crate::retry::{Budget, DEFAULT_REPLAY_BUFFER, RetryBudget, Throttle};
 use crate::subchannel::{ConnSettings, ConnectSettings, EndpointMaker, Liveness, TcpOptions};
@@ -181,6 +182,8 @@ pub struct Builder {
     keepalive: Option<KeepaliveConfig>,
     stats_method_limit: usize,
     credentials_without_tls: bool,
+    max_attempts: u32,
+    default_timeout: Option<Duration>,
 }
 
 impl Builder {
@@ -218,6 +221,8 @@ impl Builder {
             keepalive: None,
             stats_method_limit: crate::defaults::DEFAULT_STATS_METHOD_LIMIT,
             credentials_without_tls: false,
+            max_attempts: MAX_ATTEMPTS,
+            default_timeout: None,
         }
     }
 
@@ -294,6 +299,35 @@ impl Builder {
         self
     }
 
+    /// The deadline of calls that have none: neither their own (`grpc-timeout`, tonic's
+    /// `Request::set_timeout`), nor an inherited one, nor their method config's
+    /// `timeout`. Must be > 0. Default: none, as in gRPC (such calls may wait forever).
+    pub fn default_timeout(mut self, timeout: Duration) -> Self {
+        self.default_timeout = Some(timeout);
+        self
+    }
+
+    /// The most attempts one call makes, the first included, whatever its retry or
+    /// hedging policy says (grpc-go's `WithMaxCallAttempts`): 1 turns retries and
+    /// hedging off. In 1..=[`MAX_ATTEMPTS`] (5); grpc-go also lets it raise the limit
+    /// above 5, this crate does not. Default [`MAX_ATTEMPTS`].
+    pub fn max_call_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts;
+        self
+    }
+
+    /// Builds the channel, then waits until a backend is READY, for at most `timeout`:
+    /// the `Endpoint::connect().await` of tonic users. See [`BalancedChannel::ready`].
+    ///
+    /// # Errors
+    /// Those of [`Builder::build`], and [`ErrorKind::NotReady`] when no backend is
+    /// READY in time (the message names the target and the last connection error).
+    pub async fn connect(self, timeout: Duration) -> Result<BalancedChannel, Error> {
+        let channel = self.build()?;
+        channel.ready(timeout).await?;
+        Ok(channel)
+    }
+
     /// How subchannels reconnect. Default: gRPC's connection backoff.
     pub fn connection_backoff(mut self, backoff: ConnectionBackoff) -> Self {
         self.backoff = backoff;
@@ -318,7 +352,8 @@ impl Builder {
     }
 
     /// Turns on outlier detection (gRFC A50, plus ejection after consecutive failures).
-    /// Default: off.
+    /// A service config's `outlier_detection_experimental` replaces it while that config
+    /// is in force. Default: off.
     pub fn outlier_detection(mut self, config: OutlierDetection) -> Self {
         self.outlier_detection = Some(config);
         self
@@ -465,40 +500,47 @@ impl Builder {
         })?;
         let backoff = self.backoff.validate()?;
         let conn = self.conn_settings()?;
+        if !(1..=MAX_ATTEMPTS).contains(&self.max_attempts) {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!(
+                    "max_call_attempts: must be in 1..={MAX_ATTEMPTS}, got {}",
+                    self.max_attempts
+                ),
+            ));
+        }
+        if self.default_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "default_timeout: must be > 0 (a zero timeout would fail every call)",
+            ));
+        }
         let seed = self.seed_or_random();
         let sensitive = sensitive_keys(&self.sensitive)?;
+        if let Some(config) = &self.outlier_detection {
+            config.validate()?;
+        }
         let policies = Policies {
             policy: self.policy.clone(),
             methods: self.method_policies.clone(),
             seed,
+            outliers: self.outlier_detection.clone(),
+            health_service: self.health_service.clone(),
+            max_attempts: self.max_attempts,
+            default_timeout: self.default_timeout,
         };
-        let (call_config, mode, ewma) = policies.call_config(self.service_config.as_ref())?;
-        let outliers = match self.outlier_detection.clone() {
-            Some(config) => {
-                config.validate()?;
-                Some(Outliers {
-                    config,
-                    signal: Arc::new(Notify::new()),
-                })
-            }
-            None => None,
-        };
-        let failure_codes = outliers
+        let (call_config, control_config) = policies.call_config(self.service_config.as_ref())?;
+        let failure_codes = self
+            .outlier_detection
             .as_ref()
-            .map_or_else(CodeSet::default, |o| CodeSet::of(&o.config.failure_codes));
+            .map_or_else(CodeSet::default, |o| CodeSet::of(&o.failure_codes));
+        let outlier_signal = Arc::new(Notify::new());
         if self.panic_threshold.is_some_and(|p| p > 100) {
             return Err(Error::new(
                 ErrorKind::InvalidConfig,
                 "panic_threshold: must be a percentage, at most 100",
             ));
         }
-        // The builder's setting wins over the service config's healthCheckConfig.
-        let health_service = self.health_service.clone().or_else(|| {
-            self.service_config
-                .as_ref()
-                .and_then(|c| c.health_check.as_ref())
-                .map(|h| h.service_name.clone())
-        });
         let budget = match &self.budget {
             Some(budget) => {
                 budget.validate()?;
@@ -506,19 +548,49 @@ impl Builder {
             }
             None => None,
         };
+        let lookup = |target: &Target| {
+            #[cfg(feature = "dns")]
+            let resolver = dns_resolver(target, &self.name, &self.dns_options, seed);
+            #[cfg(not(feature = "dns"))]
+            let resolver = dns_resolver(target, &self.name);
+            resolver
+        };
+        // An https:// target means TLS, with the default roots unless Builder::tls.
+        let mut https = false;
         let (resolver, authority): (Box<dyn Resolve>, Option<String>) = match self.source? {
             Source::Resolver(resolver) => (resolver, None),
             Source::Target(Target::Static(addrs)) => (Box::new(StaticList::new(addrs)), None),
-            Source::Target(target) => {
-                #[cfg(feature = "dns")]
-                let resolver = dns_resolver(&target, &self.name, &self.dns_options, seed)?;
-                #[cfg(not(feature = "dns"))]
-                let resolver = dns_resolver(&target, &self.name)?;
-                (resolver, Some(target.authority()))
+            Source::Target(target @ Target::Unix(_)) => unix_resolver(&target, &self.name)?,
+            Source::Target(Target::Https { host, port }) => {
+                https = true;
+                let target = Target::Dns {
+                    server: None,
+                    host,
+                    port,
+                };
+                (lookup(&target)?, Some(target.authority()))
             }
+            Source::Target(target) => (lookup(&target)?, Some(target.authority())),
+        };
+        #[cfg(not(feature = "tls"))]
+        if https {
+            return Err(Error::new(
+                ErrorKind::UnsupportedTarget,
+                format!(
+                    "target {:?}: https:// means TLS, which needs the `tls` feature of \
+                     tonic-balancer (and `tls-native-roots` or `tls-webpki-roots` for the \
+                     default roots); or use an http:// target for plaintext",
+                    self.name
+                ),
+            ));
+        }
+        #[cfg(feature = "tls")]
+        let https_default = match (&self.tls, https) {
+            (None, true) => Some(crate::tls::TlsConfig::for_https()?),
+            _ => None,
         };
         #[cfg(feature = "tls")]
-        let tls = match &self.tls {
+        let tls = match self.tls.as_ref().or(https_default.as_ref()) {
             Some(config) => {
                 // A dns: target's host is the name its servers' certificates carry.
                 let host = authority
@@ -545,7 +617,15 @@ impl Builder {
             published: watch::Sender::new(()),
         });
         let (stop_tx, stop_rx) = oneshot::channel();
-        let (mode_tx, mode_rx) = watch::channel((mode, ewma));
+        let ControlConfig {
+            mode,
+            ewma,
+            shuffle,
+            outliers,
+            health_service,
+        } = control_config.clone();
+        let (updates_tx, updates_rx) = watch::channel(control_config);
+        let (health_tx, health_rx) = watch::channel(health_service);
         let control = Control {
             shared: shared.clone(),
             resolver,
@@ -558,9 +638,9 @@ impl Builder {
                     failure_codes,
                     outliers: outliers
                         .as_ref()
-                        .map(|o| (o.signal.clone(), u64::from(o.config.consecutive_failures))),
+                        .map(|o| (outlier_signal.clone(), u64::from(o.consecutive_failures))),
                 },
-                health_service,
+                health_service: health_rx,
                 #[cfg(feature = "tls")]
                 tls,
                 keepalive_time: Arc::new(std::sync::atomic::AtomicU64::new(
@@ -572,8 +652,11 @@ impl Builder {
             seed,
             target: self.name.clone(),
             mode,
-            mode_updates: mode_rx,
-            outliers,
+            shuffle,
+            updates: updates_rx,
+            outliers: outliers.map(|config| Outliers { config }),
+            outlier_signal,
+            health: health_tx,
             panic_threshold: self.panic_threshold,
         };
         runtime.spawn(control.supervise(stop_rx));
@@ -591,7 +674,7 @@ impl Builder {
                 seed,
                 calls: Default::default(),
                 stats: crate::stats::Stats::with_limit(self.stats_method_limit),
-                mode: mode_tx,
+                mode: updates_tx,
                 policies,
                 credentials_allowed,
                 _stop: stop_tx,
@@ -646,29 +729,53 @@ pub(super) fn invalid_config(error: crate::config::InvalidConfig) -> Error {
     )
 }
 
-/// The policies set on the builder, kept so a service config update can be applied on
-/// top of them.
+/// The builder's settings a service config may override, kept so each service config
+/// update can be applied on top of them.
 #[derive(Clone, Debug)]
 pub(super) struct Policies {
     policy: Policy,
     methods: Vec<(String, Policy)>,
     seed: u64,
+    /// Outlier detection set on the builder; a config's `outlier_detection_experimental`
+    /// replaces it.
+    outliers: Option<OutlierDetection>,
+    /// Health checking set on the builder; it wins over a config's `healthCheckConfig`.
+    health_service: Option<String>,
+    /// Attempts per call at most, retries and hedges included.
+    max_attempts: u32,
+    /// The deadline of calls that have none.
+    default_timeout: Option<Duration>,
 }
 
 impl Policies {
-    /// What calls consult, from these policies and a service config; plus how the
-    /// channel must connect and the RTT estimate parameters its policies need.
+    /// What calls consult, from these settings and a service config; plus what the
+    /// control task applies: how to connect, the RTT estimate parameters the policies
+    /// need, outlier detection and health checking.
     pub(super) fn call_config(
         &self,
         service_config: Option<&ServiceConfig>,
-    ) -> Result<(CallConfig, ConnectMode, Option<EwmaParams>), Error> {
+    ) -> Result<(CallConfig, ControlConfig), Error> {
         if let Some(config) = service_config {
             config.validate().map_err(invalid_config)?;
         }
-        // The service config's loadBalancingConfig, when present, is the channel's policy.
-        let default = service_config
-            .and_then(|c| c.load_balancing.as_ref())
-            .map_or_else(|| self.policy.clone(), Policy::from);
+        // The service config's load balancing policy, when present, is the channel's.
+        let lb = service_config.and_then(|c| c.load_balancing.as_ref());
+        let default = lb.map_or_else(|| self.policy.clone(), Policy::from);
+        let shuffle = matches!(
+            lb.map(LoadBalancingConfig::picking_policy),
+            Some(LoadBalancingConfig::PickFirst {
+                shuffle_address_list: true
+            })
+        );
+        let outliers = match lb.and_then(LoadBalancingConfig::outlier_detection) {
+            Some(config) => Some(OutlierDetection::from(config)),
+            None => self.outliers.clone(),
+        };
+        let health_service = self.health_service.clone().or_else(|| {
+            service_config
+                .and_then(|c| c.health_check.as_ref())
+                .map(|h| h.service_name.clone())
+        });
         let pickers = build_pickers(&default, &self.methods, self.seed)?;
         let ewma = pickers
             .values()
@@ -686,8 +793,17 @@ impl Policies {
             throttle: service_config
                 .and_then(|c| c.retry_throttling.as_ref())
                 .map(|t| Arc::new(Throttle::new(t.max_tokens, t.token_ratio))),
+            max_attempts: self.max_attempts,
+            default_timeout: self.default_timeout,
         };
-        Ok((call_config, mode, ewma))
+        let control = ControlConfig {
+            mode,
+            ewma,
+            shuffle,
+            outliers,
+            health_service,
+        };
+        Ok((call_config, control))
     }
 }
 
@@ -808,6 +924,24 @@ fn https_origin(endpoint: Endpoint) -> Result<Endpoint, String> {
     Ok(endpoint.origin(origin))
 }
 
+/// The one address of a `unix:` target, and the authority gRPC sends to Unix sockets.
+fn unix_resolver(target: &Target, name: &str) -> Result<(Box<dyn Resolve>, Option<String>), Error> {
+    let Target::Unix(path) = target else {
+        return Err(Error::new(
+            ErrorKind::InvalidTarget,
+            format!("target {name:?} is not a unix: target"),
+        ));
+    };
+    if cfg!(not(unix)) {
+        return Err(Error::new(
+            ErrorKind::UnsupportedTarget,
+            format!("target {name:?}: Unix domain sockets exist only on Unix"),
+        ));
+    }
+    let resolver = StaticList::new([Address::unix(path)]);
+    Ok((Box::new(resolver), Some(target.authority())))
+}
+
 /// An IP literal in a `dns:` target needs no lookup (and no `dns` feature).
 fn ip_literal(target: &Target) -> Option<Box<dyn Resolve>> {
     match target {
@@ -897,7 +1031,9 @@ impl fmt::Debug for Builder {
             .field(
                 "allow_credentials_without_tls",
                 &self.credentials_without_tls,
-            );
+            )
+            .field("max_call_attempts", &self.max_attempts)
+            .field("default_timeout", &self.default_timeout);
         #[cfg(feature = "tls")]
         f.field("tls", &self.tls);
         f.finish_non_exhaustive()

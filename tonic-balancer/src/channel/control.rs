@@ -16,12 +16,17 @@ use crate::subchannel::{
 use arc_swap::ArcSwap;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
+use rand::seq::SliceRandom;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
+
+/// An address as the control task keys it: the IP address, or the Unix socket path.
+type Key = (SocketAddr, Option<Arc<Path>>);
 
 /// What calls see of the channel: an immutable picture, replaced whole on every change.
 #[derive(Debug)]
@@ -83,6 +88,21 @@ pub(crate) enum ConnectMode {
     FirstReady,
 }
 
+/// What the control task takes from the builder and from each service config update.
+#[derive(Clone, Debug)]
+pub(crate) struct ControlConfig {
+    /// Which subchannels to keep connected.
+    pub(crate) mode: ConnectMode,
+    /// RTT estimate parameters, when a peak_ewma policy needs the estimate.
+    pub(crate) ewma: Option<EwmaParams>,
+    /// pick_first's `shuffleAddressList` (gRFC A62): shuffle each address list.
+    pub(crate) shuffle: bool,
+    /// Outlier detection, when on.
+    pub(crate) outliers: Option<OutlierDetection>,
+    /// The health service every subchannel watches, when health checking is on.
+    pub(crate) health_service: Option<String>,
+}
+
 pub(crate) struct Control {
     pub(crate) shared: Arc<Shared>,
     pub(crate) resolver: Box<dyn Resolve>,
@@ -90,26 +110,31 @@ pub(crate) struct Control {
     pub(crate) seed: u64,
     pub(crate) target: String,
     pub(crate) mode: ConnectMode,
-    /// Service config updates that change how to connect or what to measure.
-    pub(crate) mode_updates: watch::Receiver<(ConnectMode, Option<EwmaParams>)>,
+    /// pick_first's `shuffleAddressList`.
+    pub(crate) shuffle: bool,
+    /// Service config updates: how to connect, what to measure, outlier detection and
+    /// health checking.
+    pub(crate) updates: watch::Receiver<ControlConfig>,
     /// Outlier detection, when on.
     pub(crate) outliers: Option<Outliers>,
+    /// Woken by a call guard when a subchannel reaches the consecutive-failure limit.
+    pub(crate) outlier_signal: Arc<Notify>,
+    /// The health service every subchannel's worker watches (read by the workers).
+    pub(crate) health: watch::Sender<Option<String>>,
     /// Envoy's panic mode: below this percentage of usable backends, use every connected
     /// one. `None`: fail fast, as gRPC.
     pub(crate) panic_threshold: Option<u32>,
 }
 
-/// Outlier detection's settings and wake-up.
+/// Outlier detection's settings.
 pub(crate) struct Outliers {
     pub(crate) config: OutlierDetection,
-    /// Woken by a call guard when a subchannel reaches the consecutive-failure limit.
-    pub(crate) signal: Arc<Notify>,
 }
 
 struct State {
-    order: Vec<SocketAddr>,
-    entries: HashMap<SocketAddr, Entry>,
-    ids: HashMap<u64, SocketAddr>,
+    order: Vec<Key>,
+    entries: HashMap<Key, Entry>,
+    ids: HashMap<u64, Key>,
     next_id: u64,
     /// Whether the resolver has produced an address set yet.
     resolved: bool,
@@ -151,31 +176,24 @@ impl Control {
             published_state: ConnectivityState::Idle,
         };
         let mut resolver_done = false;
-        // tokio's interval adds its period to the clock, which overflows for
-        // `Duration::MAX`: a period beyond ~30 years is the same as never.
-        let interval = self
-            .outliers
-            .as_ref()
-            .map(|o| o.config.interval.min(crate::deadline::FAR_FUTURE));
-        let mut outlier_tick = tokio::time::interval(interval.unwrap_or(Duration::from_secs(3600)));
-        outlier_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        outlier_tick.reset();
-        let outlier_signal = self.outliers.as_ref().map(|o| o.signal.clone());
+        let mut outlier_tick = outlier_interval(self.outliers.as_ref());
+        let outlier_signal = self.outlier_signal.clone();
         let mut rng = SmallRng::seed_from_u64(self.seed);
         loop {
+            let outliers_on = self.outliers.is_some();
             tokio::select! {
                 _ = &mut stop => break,
-                _ = outlier_tick.tick(), if interval.is_some() => {
+                _ = outlier_tick.tick(), if outliers_on => {
                     self.detect_outliers(&mut state, |config, hosts, now| {
                         health::on_interval(config, hosts, now, &mut rng)
                     });
                 }
-                () = wait_signal(outlier_signal.as_deref()), if outlier_signal.is_some() => {
+                () = outlier_signal.notified(), if outliers_on => {
                     self.detect_outliers(&mut state, health::on_consecutive_failures);
                 }
                 next = std::future::poll_fn(|cx| self.resolver.poll_resolve(cx)), if !resolver_done => {
                     match next {
-                        Some(Ok(addrs)) => self.apply(&mut state, addrs, &events_tx),
+                        Some(Ok(addrs)) => self.apply(&mut state, addrs, &events_tx, &mut rng),
                         Some(Err(error)) => {
                             tracing::debug!(target = %self.target, %error, "resolution failed");
                             state.resolver_error = Some(error.to_string());
@@ -183,16 +201,10 @@ impl Control {
                         None => resolver_done = true,
                     }
                 }
-                Ok(()) = self.mode_updates.changed() => {
-                    let (mode, ewma) = *self.mode_updates.borrow_and_update();
-                    self.mode = mode;
-                    self.settings.accounting.ewma = ewma;
-                    for entry in state.entries.values() {
-                        entry.subchannel.load.set_rtt_tracking(ewma.is_some());
-                        if mode == ConnectMode::All {
-                            entry.worker.set_wanted(true);
-                        }
-                    }
+                Ok(()) = self.updates.changed() => {
+                    let update = self.updates.borrow_and_update().clone();
+                    self.update(&mut state, update, &mut rng);
+                    outlier_tick = outlier_interval(self.outliers.as_ref());
                 }
                 Some(event) = events.recv() => {
                     self.handle(&mut state, event);
@@ -215,11 +227,56 @@ impl Control {
         self.shared.published.send_replace(());
     }
 
+    /// Applies a service config update to the channel and every subchannel it has.
+    fn update(&mut self, state: &mut State, update: ControlConfig, rng: &mut SmallRng) {
+        let ControlConfig {
+            mode,
+            ewma,
+            shuffle,
+            outliers,
+            health_service,
+        } = update;
+        self.mode = mode;
+        self.settings.accounting.ewma = ewma;
+        let limit = outliers.as_ref().map(|o| u64::from(o.consecutive_failures));
+        self.settings.accounting.outliers = limit.map(|l| (self.outlier_signal.clone(), l));
+        if outliers.is_none() {
+            // Outlier detection off: nobody stays ejected.
+            for entry in state.entries.values_mut() {
+                entry.ejection = Ejection::default();
+                entry
+                    .subchannel
+                    .ejected
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        self.outliers = outliers.map(|config| Outliers { config });
+        for entry in state.entries.values() {
+            entry.subchannel.load.set_rtt_tracking(ewma.is_some());
+            entry.subchannel.load.set_outlier_detection(limit);
+            if mode == ConnectMode::All {
+                entry.worker.set_wanted(true);
+            }
+        }
+        self.shuffle = shuffle;
+        if shuffle {
+            // A new config is a new update for pick_first, which shuffles on each (A62).
+            state.order.shuffle(rng);
+        }
+        // Workers restart their health watch, or stop it, on their live connections.
+        self.health.send_if_modified(|current| {
+            let changed = *current != health_service;
+            *current = health_service;
+            changed
+        });
+    }
+
     fn apply(
         &mut self,
         state: &mut State,
         addrs: Vec<Address>,
         events: &mpsc::UnboundedSender<Event>,
+        rng: &mut SmallRng,
     ) {
         state.resolved = true;
         state.resolver_error = None;
@@ -229,11 +286,11 @@ impl Control {
         }
         let mut order = Vec::with_capacity(addrs.len().min(limit));
         for address in addrs.into_iter().take(limit) {
-            let addr = address.addr;
+            let addr: Key = (address.addr, address.unix.clone());
             if order.contains(&addr) {
                 continue;
             }
-            order.push(addr);
+            order.push(addr.clone());
             if state.entries.contains_key(&addr) {
                 continue;
             }
@@ -247,8 +304,8 @@ impl Control {
                 self.seed,
                 events.clone(),
             );
-            tracing::debug!(target = %self.target, %addr, "address added");
-            state.ids.insert(id, addr);
+            tracing::debug!(target = %self.target, address = %subchannel.address, "address added");
+            state.ids.insert(id, addr.clone());
             state.entries.insert(
                 addr,
                 Entry {
@@ -266,7 +323,7 @@ impl Control {
             if !keep {
                 // No new picks from the next snapshot on; calls in flight keep their own
                 // handle on the connection and finish (drain).
-                tracing::debug!(target = %self.target, %addr, "address removed, draining");
+                tracing::debug!(target = %self.target, address = %entry.subchannel.address, "address removed, draining");
                 entry.subchannel.shut_down();
                 // The facade cannot delete a series: leave no stale value in it.
                 #[cfg(feature = "metrics")]
@@ -278,6 +335,11 @@ impl Control {
             }
             keep
         });
+        if self.shuffle {
+            // pick_first's shuffleAddressList: each client of a fleet starts on its own
+            // address instead of all on the first (gRFC A62).
+            order.shuffle(rng);
+        }
         state.order = order;
     }
 
@@ -291,7 +353,7 @@ impl Control {
         }
         let entries: Vec<&mut Entry> = {
             let State { order, entries, .. } = state;
-            let mut refs: HashMap<&SocketAddr, &mut Entry> = entries.iter_mut().collect();
+            let mut refs: HashMap<&Key, &mut Entry> = entries.iter_mut().collect();
             order.iter().filter_map(|a| refs.remove(a)).collect()
         };
         // An ejected backend is as good as failing: fail over past it.
@@ -364,7 +426,7 @@ impl Control {
             return;
         };
         let State { order, entries, .. } = state;
-        let mut by_addr: HashMap<&SocketAddr, &mut Entry> = entries.iter_mut().collect();
+        let mut by_addr: HashMap<&Key, &mut Entry> = entries.iter_mut().collect();
         let mut hosts: Vec<Host<'_>> = order
             .iter()
             .filter_map(|a| by_addr.remove(a))
@@ -498,10 +560,15 @@ struct Tier {
     size: usize,
 }
 
-/// Resolves when outlier detection's signal fires (never without one).
-async fn wait_signal(signal: Option<&Notify>) {
-    match signal {
-        Some(signal) => signal.notified().await,
-        None => std::future::pending().await,
-    }
+/// The ticks of outlier detection's interval (unused while it is off).
+fn outlier_interval(outliers: Option<&Outliers>) -> tokio::time::Interval {
+    // tokio's interval adds its period to the clock, which overflows for
+    // `Duration::MAX`: a period beyond ~30 years is the same as never.
+    let period = outliers.map_or(Duration::from_secs(3600), |o| {
+        o.config.interval.min(crate::deadline::FAR_FUTURE)
+    });
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.reset();
+    tick
 }

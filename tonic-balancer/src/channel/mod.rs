@@ -23,13 +23,12 @@ use crate::balance::Picker;
 use crate::config::{MethodConfig, MethodMap, ServiceConfig};
 use crate::connectivity::ConnectivityState;
 use crate::deadline;
-use crate::load::EwmaParams;
 use crate::retry::{Budget, MessageLimit, Replay, Throttle};
 use crate::stats::{CallRecord, ChannelStats, Stats};
 use crate::subchannel::{ReadyConn, SubchannelInfo};
 use arc_swap::ArcSwap;
 use builder::Policies;
-use control::{ConnectMode, Shared, Snapshot};
+use control::{ControlConfig, Shared, Snapshot};
 use future::CallBody;
 use std::fmt;
 use std::sync::Arc;
@@ -47,6 +46,10 @@ struct CallConfig {
     pickers: MethodMap<Arc<dyn Picker>>,
     methods: MethodMap<Option<Arc<MethodConfig>>>,
     throttle: Option<Arc<Throttle>>,
+    /// The builder's cap on attempts per call (retries and hedges included).
+    max_attempts: u32,
+    /// The deadline of calls that have none, from the builder.
+    default_timeout: Option<std::time::Duration>,
 }
 
 /// A per-call wait-for-ready flag, set as a request extension.
@@ -95,8 +98,9 @@ struct Inner {
     calls: AtomicU64,
     /// Golden signals per method.
     stats: Stats,
-    /// Tells the control task how to connect when a config update changes the policies.
-    mode: watch::Sender<(ConnectMode, Option<EwmaParams>)>,
+    /// Hands each service config update to the control task (how to connect, outlier
+    /// detection, health checking).
+    mode: watch::Sender<ControlConfig>,
     /// The builder's policies, under each service config update.
     policies: Policies,
     /// Whether bearer credentials may be sent: TLS, or the user's explicit opt-in.
@@ -107,7 +111,9 @@ struct Inner {
 
 impl BalancedChannel {
     /// Starts building a channel for a gRPC target (`ipv4:127.0.0.1:5001,127.0.0.1:5002`,
-    /// `ipv6:[::1]:5001`, ...); see [`Target`](crate::resolver::Target) for the syntax.
+    /// `dns:///orders:50051`, `unix:///run/orders.sock`, ...) or the URI a tonic user
+    /// would give `Endpoint` (`http://orders:50051`; `https://` means TLS); see
+    /// [`Target`](crate::resolver::Target) for the syntax.
     /// A malformed target is reported by [`Builder::build`].
     pub fn builder(target: &str) -> Builder {
         Builder::from_target(target)
@@ -165,10 +171,54 @@ impl BalancedChannel {
     /// # Errors
     /// [`ErrorKind::InvalidConfig`](crate::ErrorKind::InvalidConfig) naming the bad field.
     pub fn update_service_config(&self, config: &ServiceConfig) -> Result<(), crate::Error> {
-        let (call_config, mode, ewma) = self.inner.policies.call_config(Some(config))?;
+        let (call_config, control) = self.inner.policies.call_config(Some(config))?;
         self.inner.config.store(Arc::new(call_config));
-        self.inner.mode.send_replace((mode, ewma));
+        self.inner.mode.send_replace(control);
         Ok(())
+    }
+
+    /// Waits until a backend is READY, for at most `timeout`: what tonic users do with
+    /// `Endpoint::connect().await` at start-up, and grpc-go users with a blocking dial.
+    /// Backends that fail keep being retried with the connection backoff meanwhile; the
+    /// channel works the same whether or not this was awaited.
+    ///
+    /// # Errors
+    /// [`ErrorKind::NotReady`](crate::ErrorKind::NotReady) when `timeout` passes first
+    /// (naming the target, the channel's state and the last connection error) or the
+    /// channel shuts down.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropping the future only stops the waiting.
+    pub async fn ready(&self, timeout: std::time::Duration) -> Result<(), crate::Error> {
+        let mut published = self.inner.shared.published.subscribe();
+        let wait = async {
+            loop {
+                match self.state() {
+                    ConnectivityState::Ready => return true,
+                    ConnectivityState::Shutdown => return false,
+                    _ => {}
+                }
+                if published.changed().await.is_err() {
+                    return false;
+                }
+            }
+        };
+        let outcome = tokio::time::timeout(timeout, wait).await;
+        let snapshot = self.inner.shared.snapshot.load();
+        let why = match outcome {
+            Ok(true) => return Ok(()),
+            Ok(false) => "the channel shut down".to_owned(),
+            Err(_) => format!("none is READY after {timeout:?}"),
+        };
+        Err(crate::Error::new(
+            crate::ErrorKind::NotReady,
+            format!(
+                "no backend of {} is ready: {why} (channel {}: {})",
+                self.inner.target,
+                snapshot.state,
+                describe_error(&snapshot)
+            ),
+        ))
     }
 
     /// Waits until `done` holds for the channel's subchannels, re-checking after every
@@ -275,7 +325,8 @@ impl Inner {
         ]
         .into_iter()
         .flatten()
-        .min();
+        .min()
+        .or_else(|| config.default_timeout.map(|t| now + t));
         if deadline.is_some_and(|d| d <= now) {
             record.finish(tonic::Code::DeadlineExceeded);
             return Err(Status::deadline_exceeded(format!(
@@ -315,6 +366,7 @@ impl Inner {
             wait_for_ready,
             deadline,
             throttle: config.throttle.as_deref(),
+            max_attempts: config.max_attempts,
             stats: record.method(),
         };
         let result = match hedging {

@@ -1,17 +1,30 @@
 //! Walking the JSON form of a service config into [`ServiceConfig`]: JSON types,
 //! required fields, proto3 durations and status codes. Unknown fields are ignored, and
 //! `null` counts as absent (proto3 JSON). Ranges are checked by `validate`.
+//!
+//! grpc-go is the reference users copy configs from, so keys are matched as Go's
+//! `encoding/json` matches struct fields: the exact key first, else any key equal to it
+//! ignoring ASCII case (grpc-go's own retry example writes `"MaxAttempts"`). Policy
+//! names inside `loadBalancingConfig` are map keys in every gRPC and stay exact.
 
 use std::time::Duration;
 
-use crate::defaults::{DEFAULT_CHOICE_COUNT, MAX_ATTEMPTS, MAX_CHOICE_COUNT};
+use crate::defaults::{
+    DEFAULT_BASE_EJECTION_TIME, DEFAULT_CHOICE_COUNT, DEFAULT_EJECTION_INTERVAL,
+    DEFAULT_MAX_EJECTION_PERCENT, DEFAULT_MAX_EJECTION_TIME, MAX_ATTEMPTS, MAX_CHOICE_COUNT,
+};
 use serde_json::{Map, Value};
 use tonic::Code;
 
 use super::service_config::{
-    HealthCheckConfig, HedgingPolicy, InvalidConfig, LoadBalancingConfig, MethodConfig,
-    MethodPattern, Path, RetryPolicy, RetryThrottling, ServiceConfig,
+    FailurePercentageEjectionConfig, HealthCheckConfig, HedgingPolicy, InvalidConfig,
+    LoadBalancingConfig, MethodConfig, MethodPattern, OutlierDetectionConfig, Path, RetryPolicy,
+    RetryThrottling, ServiceConfig, SuccessRateEjectionConfig,
 };
+
+/// The policy names this crate knows, as the error for a list with none of them says.
+const SUPPORTED_POLICIES: &str = "pick_first, round_robin, least_request \
+    (least_request_experimental), peak_ewma, outlier_detection_experimental";
 
 type Result<T> = std::result::Result<T, InvalidConfig>;
 
@@ -69,8 +82,16 @@ fn parse(json: &str) -> Result<ServiceConfig> {
         return Err(Path::root().error(reason));
     }
     let root = Object::new(&value, &Path::root())?;
+    // The deprecated `loadBalancingPolicy` counts only when `loadBalancingConfig` is
+    // absent (grpc-go and C-core).
+    let load_balancing = match root.optional("loadBalancingConfig", load_balancing)? {
+        Some(lb) => Some(lb),
+        None => root
+            .optional("loadBalancingPolicy", deprecated_policy)?
+            .flatten(),
+    };
     Ok(ServiceConfig {
-        load_balancing: root.optional("loadBalancingConfig", load_balancing)?,
+        load_balancing,
         method_configs: root
             .optional("methodConfig", |v, p| list(v, p, method_config))?
             .unwrap_or_default(),
@@ -79,8 +100,11 @@ fn parse(json: &str) -> Result<ServiceConfig> {
     })
 }
 
-/// Parses a proto3 JSON duration: decimal seconds with an `s` suffix and at most 9
-/// fractional digits, such as `"1s"`, `"0.1s"` or `"1.500s"`; negative values are rejected.
+/// Parses a duration as grpc-go does: decimal seconds with an `s` suffix, such as `"1s"`,
+/// `"0.1s"` or `"1.500s"`, and also the forms grpc-go accepts beyond proto3's: no whole
+/// part (`".5s"`), no fractional digits (`"1.s"`) and a leading `+`. At most 9
+/// fractional digits and 315,576,000,000 s (proto3's limit). Negative values are
+/// rejected: no field of a service config means anything by them.
 pub(crate) fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     let invalid =
         || format!("invalid duration {s:?}: expected seconds with an 's' suffix, like \"1.5s\"");
@@ -88,9 +112,10 @@ pub(crate) fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
         return Err(format!("invalid duration {s:?}: must not be negative"));
     }
     let number = s.strip_suffix('s').ok_or_else(invalid)?;
-    let (whole, fraction) = number.split_once('.').unwrap_or((number, "0"));
-    let digits = |d: &str| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit());
-    if !digits(whole) || !digits(fraction) {
+    let number = number.strip_prefix('+').unwrap_or(number);
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    let digits = |d: &str| d.bytes().all(|b| b.is_ascii_digit());
+    if !digits(whole) || !digits(fraction) || (whole.is_empty() && fraction.is_empty()) {
         return Err(invalid());
     }
     if fraction.len() > 9 {
@@ -98,11 +123,14 @@ pub(crate) fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
             "invalid duration {s:?}: at most 9 fractional digits"
         ));
     }
-    let seconds = whole
-        .parse::<u64>()
-        .ok()
-        .filter(|&seconds| seconds <= MAX_DURATION_SECONDS)
-        .ok_or_else(|| format!("invalid duration {s:?}: above {MAX_DURATION_SECONDS}s"))?;
+    let seconds = match whole {
+        "" => 0,
+        whole => whole
+            .parse::<u64>()
+            .ok()
+            .filter(|&seconds| seconds <= MAX_DURATION_SECONDS)
+            .ok_or_else(|| format!("invalid duration {s:?}: above {MAX_DURATION_SECONDS}s"))?,
+    };
     let nanos = format!("{fraction:0<9}")
         .parse::<u32>()
         .map_err(|_| invalid())?;
@@ -136,15 +164,28 @@ impl<'a> Object<'a> {
         }
     }
 
+    /// The field named `key` and its key as the document writes it: the exact key, else
+    /// the first key (in sorted order) equal to it ignoring ASCII case, as Go's
+    /// `encoding/json` matches struct fields.
+    fn field(&self, key: &str) -> Option<(&'a str, &'a Value)> {
+        if let Some((key, value)) = self.fields.get_key_value(key) {
+            return Some((key, value));
+        }
+        self.fields
+            .iter()
+            .find(|(written, _)| written.eq_ignore_ascii_case(key))
+            .map(|(written, value)| (written.as_str(), value))
+    }
+
     /// A field parsed by `parse`, or `None` when it is absent or `null`.
     fn optional<T>(
         &self,
         key: &str,
         parse: impl FnOnce(&'a Value, &Path) -> Result<T>,
     ) -> Result<Option<T>> {
-        match self.fields.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(value) => parse(value, &self.path.key(key)).map(Some),
+        match self.field(key) {
+            None | Some((_, Value::Null)) => Ok(None),
+            Some((written, value)) => parse(value, &self.path.key(written)).map(Some),
         }
     }
 
@@ -162,6 +203,7 @@ fn load_balancing(value: &Value, path: &Path) -> Result<LoadBalancingConfig> {
     let Value::Array(entries) = value else {
         return Err(wrong_type(value, path, "an array"));
     };
+    let mut unknown = Vec::new();
     for (i, entry) in entries.iter().enumerate() {
         let here = path.index(i);
         let policy = Object::new(entry, &here)?;
@@ -175,18 +217,48 @@ fn load_balancing(value: &Value, path: &Path) -> Result<LoadBalancingConfig> {
         if let Some(lb) = lb_policy(name, config, &here.key(name))? {
             return Ok(lb);
         }
+        unknown.push(name.as_str());
     }
-    Err(path.error(
-        "no supported policy (supported: pick_first, round_robin, least_request, peak_ewma)",
-    ))
+    Err(path.error(format!(
+        "no supported policy in [{}] (supported: {SUPPORTED_POLICIES})",
+        unknown.join(", ")
+    )))
+}
+
+/// `loadBalancingPolicy`: a policy name, matched ignoring case. An unknown name means
+/// pick_first, as in grpc-go (C-core rejects the config); it is logged.
+fn deprecated_policy(value: &Value, path: &Path) -> Result<Option<LoadBalancingConfig>> {
+    let name = string(value, path)?.to_ascii_lowercase();
+    let empty = Value::Object(Map::new());
+    match lb_policy(&name, &empty, path)? {
+        Some(lb) => Ok(Some(lb)),
+        None => {
+            tracing::warn!(
+                policy = %name,
+                "service config: loadBalancingPolicy names a policy this crate does not \
+                 know; using pick_first, as grpc-go does"
+            );
+            Ok(Some(LoadBalancingConfig::PickFirst {
+                shuffle_address_list: false,
+            }))
+        }
+    }
 }
 
 /// The policy `name` with its `config`, or `None` when the policy is unknown.
 fn lb_policy(name: &str, config: &Value, path: &Path) -> Result<Option<LoadBalancingConfig>> {
     let lb = match name {
-        "pick_first" => Object::new(config, path).map(|_| LoadBalancingConfig::PickFirst)?,
+        "pick_first" => {
+            let config = Object::new(config, path)?;
+            LoadBalancingConfig::PickFirst {
+                shuffle_address_list: config
+                    .optional("shuffleAddressList", boolean)?
+                    .unwrap_or(false),
+            }
+        }
         "round_robin" => Object::new(config, path).map(|_| LoadBalancingConfig::RoundRobin)?,
-        "least_request" => {
+        // grpc-go and grpc-java register least_request under its experimental name.
+        "least_request" | "least_request_experimental" => {
             let config = Object::new(config, path)?;
             let count =
                 config.optional("choiceCount", |v, p| count(v, p, MAX_CHOICE_COUNT as u32))?;
@@ -202,14 +274,88 @@ fn lb_policy(name: &str, config: &Value, path: &Path) -> Result<Option<LoadBalan
                 default_rtt: config.optional("defaultRtt", duration)?,
             }
         }
+        "outlier_detection_experimental" => {
+            LoadBalancingConfig::OutlierDetection(Box::new(outlier_detection(config, path)?))
+        }
         _ => return Ok(None),
     };
     lb.validate(path)?;
     Ok(Some(lb))
 }
 
+/// `outlier_detection_experimental` (gRFC A50 field names): an absent algorithm is off,
+/// as in A50; `childPolicy` is required and picks as `loadBalancingConfig` does.
+fn outlier_detection(value: &Value, path: &Path) -> Result<OutlierDetectionConfig> {
+    let config = Object::new(value, path)?;
+    let success_rate = |value: &Value, path: &Path| {
+        let algorithm = Object::new(value, path)?;
+        let defaults = SuccessRateEjectionConfig::default();
+        Ok(SuccessRateEjectionConfig {
+            stdev_factor: algorithm
+                .optional("stdevFactor", uint32)?
+                .unwrap_or(defaults.stdev_factor),
+            enforcement_percentage: algorithm
+                .optional("enforcementPercentage", uint32)?
+                .unwrap_or(defaults.enforcement_percentage),
+            minimum_hosts: algorithm
+                .optional("minimumHosts", uint32)?
+                .unwrap_or(defaults.minimum_hosts),
+            request_volume: algorithm
+                .optional("requestVolume", uint32)?
+                .unwrap_or(defaults.request_volume),
+        })
+    };
+    let failure_percentage = |value: &Value, path: &Path| {
+        let algorithm = Object::new(value, path)?;
+        let defaults = FailurePercentageEjectionConfig::default();
+        Ok(FailurePercentageEjectionConfig {
+            threshold: algorithm
+                .optional("threshold", uint32)?
+                .unwrap_or(defaults.threshold),
+            enforcement_percentage: algorithm
+                .optional("enforcementPercentage", uint32)?
+                .unwrap_or(defaults.enforcement_percentage),
+            minimum_hosts: algorithm
+                .optional("minimumHosts", uint32)?
+                .unwrap_or(defaults.minimum_hosts),
+            request_volume: algorithm
+                .optional("requestVolume", uint32)?
+                .unwrap_or(defaults.request_volume),
+        })
+    };
+    Ok(OutlierDetectionConfig {
+        interval: config
+            .optional("interval", duration)?
+            .unwrap_or(DEFAULT_EJECTION_INTERVAL),
+        base_ejection_time: config
+            .optional("baseEjectionTime", duration)?
+            .unwrap_or(DEFAULT_BASE_EJECTION_TIME),
+        max_ejection_time: config
+            .optional("maxEjectionTime", duration)?
+            .unwrap_or(DEFAULT_MAX_EJECTION_TIME),
+        max_ejection_percent: config
+            .optional("maxEjectionPercent", uint32)?
+            .unwrap_or(DEFAULT_MAX_EJECTION_PERCENT),
+        success_rate_ejection: config.optional("successRateEjection", success_rate)?,
+        failure_percentage_ejection: config
+            .optional("failurePercentageEjection", failure_percentage)?,
+        child_policy: config.required("childPolicy", load_balancing)?,
+    })
+}
+
 fn method_config(value: &Value, path: &Path) -> Result<MethodConfig> {
     let config = Object::new(value, path)?;
+    let retry_policy = config.optional("retryPolicy", retry_policy)?;
+    let mut hedging_policy = config.optional("hedgingPolicy", hedging_policy)?;
+    if retry_policy.is_some() && hedging_policy.is_some() {
+        // grpc-go reads no hedgingPolicy at all, so such a config retries there.
+        tracing::warn!(
+            method_config = %path,
+            "service config: retryPolicy and hedgingPolicy in one method config; \
+             using the retry policy, as grpc-go does"
+        );
+        hedging_policy = None;
+    }
     Ok(MethodConfig {
         names: config
             .optional("name", |v, p| list(v, p, method_pattern))?
@@ -218,8 +364,8 @@ fn method_config(value: &Value, path: &Path) -> Result<MethodConfig> {
         timeout: config.optional("timeout", duration)?,
         max_request_message_bytes: config.optional("maxRequestMessageBytes", byte_count)?,
         max_response_message_bytes: config.optional("maxResponseMessageBytes", byte_count)?,
-        retry_policy: config.optional("retryPolicy", retry_policy)?,
-        hedging_policy: config.optional("hedgingPolicy", hedging_policy)?,
+        retry_policy,
+        hedging_policy,
     })
 }
 
@@ -316,6 +462,16 @@ fn count(value: &Value, path: &Path, limit: u32) -> Result<u32> {
         (Some(_), _) | (None, Some(_)) => Err(path.error(format!("must be > 1, got {n}"))),
         (None, None) => Err(path.error(format!("must be an integer, got {n}"))),
     }
+}
+
+/// A proto3 `uint32`: a JSON integer in 0..=4294967295.
+fn uint32(value: &Value, path: &Path) -> Result<u32> {
+    let Value::Number(n) = value else {
+        return Err(wrong_type(value, path, "a non-negative integer"));
+    };
+    n.as_u64()
+        .and_then(|n| u32::try_from(n).ok())
+        .ok_or_else(|| path.error(format!("must be an integer in 0..=4294967295, got {n}")))
 }
 
 /// A non-negative integer, as a JSON number or a decimal string (proto3's 64-bit form).

@@ -13,8 +13,9 @@ mod service_config_tests;
 
 pub(crate) use json::code_name;
 pub use service_config::{
-    HealthCheckConfig, HedgingPolicy, InvalidConfig, LoadBalancingConfig, MethodConfig,
-    MethodPattern, RetryPolicy, RetryThrottling, ServiceConfig,
+    FailurePercentageEjectionConfig, HealthCheckConfig, HedgingPolicy, InvalidConfig,
+    LoadBalancingConfig, MethodConfig, MethodPattern, OutlierDetectionConfig, RetryPolicy,
+    RetryThrottling, ServiceConfig, SuccessRateEjectionConfig,
 };
 
 /// A method name as configuration writes it: a whole service (`pkg.Svc`) or one method

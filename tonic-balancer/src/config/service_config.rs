@@ -21,8 +21,9 @@ use super::{MethodMap, MethodName};
 #[derive(Clone, Debug, Default, PartialEq)]
 #[non_exhaustive]
 pub struct ServiceConfig {
-    /// The load balancing policy (`loadBalancingConfig`: the first supported entry).
-    /// `None`: the channel's own choice (pick_first in gRPC).
+    /// The load balancing policy: `loadBalancingConfig`'s first supported entry, else the
+    /// deprecated `loadBalancingPolicy` name. `None`: the channel's own choice
+    /// ([`Builder::policy`](crate::Builder::policy); pick_first in gRPC).
     pub load_balancing: Option<LoadBalancingConfig>,
     /// Per-method settings (`methodConfig`). A call uses the config naming its exact
     /// method, else its service, else the default (empty name). Default: none.
@@ -38,11 +39,20 @@ pub struct ServiceConfig {
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum LoadBalancingConfig {
-    /// `{"pick_first": {}}`: the first address that connects takes every call.
-    PickFirst,
+    /// `{"pick_first": {"shuffleAddressList": false}}`: the first address that connects
+    /// takes every call.
+    PickFirst {
+        /// Whether each address list from the resolver is shuffled before use, so a
+        /// fleet of clients spreads over the addresses instead of all connecting to the
+        /// first (`shuffleAddressList`, gRFC A62). Seeded from
+        /// [`Builder::seed`](crate::Builder::seed). Default: false.
+        shuffle_address_list: bool,
+    },
     /// `{"round_robin": {}}`: READY backends in turn.
     RoundRobin,
     /// `{"least_request": {"choiceCount": N}}`: the least loaded of N random backends.
+    /// `least_request_experimental`, the name grpc-go and grpc-java register, is the same
+    /// policy.
     LeastRequest {
         /// How many backends to sample: 2..=10, default 2 (JSON values above 10 are
         /// treated as 10).
@@ -57,6 +67,101 @@ pub enum LoadBalancingConfig {
         /// default.
         default_rtt: Option<Duration>,
     },
+    /// `{"outlier_detection_experimental": {..., "childPolicy": [...]}}` (gRFC A50):
+    /// outlier detection over the child policy, which picks.
+    OutlierDetection(Box<OutlierDetectionConfig>),
+}
+
+/// `outlier_detection_experimental`'s settings, with gRFC A50's field names and defaults.
+/// The channel runs them as its [`OutlierDetection`](crate::health::OutlierDetection),
+/// without ejection after consecutive failures (A50 has none).
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct OutlierDetectionConfig {
+    /// How often ejections are decided (`interval`), > 0. Default 10 s.
+    pub interval: Duration,
+    /// The first ejection's length (`baseEjectionTime`), > 0. Default 30 s.
+    pub base_ejection_time: Duration,
+    /// The longest ejection (`maxEjectionTime`). Default 300 s.
+    pub max_ejection_time: Duration,
+    /// Most backends ejected at once, in percent, <= 100 (`maxEjectionPercent`).
+    /// Default 10.
+    pub max_ejection_percent: u32,
+    /// The success-rate algorithm (`successRateEjection`); `None` (absent): off.
+    pub success_rate_ejection: Option<SuccessRateEjectionConfig>,
+    /// The failure-percentage algorithm (`failurePercentageEjection`); `None`
+    /// (absent): off.
+    pub failure_percentage_ejection: Option<FailurePercentageEjectionConfig>,
+    /// The policy that picks among the backends not ejected (`childPolicy`, required).
+    pub child_policy: LoadBalancingConfig,
+}
+
+impl OutlierDetectionConfig {
+    /// A50's defaults (both algorithms off) over `child_policy`.
+    pub fn new(child_policy: LoadBalancingConfig) -> Self {
+        Self {
+            interval: crate::defaults::DEFAULT_EJECTION_INTERVAL,
+            base_ejection_time: crate::defaults::DEFAULT_BASE_EJECTION_TIME,
+            max_ejection_time: crate::defaults::DEFAULT_MAX_EJECTION_TIME,
+            max_ejection_percent: crate::defaults::DEFAULT_MAX_EJECTION_PERCENT,
+            success_rate_ejection: None,
+            failure_percentage_ejection: None,
+            child_policy,
+        }
+    }
+}
+
+/// A50's `successRateEjection`.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct SuccessRateEjectionConfig {
+    /// Standard deviations × 1000 (`stdevFactor`). Default 1900.
+    pub stdev_factor: u32,
+    /// Chance that an outlier is ejected, in percent, <= 100 (`enforcementPercentage`).
+    /// Default 100.
+    pub enforcement_percentage: u32,
+    /// Backends with enough calls needed to run at all (`minimumHosts`). Default 5.
+    pub minimum_hosts: u32,
+    /// Calls in an interval for a backend to count (`requestVolume`). Default 100.
+    pub request_volume: u32,
+}
+
+impl Default for SuccessRateEjectionConfig {
+    fn default() -> Self {
+        Self {
+            stdev_factor: 1900,
+            enforcement_percentage: 100,
+            minimum_hosts: 5,
+            request_volume: 100,
+        }
+    }
+}
+
+/// A50's `failurePercentageEjection`.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct FailurePercentageEjectionConfig {
+    /// Failure percentage above which a backend is ejected, <= 100 (`threshold`).
+    /// Default 85.
+    pub threshold: u32,
+    /// Chance that an outlier is ejected, in percent, <= 100 (`enforcementPercentage`).
+    /// Default 100.
+    pub enforcement_percentage: u32,
+    /// Backends with enough calls needed to run at all (`minimumHosts`). Default 5.
+    pub minimum_hosts: u32,
+    /// Calls in an interval for a backend to count (`requestVolume`). Default 50.
+    pub request_volume: u32,
+}
+
+impl Default for FailurePercentageEjectionConfig {
+    fn default() -> Self {
+        Self {
+            threshold: 85,
+            enforcement_percentage: 100,
+            minimum_hosts: 5,
+            request_volume: 50,
+        }
+    }
 }
 
 /// Settings for the calls matching one of [`names`](Self::names).
@@ -69,8 +174,9 @@ pub struct MethodConfig {
     /// Whether calls wait for a READY backend instead of failing fast
     /// (`waitForReady`). `None`: the channel's default.
     pub wait_for_ready: Option<bool>,
-    /// The deadline for a call (`timeout`), > 0; a shorter deadline set by the
-    /// application wins. `None`: no limit from the config.
+    /// The deadline for a call (`timeout`); a shorter deadline set by the application
+    /// wins. `0s` is valid, as in grpc-go and C-core: every call fails at once with
+    /// DEADLINE_EXCEEDED. `None`: no limit from the config.
     pub timeout: Option<Duration>,
     /// The largest request message, in bytes (`maxRequestMessageBytes`). `None`: the
     /// channel's default.
@@ -78,9 +184,10 @@ pub struct MethodConfig {
     /// The largest response message, in bytes (`maxResponseMessageBytes`). `None`: the
     /// channel's default.
     pub max_response_message_bytes: Option<u64>,
-    /// How failed calls are retried (`retryPolicy`). Exclusive with `hedging_policy`.
+    /// How failed calls are retried (`retryPolicy`). With a hedging policy too, the retry
+    /// policy is used, as in grpc-go.
     pub retry_policy: Option<RetryPolicy>,
-    /// How calls are hedged (`hedgingPolicy`). Exclusive with `retry_policy`.
+    /// How calls are hedged (`hedgingPolicy`); ignored when there is a retry policy.
     pub hedging_policy: Option<HedgingPolicy>,
 }
 
@@ -289,7 +396,11 @@ impl ServiceConfig {
         let mut default = None;
         let mut named = Vec::new();
         for method in &self.method_configs {
-            let shared = Arc::new(method.clone());
+            let mut used = method.clone();
+            if used.retry_policy.is_some() {
+                used.hedging_policy = None;
+            }
+            let shared = Arc::new(used);
             for pattern in &method.names {
                 match pattern.method_name() {
                     Ok(None) => default = Some(Arc::clone(&shared)),
@@ -310,17 +421,35 @@ impl LoadBalancingConfig {
     /// The policy's name in `loadBalancingConfig`, e.g. `round_robin`.
     pub fn name(&self) -> &'static str {
         match self {
-            Self::PickFirst => "pick_first",
+            Self::PickFirst { .. } => "pick_first",
             Self::RoundRobin => "round_robin",
             Self::LeastRequest { .. } => "least_request",
             Self::PeakEwma { .. } => "peak_ewma",
+            Self::OutlierDetection(_) => "outlier_detection_experimental",
+        }
+    }
+
+    /// The policy that picks: this one, or the child of outlier detection.
+    pub fn picking_policy(&self) -> &LoadBalancingConfig {
+        match self {
+            Self::OutlierDetection(od) => od.child_policy.picking_policy(),
+            other => other,
+        }
+    }
+
+    /// Outlier detection's settings, if this policy has it.
+    pub fn outlier_detection(&self) -> Option<&OutlierDetectionConfig> {
+        match self {
+            Self::OutlierDetection(od) => Some(od),
+            _ => None,
         }
     }
 
     /// Range checks; `path` names the policy's config object.
     pub(crate) fn validate(&self, path: &Path) -> Result<(), InvalidConfig> {
         match self {
-            Self::PickFirst | Self::RoundRobin => Ok(()),
+            Self::PickFirst { .. } | Self::RoundRobin => Ok(()),
+            Self::OutlierDetection(od) => od.validate(path),
             Self::LeastRequest { choice_count } => {
                 let count = u64::try_from(*choice_count).unwrap_or(u64::MAX);
                 check_count(
@@ -401,22 +530,27 @@ impl MethodConfig {
                 }
             }
         }
+        // "0s" is valid, as in grpc-go and C-core: every call fails at once.
         if let Some(timeout) = self.timeout {
-            check_positive(timeout, &path.key("timeout"))?;
+            check_bounded(timeout, &path.key("timeout"))?;
         }
-        if let Some(hedging) = &self.hedging_policy {
+        if let Some(hedging) = &self.hedging_policy
+            && self.retry_policy.is_none()
+        {
             check_bounded(
                 hedging.hedging_delay,
                 &path.key("hedgingPolicy").key("hedgingDelay"),
             )?;
         }
-        if self.retry_policy.is_some() && self.hedging_policy.is_some() {
-            return Err(path.error("retryPolicy and hedgingPolicy are mutually exclusive"));
-        }
         if let Some(retry) = &self.retry_policy {
             retry.validate(&path.key("retryPolicy"))?;
         }
-        if let Some(hedging) = &self.hedging_policy {
+        // Ignored beside a retry policy (see `method_map`), so not checked either.
+        if let Some(hedging) = self
+            .hedging_policy
+            .as_ref()
+            .filter(|_| self.retry_policy.is_none())
+        {
             let count = u64::from(hedging.max_attempts);
             check_count(
                 count,
@@ -449,6 +583,39 @@ impl RetryPolicy {
         }
         Ok(())
     }
+}
+
+impl OutlierDetectionConfig {
+    fn validate(&self, path: &Path) -> Result<(), InvalidConfig> {
+        check_positive(self.interval, &path.key("interval"))?;
+        check_positive(self.base_ejection_time, &path.key("baseEjectionTime"))?;
+        check_percent(self.max_ejection_percent, &path.key("maxEjectionPercent"))?;
+        if let Some(sr) = &self.success_rate_ejection {
+            let path = path.key("successRateEjection");
+            check_percent(
+                sr.enforcement_percentage,
+                &path.key("enforcementPercentage"),
+            )?;
+        }
+        if let Some(fp) = &self.failure_percentage_ejection {
+            let path = path.key("failurePercentageEjection");
+            check_percent(fp.threshold, &path.key("threshold"))?;
+            check_percent(
+                fp.enforcement_percentage,
+                &path.key("enforcementPercentage"),
+            )?;
+        }
+        // JSON names the chosen child by its place in the list; code has only the one.
+        let child = &self.child_policy;
+        child.validate(&path.key("childPolicy").index(0).key(child.name()))
+    }
+}
+
+fn check_percent(value: u32, path: &Path) -> Result<(), InvalidConfig> {
+    if value > 100 {
+        return Err(path.error(format!("must be a percentage (at most 100), got {value}")));
+    }
+    Ok(())
 }
 
 impl RetryThrottling {

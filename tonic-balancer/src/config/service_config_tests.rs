@@ -131,14 +131,24 @@ fn invalid_fields_are_named_by_path() {
         ("/methodConfig/1/retryPolicy/retryableStatusCodes", Some(json!([14, "unavailable"])), "methodConfig[1].retryPolicy.retryableStatusCodes[1]", "upper case"),
         ("/methodConfig/1/retryPolicy/retryableStatusCodes", Some(json!([17])), "methodConfig[1].retryPolicy.retryableStatusCodes[0]", "0..=16"),
         ("/methodConfig/1/retryPolicy/retryableStatusCodes", Some(json!(["14"])), "methodConfig[1].retryPolicy.retryableStatusCodes[0]", "upper case"),
-        ("/methodConfig/1/hedgingPolicy", Some(json!({"maxAttempts": 2})), "methodConfig[1]", "mutually exclusive"),
         ("/methodConfig/1/retryPolicy", Some(json!([])), "methodConfig[1].retryPolicy", "object"),
         ("/methodConfig/1/waitForReady", Some(json!("true")), "methodConfig[1].waitForReady", "boolean"),
         ("/methodConfig/2/hedgingPolicy/maxAttempts", Some(json!(0)), "methodConfig[2].hedgingPolicy.maxAttempts", "> 1"),
         ("/methodConfig/2/hedgingPolicy/maxAttempts", None, "methodConfig[2].hedgingPolicy.maxAttempts", "required"),
         ("/methodConfig/2/hedgingPolicy/hedgingDelay", Some(json!("1e3s")), "methodConfig[2].hedgingPolicy.hedgingDelay", "duration"),
         ("/methodConfig/2/hedgingPolicy/nonFatalStatusCodes/0", Some(json!("Unavailable")), "methodConfig[2].hedgingPolicy.nonFatalStatusCodes[0]", "upper case"),
-        ("/methodConfig/2/timeout", Some(json!("0s")), "methodConfig[2].timeout", "must be > 0s"),
+        ("/methodConfig/2/timeout", Some(json!("-1s")), "methodConfig[2].timeout", "negative"),
+        ("/methodConfig/1/TIMEOUT", Some(json!("3c")), "methodConfig[1].TIMEOUT", "'s' suffix"),
+        ("/methodConfig/0/WaitForReady", Some(json!("yes")), "methodConfig[0].WaitForReady", "boolean"),
+        ("/loadBalancingConfig/0", Some(json!({"pick_first": {"shuffleAddressList": "yes"}})), "loadBalancingConfig[0].pick_first.shuffleAddressList", "boolean"),
+        ("/loadBalancingConfig/0", Some(json!({"least_request_experimental": {"choiceCount": 1}})), "loadBalancingConfig[0].least_request_experimental.choiceCount", "must be > 1"),
+        ("/loadBalancingConfig/0", Some(json!({"outlier_detection_experimental": {}})), "loadBalancingConfig[0].outlier_detection_experimental.childPolicy", "required"),
+        ("/loadBalancingConfig/0", Some(json!({"outlier_detection_experimental": {"childPolicy": [{"x": {}}]}})), "loadBalancingConfig[0].outlier_detection_experimental.childPolicy", "no supported policy in [x]"),
+        ("/loadBalancingConfig/0", Some(json!({"outlier_detection_experimental": {"childPolicy": [{"round_robin": {}}], "maxEjectionPercent": 101}})), "loadBalancingConfig[0].outlier_detection_experimental.maxEjectionPercent", "at most 100"),
+        ("/loadBalancingConfig/0", Some(json!({"outlier_detection_experimental": {"childPolicy": [{"round_robin": {}}], "maxEjectionPercent": -1}})), "loadBalancingConfig[0].outlier_detection_experimental.maxEjectionPercent", "0..=4294967295"),
+        ("/loadBalancingConfig/0", Some(json!({"outlier_detection_experimental": {"childPolicy": [{"round_robin": {}}], "interval": "0s"}})), "loadBalancingConfig[0].outlier_detection_experimental.interval", "> 0s"),
+        ("/loadBalancingConfig/0", Some(json!({"outlier_detection_experimental": {"childPolicy": [{"round_robin": {}}], "failurePercentageEjection": {"threshold": 200}}})), "loadBalancingConfig[0].outlier_detection_experimental.failurePercentageEjection.threshold", "at most 100"),
+        ("/loadBalancingConfig/0", Some(json!({"outlier_detection_experimental": {"childPolicy": [{"least_request": {"choiceCount": 0}}]}})), "loadBalancingConfig[0].outlier_detection_experimental.childPolicy[0].least_request.choiceCount", "must be > 1"),
         ("/methodConfig/2/timeout", Some(json!(1.5)), "methodConfig[2].timeout", "string"),
         ("/methodConfig/2/maxRequestMessageBytes", Some(json!(-1)), "methodConfig[2].maxRequestMessageBytes", "non-negative"),
         ("/methodConfig/2/maxRequestMessageBytes", Some(json!("1.5")), "methodConfig[2].maxRequestMessageBytes", "non-negative"),
@@ -155,7 +165,7 @@ fn invalid_fields_are_named_by_path() {
         ("/methodConfig", Some(json!({})), "methodConfig", "array"),
         ("/methodConfig/0", Some(json!([])), "methodConfig[0]", "object"),
         ("/loadBalancingConfig", Some(json!({})), "loadBalancingConfig", "array"),
-        ("/loadBalancingConfig", Some(json!([{"grpclb": {}}])), "loadBalancingConfig", "no supported policy"),
+        ("/loadBalancingConfig", Some(json!([{"grpclb": {}}])), "loadBalancingConfig", "no supported policy in [grpclb]"),
         ("/loadBalancingConfig", Some(json!([])), "loadBalancingConfig", "no supported policy"),
         ("/loadBalancingConfig/0", Some(json!("round_robin")), "loadBalancingConfig[0]", "object"),
         ("/loadBalancingConfig/0", Some(json!({"a": {}, "round_robin": {}})), "loadBalancingConfig[0]", "exactly one key"),
@@ -234,9 +244,15 @@ fn unknown_fields_are_ignored_at_every_level() {
         Ok(expected())
     );
 
-    let pick_first = r#"{"loadBalancingConfig": [{"pick_first": {"shuffleAddressList": true}}]}"#;
+    let pick_first =
+        r#"{"loadBalancingConfig": [{"pick_first": {"shuffleAddressList": true, "x": 1}}]}"#;
     let config = ServiceConfig::from_json(pick_first).unwrap();
-    assert_eq!(config.load_balancing, Some(LoadBalancingConfig::PickFirst));
+    assert_eq!(
+        config.load_balancing,
+        Some(LoadBalancingConfig::PickFirst {
+            shuffle_address_list: true
+        })
+    );
 }
 
 #[test]
@@ -309,7 +325,9 @@ fn first_known_policy_wins() {
     // Entries after the chosen one are not examined.
     assert_eq!(
         lb(json!([{"pick_first": {}}, "junk"])),
-        Ok(Some(LoadBalancingConfig::PickFirst))
+        Ok(Some(LoadBalancingConfig::PickFirst {
+            shuffle_address_list: false
+        }))
     );
     let ewma = json!([{"peak_ewma": {"decay": "10s", "defaultRtt": "0s"}}]);
     let expected = LoadBalancingConfig::PeakEwma {
@@ -368,6 +386,12 @@ fn durations() {
         ("0s", Duration::ZERO),
         ("0.1s", Duration::from_millis(100)),
         ("1.500s", Duration::from_millis(1500)),
+        // Forms grpc-go accepts beyond proto3's.
+        ("1.s", Duration::from_secs(1)),
+        (".5s", Duration::from_millis(500)),
+        (".050s", Duration::from_millis(50)),
+        ("+1.5s", Duration::from_millis(1500)),
+        ("+.5s", Duration::from_millis(500)),
         ("0.000000001s", Duration::from_nanos(1)),
         ("315576000000s", Duration::from_secs(315_576_000_000)),
     ] {
@@ -379,14 +403,19 @@ fn durations() {
         "1",
         "-1s",
         "-0s",
-        "+1s",
         "1e3s",
+        ".s",
+        "+s",
+        "++1s",
+        "+-1s",
+        "1.+5s",
+        "1.-5s",
+        "5.3.2s",
+        "3.1234567890s",
         "1E3s",
         "1.0000000001s",
         " 1s",
         "1s ",
-        "1.s",
-        ".5s",
         "1.5S",
         "1,5s",
         "0x1s",
@@ -529,4 +558,243 @@ proptest! {
         }
         check(&config.to_string());
     }
+}
+
+/// Keys match as Go's `encoding/json` matches them: exact first, else ignoring case.
+#[test]
+fn keys_match_ignoring_case_as_grpc_go_does() {
+    // grpc-go's retry example (examples/features/retry), as it writes its keys.
+    let json = r#"{"methodConfig": [{"name": [{"service": "grpc.examples.echo.Echo"}],
+        "waitForReady": true,
+        "retryPolicy": {"MaxAttempts": 4, "InitialBackoff": ".01s", "MaxBackoff": ".01s",
+                        "BackoffMultiplier": 1.0, "RetryableStatusCodes": ["UNAVAILABLE"]}}]}"#;
+    let config = ServiceConfig::from_json(json).unwrap();
+    let retry = config.method_configs[0].retry_policy.clone().unwrap();
+    let ten_ms = Duration::from_millis(10);
+    assert_eq!(
+        retry,
+        RetryPolicy::new(4, ten_ms, ten_ms, 1.0, vec![Code::Unavailable])
+    );
+    let shouting = r#"{"METHODCONFIG": [{"NAME": [{"SERVICE": "a.B", "Method": "C"}], "Timeout": "2s"}],
+        "RetryThrottling": {"MAXTOKENS": 10, "tokenratio": 0.5},
+        "healthcheckconfig": {"ServiceName": "svc"}}"#;
+    let config = ServiceConfig::from_json(shouting).unwrap();
+    assert_eq!(
+        config.method_configs[0].names,
+        [MethodPattern::method("a.B", "C")]
+    );
+    assert_eq!(
+        config.method_configs[0].timeout,
+        Some(Duration::from_secs(2))
+    );
+    assert_eq!(
+        config.retry_throttling,
+        Some(RetryThrottling::new(10.0, 0.5))
+    );
+    assert_eq!(config.health_check, Some(HealthCheckConfig::new("svc")));
+    // The exact key wins over another spelling.
+    let both = r#"{"methodConfig": [{"name": [{}], "Timeout": "9s", "timeout": "1s"}]}"#;
+    let config = ServiceConfig::from_json(both).unwrap();
+    assert_eq!(
+        config.method_configs[0].timeout,
+        Some(Duration::from_secs(1))
+    );
+    // Policy names are map keys, exact in every gRPC.
+    let upper = r#"{"loadBalancingConfig": [{"ROUND_ROBIN": {}}]}"#;
+    assert!(ServiceConfig::from_json(upper).is_err());
+}
+
+#[test]
+fn load_balancing_policy_counts_when_load_balancing_config_is_absent() {
+    let lb = |json: Value| ServiceConfig::from_json(&json.to_string()).map(|c| c.load_balancing);
+    let pick_first = LoadBalancingConfig::PickFirst {
+        shuffle_address_list: false,
+    };
+    assert_eq!(
+        lb(json!({"loadBalancingPolicy": "pick_first"})),
+        Ok(Some(pick_first.clone()))
+    );
+    assert_eq!(
+        lb(json!({"loadBalancingPolicy": "ROUND_ROBIN"})),
+        Ok(Some(LoadBalancingConfig::RoundRobin))
+    );
+    assert_eq!(
+        lb(json!({"loadBalancingPolicy": "least_request_experimental"})),
+        Ok(Some(LoadBalancingConfig::LeastRequest { choice_count: 2 }))
+    );
+    // An unknown name is pick_first, as grpc-go has it.
+    assert_eq!(
+        lb(json!({"loadBalancingPolicy": "weighted_target_experimental"})),
+        Ok(Some(pick_first))
+    );
+    // loadBalancingConfig wins.
+    assert_eq!(
+        lb(
+            json!({"loadBalancingPolicy": "pick_first", "loadBalancingConfig": [{"round_robin": {}}]})
+        ),
+        Ok(Some(LoadBalancingConfig::RoundRobin))
+    );
+    // A policy that needs a config cannot be named alone.
+    let error = lb(json!({"loadBalancingPolicy": "outlier_detection_experimental"})).unwrap_err();
+    assert_eq!(error.path(), "loadBalancingPolicy.childPolicy");
+    let error = lb(json!({"loadBalancingPolicy": 1})).unwrap_err();
+    assert_eq!(error.path(), "loadBalancingPolicy");
+    assert_eq!(lb(json!({})), Ok(None));
+}
+
+#[test]
+fn outlier_detection_maps_a50_fields_and_its_child_picks() {
+    let json = json!({"loadBalancingConfig": [{"outlier_detection_experimental": {
+        "interval": "1s", "baseEjectionTime": "2s", "maxEjectionTime": "3s",
+        "maxEjectionPercent": 50,
+        "successRateEjection": {"stdevFactor": 1000, "requestVolume": 10},
+        "childPolicy": [{"unknown": {}}, {"least_request_experimental": {"choiceCount": 3}}]
+    }}]});
+    let config = ServiceConfig::from_json(&json.to_string()).unwrap();
+    let lb = config.load_balancing.unwrap();
+    assert_eq!(lb.name(), "outlier_detection_experimental");
+    assert_eq!(
+        lb.picking_policy(),
+        &LoadBalancingConfig::LeastRequest { choice_count: 3 }
+    );
+    let od = lb.outlier_detection().unwrap();
+    assert_eq!(
+        (
+            od.interval,
+            od.base_ejection_time,
+            od.max_ejection_time,
+            od.max_ejection_percent
+        ),
+        (
+            Duration::from_secs(1),
+            Duration::from_secs(2),
+            Duration::from_secs(3),
+            50
+        )
+    );
+    let sr = od.success_rate_ejection.clone().unwrap();
+    assert_eq!(
+        (
+            sr.stdev_factor,
+            sr.enforcement_percentage,
+            sr.minimum_hosts,
+            sr.request_volume
+        ),
+        (1000, 100, 5, 10)
+    );
+    // Absent in A50 means off.
+    assert_eq!(od.failure_percentage_ejection, None);
+    let defaults = json!({"loadBalancingConfig": [{"outlier_detection_experimental": {
+        "childPolicy": [{"round_robin": {}}]}}]});
+    let config = ServiceConfig::from_json(&defaults.to_string()).unwrap();
+    let expected = OutlierDetectionConfig::new(LoadBalancingConfig::RoundRobin);
+    assert_eq!(
+        config.load_balancing.unwrap().outlier_detection(),
+        Some(&expected)
+    );
+}
+
+#[test]
+fn retry_policy_wins_over_a_hedging_policy_beside_it() {
+    let json = with(
+        "/methodConfig/1/hedgingPolicy",
+        Some(json!({"maxAttempts": 3, "hedgingDelay": "1s"})),
+    );
+    let config = ServiceConfig::from_json(&json).unwrap();
+    assert!(config.method_configs[1].retry_policy.is_some());
+    assert_eq!(config.method_configs[1].hedging_policy, None);
+    // Built in Rust with both: valid, and calls see only the retry policy.
+    let mut config = expected();
+    config.method_configs[1].hedging_policy = Some(HedgingPolicy::new(3));
+    assert_eq!(config.validate(), Ok(()));
+    let method = config.method_map().get("/pkg.Svc/Put").clone().unwrap();
+    assert!(method.retry_policy.is_some() && method.hedging_policy.is_none());
+}
+
+#[test]
+fn zero_timeout_is_valid() {
+    let config = parse_with("/methodConfig/2/timeout", Some(json!("0s"))).unwrap();
+    assert_eq!(config.method_configs[2].timeout, Some(Duration::ZERO));
+}
+
+/// Configs from grpc-go's and C-core's examples and tests, with the verdict those give
+/// (grpc-go's where the two differ, C-core's where grpc-go has no opinion).
+#[test]
+fn verdicts_on_grpc_go_and_c_core_configs() {
+    const OK: bool = true;
+    const REJECT: bool = false;
+    let retry = |fields: &str| {
+        format!(
+            r#"{{"methodConfig": [{{"name": [{{"service": "s"}}], "retryPolicy": {{{fields}}}}}]}}"#
+        )
+    };
+    let good_retry = r#""maxAttempts": 2, "initialBackoff": "1s", "maxBackoff": "1s", "backoffMultiplier": 1, "retryableStatusCodes": ["UNAVAILABLE"]"#;
+    let timeout = |t: &str| {
+        format!(
+            r#"{{"methodConfig": [{{"name": [{{"service": "foo", "method": "Bar"}}], "timeout": "{t}"}}]}}"#
+        )
+    };
+    #[rustfmt::skip]
+    let cases: Vec<(&str, String, bool)> = vec![
+        // grpc-go examples/features.
+        ("go retry example", r#"{"methodConfig": [{"name": [{"service": "grpc.examples.echo.Echo"}], "waitForReady": true, "retryPolicy": {"MaxAttempts": 4, "InitialBackoff": ".01s", "MaxBackoff": ".01s", "BackoffMultiplier": 1.0, "RetryableStatusCodes": ["UNAVAILABLE"]}}]}"#.into(), OK),
+        ("go load_balancing example", r#"{"loadBalancingConfig": [{"round_robin":{}}]}"#.into(), OK),
+        ("go health example", r#"{"loadBalancingPolicy": "round_robin", "healthCheckConfig": {"serviceName": ""}}"#.into(), OK),
+        ("go health, portable form", r#"{"loadBalancingConfig": [{"round_robin":{}}], "healthCheckConfig": {"serviceName": ""}}"#.into(), OK),
+        ("portable policy list", r#"{"loadBalancingConfig": [{"peak_ewma":{}}, {"round_robin":{}}]}"#.into(), OK),
+        ("go deprecated policy", r#"{"loadBalancingPolicy": "round_robin", "methodConfig": [{"name": [{"service": "foo", "method": "Bar"}], "waitForReady": true}]}"#.into(), OK),
+        ("go policy not a string", r#"{"loadBalancingPolicy": 1, "methodConfig": [{"name": [{"service": "foo", "method": "Bar"}], "waitForReady": false}]}"#.into(), REJECT),
+        ("go unknown policy name", r#"{"loadBalancingPolicy": "no_such_policy"}"#.into(), OK),
+        ("go bad JSON", r#"{"methodConfig": [{"name": [{"service": "foo", "method": "Bar"}], "waitForReady": fall}]}"#.into(), REJECT),
+        ("go timeout 1s", timeout("1s"), OK),
+        ("go timeout 3c", timeout("3c"), REJECT),
+        ("go timeout 0s", timeout("0s"), OK),
+        ("go duration 1.s", timeout("1.s"), OK),
+        ("go duration .002s", timeout(".002s"), OK),
+        ("go duration +.5s", timeout("+.5s"), OK),
+        ("go duration .s", timeout(".s"), REJECT),
+        ("go duration 1 s", timeout("1 s"), REJECT),
+        ("go duration 1ms", timeout("1ms"), REJECT),
+        ("go duration 1.1.1s", timeout("1.1.1s"), REJECT),
+        ("go duration 10 fraction digits", timeout(".0000000001s"), REJECT),
+        ("go duration out of range", timeout("315576000001s"), REJECT),
+        ("go message sizes", r#"{"methodConfig": [{"name": [{"service": "foo", "method": "Bar"}], "maxRequestMessageBytes": 1024, "maxResponseMessageBytes": 2048}]}"#.into(), OK),
+        ("go duplicate name", r#"{"methodConfig": [{"name": [{"service": "foo"}]}, {"name": [{"service": "foo"}]}]}"#.into(), REJECT),
+        ("go method without service", r#"{"methodConfig": [{"name": [{"method": "Bar"}]}]}"#.into(), REJECT),
+        ("go throttling maxTokens 0", r#"{"retryThrottling": {"maxTokens": 0, "tokenRatio": 0.1}}"#.into(), REJECT),
+        ("go throttling maxTokens 1001", r#"{"retryThrottling": {"maxTokens": 1001, "tokenRatio": 0.1}}"#.into(), REJECT),
+        ("go throttling tokenRatio 0", r#"{"retryThrottling": {"maxTokens": 10, "tokenRatio": 0}}"#.into(), REJECT),
+        ("go retry and hedging", format!(r#"{{"methodConfig": [{{"name": [{{}}], "retryPolicy": {{{good_retry}}}, "hedgingPolicy": {{"maxAttempts": 3}}}}]}}"#), OK),
+        ("go least_request_experimental", r#"{"loadBalancingConfig": [{"least_request_experimental": {"choiceCount": 3}}]}"#.into(), OK),
+        ("A48 choiceCount 1", r#"{"loadBalancingConfig": [{"least_request_experimental": {"choiceCount": 1}}]}"#.into(), REJECT),
+        ("A48 choiceCount 11 clamps", r#"{"loadBalancingConfig": [{"least_request_experimental": {"choiceCount": 11}}]}"#.into(), OK),
+        ("go outlier detection", r#"{"loadBalancingConfig": [{"outlier_detection_experimental": {"interval": "10s", "baseEjectionTime": "30s", "maxEjectionTime": "300s", "maxEjectionPercent": 10, "successRateEjection": {"stdevFactor": 1900, "enforcementPercentage": 100, "minimumHosts": 5, "requestVolume": 100}, "failurePercentageEjection": {"threshold": 85, "enforcementPercentage": 5, "minimumHosts": 5, "requestVolume": 50}, "childPolicy": [{"round_robin": {}}]}}]}"#.into(), OK),
+        ("A50 maxEjectionPercent 150", r#"{"loadBalancingConfig": [{"outlier_detection_experimental": {"maxEjectionPercent": 150, "childPolicy": [{"round_robin": {}}]}}]}"#.into(), REJECT),
+        ("A50 enforcementPercentage 150", r#"{"loadBalancingConfig": [{"outlier_detection_experimental": {"successRateEjection": {"enforcementPercentage": 150}, "childPolicy": [{"round_robin": {}}]}}]}"#.into(), REJECT),
+        ("A62 shuffleAddressList", r#"{"loadBalancingConfig": [{"pick_first": {"shuffleAddressList": true}}]}"#.into(), OK),
+        ("A62 shuffleAddressList not bool", r#"{"loadBalancingConfig": [{"pick_first": {"shuffleAddressList": 1}}]}"#.into(), REJECT),
+        // C-core's service config tests.
+        ("core unknown policies skipped", r#"{"loadBalancingConfig": [{"unknown": {}}, {"grpclb": {}}, {"round_robin": {}}]}"#.into(), OK),
+        ("core no known policy", r#"{"loadBalancingConfig": [{"unknown": {}}]}"#.into(), REJECT),
+        ("core two policies in an entry", r#"{"loadBalancingConfig": [{"round_robin": {}, "pick_first": {}}]}"#.into(), REJECT),
+        ("core policy config not an object", r#"{"loadBalancingConfig": [{"round_robin": []}]}"#.into(), REJECT),
+        ("core deprecated policy upper case", r#"{"loadBalancingPolicy": "PICK_FIRST"}"#.into(), OK),
+        ("core retry ok", retry(good_retry), OK),
+        ("core retry maxAttempts 1", retry(&good_retry.replace("\"maxAttempts\": 2", "\"maxAttempts\": 1")), REJECT),
+        ("core retry no codes", retry(&good_retry.replace("[\"UNAVAILABLE\"]", "[]")), REJECT),
+        ("core retry multiplier 0", retry(&good_retry.replace("\"backoffMultiplier\": 1", "\"backoffMultiplier\": 0")), REJECT),
+        ("core retry initialBackoff 0s", retry(&good_retry.replace("\"initialBackoff\": \"1s\"", "\"initialBackoff\": \"0s\"")), REJECT),
+        ("core hedging", r#"{"methodConfig": [{"name": [{"service": "s"}], "hedgingPolicy": {"maxAttempts": 3, "hedgingDelay": "1s", "nonFatalStatusCodes": ["ABORTED"]}}]}"#.into(), OK),
+        ("core health check", r#"{"healthCheckConfig": {"serviceName": "health_check_service_name"}}"#.into(), OK),
+        ("core health check name not a string", r#"{"healthCheckConfig": {"serviceName": 1}}"#.into(), REJECT),
+        ("core waitForReady not a bool", r#"{"methodConfig": [{"name": [{"service": "s"}], "waitForReady": "true"}]}"#.into(), REJECT),
+    ];
+    let wrong: Vec<String> = cases
+        .iter()
+        .filter_map(|(name, json, ok)| {
+            let verdict = ServiceConfig::from_json(json);
+            (verdict.is_ok() != *ok).then(|| format!("{name}: {verdict:?}"))
+        })
+        .collect();
+    assert!(wrong.is_empty(), "wrong verdicts:\n{}", wrong.join("\n"));
 }

@@ -152,6 +152,39 @@ impl OutlierDetection {
     }
 }
 
+/// A service config's `outlier_detection_experimental` as the channel runs it: A50's
+/// settings, the default failure codes, and no ejection after consecutive failures
+/// (A50 has none).
+impl From<&crate::config::OutlierDetectionConfig> for OutlierDetection {
+    fn from(config: &crate::config::OutlierDetectionConfig) -> Self {
+        Self {
+            interval: config.interval,
+            base_ejection_time: config.base_ejection_time,
+            max_ejection_time: config.max_ejection_time,
+            max_ejection_percent: config.max_ejection_percent,
+            success_rate: config
+                .success_rate_ejection
+                .as_ref()
+                .map(|sr| SuccessRateEjection {
+                    stdev_factor: sr.stdev_factor,
+                    enforcement_percentage: sr.enforcement_percentage,
+                    minimum_hosts: sr.minimum_hosts,
+                    request_volume: sr.request_volume,
+                }),
+            failure_percentage: config.failure_percentage_ejection.as_ref().map(|fp| {
+                FailurePercentageEjection {
+                    threshold: fp.threshold,
+                    enforcement_percentage: fp.enforcement_percentage,
+                    minimum_hosts: fp.minimum_hosts,
+                    request_volume: fp.request_volume,
+                }
+            }),
+            consecutive_failures: 0,
+            failure_codes: DEFAULT_FAILURE_CODES.to_vec(),
+        }
+    }
+}
+
 /// One backend's ejection state, kept by the channel's control task.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct Ejection {

@@ -18,21 +18,31 @@ mod target;
 
 #[cfg(feature = "dns")]
 pub use dns::{Dns, DnsBuilder, DnsOptions};
-pub use target::{DEFAULT_PORT, Target};
+pub use target::{DEFAULT_HTTP_PORT, DEFAULT_PORT, Target};
 
 use futures_core::Stream;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::sync::watch;
 
-/// One address a resolver found.
+/// One address a resolver found: an IP socket address, or a Unix domain socket.
+///
+/// A Unix socket address (from a `unix:` target, or [`Address::unix`]) has its path in
+/// [`unix`](Self::unix) and the unspecified `0.0.0.0:0` in `addr`, which nothing
+/// connects to: the field stays a plain `SocketAddr` so code written for IP addresses
+/// keeps working, and the path is what identifies the address (equality, hashing,
+/// `Display` as `unix:PATH`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct Address {
-    /// Where to connect.
+    /// Where to connect, for an IP address; `0.0.0.0:0` for a Unix socket.
     pub addr: SocketAddr,
+    /// The path of a Unix domain socket to connect to instead of `addr` (Unix only).
+    pub unix: Option<Arc<Path>>,
     /// The weight of the DNS SRV record this address came from (RFC 2782), if any.
     ///
     /// Carried so it can be seen ([`BalancedChannel::subchannels`](crate::BalancedChannel::subchannels))
@@ -53,6 +63,17 @@ impl Address {
     pub fn new(addr: SocketAddr) -> Self {
         Self {
             addr,
+            unix: None,
+            weight: None,
+            priority: None,
+        }
+    }
+
+    /// The Unix domain socket at `path`.
+    pub fn unix(path: impl AsRef<Path>) -> Self {
+        Self {
+            addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+            unix: Some(Arc::from(path.as_ref())),
             weight: None,
             priority: None,
         }
@@ -67,7 +88,10 @@ impl From<SocketAddr> for Address {
 
 impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.addr.fmt(f)
+        match &self.unix {
+            Some(path) => write!(f, "unix:{}", path.display()),
+            None => self.addr.fmt(f),
+        }
     }
 }
 

@@ -3,9 +3,10 @@
 use crate::error::{Error, ErrorKind};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
 use std::str::FromStr;
 
-pub use crate::defaults::DEFAULT_PORT;
+pub use crate::defaults::{DEFAULT_HTTP_PORT, DEFAULT_PORT};
 
 /// A parsed gRPC target: what to resolve, and how.
 ///
@@ -19,8 +20,12 @@ pub use crate::defaults::DEFAULT_PORT;
 /// | `dns+srv:///_grpc._tcp.orders.svc` | SRV records: host:port pairs, by priority (this crate's addition) |
 /// | `dns+srv://10.0.0.53/_grpc._tcp.orders.svc` | the same, asking the given DNS server |
 /// | `orders.svc:50051` | no known scheme: `dns:///orders.svc:50051` |
+/// | `http://orders.svc:50051`, `http://10.0.0.1:50051` | what tonic users write: the host resolved as `dns:` (an IP needs no lookup) |
+/// | `https://orders.svc:50051` | the same, every connection over TLS (feature `tls`) |
+/// | `unix:relative/path`, `unix:/abs/path`, `unix:///abs/path` | a Unix domain socket (grpc naming doc) |
 ///
-/// A missing port is [`DEFAULT_PORT`] (443), as in gRPC. The DNS server of `dns://server/`
+/// A missing port is [`DEFAULT_PORT`] (443), as in gRPC, except in `http://` targets,
+/// where it is [`DEFAULT_HTTP_PORT`] (80), as in any `http` URI. The DNS server of `dns://server/`
 /// must be an IP address, with an optional port (default 53): `10.0.0.53`, `10.0.0.53:5353`,
 /// `[fd00::53]:53`. An SRV target names no port: its records carry them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,6 +50,17 @@ pub enum Target {
         /// The SRV record name (`_grpc._tcp.orders.svc`).
         name: String,
     },
+    /// `https://host[:port]`: a host resolved as a `dns:` target's is, every connection
+    /// over TLS. (`http://host:port` parses as [`Target::Dns`].)
+    Https {
+        /// The host name (or an IP literal, which needs no lookup); also the name the
+        /// server certificates must carry.
+        host: String,
+        /// The port of every resolved address.
+        port: u16,
+    },
+    /// A Unix domain socket (`unix:path`, `unix:///abs/path`).
+    Unix(PathBuf),
 }
 
 impl Target {
@@ -52,7 +68,8 @@ impl Target {
     ///
     /// # Errors
     /// [`ErrorKind::InvalidTarget`] for malformed input and [`ErrorKind::UnsupportedTarget`]
-    /// for schemes this crate does not resolve (`unix:`); the message quotes the target.
+    /// for schemes this crate does not resolve (`unix-abstract:`, `vsock:`); the message
+    /// quotes the target.
     pub fn parse(target: &str) -> Result<Self, Error> {
         let invalid = |why: &str| {
             Error::new(
@@ -74,6 +91,8 @@ impl Target {
             }),
             "dns" => parse_dns(rest).map_err(|why| invalid(&why)),
             "dns+srv" => parse_dns_srv(rest).map_err(|why| invalid(&why)),
+            "http" | "https" => parse_uri(scheme, rest).map_err(|why| invalid(&why)),
+            "unix" => parse_unix(rest).map_err(|why| invalid(&why)),
             _ => Err(Error::new(
                 ErrorKind::UnsupportedTarget,
                 format!("target {target:?}: scheme {scheme:?} is not supported"),
@@ -89,10 +108,14 @@ impl Target {
         match self {
             Target::Static(addrs) => addrs.first().map(|a| a.to_string()).unwrap_or_default(),
             Target::DnsSrv { name, .. } => name.clone(),
-            Target::Dns { host, port, .. } => match host.parse::<Ipv6Addr>() {
-                Ok(_) => format!("[{host}]:{port}"),
-                Err(_) => format!("{host}:{port}"),
-            },
+            Target::Dns { host, port, .. } | Target::Https { host, port } => {
+                match host.parse::<Ipv6Addr>() {
+                    Ok(_) => format!("[{host}]:{port}"),
+                    Err(_) => format!("{host}:{port}"),
+                }
+            }
+            // What gRPC sends for Unix sockets.
+            Target::Unix(_) => "localhost".to_owned(),
         }
     }
 }
@@ -128,6 +151,8 @@ impl fmt::Display for Target {
             Target::DnsSrv { server, name } => {
                 write!(f, "dns+srv://{}/{name}", server.as_deref().unwrap_or(""))
             }
+            Target::Https { .. } => write!(f, "https://{}", self.authority()),
+            Target::Unix(path) => write!(f, "unix:{}", path.display()),
         }
     }
 }
@@ -135,7 +160,16 @@ impl fmt::Display for Target {
 fn is_known_scheme(scheme: &str) -> bool {
     matches!(
         scheme,
-        "ipv4" | "ipv6" | "static" | "dns" | "dns+srv" | "unix" | "unix-abstract" | "vsock"
+        "ipv4"
+            | "ipv6"
+            | "static"
+            | "dns"
+            | "dns+srv"
+            | "unix"
+            | "unix-abstract"
+            | "vsock"
+            | "http"
+            | "https"
     )
 }
 
@@ -204,6 +238,61 @@ fn parse_dns(rest: &str) -> Result<Target, String> {
         host: host.to_owned(),
         port,
     })
+}
+
+/// `//host[:port][/]` after `http:` or `https:`, as tonic's `Endpoint` takes it.
+fn parse_uri(scheme: &str, rest: &str) -> Result<Target, String> {
+    let Some(after) = rest.strip_prefix("//") else {
+        return Err(format!("expected {scheme}://host:port"));
+    };
+    let authority = after.strip_suffix('/').unwrap_or(after);
+    if authority.contains(['/', '?', '#', '@']) {
+        return Err(format!(
+            "expected {scheme}://host:port, with no path, query or user info"
+        ));
+    }
+    let has_port = match authority.strip_prefix('[') {
+        Some(bracketed) => bracketed.contains("]:"),
+        None if authority.matches(':').count() > 1 => {
+            return Err(format!(
+                "an IPv6 host goes in brackets: {scheme}://[{authority}]:port"
+            ));
+        }
+        None => authority.contains(':'),
+    };
+    let (host, port) = split_host_port(authority)?;
+    // `split_host_port` fills in gRPC's 443 when no port is given; http's own is 80.
+    let port = match (scheme, has_port) {
+        ("http", false) => DEFAULT_HTTP_PORT,
+        _ => port,
+    };
+    check_host(host)?;
+    Ok(match scheme {
+        "https" => Target::Https {
+            host: host.to_owned(),
+            port,
+        },
+        _ => Target::Dns {
+            server: None,
+            host: host.to_owned(),
+            port,
+        },
+    })
+}
+
+/// `unix:path` (relative or absolute) or `unix://` followed by an absolute path.
+fn parse_unix(rest: &str) -> Result<Target, String> {
+    let path = match rest.strip_prefix("//") {
+        Some(absolute) if absolute.starts_with('/') => absolute,
+        Some(_) => {
+            return Err("expected unix:path or unix:///absolute/path (no authority)".into());
+        }
+        None => rest,
+    };
+    if path.is_empty() {
+        return Err("empty socket path".into());
+    }
+    Ok(Target::Unix(PathBuf::from(path)))
 }
 
 fn parse_dns_srv(rest: &str) -> Result<Target, String> {
@@ -451,13 +540,73 @@ mod tests {
             "dns+srv://ns1/_grpc._tcp.orders",
             "dns+srv:///a b",
             "",
+            "http:10.0.0.1:50051",
+            "http://",
+            "http://10.0.0.1:50051/pkg.Svc",
+            "http://user@10.0.0.1:50051",
+            "http://::1:50051",
+            "https://host:port",
+            "unix:",
+            "unix://",
+            "unix://host/abs/path",
         ] {
             let err = Target::parse(bad).expect_err(bad);
             assert_eq!(err.kind(), ErrorKind::InvalidTarget, "{bad}: {err}");
             assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
         }
-        let err = Target::parse("unix:/tmp/sock").unwrap_err();
+        let err = Target::parse("unix-abstract:sock").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::UnsupportedTarget);
+    }
+
+    #[test]
+    fn parses_what_tonic_users_write() {
+        let dns = |host: &str, port| Target::Dns {
+            server: None,
+            host: host.to_owned(),
+            port,
+        };
+        assert_eq!(
+            Target::parse("http://10.0.0.1:50051").unwrap(),
+            dns("10.0.0.1", 50051)
+        );
+        assert_eq!(
+            Target::parse("http://orders.svc:50051/").unwrap(),
+            dns("orders.svc", 50051)
+        );
+        // http's own default port; https keeps gRPC's 443.
+        assert_eq!(
+            Target::parse("http://orders.svc").unwrap(),
+            dns("orders.svc", 80)
+        );
+        assert_eq!(Target::parse("http://[::1]").unwrap(), dns("::1", 80));
+        assert_eq!(Target::parse("http://[::1]:7").unwrap(), dns("::1", 7));
+        let https = Target::parse("https://orders.svc").unwrap();
+        assert_eq!(
+            https,
+            Target::Https {
+                host: "orders.svc".into(),
+                port: 443
+            }
+        );
+        assert_eq!(https.authority(), "orders.svc:443");
+        assert_eq!(https.to_string(), "https://orders.svc:443");
+    }
+
+    #[test]
+    fn parses_unix_socket_paths() {
+        let unix = |path: &str| Target::Unix(PathBuf::from(path));
+        assert_eq!(
+            Target::parse("unix:relative/sock").unwrap(),
+            unix("relative/sock")
+        );
+        assert_eq!(Target::parse("unix:/tmp/sock").unwrap(), unix("/tmp/sock"));
+        assert_eq!(
+            Target::parse("unix:///tmp/sock").unwrap(),
+            unix("/tmp/sock")
+        );
+        let target = Target::parse("unix:///tmp/sock").unwrap();
+        assert_eq!(target.authority(), "localhost");
+        assert_eq!(target.to_string(), "unix:/tmp/sock");
     }
 
     proptest! {
@@ -477,7 +626,7 @@ mod tests {
         /// multi-byte characters, so slicing at a split point is exercised.
         #[test]
         fn never_panics_past_the_scheme(
-            scheme in "(dns|ipv4|ipv6|static|unix|unix-abstract|vsock|DNS|)",
+            scheme in "(dns|ipv4|ipv6|static|unix|unix-abstract|vsock|http|https|DNS|)",
             rest in "[\\[\\]:,/.%0-9a-f\u{e9}\u{1F600}\u{0} -]{0,30}",
         ) {
             let target = format!("{scheme}:{rest}");

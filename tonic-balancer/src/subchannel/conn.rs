@@ -453,7 +453,7 @@ impl tower::Service<http::Request<Body>> for ConnService {
 /// Opens a connection to `addr` and waits for the server's HTTP/2 preface: the
 /// connection is READY only then.
 pub(crate) async fn open(
-    addr: SocketAddr,
+    address: &crate::resolver::Address,
     origin: &Uri,
     settings: &ConnSettings,
     load: Arc<Load>,
@@ -477,8 +477,9 @@ pub(crate) async fn open(
         tap: tap.clone(),
         load: load.clone(),
     };
+    let addr = address.addr;
     let io = connector::connect(
-        addr,
+        address,
         settings.tcp,
         watchers,
         #[cfg(feature = "tls")]

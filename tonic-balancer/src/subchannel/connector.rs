@@ -2,13 +2,13 @@
 //! the server has answered with HTTP/2, what frames it sends, and the moment the
 //! connection ends.
 //!
-//! The stack of one connection, from the socket up: `TcpStream`, [`TrackedIo`] (end of
-//! the connection), TLS when configured, [`ConnIo`] (the server's HTTP/2 preface and a
-//! [`Tap`] on its frames), h2.
+//! The stack of one connection, from the socket up: `TcpStream` (or `UnixStream` for a
+//! Unix socket address), [`TrackedIo`] (end of the connection), TLS when configured,
+//! [`ConnIo`] (the server's HTTP/2 preface and a [`Tap`] on its frames), h2.
 
 use crate::load::Load;
 use std::io;
-use std::net::SocketAddr;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::OnceLock;
@@ -17,6 +17,8 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, watch};
+
+use crate::resolver::Address;
 
 /// The liveness of one HTTP/2 connection, shared by its IO, its subchannel worker and
 /// the call path (which skips a subchannel whose link is down before the picker is rebuilt).
@@ -131,26 +133,33 @@ pub(crate) struct Watchers {
 /// Opens one connection: TCP (with `tcp`), then TLS when configured, under [`ConnIo`],
 /// which reports to `watchers`.
 pub(crate) async fn connect(
-    addr: SocketAddr,
+    address: &Address,
     tcp: TcpOptions,
     watchers: Watchers,
     #[cfg(feature = "tls")] tls: Option<crate::tls::TlsConnect>,
 ) -> io::Result<ConnIo> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| io::Error::new(e.kind(), format!("connect to {addr}: {e}")))?;
-    tcp.apply(&stream)?;
+    let peer: Arc<str> = address.to_string().into();
+    let failed = |e: io::Error| io::Error::new(e.kind(), format!("connect to {peer}: {e}"));
+    let socket = match &address.unix {
+        Some(path) => Socket::unix(path).await.map_err(failed)?,
+        None => {
+            let stream = TcpStream::connect(address.addr).await.map_err(failed)?;
+            tcp.apply(&stream)?;
+            Socket::Tcp(stream)
+        }
+    };
     let tracked = TrackedIo {
-        io: stream,
+        io: socket,
         link: watchers.link.clone(),
     };
     #[cfg(feature = "tls")]
     if let Some(tls) = tls {
-        let stream = tls.handshake(tracked, addr).await?;
+        let ip = address.unix.is_none().then(|| address.addr.ip());
+        let stream = tls.handshake(tracked, ip, &peer).await?;
         let io = Transport::Tls(Box::new(stream));
-        return Ok(ConnIo::new(io, addr, watchers));
+        return Ok(ConnIo::new(io, peer, watchers));
     }
-    Ok(ConnIo::new(Transport::Plain(tracked), addr, watchers))
+    Ok(ConnIo::new(Transport::Plain(tracked), peer, watchers))
 }
 
 /// The byte stream HTTP/2 runs over.
@@ -366,7 +375,7 @@ enum FrameEvent {
 }
 
 impl FrameReader {
-    fn feed(&mut self, mut bytes: &[u8], addr: SocketAddr, tls: bool, out: &mut Vec<FrameEvent>) {
+    fn feed(&mut self, mut bytes: &[u8], addr: &str, tls: bool, out: &mut Vec<FrameEvent>) {
         while !bytes.is_empty() {
             if self.skip > 0 {
                 let n = self.skip.min(bytes.len());
@@ -439,7 +448,8 @@ impl FrameReader {
 #[derive(Debug)]
 pub(crate) struct ConnIo {
     io: Transport,
-    addr: SocketAddr,
+    /// The peer, as messages name it.
+    addr: Arc<str>,
     /// Until the preface is judged.
     preface: Option<watch::Sender<PrefaceResult>>,
     reader: FrameReader,
@@ -450,7 +460,7 @@ pub(crate) struct ConnIo {
 }
 
 impl ConnIo {
-    fn new(io: Transport, addr: SocketAddr, watchers: Watchers) -> Self {
+    fn new(io: Transport, addr: Arc<str>, watchers: Watchers) -> Self {
         Self {
             io,
             addr,
@@ -479,7 +489,7 @@ impl ConnIo {
         } else {
             "connection"
         };
-        let addr = self.addr;
+        let addr = self.addr.clone();
         let bytes = match read {
             Err(error) => {
                 return self.judge(Err(format!(
@@ -507,7 +517,7 @@ impl ConnIo {
         );
         let tls = self.io.is_tls();
         let mut events = std::mem::take(&mut self.events);
-        self.reader.feed(bytes, addr, tls, &mut events);
+        self.reader.feed(bytes, &addr, tls, &mut events);
         for event in events.drain(..) {
             match event {
                 FrameEvent::Preface(verdict) => self.judge(verdict),
@@ -537,7 +547,7 @@ impl ConnIo {
 
 /// Whether a frame header opens a server preface: a SETTINGS frame (type 4) that is not
 /// an ACK, on stream 0 (RFC 9113 §3.4). Else, a hint at what the server speaks.
-fn check_preface(head: &[u8; 9], addr: SocketAddr, tls: bool) -> Result<(), String> {
+fn check_preface(head: &[u8; 9], addr: &str, tls: bool) -> Result<(), String> {
     let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
     if head[3] == 4 && head[4] & 1 == 0 && stream == 0 {
         return Ok(());
@@ -556,7 +566,7 @@ fn check_preface(head: &[u8; 9], addr: SocketAddr, tls: bool) -> Result<(), Stri
 
 impl Drop for ConnIo {
     fn drop(&mut self) {
-        let addr = self.addr;
+        let addr = self.addr.clone();
         self.judge(Err(format!(
             "connection to {addr} closed before the server's HTTP/2 preface"
         )));
@@ -631,12 +641,88 @@ impl AsyncWrite for ConnIo {
     }
 }
 
-/// A TCP stream that marks its [`Link`] down on end of stream, on an IO error and when
+/// The socket under a connection: TCP, or a Unix domain socket.
+#[derive(Debug)]
+enum Socket {
+    Tcp(TcpStream),
+    #[cfg(unix)]
+    Unix(tokio::net::UnixStream),
+}
+
+impl Socket {
+    #[cfg(unix)]
+    async fn unix(path: &Path) -> io::Result<Self> {
+        tokio::net::UnixStream::connect(path)
+            .await
+            .map(Socket::Unix)
+    }
+
+    #[cfg(not(unix))]
+    async fn unix(_: &Path) -> io::Result<Self> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "Unix domain sockets exist only on Unix",
+        ))
+    }
+}
+
+/// Forwards a method to the socket in use.
+macro_rules! each_socket {
+    ($self:expr, $io:ident => $call:expr) => {
+        match $self {
+            Socket::Tcp($io) => $call,
+            #[cfg(unix)]
+            Socket::Unix($io) => $call,
+        }
+    };
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        each_socket!(self.get_mut(), io => Pin::new(io).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        each_socket!(self.get_mut(), io => Pin::new(io).poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        each_socket!(self.get_mut(), io => Pin::new(io).poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        each_socket!(self, io => io.is_write_vectored())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each_socket!(self.get_mut(), io => Pin::new(io).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each_socket!(self.get_mut(), io => Pin::new(io).poll_shutdown(cx))
+    }
+}
+
+/// A socket that marks its [`Link`] down on end of stream, on an IO error and when
 /// it is dropped (which happens when the HTTP/2 connection ends for any reason: GOAWAY,
 /// a failed liveness check, the subchannel letting go).
 #[derive(Debug)]
 pub(crate) struct TrackedIo {
-    io: TcpStream,
+    io: Socket,
     link: Arc<Link>,
 }
 
@@ -713,10 +799,13 @@ impl AsyncWrite for TrackedIo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    fn addr() -> SocketAddr {
-        "127.0.0.1:9".parse().unwrap()
+    const PEER: &str = "127.0.0.1:9";
+
+    fn address(addr: SocketAddr) -> Address {
+        Address::new(addr)
     }
 
     async fn open(
@@ -732,7 +821,7 @@ mod tests {
             load: Arc::new(Load::new()),
         };
         let io = connect(
-            addr,
+            &address(addr),
             TcpOptions::default(),
             watchers,
             #[cfg(feature = "tls")]
@@ -840,7 +929,7 @@ mod tests {
             let mut reader = FrameReader::default();
             let mut events = Vec::new();
             for part in stream.chunks(chunk) {
-                reader.feed(part, addr(), false, &mut events);
+                reader.feed(part, PEER, false, &mut events);
             }
             assert_eq!(events, expected, "chunks of {chunk}");
         }
@@ -849,7 +938,7 @@ mod tests {
     #[test]
     fn only_a_settings_frame_on_stream_zero_opens_a_preface() {
         assert_eq!(
-            check_preface(&[0, 0, 6, 4, 0, 0, 0, 0, 0], addr(), false),
+            check_preface(&[0, 0, 6, 4, 0, 0, 0, 0, 0], PEER, false),
             Ok(())
         );
         // A SETTINGS ACK, another frame type, another stream: not a preface.
@@ -858,12 +947,12 @@ mod tests {
             [0, 0, 8, 6, 0, 0, 0, 0, 0],
             [0, 0, 6, 4, 0, 0, 0, 0, 1],
         ] {
-            assert!(check_preface(&head, addr(), false).is_err(), "{head:?}");
+            assert!(check_preface(&head, PEER, false).is_err(), "{head:?}");
         }
         // A TLS alert record to a plaintext client says what to do.
-        let tls = check_preface(&[0x15, 3, 3, 0, 2, 2, 40, 0, 0], addr(), false).unwrap_err();
+        let tls = check_preface(&[0x15, 3, 3, 0, 2, 2, 40, 0, 0], PEER, false).unwrap_err();
         assert!(tls.contains("Builder::tls"), "{tls}");
-        let http1 = check_preface(b"HTTP/1.1 ", addr(), false).unwrap_err();
+        let http1 = check_preface(b"HTTP/1.1 ", PEER, false).unwrap_err();
         assert!(http1.contains("HTTP/1"), "{http1}");
     }
 }

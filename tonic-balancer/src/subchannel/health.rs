@@ -130,7 +130,7 @@ mod tests {
                     .map_err(|e| e.to_string())
             }),
             accounting: Accounting::default(),
-            health_service: Some(String::new()),
+            health_service: tokio::sync::watch::channel(Some(String::new())).1,
             #[cfg(feature = "tls")]
             tls: None,
             conn: crate::subchannel::ConnSettings {

@@ -43,8 +43,8 @@ pub(crate) struct ConnectSettings {
     /// How new subchannels account their calls.
     pub(crate) accounting: Accounting,
     /// The `grpc.health.v1` service name to watch (`""`: the whole server), if health
-    /// checking is on.
-    pub(crate) health_service: Option<String>,
+    /// checking is on; a service config update may change it on live connections.
+    pub(crate) health_service: watch::Receiver<Option<String>>,
     /// The TLS handshake every connection makes, if any.
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<crate::tls::TlsConnect>,
@@ -331,11 +331,27 @@ impl Worker {
                     let conn = ready.conn.clone();
                     let link = conn.link.clone();
                     let serve = async {
-                        match self.settings.health_service.clone() {
-                            Some(service) => self.watch_health(ready, service).await,
-                            None => {
-                                self.report(ConnectivityState::Ready, Update::Ready(ready));
-                                std::future::pending().await
+                        let mut health = self.settings.health_service.clone();
+                        loop {
+                            let service = health.borrow_and_update().clone();
+                            let serving = async {
+                                match service {
+                                    Some(service) => {
+                                        self.watch_health(ready.clone(), service).await
+                                    }
+                                    None => {
+                                        self.report(
+                                            ConnectivityState::Ready,
+                                            Update::Ready(ready.clone()),
+                                        );
+                                        std::future::pending().await
+                                    }
+                                }
+                            };
+                            // A new health setting restarts the watch on this connection.
+                            tokio::select! {
+                                () = serving => break,
+                                Ok(()) = health.changed() => {}
                             }
                         }
                     };
@@ -453,7 +469,7 @@ impl Worker {
                 Duration::from_nanos(self.settings.keepalive_time.load(Ordering::Relaxed));
         }
         let attempt = conn::open(
-            address.addr,
+            address,
             endpoint.uri(),
             &settings,
             self.subchannel.load.clone(),
