@@ -3,6 +3,9 @@
 //! call or in a background task. A panic in a background task would show here as
 //! calls failing with "panicked" (the tasks are supervised, `tests/supervision.rs`).
 
+// Some imports serve only the DNS tests.
+#![cfg_attr(not(feature = "dns"), allow(unused_imports))]
+
 mod support;
 
 use std::time::Duration;
@@ -13,9 +16,11 @@ use tonic_balancer::config::{
 };
 use tonic_balancer::credentials::{BearerLayer, RefreshPolicy, Token};
 use tonic_balancer::health::OutlierDetection;
+#[cfg(feature = "dns")]
 use tonic_balancer::resolver::DnsOptions;
 use tonic_balancer::retry::RetryBudget;
 use tonic_balancer::{BalancedChannel, ConnectionBackoff, Policy, WaitForReady};
+#[cfg(feature = "dns")]
 use tonic_balancer_testkit::dns::DnsServer;
 use tonic_balancer_testkit::pb::SimpleRequest;
 use tonic_balancer_testkit::pb::test_service_client::TestServiceClient;
@@ -72,24 +77,27 @@ async fn durations_out_of_range_are_refused_naming_the_setting() {
         "outlier_detection.base_ejection_time",
     );
 
-    let dns = |f: fn(&mut DnsOptions)| {
-        let mut d = DnsOptions::default();
-        f(&mut d);
-        BalancedChannel::builder("dns://127.0.0.1:1/x.test:1").dns_options(d)
-    };
-    refused(dns(|d| d.min_refresh = ZERO), "dns_options.min_refresh");
-    refused(
-        dns(|d| d.retry_base_delay = ZERO),
-        "dns_options.retry_base_delay",
-    );
-    refused(
-        dns(|d| d.query_timeout = Some(ZERO)),
-        "dns_options.query_timeout",
-    );
-    refused(
-        dns(|d| d.query_timeout = Some(MAX)),
-        "dns_options.query_timeout",
-    );
+    #[cfg(feature = "dns")]
+    {
+        let dns = |f: fn(&mut DnsOptions)| {
+            let mut d = DnsOptions::default();
+            f(&mut d);
+            BalancedChannel::builder("dns://127.0.0.1:1/x.test:1").dns_options(d)
+        };
+        refused(dns(|d| d.min_refresh = ZERO), "dns_options.min_refresh");
+        refused(
+            dns(|d| d.retry_base_delay = ZERO),
+            "dns_options.retry_base_delay",
+        );
+        refused(
+            dns(|d| d.query_timeout = Some(ZERO)),
+            "dns_options.query_timeout",
+        );
+        refused(
+            dns(|d| d.query_timeout = Some(MAX)),
+            "dns_options.query_timeout",
+        );
+    }
 
     refused(
         base().policy(Policy::peak_ewma().decay(ZERO)),
@@ -209,6 +217,7 @@ async fn peak_ewma_durations_at_the_extremes_work() {
     .await;
 }
 
+#[cfg(feature = "dns")]
 #[tokio::test]
 async fn dns_durations_at_max_and_zero_work() {
     within(async {
