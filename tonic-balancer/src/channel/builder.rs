@@ -246,24 +246,24 @@ impl Builder {
         self
     }
 
-    /// Makes the tonic [`Endpoint`] for each address: timeouts, keepalive, HTTP/2
-    /// settings, user agent (TLS is `Builder::tls`, feature `tls`).
+    /// Makes the tonic [`Endpoint`] for each address. Each subchannel owns its HTTP/2
+    /// connection (it does not go through tonic's transport), so only what an
+    /// `Endpoint` lets be read back applies:
     ///
-    /// The endpoint's URI is what calls carry as `:authority`; the connection itself
-    /// always goes to the address. The subchannel connects over its own TCP connector, so
-    /// the endpoint's TCP options (`tcp_nodelay`, `tcp_keepalive`) do not apply:
-    /// `TCP_NODELAY` is on.
+    /// | `Endpoint` setting | here |
+    /// |---|---|
+    /// | its URI | the `:authority` calls carry (the connection always goes to the address); the scheme unless `Builder::tls` makes it `https` |
+    /// | `tcp_nodelay` | applied (tonic's default: on) |
+    /// | `tcp_keepalive`, `tcp_keepalive_interval`, `tcp_keepalive_retries` | applied to the socket |
+    /// | `connect_timeout` | replaces the minimum connect timeout of [`ConnectionBackoff`] |
+    /// | `timeout` | not applied: use a service config `timeout` or [`Builder::default_timeout`] |
+    /// | `http2_keep_alive_*`, `keep_alive_*` | not applied: use [`Builder::keepalive`] (and the liveness check, on by default) |
+    /// | `tls_config` | not applied: use `Builder::tls` (feature `tls`); a plaintext connection to a TLS server fails, saying so |
+    /// | window sizes, `http2_adaptive_window`, `concurrency_limit`, `rate_limit`, `user_agent`, `local_address`, `buffer_size` | not applied (windows are 2 MiB per stream and 5 MiB per connection, as hyper sets them) |
     ///
     /// The default is `http://ADDRESS` for address targets and `http://HOST:PORT` for
-    /// DNS targets, with tonic's defaults.
-    ///
-    /// With `Builder::tls` too, the channel makes the TLS handshake itself, under the
-    /// endpoint: make `http://` endpoints without a `tls_config` (a connection through
-    /// an `https://` one fails, saying so, since tonic would add a second TLS layer).
-    /// The channel sets each endpoint's origin to `https://` and its URI's authority,
-    /// so calls carry `:scheme https`. Without `Builder::tls`, an `https://` endpoint
-    /// with tonic's own `tls_config` works as in tonic; see the `tls` module for
-    /// why `Builder::tls` is the better choice.
+    /// DNS targets. With `Builder::tls`, make `http://` endpoints: the channel makes the
+    /// TLS handshake itself and calls carry `:scheme https`.
     pub fn endpoint<F>(mut self, make: F) -> Self
     where
         F: Fn(&Address) -> Endpoint + Send + Sync + 'static,
