@@ -287,10 +287,15 @@ impl Call<'_> {
         let mark = sent.mark();
         let mut guard = CallGuard::new(ready.subchannel.load.clone()).with_deadline(self.deadline);
         let response = sent.response(addr);
-        let response = match self.deadline {
-            Some(deadline) => match tokio::time::timeout_at(deadline, response).await {
-                Ok(response) => response,
-                Err(_) => {
+        // The call's one timer: it bounds this wait, then the response body.
+        let mut timer = self
+            .deadline
+            .map(|deadline| Box::pin(tokio::time::sleep_until(deadline)));
+        let response = match timer.as_mut() {
+            Some(timer) => tokio::select! {
+                biased;
+                response = response => response,
+                () = timer.as_mut() => {
                     guard.failed();
                     return Attempt::Failed {
                         status: Status::deadline_exceeded(format!(
@@ -309,6 +314,7 @@ impl Call<'_> {
                     response,
                     guard: Some(guard),
                     addr,
+                    timer,
                 })
             }
             Err(error) => {

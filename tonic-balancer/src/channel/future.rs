@@ -59,6 +59,9 @@ pub(crate) struct Answer {
     /// `None` once the attempt has ended (a Trailers-Only failure kept for the caller).
     pub(crate) guard: Option<CallGuard>,
     pub(crate) addr: SocketAddr,
+    /// The call's deadline timer, made by the attempt and kept for the response body:
+    /// one timer per call.
+    pub(crate) timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 pin_project_lite::pin_project! {
@@ -91,6 +94,7 @@ impl CallBody {
             response,
             guard,
             addr,
+            timer,
         } = answer;
         response.map(|inner| {
             Body::new(CallBody {
@@ -99,7 +103,7 @@ impl CallBody {
                 record: Some(record),
                 addr,
                 limit,
-                deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+                deadline: timer.or_else(|| deadline.map(|d| Box::pin(tokio::time::sleep_until(d)))),
                 done: false,
             })
         })
