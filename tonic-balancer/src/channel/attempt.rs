@@ -549,3 +549,23 @@ impl Call<'_> {
         last.unwrap_or_else(|| Err(self.inner.deadline_exceeded(None)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn whole_bodies_share_the_channel_replay_budget_and_give_it_back() {
+        let held = Arc::new(AtomicUsize::new(0));
+        let first = BufferPermit::take(&held, 8, 10).expect("within the budget");
+        assert!(BufferPermit::take(&held, 3, 10).is_none(), "8 + 3 > 10");
+        assert_eq!(held.load(Ordering::Relaxed), 8);
+        let second = BufferPermit::take(&held, 2, 10).expect("8 + 2 fits");
+        drop(first);
+        assert_eq!(held.load(Ordering::Relaxed), 2);
+        drop(second);
+        assert_eq!(held.load(Ordering::Relaxed), 0);
+    }
+}

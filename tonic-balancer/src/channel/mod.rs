@@ -405,7 +405,8 @@ impl Inner {
     ) -> Result<attempt::RequestBody, Status> {
         match crate::subchannel::prefetch(body)? {
             crate::subchannel::Outgoing::Stream(body) => Ok(attempt::RequestBody::Stream(
-                Replay::new(body, self.replay_limit, limit),
+                Replay::new(body, self.replay_limit, limit)
+                    .with_budget(self.replay_held.clone(), self.channel_replay_limit),
             )),
             outgoing => {
                 let message = match outgoing {

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http_body::Frame;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use tonic::Status;
@@ -40,6 +40,44 @@ struct Shared {
     /// Why the body was refused, kept for the caller: the transport only reports that
     /// the stream was reset.
     rejected: Option<Status>,
+    /// The channel's replay budget (bytes held by all its calls, and the most they
+    /// may hold) and what this record takes of it.
+    budget: Option<(Arc<AtomicUsize>, usize)>,
+    counted: usize,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Some((held, _)) = &self.budget {
+            held.fetch_sub(self.counted, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Shared {
+    /// Takes `bytes` more of the channel's budget; false if that would exceed it.
+    fn take_budget(&mut self, bytes: usize) -> bool {
+        let Some((held, cap)) = &self.budget else {
+            return true;
+        };
+        let before = held.fetch_add(bytes, Ordering::Relaxed);
+        if before.saturating_add(bytes) > *cap {
+            held.fetch_sub(bytes, Ordering::Relaxed);
+            return false;
+        }
+        self.counted += bytes;
+        true
+    }
+
+    /// Drops the record: nothing can be replayed any more.
+    fn overflow(&mut self) {
+        self.overflowed = true;
+        self.frames = Vec::new();
+        if let Some((held, _)) = &self.budget {
+            held.fetch_sub(self.counted, Ordering::Relaxed);
+        }
+        self.counted = 0;
+    }
 }
 
 impl Replay {
@@ -55,8 +93,18 @@ impl Replay {
                 overflowed: false,
                 message_limit,
                 rejected: None,
+                budget: None,
+                counted: 0,
             })),
         }
+    }
+
+    /// The same, counting what it records against a channel-wide budget: `held` bytes
+    /// of at most `cap`. A record that would take the channel past it is dropped and
+    /// the call commits (gRFC A6; grpc-java's per-channel limit).
+    pub(crate) fn with_budget(self, held: Arc<AtomicUsize>, cap: usize) -> Self {
+        lock(&self.shared).budget = Some((held, cap));
+        self
     }
 
     /// Why the caller's body was refused (a message over the method's size limit).
@@ -155,12 +203,14 @@ impl http_body::Body for AttemptBody {
                 return Poll::Ready(Some(Err(status)));
             }
             shared.recorded += data.len();
-            if !shared.overflowed && shared.recorded <= shared.limit {
+            if !shared.overflowed
+                && shared.recorded <= shared.limit
+                && shared.take_budget(data.len())
+            {
                 shared.frames.push(data.clone());
                 this.position += 1;
             } else if !shared.overflowed {
-                shared.overflowed = true;
-                shared.frames = Vec::new();
+                shared.overflow();
             }
         } else if let Some(trailers) = frame.trailers_ref() {
             shared.trailers = Some(trailers.clone());
@@ -219,6 +269,27 @@ mod tests {
         drop(first);
         let (second, _) = replay.attempt_body();
         assert_eq!(collect(second).await, b"abc");
+    }
+
+    #[tokio::test]
+    async fn a_body_past_the_channel_budget_commits_and_gives_the_budget_back() {
+        let held = Arc::new(AtomicUsize::new(0));
+        // Another call already holds 6 of the channel's 12 bytes.
+        held.fetch_add(6, Ordering::Relaxed);
+        let small = Replay::new(body(&[b"1234"]), 1024, None).with_budget(held.clone(), 12);
+        let (first, _) = small.attempt_body();
+        assert_eq!(collect(first).await, b"1234");
+        assert!(small.can_replay());
+        assert_eq!(held.load(Ordering::Relaxed), 10);
+        let big = Replay::new(body(&[b"12345"]), 1024, None).with_budget(held.clone(), 12);
+        let (first, _) = big.attempt_body();
+        // Sent whole, but not recorded: the call is committed, the budget untouched.
+        assert_eq!(collect(first).await, b"12345");
+        assert!(!big.can_replay());
+        assert_eq!(held.load(Ordering::Relaxed), 10);
+        // A call that ends gives its bytes back.
+        drop(small);
+        assert_eq!(held.load(Ordering::Relaxed), 6);
     }
 
     #[tokio::test]
