@@ -441,7 +441,7 @@ impl Call<'_> {
                 Pushback::Stop => return result,
                 Pushback::After(delay) => {
                     backoff.reset();
-                    delay.min(crate::defaults::MAX_PUSHBACK)
+                    delay
                 }
                 Pushback::None => {
                     let rng =
@@ -524,9 +524,7 @@ impl Call<'_> {
                     last = Some(result);
                     match push {
                         Pushback::Stop => stopped = true,
-                        Pushback::After(delay) => next_hedge
-                            .as_mut()
-                            .reset(Instant::now() + delay.min(crate::defaults::MAX_PUSHBACK)),
+                        Pushback::After(delay) => next_hedge.as_mut().reset(Instant::now() + delay),
                         // A non-fatal failure sends the next hedge at once.
                         Pushback::None => next_hedge.as_mut().reset(Instant::now()),
                     }

@@ -37,7 +37,9 @@ use tokio::time::Instant;
 pub(crate) enum Pushback {
     /// No pushback: use the backoff.
     None,
-    /// Retry exactly this much later, and restart the backoff sequence.
+    /// Retry exactly this much later (at most
+    /// [`MAX_PUSHBACK`](crate::defaults::MAX_PUSHBACK)), and restart the backoff
+    /// sequence.
     After(Duration),
     /// Do not retry (a negative, malformed or repeated value).
     Stop,
@@ -59,7 +61,9 @@ pub(crate) fn pushback(metadata: &http::HeaderMap) -> Pushback {
         return Pushback::Stop;
     }
     match text.parse::<u64>() {
-        Ok(ms) => Pushback::After(Duration::from_millis(ms)),
+        // A server cannot put a call to sleep for years: beyond the bound, "not now"
+        // means the bound.
+        Ok(ms) => Pushback::After(Duration::from_millis(ms).min(crate::defaults::MAX_PUSHBACK)),
         Err(_) => Pushback::Stop,
     }
 }
@@ -261,6 +265,25 @@ impl Budget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pushback_is_bounded() {
+        let metadata = |value: &'static str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(
+                "grpc-retry-pushback-ms",
+                http::HeaderValue::from_static(value),
+            );
+            headers
+        };
+        let max = crate::defaults::MAX_PUSHBACK;
+        assert_eq!(
+            pushback(&metadata("700")),
+            Pushback::After(Duration::from_millis(700))
+        );
+        assert_eq!(pushback(&metadata("31536000000000")), Pushback::After(max));
+        assert_eq!(pushback(&metadata("-1")), Pushback::Stop);
+    }
     use http::HeaderValue;
     use proptest::collection::vec;
     use proptest::prelude::{any, prop_assert_eq};
@@ -287,8 +310,9 @@ mod tests {
         assert_eq!(pushback(&headers(&["1", "2"])), Pushback::Stop);
     }
 
-    /// What `pushback` must say about these header values: a delay exactly for one
-    /// non-negative decimal integer that fits in u64 milliseconds, else stop.
+    /// What `pushback` must say about these header values: a delay for one
+    /// non-negative decimal integer that fits in u64 milliseconds (bounded by
+    /// `MAX_PUSHBACK`), else stop.
     fn expected_pushback(map: &http::HeaderMap) -> Pushback {
         let values: Vec<_> = map.get_all("grpc-retry-pushback-ms").iter().collect();
         match values.as_slice() {
@@ -298,7 +322,9 @@ mod tests {
                 let digits = !bytes.is_empty() && bytes.iter().all(u8::is_ascii_digit);
                 let ms = std::str::from_utf8(bytes).ok().filter(|_| digits);
                 match ms.map(str::parse::<u64>) {
-                    Some(Ok(ms)) => Pushback::After(Duration::from_millis(ms)),
+                    Some(Ok(ms)) => Pushback::After(
+                        Duration::from_millis(ms).min(crate::defaults::MAX_PUSHBACK),
+                    ),
                     _ => Pushback::Stop,
                 }
             }
