@@ -297,7 +297,28 @@ pub struct CallGuard {
 
 impl CallGuard {
     /// Counts a call as sent now.
+    ///
+    /// Where round trips are timed this reads the clock; a caller that has just read it
+    /// (for the call's deadline, say) saves that read with [`CallGuard::sent_at`].
     pub fn new(load: Arc<Load>) -> Self {
+        let sent = load.tracks_rtt().then(Instant::now);
+        Self::start(load, sent)
+    }
+
+    /// Counts a call as sent at `sent`: the call's own reading of the clock, taken just
+    /// before it was handed to the connection.
+    ///
+    /// Same as [`CallGuard::new`], minus its clock read: a clock read is a large share
+    /// of what a pick and its accounting cost, and the call path already makes one to
+    /// compute its deadline. `sent` must come from
+    /// [`tokio::time::Instant::now`], so that paused-time tests move it too; an instant
+    /// far in the past makes the round trip look that slow.
+    pub fn sent_at(load: Arc<Load>, sent: Instant) -> Self {
+        let sent = load.tracks_rtt().then_some(sent);
+        Self::start(load, sent)
+    }
+
+    fn start(load: Arc<Load>, sent: Option<Instant>) -> Self {
         load.in_flight.fetch_add(1, Ordering::Relaxed);
         load.started.fetch_add(1, Ordering::Relaxed);
         #[cfg(feature = "metrics")]
@@ -305,7 +326,6 @@ impl CallGuard {
             exported.calls.increment(1);
             exported.in_flight.increment(1.0);
         }
-        let sent = load.track_rtt.load(Ordering::Relaxed).then(Instant::now);
         Self {
             load,
             sent,
@@ -488,6 +508,29 @@ mod tests {
         tokio::time::advance(Duration::from_secs(5)).await;
         e.observe(Instant::now(), MS, false);
         assert_eq!(ms(e.nanos()), 50.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_guard_sent_at_an_instant_times_from_it() {
+        let load = Arc::new(Load::timing_rtt(Duration::from_secs(10), 30 * MS));
+        let sent = Instant::now();
+        tokio::time::advance(7 * MS).await;
+        let mut guard = CallGuard::sent_at(load.clone(), sent);
+        assert_eq!(load.in_flight(), 1);
+        tokio::time::advance(5 * MS).await;
+        guard.responded(None);
+        drop(guard);
+        // 12 ms from the given send time, not 5 ms from the guard's creation.
+        assert_eq!(load.rtt(), 12 * MS);
+        assert_eq!((load.in_flight(), load.started()), (0, 1));
+
+        // Where round trips are not timed, the instant is ignored.
+        let plain = Arc::new(Load::new());
+        let mut guard = CallGuard::sent_at(plain.clone(), sent);
+        guard.responded(None);
+        drop(guard);
+        assert_eq!(plain.rtt(), defaults::DEFAULT_RTT);
+        assert_eq!((plain.in_flight(), plain.started()), (0, 1));
     }
 
     #[test]
