@@ -74,14 +74,15 @@ impl Default for EwmaParams {
 /// Updates race benignly: two concurrent samples may each read the old estimate and the
 /// last store wins, which an estimator tolerates far better than a lock on every call.
 #[derive(Debug)]
+#[repr(C)]
 pub(crate) struct Ewma {
-    /// Nanoseconds, as `f64` bits.
+    /// Nanoseconds, as `f64` bits. First: pickers read it (see [`Load`]'s layout).
     estimate: AtomicU64,
     /// When the estimate last changed, in nanoseconds since `epoch`; [`UNMEASURED`] until
     /// the first successful sample, which replaces the default outright.
     stamp: AtomicU64,
-    epoch: Instant,
     decay_nanos: f64,
+    epoch: Instant,
 }
 
 impl Ewma {
@@ -192,22 +193,30 @@ impl Outcomes {
 
 /// The live load of one subchannel: calls in flight, calls started and failed, and the
 /// peak-EWMA round-trip estimate. Pickers read it; each call's [`CallGuard`] updates it.
+///
+/// The fields are laid out in order (`repr(C)`), those every call touches first: a
+/// P2C pick reads `in_flight` and the estimate of two random subchannels, and over a
+/// thousand endpoints each is a cache miss, so those two share 16 bytes that never
+/// straddle a cache line (after the `Arc`'s two counters, from a 16-byte aligned
+/// allocation), and the rest of a call's fields follow them.
 #[derive(Debug)]
+#[repr(C)]
 pub struct Load {
     in_flight: AtomicUsize,
+    pub(crate) rtt: Ewma,
     started: AtomicU64,
+    /// Whether calls time their round trip. Only peak_ewma reads the estimate, and the
+    /// clock read that times a response is a large share of what a call costs here, so
+    /// other channels skip it.
+    track_rtt: AtomicBool,
+    track_outcomes: AtomicBool,
+    failure_codes: CodeSet,
     /// Attempts that failed here (the failure codes, transport errors).
     errors: AtomicU64,
     /// Call outcomes, counted only when outlier detection is on.
     pub(crate) outcomes: Outcomes,
-    track_outcomes: AtomicBool,
-    failure_codes: CodeSet,
     /// Woken when consecutive failures reach `consecutive_limit` (0: never).
     outlier_signal: Option<(Arc<tokio::sync::Notify>, u64)>,
-    pub(crate) rtt: Ewma,
-    /// Whether calls time their round trip. Only peak_ewma reads the estimate, and two
-    /// clock reads are most of what a call costs here, so other channels skip them.
-    track_rtt: AtomicBool,
     /// Handles into the `metrics` facade, when this load belongs to a channel's endpoint.
     #[cfg(feature = "metrics")]
     pub(crate) exported: Option<exported::Endpoint>,
