@@ -1210,8 +1210,9 @@ fn overhead_table(out: &mut String, result: &ScenarioResult) {
     };
     let _ = writeln!(
         out,
-        "   overhead, {} rounds (median ratio to direct; CPU of the whole process per call):",
-        first.rounds
+        "   overhead, {} round{} (median ratio to direct; CPU of the whole process per call):",
+        first.rounds,
+        if first.rounds == 1 { "" } else { "s" }
     );
     let _ = writeln!(
         out,

@@ -126,11 +126,12 @@ fn overhead_table(out: &mut String, s: &ScenarioResult) {
     let opt = |v: Option<f64>, decimals: usize| v.map_or("—".to_owned(), |v| fixed(v, decimals));
     let _ = writeln!(
         out,
-        "<h3>Overhead: {} interleaved rounds</h3>\n<p class=\"meta\">Throughput ratio: median \
+        "<h3>Overhead: {} interleaved round{}</h3>\n<p class=\"meta\">Throughput ratio: median \
          over rounds of the arm's calls/s ÷ direct's in the same round. CPU: user + system \
          time of the whole process (client and backend) per call at full concurrency. \
          p50 at concurrency 1 and what the arm adds to direct's.</p>",
-        first.rounds
+        first.rounds,
+        if first.rounds == 1 { "" } else { "s" }
     );
     out.push_str("<table>\n<tr><th>arm</th><th>calls/s per round</th><th>ratio to direct</th>");
     out.push_str("<th>CPU µs/call</th><th>CPU ÷ direct</th><th>p50 at c=1 µs</th><th>added p50 µs</th></tr>\n");
