@@ -19,7 +19,7 @@ mod report;
 mod results;
 
 pub use report::render_html;
-pub use results::{ArmResult, Percentiles, ScenarioResult};
+pub use results::{ArmResult, Overhead, Percentiles, ScenarioResult};
 
 use hdrhistogram::Histogram;
 use std::collections::BTreeMap;
@@ -229,6 +229,13 @@ pub struct Options {
     pub concurrency: Option<usize>,
     /// Open-loop duration per arm (closed loops stop at their call count or this).
     pub duration: Option<Duration>,
+    /// Closed-loop calls per arm (in `overhead`, per arm and round).
+    pub calls: Option<u64>,
+    /// `overhead`: how many rounds the arms take turns over.
+    pub rounds: Option<usize>,
+    /// `overhead`: calls per arm and round at concurrency 1, for the added p50 (0 skips
+    /// that run).
+    pub single_calls: Option<u64>,
 }
 
 impl Default for Options {
@@ -239,6 +246,9 @@ impl Default for Options {
             rps: None,
             concurrency: None,
             duration: None,
+            calls: None,
+            rounds: None,
+            single_calls: None,
         }
     }
 }
@@ -332,7 +342,9 @@ fn plan(scenario: Scenario, options: &Options) -> Plan {
     };
     let closed = |concurrency: usize, quick: u64, full_calls: u64| Load::Closed {
         concurrency: options.concurrency.unwrap_or(concurrency),
-        calls: if full { full_calls } else { quick },
+        calls: options
+            .calls
+            .unwrap_or(if full { full_calls } else { quick }),
         cap: options.duration.unwrap_or(Duration::from_secs(600)),
     };
     let named = |prefix: &str, n: usize, latency: Latency| -> Vec<(String, Latency)> {
@@ -431,7 +443,8 @@ fn plan(scenario: Scenario, options: &Options) -> Plan {
         },
         Scenario::Overhead => Plan {
             backends: named("b", 1, Latency::None),
-            load: closed(32, 20_000, 200_000),
+            // Per arm and round; see `run_overhead` for the rounds.
+            load: closed(32, 5_000, 30_000),
             deadline: Duration::from_secs(10),
             faults: vec![],
             marked: None,
@@ -468,6 +481,9 @@ pub async fn run_scenario(
     }
     let backends = Arc::new(backends);
     let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr()).collect();
+    if scenario == Scenario::Overhead {
+        return Ok(run_overhead(plan, &addrs, arms, options, progress).await);
+    }
     let mut results = Vec::new();
     for &arm in arms {
         if !arm.applies_to(scenario) {
@@ -501,6 +517,237 @@ pub async fn run_scenario(
         notes: plan.notes,
         marked_backend: plan.marked.map(|i| plan.backends[i].0.clone()),
     })
+}
+
+/// `overhead`: every arm connected once, then rounds in which the arms take turns (see
+/// [`Overhead`]). The backend has no faults and no added latency, so nothing needs
+/// restoring between runs.
+async fn run_overhead(
+    mut plan: Plan,
+    addrs: &[SocketAddr],
+    arms: &[Arm],
+    options: &Options,
+    progress: &dyn Progress,
+) -> ScenarioResult {
+    let full = options.size == Size::Full;
+    let rounds = options.rounds.unwrap_or(if full { 7 } else { 3 }).max(1);
+    let busy = plan.load;
+    let (concurrency, calls, cap) = match busy {
+        Load::Closed {
+            concurrency,
+            calls,
+            cap,
+        } => (concurrency, calls, cap),
+        Load::Open { .. } => (1, busy.expected_calls(), Duration::from_secs(600)),
+    };
+    let single_calls = options.single_calls.unwrap_or(calls / 10);
+    let single = Load::Closed {
+        concurrency: 1,
+        calls: single_calls,
+        cap,
+    };
+    let mut runs = Vec::new();
+    for &arm in arms {
+        if !arm.applies_to(Scenario::Overhead) {
+            continue;
+        }
+        match connect(arm, addrs, options.seed).await {
+            Ok(client) => runs.push(OverheadRun::new(arm, client)),
+            Err(error) => plan.notes.push(format!("{}: not run: {error}", arm.name())),
+        }
+    }
+    let n = runs.len();
+    for round in 0..rounds {
+        for k in 0..n {
+            let run = &mut runs[(round + k) % n];
+            let label = format!("{} {}/{rounds}", run.arm.name(), round + 1);
+            progress.arm_started("overhead", &label, calls);
+            run.busy(busy, plan.deadline, progress).await;
+        }
+        if single_calls == 0 {
+            continue;
+        }
+        for k in 0..n {
+            let run = &mut runs[(round + k) % n];
+            let label = format!("{} {}/{rounds} c=1", run.arm.name(), round + 1);
+            progress.arm_started("overhead", &label, single_calls);
+            run.single(single, plan.deadline, progress).await;
+        }
+    }
+    let direct = runs
+        .iter()
+        .find(|r| r.arm == Arm::Direct)
+        .map(|r| (r.round_rps.clone(), r.single_p50_ms()));
+    let results: Vec<ArmResult> = runs
+        .into_iter()
+        .map(|run| run.finish(rounds, direct.as_ref()))
+        .collect();
+    plan.notes.push(format!(
+        "arms take turns over {rounds} rounds: {calls} calls each at concurrency {concurrency}, \
+         then {single_calls} at concurrency 1 (order rotated every round)"
+    ));
+    plan.notes.push(
+        "ratio: median over rounds of the arm's calls/s ÷ direct's in the same round; \
+         CPU: user + system time of the whole process (getrusage), client and backend"
+            .to_owned(),
+    );
+    ScenarioResult {
+        scenario: Scenario::Overhead.name().to_owned(),
+        seed: options.seed,
+        arms: results,
+        notes: plan.notes,
+        marked_backend: None,
+    }
+}
+
+/// One arm of the `overhead` scenario, accumulated over its rounds.
+struct OverheadRun {
+    arm: Arm,
+    client: Client,
+    /// Calls at full concurrency, every round.
+    busy: Arc<Mutex<Recorder>>,
+    /// Calls at concurrency 1, every round.
+    single: Arc<Mutex<Recorder>>,
+    wall: Duration,
+    /// Process CPU time spent during the runs at full concurrency.
+    cpu: Option<Duration>,
+    attempts: Option<u64>,
+    round_rps: Vec<f64>,
+}
+
+impl OverheadRun {
+    fn new(arm: Arm, client: Client) -> Self {
+        Self {
+            arm,
+            attempts: client.attempts().map(|_| 0),
+            client,
+            busy: Arc::new(Mutex::new(Recorder::new())),
+            single: Arc::new(Mutex::new(Recorder::new())),
+            wall: Duration::ZERO,
+            cpu: cpu_time().map(|_| Duration::ZERO),
+            round_rps: Vec::new(),
+        }
+    }
+
+    /// One round at full concurrency.
+    async fn busy(&mut self, load: Load, deadline: Duration, progress: &dyn Progress) {
+        let ok_before = self.ok();
+        let attempts_before = self.client.attempts();
+        let cpu_before = cpu_time();
+        let wall = run_load(&self.client, load, deadline, progress, &self.busy).await;
+        let cpu = cpu_time()
+            .zip(cpu_before)
+            .map(|(after, before)| after.saturating_sub(before));
+        let attempts = self
+            .client
+            .attempts()
+            .zip(attempts_before)
+            .map(|(after, before)| after - before);
+        self.cpu = self.cpu.zip(cpu).map(|(sum, cpu)| sum + cpu);
+        self.attempts = self.attempts.zip(attempts).map(|(sum, n)| sum + n);
+        self.wall += wall;
+        let ok = self.ok() - ok_before;
+        self.round_rps
+            .push(ok as f64 / wall.as_secs_f64().max(1e-9));
+    }
+
+    /// One round at concurrency 1.
+    async fn single(&mut self, load: Load, deadline: Duration, progress: &dyn Progress) {
+        run_load(&self.client, load, deadline, progress, &self.single).await;
+    }
+
+    fn ok(&self) -> u64 {
+        self.busy.lock().unwrap_or_else(PoisonError::into_inner).ok
+    }
+
+    /// The median latency at concurrency 1 in ms, if any call was made.
+    fn single_p50_ms(&self) -> Option<f64> {
+        let single = self.single.lock().unwrap_or_else(PoisonError::into_inner);
+        (!single.histogram.is_empty())
+            .then(|| single.histogram.value_at_quantile(0.5) as f64 / 1000.0)
+    }
+
+    /// The arm's result; `direct` holds direct's per-round throughput and p50 at
+    /// concurrency 1, when it ran.
+    fn finish(self, rounds: usize, direct: Option<&(Vec<f64>, Option<f64>)>) -> ArmResult {
+        let single_p50_ms = self.single_p50_ms();
+        let single_calls = self
+            .single
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .calls;
+        let ratios: Vec<f64> = direct
+            .map(|(direct_rps, _)| {
+                (self.round_rps.iter().zip(direct_rps))
+                    .map(|(rps, direct)| rps / direct)
+                    .filter(|r| r.is_finite())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let added_p50_us = direct
+            .and_then(|(_, p50)| *p50)
+            .zip(single_p50_ms)
+            .map(|(direct, arm)| (arm - direct) * 1000.0);
+        let mut result = take(&self.busy).finish(self.arm, self.wall, self.attempts);
+        let cpu_us_per_call = self
+            .cpu
+            .filter(|_| result.calls > 0)
+            .map(|cpu| cpu.as_secs_f64() * 1e6 / result.calls as f64);
+        result.overhead = Some(Overhead {
+            rounds,
+            round_throughput_rps: self.round_rps,
+            throughput_ratio_to_direct: median(ratios),
+            cpu_us_per_call,
+            single_calls,
+            single_p50_ms: single_p50_ms.unwrap_or(0.0),
+            added_p50_us,
+        });
+        result
+    }
+}
+
+/// The median of `values`, `None` if there are none.
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+    }
+}
+
+/// User plus system CPU time of the whole process so far: every thread, so the
+/// runtime's workers, the client and the in-process backend.
+///
+/// `getrusage` rather than `/proc/self/stat`: it counts in microseconds where the proc
+/// file counts in clock ticks (10 ms), too coarse for runs of a second or less, and it
+/// works on every Unix, not only Linux.
+#[cfg(unix)]
+fn cpu_time() -> Option<Duration> {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: `getrusage` fills the `rusage` the pointer points at, which lives on this
+    // stack frame and is already zeroed (valid for a struct of integers).
+    let (rc, usage) = unsafe {
+        let rc = libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        (rc, usage.assume_init())
+    };
+    if rc != 0 {
+        return None;
+    }
+    let time = |t: libc::timeval| -> Option<Duration> {
+        Some(
+            Duration::from_secs(u64::try_from(t.tv_sec).ok()?)
+                + Duration::from_micros(u64::try_from(t.tv_usec).ok()?),
+        )
+    };
+    Some(time(usage.ru_utime)? + time(usage.ru_stime)?)
+}
+
+/// No `getrusage` here: CPU time is not reported.
+#[cfg(not(unix))]
+fn cpu_time() -> Option<Duration> {
+    None
 }
 
 /// Runs open-loop load against real servers that speak grpc.testing.TestService (with
@@ -769,6 +1016,7 @@ impl Recorder {
                 .into_iter()
                 .map(|(id, n)| (id, n as f64 / ok))
                 .collect(),
+            overhead: None,
             cdf,
             share_over_time: self.slices,
         }
@@ -783,6 +1031,32 @@ async fn drive(
     progress: &dyn Progress,
 ) -> ArmResult {
     let recorder = Arc::new(Mutex::new(Recorder::new()));
+    // The warm-up calls are not part of the run.
+    let attempts_before = client.attempts();
+    let wall = run_load(&client, load, deadline, progress, &recorder).await;
+    let attempts = client
+        .attempts()
+        .zip(attempts_before)
+        .map(|(after, before)| after - before);
+    take(&recorder).finish(arm, wall, attempts)
+}
+
+/// Takes the figures out from under the lock, once every call has ended.
+fn take(recorder: &Mutex<Recorder>) -> Recorder {
+    std::mem::replace(
+        &mut *recorder.lock().unwrap_or_else(PoisonError::into_inner),
+        Recorder::new(),
+    )
+}
+
+/// Runs `load` on `client`, recording each call into `recorder`; returns the wall time.
+async fn run_load(
+    client: &Client,
+    load: Load,
+    deadline: Duration,
+    progress: &dyn Progress,
+    recorder: &Arc<Mutex<Recorder>>,
+) -> Duration {
     let record = {
         let recorder = recorder.clone();
         move |slice: usize, latency: Duration, outcome: Result<String, Code>| {
@@ -792,8 +1066,6 @@ async fn drive(
                 .record(slice, latency, outcome);
         }
     };
-    // The warm-up calls are not part of the run.
-    let attempts_before = client.attempts();
     let start = Instant::now();
     match load {
         Load::Open { rps, .. } => {
@@ -858,17 +1130,7 @@ async fn drive(
             }
         }
     }
-    let wall = start.elapsed();
-    // Every call has ended; take the figures out from under the lock.
-    let recorder = std::mem::replace(
-        &mut *recorder.lock().unwrap_or_else(PoisonError::into_inner),
-        Recorder::new(),
-    );
-    let attempts = client
-        .attempts()
-        .zip(attempts_before)
-        .map(|(after, before)| after - before);
-    recorder.finish(arm, wall, attempts)
+    start.elapsed()
 }
 
 /// The stdout table of one scenario: a row per arm.
@@ -926,7 +1188,51 @@ pub fn render_table(result: &ScenarioResult) -> String {
             "   (latencies in ms; last column: share of OK calls served by {marked})"
         );
     }
+    overhead_table(&mut out, result);
     out
+}
+
+/// The `overhead` figures, under the main table: throughput ratio to direct, CPU per
+/// call (and its ratio to direct's), p50 at concurrency 1 and what the arm adds to it.
+fn overhead_table(out: &mut String, result: &ScenarioResult) {
+    let rows: Vec<(&str, &Overhead)> = (result.arms.iter())
+        .filter_map(|a| Some((a.arm.as_str(), a.overhead.as_ref()?)))
+        .collect();
+    let Some((_, first)) = rows.first() else {
+        return;
+    };
+    let direct_cpu = (rows.iter())
+        .find(|(arm, _)| *arm == Arm::Direct.name())
+        .and_then(|(_, o)| o.cpu_us_per_call);
+    let opt = |v: Option<f64>, decimals: usize| match v {
+        Some(v) if v.is_finite() => format!("{v:.decimals$}"),
+        _ => "-".to_owned(),
+    };
+    let _ = writeln!(
+        out,
+        "   overhead, {} round{} (median ratio to direct; CPU of the whole process per call):",
+        first.rounds,
+        if first.rounds == 1 { "" } else { "s" }
+    );
+    let _ = writeln!(
+        out,
+        "{:<14} {:>10} {:>12} {:>10} {:>11} {:>9}",
+        "arm", "rps/direct", "cpu µs/call", "cpu/direct", "p50 c=1 µs", "added µs"
+    );
+    for (arm, o) in &rows {
+        let cpu_ratio = o.cpu_us_per_call.zip(direct_cpu).map(|(a, d)| a / d);
+        let single = (o.single_calls > 0).then_some(o.single_p50_ms * 1000.0);
+        let _ = writeln!(
+            out,
+            "{:<14} {:>10} {:>12} {:>10} {:>11} {:>9}",
+            arm,
+            opt(o.throughput_ratio_to_direct, 3),
+            opt(o.cpu_us_per_call, 1),
+            opt(cpu_ratio, 3),
+            opt(single, 1),
+            opt(o.added_p50_us, 1),
+        );
+    }
 }
 
 /// `results.json`: one object per scenario.

@@ -5,6 +5,8 @@
 //! cargo run --release -p tonic-balancer-bench                    # quick suite, about a minute
 //! cargo run --release -p tonic-balancer-bench -- --full          # BENCH.md's sizes
 //! cargo run --release -p tonic-balancer-bench -- --scenario tower-76,linkerd-2016
+//! cargo run --release -p tonic-balancer-bench -- --full --scenario overhead
+//! valgrind --tool=callgrind target/release/bench --scenario overhead --arms round_robin
 //! cargo run --release -p tonic-balancer-bench -- --target ipv4:127.0.0.1:5001,127.0.0.1:5002
 //! ```
 //!
@@ -50,6 +52,16 @@ struct Args {
     /// Open-loop duration per arm in seconds (closed loops: a time cap).
     #[arg(long)]
     duration: Option<f64>,
+    /// Closed-loop calls per arm (overhead: per arm and round at full concurrency).
+    #[arg(long)]
+    calls: Option<u64>,
+    /// overhead: rounds the arms take turns over (default 3 quick, 7 full).
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// overhead: calls per arm and round at concurrency 1, for the added p50 (default a
+    /// tenth of --calls; 0 skips that run).
+    #[arg(long)]
+    single_calls: Option<u64>,
     /// Run against real servers implementing grpc.testing.TestService at this gRPC target
     /// instead of in-process fleets (no fault injection).
     #[arg(long)]
@@ -79,6 +91,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     options.size = if args.full { Size::Full } else { Size::Quick };
     options.rps = args.rps.filter(|r| *r > 0.0);
     options.concurrency = args.concurrency.filter(|c| *c > 0);
+    options.calls = args.calls.filter(|c| *c > 0);
+    options.rounds = args.rounds.filter(|r| *r > 0);
+    options.single_calls = args.single_calls;
     options.duration = match args.duration {
         Some(secs) if secs.is_finite() && secs > 0.0 => Some(Duration::from_secs_f64(secs)),
         Some(secs) => {

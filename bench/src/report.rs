@@ -2,7 +2,7 @@
 //! fetched from the network) with, per scenario, a summary table, latency CDFs and each
 //! arm's backend shares over time.
 
-use crate::results::{ArmResult, ScenarioResult};
+use crate::results::{ArmResult, Overhead, ScenarioResult};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
@@ -60,6 +60,7 @@ fn render_scenario(out: &mut String, s: &ScenarioResult) {
         return;
     }
     summary_table(out, s);
+    overhead_table(out, s);
     out.push_str("<h3>Latency</h3>\n<div class=\"plots\">\n");
     latency_plot(out, &s.arms, YScale::Linear);
     latency_plot(out, &s.arms, YScale::Tail(tail_top(&s.arms)));
@@ -106,6 +107,52 @@ fn summary_table(out: &mut String, s: &ScenarioResult) {
             fixed(ratio(arm.attempts, arm.calls), 2),
             fixed(arm.throughput_rps, 1),
             marked_share(arm, s.marked_backend.as_deref()),
+        );
+    }
+    out.push_str("</table>\n");
+}
+
+/// The `overhead` scenario's comparison with `direct`, when the arms carry it.
+fn overhead_table(out: &mut String, s: &ScenarioResult) {
+    let rows: Vec<(&str, &Overhead)> = (s.arms.iter())
+        .filter_map(|a| Some((a.arm.as_str(), a.overhead.as_ref()?)))
+        .collect();
+    let Some((_, first)) = rows.first() else {
+        return;
+    };
+    let direct_cpu = (rows.iter())
+        .find(|(arm, _)| *arm == "direct")
+        .and_then(|(_, o)| o.cpu_us_per_call);
+    let opt = |v: Option<f64>, decimals: usize| v.map_or("—".to_owned(), |v| fixed(v, decimals));
+    let _ = writeln!(
+        out,
+        "<h3>Overhead: {} interleaved round{}</h3>\n<p class=\"meta\">Throughput ratio: median \
+         over rounds of the arm's calls/s ÷ direct's in the same round. CPU: user + system \
+         time of the whole process (client and backend) per call at full concurrency. \
+         p50 at concurrency 1 and what the arm adds to direct's.</p>",
+        first.rounds,
+        if first.rounds == 1 { "" } else { "s" }
+    );
+    out.push_str("<table>\n<tr><th>arm</th><th>calls/s per round</th><th>ratio to direct</th>");
+    out.push_str("<th>CPU µs/call</th><th>CPU ÷ direct</th><th>p50 at c=1 µs</th><th>added p50 µs</th></tr>\n");
+    for (arm, o) in &rows {
+        let per_round: Vec<String> = o
+            .round_throughput_rps
+            .iter()
+            .map(|r| fixed(*r, 0))
+            .collect();
+        let cpu_ratio = o.cpu_us_per_call.zip(direct_cpu).map(|(a, d)| a / d);
+        let single = (o.single_calls > 0).then_some(o.single_p50_ms * 1000.0);
+        let _ = writeln!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(arm),
+            per_round.join(", "),
+            opt(o.throughput_ratio_to_direct, 3),
+            opt(o.cpu_us_per_call, 1),
+            opt(cpu_ratio, 3),
+            opt(single, 1),
+            opt(o.added_p50_us, 1),
         );
     }
     out.push_str("</table>\n");
@@ -499,6 +546,7 @@ mod tests {
                 max: 120.0,
             },
             backend_share: BTreeMap::from([("a<b".to_owned(), 0.25), ("s1".to_owned(), 0.75)]),
+            overhead: None,
             cdf: vec![
                 (0.0, 0.1),
                 (1.2, 0.5),
@@ -545,6 +593,35 @@ mod tests {
         assert!(html.contains("latency (ms, log scale)"));
         assert!(html.contains("fraction of calls"));
         assert!(html.contains("share of OK calls"));
+    }
+
+    #[test]
+    fn renders_the_overhead_comparison() {
+        let mut s = scenario();
+        assert!(!render_html(&[s.clone()]).contains("Overhead"));
+        let overhead = |ratio: Option<f64>, cpu: f64, added: Option<f64>| Overhead {
+            rounds: 2,
+            round_throughput_rps: vec![30_000.0, 31_000.0],
+            throughput_ratio_to_direct: ratio,
+            cpu_us_per_call: Some(cpu),
+            single_calls: 100,
+            single_p50_ms: 0.125,
+            added_p50_us: added,
+        };
+        s.arms[0].arm = "direct".to_owned();
+        s.arms[0].overhead = Some(overhead(Some(1.0), 6.0, Some(0.0)));
+        s.arms[1].overhead = Some(overhead(Some(0.9), 7.5, Some(12.5)));
+        let html = render_html(&[s.clone()]);
+        assert!(html.contains("Overhead: 2 interleaved rounds"));
+        assert!(html.contains("30000, 31000"));
+        assert!(
+            html.contains("<td>0.900</td><td>7.5</td><td>1.250</td><td>125.0</td><td>12.5</td>")
+        );
+        // Without direct: no ratios, shown as dashes.
+        s.arms.remove(0);
+        s.arms[0].overhead = Some(overhead(None, 7.5, None));
+        let html = render_html(&[s]);
+        assert!(html.contains("<td>—</td><td>7.5</td><td>—</td><td>125.0</td><td>—</td>"));
     }
 
     #[test]

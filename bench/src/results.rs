@@ -22,7 +22,8 @@ pub struct ScenarioResult {
     pub marked_backend: Option<String>,
 }
 
-/// One arm's figures.
+/// One arm's figures. In the `overhead` scenario, `calls` to `backend_share` add up the
+/// arm's runs at full concurrency over every round (not its concurrency-1 runs).
 #[derive(Clone, Debug, Serialize)]
 pub struct ArmResult {
     /// The arm's name (`round_robin`, `tonic_balance`, ...).
@@ -42,6 +43,10 @@ pub struct ArmResult {
     /// Share of OK calls each backend served, by server id; sums to 1 when any call
     /// succeeded.
     pub backend_share: BTreeMap<String, f64>,
+    /// `overhead` scenario only (absent elsewhere): how the arm compares with a direct
+    /// tonic channel over interleaved rounds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overhead: Option<Overhead>,
     /// Not in `results.json`: the latency CDF, as (latency ms, fraction of calls ≤ it).
     #[serde(skip)]
     pub cdf: Vec<(f64, f64)>,
@@ -64,4 +69,36 @@ pub struct Percentiles {
     pub p999: f64,
     /// Slowest call.
     pub max: f64,
+}
+
+/// The `overhead` scenario's figures for one arm.
+///
+/// The arms take turns: each round runs every arm once at full concurrency (in an order
+/// rotated by one each round, so no arm always follows the same one), then every arm
+/// at concurrency 1. Comparing arms within a round cancels the machine's drift, and the
+/// median over rounds ignores a round disturbed by something else on the machine.
+#[derive(Clone, Debug, Serialize)]
+pub struct Overhead {
+    /// Rounds run.
+    pub rounds: usize,
+    /// The arm's throughput in each round at full concurrency, OK calls per second.
+    pub round_throughput_rps: Vec<f64>,
+    /// The median over rounds of this arm's throughput divided by `direct`'s in the same
+    /// round. Absent when `direct` did not run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub throughput_ratio_to_direct: Option<f64>,
+    /// Process CPU time (user + system, from `getrusage`) per call over the arm's runs at
+    /// full concurrency, in microseconds. Client and in-process backend together: the
+    /// backend's share is the same for every arm, so differences are the client's.
+    /// Absent where `getrusage` is not available.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_us_per_call: Option<f64>,
+    /// Calls made at concurrency 1, over every round.
+    pub single_calls: u64,
+    /// Median latency at concurrency 1, in milliseconds (0 when none were made).
+    pub single_p50_ms: f64,
+    /// `single_p50_ms` minus `direct`'s, in microseconds. Absent when `direct` did not
+    /// run or no call was made at concurrency 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub added_p50_us: Option<f64>,
 }

@@ -81,6 +81,8 @@ async fn a_tiny_run_writes_consistent_results() {
                 .map(|v| v.as_f64().unwrap())
                 .sum();
             assert!((shares - 1.0).abs() < 1e-9, "shares sum to {shares}");
+            // Only the overhead scenario compares with direct.
+            assert!(arm.get("overhead").is_none(), "{arm}");
         }
     }
     // The report renders every scenario, with no network references.
@@ -94,4 +96,93 @@ async fn a_tiny_run_writes_consistent_results() {
     let retrying = &scenarios[1]["arms"][3];
     assert!(retrying["attempts"].as_u64().unwrap() >= 200);
     assert_eq!(retrying["ok"].as_u64().unwrap(), 200, "{retrying}");
+}
+
+/// The overhead scenario in miniature: arms interleaved over rounds, each with its
+/// throughput per round, CPU per call, and p50 at concurrency 1, compared with direct.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overhead_scenario_compares_interleaved_rounds_with_direct() {
+    let mut options = Options::default();
+    options.seed = 3;
+    options.rounds = Some(2);
+    options.calls = Some(120);
+    options.concurrency = Some(4);
+    options.single_calls = Some(30);
+    let arms = [Arm::Direct, Arm::RoundRobin, Arm::PeakEwma];
+    let run = bench::run_scenario(Scenario::Overhead, &arms, &options, &NoProgress);
+    let result = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("benchmark run timed out")
+        .unwrap();
+    let json: Value = serde_json::from_str(&bench::to_json(std::slice::from_ref(&result))).unwrap();
+    let arms = json[0]["arms"].as_array().unwrap();
+    let names: Vec<&str> = arms.iter().map(|a| a["arm"].as_str().unwrap()).collect();
+    assert_eq!(names, ["direct", "round_robin", "peak_ewma"]);
+    for arm in arms {
+        // The documented fields keep their meaning: the runs at full concurrency.
+        assert_eq!(arm["calls"].as_u64().unwrap(), 240, "{arm}");
+        assert_eq!(arm["ok"].as_u64().unwrap(), 240, "{arm}");
+        assert!(arm["attempts"].as_u64().unwrap() >= 240, "{arm}");
+        assert!(arm["throughput_rps"].as_f64().unwrap() > 0.0);
+        assert!(arm["latency_ms"]["p50"].as_f64().unwrap() > 0.0);
+
+        let o = &arm["overhead"];
+        assert_eq!(o["rounds"], 2, "{arm}");
+        let per_round: Vec<f64> = o["round_throughput_rps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_f64().unwrap())
+            .collect();
+        assert_eq!(per_round.len(), 2);
+        assert!(per_round.iter().all(|r| *r > 0.0), "{per_round:?}");
+        assert!(o["throughput_ratio_to_direct"].as_f64().unwrap() > 0.0);
+        #[cfg(unix)]
+        assert!(o["cpu_us_per_call"].as_f64().unwrap() > 0.0, "{o}");
+        assert_eq!(o["single_calls"], 60);
+        assert!(o["single_p50_ms"].as_f64().unwrap() > 0.0);
+        assert!(o["added_p50_us"].as_f64().unwrap().is_finite());
+    }
+    // Direct against itself: ratio 1, nothing added.
+    let direct = &arms[0]["overhead"];
+    assert_eq!(direct["throughput_ratio_to_direct"], 1.0);
+    assert_eq!(direct["added_p50_us"], 0.0);
+
+    let table = bench::render_table(&result);
+    assert!(
+        table.contains("rps/direct") && table.contains("2 rounds"),
+        "{table}"
+    );
+    assert!(
+        bench::render_html(std::slice::from_ref(&result))
+            .contains("Overhead: 2 interleaved rounds")
+    );
+}
+
+/// One arm alone still runs (how a callgrind count is taken), without direct's ratios.
+#[tokio::test]
+async fn the_overhead_scenario_runs_one_arm_alone() {
+    let mut options = Options::default();
+    options.rounds = Some(1);
+    options.calls = Some(50);
+    options.single_calls = Some(0);
+    let run = bench::run_scenario(
+        Scenario::Overhead,
+        &[Arm::RoundRobin],
+        &options,
+        &NoProgress,
+    );
+    let result = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("benchmark run timed out")
+        .unwrap();
+    let json: Value = serde_json::from_str(&bench::to_json(&[result])).unwrap();
+    let arm = &json[0]["arms"][0];
+    assert_eq!(arm["arm"], "round_robin");
+    assert_eq!(arm["calls"], 50);
+    let o = &arm["overhead"];
+    assert_eq!(o["rounds"], 1);
+    assert_eq!(o["single_calls"], 0);
+    assert!(o.get("throughput_ratio_to_direct").is_none(), "{o}");
+    assert!(o.get("added_p50_us").is_none(), "{o}");
 }

@@ -67,20 +67,22 @@ impl Default for EwmaParams {
 /// (Finagle's and linkerd's peak EWMA).
 ///
 /// A sample slower than the estimate replaces it at once; a faster one pulls it down
-/// with weight `1 - exp(-Δt / decay)`, where Δt is the time since the previous update,
-/// so the gap to a steady new level halves every `decay × ln 2` whatever the call rate.
+/// with weight `1 - exp(-Δt / decay)` (see [`sample_weight`]), where Δt is the time
+/// since the previous update, so the gap to a steady new level halves every
+/// `decay × ln 2` whatever the call rate.
 ///
 /// Updates race benignly: two concurrent samples may each read the old estimate and the
 /// last store wins, which an estimator tolerates far better than a lock on every call.
 #[derive(Debug)]
+#[repr(C)]
 pub(crate) struct Ewma {
-    /// Nanoseconds, as `f64` bits.
+    /// Nanoseconds, as `f64` bits. First: pickers read it (see [`Load`]'s layout).
     estimate: AtomicU64,
     /// When the estimate last changed, in nanoseconds since `epoch`; [`UNMEASURED`] until
     /// the first successful sample, which replaces the default outright.
     stamp: AtomicU64,
-    epoch: Instant,
     decay_nanos: f64,
+    epoch: Instant,
 }
 
 impl Ewma {
@@ -101,21 +103,53 @@ impl Ewma {
     /// Records one round trip. With `may_lower` false (a failed or abandoned call) the
     /// sample can only raise the estimate.
     pub(crate) fn observe(&self, now: Instant, rtt: Duration, may_lower: bool) {
-        let now_nanos = now.saturating_duration_since(self.epoch).as_nanos() as u64;
-        let sample = rtt.as_nanos() as f64;
+        let now_nanos = nanos(now.saturating_duration_since(self.epoch));
+        let sample = nanos(rtt) as f64;
         let current = self.nanos();
         let stamp = self.stamp.load(Ordering::Relaxed);
         let next = if sample >= current || (may_lower && stamp == UNMEASURED) {
             sample
         } else if may_lower {
             let elapsed = now_nanos.saturating_sub(stamp) as f64;
-            let keep = (-elapsed / self.decay_nanos).exp();
-            current * keep + sample * (1.0 - keep)
+            current + (sample - current) * sample_weight(elapsed / self.decay_nanos)
         } else {
             return;
         };
         self.stamp.store(now_nanos, Ordering::Relaxed);
         self.estimate.store(next.to_bits(), Ordering::Relaxed);
+    }
+}
+
+/// A duration in whole nanoseconds, saturating at `u64::MAX` (584 years).
+///
+/// `Duration::as_nanos` returns a `u128`, and turning a `u128` into an `f64` is a
+/// library call on x86-64; two `u64` operations give the same value for any duration a
+/// call can take.
+fn nanos(d: Duration) -> u64 {
+    d.as_secs()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::from(d.subsec_nanos()))
+}
+
+/// Below this, [`sample_weight`] uses its polynomial: the Taylor series' first omitted
+/// term is under x⁵/120 < 2.6 × 10⁻¹⁰ here, and relative to the weight under 10⁻⁸: far
+/// below anything a latency estimate can notice.
+const SERIES_LIMIT: f64 = 1.0 / 32.0;
+
+/// The weight a faster sample gets after `x` decay times without one: `1 - exp(-x)`,
+/// for `x >= 0`, without calling `exp` in the common case.
+///
+/// With the default decay of 10 s, an endpoint that gets more than about three calls a
+/// second sees gaps below [`SERIES_LIMIT`], where four terms of the series cost four
+/// multiplications instead of a call into libm on every response. Longer gaps are rare
+/// and take `exp` itself. Computing the weight rather than `exp(-x)` also avoids the
+/// cancellation of `1 - exp(-x)` when `x` is tiny.
+fn sample_weight(x: f64) -> f64 {
+    if x < SERIES_LIMIT {
+        // x - x²/2 + x³/6 - x⁴/24, in Horner form, multiplying rather than dividing.
+        x * (1.0 - x * 0.5 * (1.0 - x * (1.0 / 3.0) * (1.0 - x * 0.25)))
+    } else {
+        1.0 - (-x).exp()
     }
 }
 
@@ -159,25 +193,33 @@ impl Outcomes {
 
 /// The live load of one subchannel: calls in flight, calls started and failed, and the
 /// peak-EWMA round-trip estimate. Pickers read it; each call's [`CallGuard`] updates it.
+///
+/// The fields are laid out in order (`repr(C)`), those every call touches first: a
+/// P2C pick reads `in_flight` and the estimate of two random subchannels, and over a
+/// thousand endpoints each is a cache miss, so those two share 16 bytes that never
+/// straddle a cache line (after the `Arc`'s two counters, from a 16-byte aligned
+/// allocation), and the rest of a call's fields follow them.
 #[derive(Debug)]
+#[repr(C)]
 pub struct Load {
     in_flight: AtomicUsize,
+    pub(crate) rtt: Ewma,
     started: AtomicU64,
+    /// Whether calls time their round trip. Only peak_ewma reads the estimate, and the
+    /// clock read that times a response is a large share of what a call costs here, so
+    /// other channels skip it.
+    track_rtt: AtomicBool,
+    track_outcomes: AtomicBool,
+    failure_codes: CodeSet,
     /// Attempts that failed here (the failure codes, transport errors).
     errors: AtomicU64,
     /// Call outcomes, counted only when outlier detection is on.
     pub(crate) outcomes: Outcomes,
-    track_outcomes: AtomicBool,
-    failure_codes: CodeSet,
     /// Woken when consecutive failures reach `consecutive_limit`.
     outlier_signal: Option<Arc<tokio::sync::Notify>>,
     /// Consecutive failures that wake outlier detection (0: never). A service config
     /// update may change it.
     consecutive_limit: AtomicU64,
-    pub(crate) rtt: Ewma,
-    /// Whether calls time their round trip. Only peak_ewma reads the estimate, and two
-    /// clock reads are most of what a call costs here, so other channels skip them.
-    track_rtt: AtomicBool,
     /// Connections this subchannel opened.
     pub(crate) connections: AtomicU64,
     /// HTTP/2 PINGs sent on this subchannel's connections.
@@ -321,7 +363,28 @@ pub struct CallGuard {
 
 impl CallGuard {
     /// Counts a call as sent now.
+    ///
+    /// Where round trips are timed this reads the clock; a caller that has just read it
+    /// (for the call's deadline, say) saves that read with [`CallGuard::sent_at`].
     pub fn new(load: Arc<Load>) -> Self {
+        let sent = load.tracks_rtt().then(Instant::now);
+        Self::start(load, sent)
+    }
+
+    /// Counts a call as sent at `sent`: the call's own reading of the clock, taken just
+    /// before it was handed to the connection.
+    ///
+    /// Same as [`CallGuard::new`], minus its clock read: a clock read is a large share
+    /// of what a pick and its accounting cost, and the call path already makes one to
+    /// compute its deadline. `sent` must come from
+    /// [`tokio::time::Instant::now`], so that paused-time tests move it too; an instant
+    /// far in the past makes the round trip look that slow.
+    pub fn sent_at(load: Arc<Load>, sent: Instant) -> Self {
+        let sent = load.tracks_rtt().then_some(sent);
+        Self::start(load, sent)
+    }
+
+    fn start(load: Arc<Load>, sent: Option<Instant>) -> Self {
         load.in_flight.fetch_add(1, Ordering::Relaxed);
         load.started.fetch_add(1, Ordering::Relaxed);
         #[cfg(feature = "metrics")]
@@ -329,7 +392,6 @@ impl CallGuard {
             exported.calls.increment(1);
             exported.in_flight.increment(1.0);
         }
-        let sent = load.track_rtt.load(Ordering::Relaxed).then(Instant::now);
         Self {
             load,
             sent,
@@ -545,6 +607,67 @@ mod tests {
         tokio::time::advance(Duration::from_secs(5)).await;
         e.observe(Instant::now(), MS, false);
         assert_eq!(ms(e.nanos()), 50.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_guard_sent_at_an_instant_times_from_it() {
+        let load = Arc::new(Load::timing_rtt(Duration::from_secs(10), 30 * MS));
+        let sent = Instant::now();
+        tokio::time::advance(7 * MS).await;
+        let mut guard = CallGuard::sent_at(load.clone(), sent);
+        assert_eq!(load.in_flight(), 1);
+        tokio::time::advance(5 * MS).await;
+        guard.responded(None);
+        drop(guard);
+        // 12 ms from the given send time, not 5 ms from the guard's creation.
+        assert_eq!(load.rtt(), 12 * MS);
+        assert_eq!((load.in_flight(), load.started()), (0, 1));
+
+        // Where round trips are not timed, the instant is ignored.
+        let plain = Arc::new(Load::new());
+        let mut guard = CallGuard::sent_at(plain.clone(), sent);
+        guard.responded(None);
+        drop(guard);
+        assert_eq!(plain.rtt(), defaults::DEFAULT_RTT);
+        assert_eq!((plain.in_flight(), plain.started()), (0, 1));
+    }
+
+    #[test]
+    fn nanos_agree_with_as_nanos() {
+        for d in [
+            Duration::ZERO,
+            Duration::from_nanos(1),
+            Duration::new(1, 999_999_999),
+            Duration::from_secs(86_400 * 365),
+            Duration::from_nanos(u64::MAX),
+        ] {
+            assert_eq!(u128::from(nanos(d)), d.as_nanos(), "{d:?}");
+        }
+        assert_eq!(nanos(Duration::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn sample_weight_is_continuous_at_the_series_limit() {
+        let below = sample_weight(SERIES_LIMIT * (1.0 - f64::EPSILON));
+        let above = sample_weight(SERIES_LIMIT);
+        assert!((below - above).abs() < 1e-9, "{below} vs {above}");
+        assert_eq!(sample_weight(0.0), 0.0);
+        assert_eq!(sample_weight(f64::INFINITY), 1.0);
+    }
+
+    proptest::proptest! {
+        /// The weight matches libm's `1 - exp(-x)` to a relative 10⁻⁸ over the series'
+        /// range and beyond, down to gaps of a few nanoseconds.
+        #[test]
+        fn sample_weight_matches_exp(x in 0.0f64..40.0, scale in 0i32..12) {
+            let x = x * 10f64.powi(-scale);
+            let want = -(-x).exp_m1();
+            let got = sample_weight(x);
+            proptest::prop_assert!(
+                (got - want).abs() <= 1e-8 * want,
+                "x {}: {} vs {}", x, got, want
+            );
+        }
     }
 
     #[test]

@@ -58,14 +58,21 @@ pub use crate::defaults::{
 /// ```
 #[derive(Clone)]
 pub struct ReadySubchannel {
-    address: Address,
     load: Arc<Load>,
+    /// Boxed to keep an entry at two pointers: a P2C pick reads two entries at random,
+    /// and at 10 000 endpoints a snapshot of 16-byte entries (160 KB) stays in a core's
+    /// L2 cache where 48-byte ones (480 KB, with the address inline) do not. The
+    /// address is read when a snapshot is built and for logs, never by a pick.
+    address: Box<Address>,
 }
 
 impl ReadySubchannel {
     /// A READY subchannel at `address` whose calls are counted in `load`.
     pub fn new(address: Address, load: Arc<Load>) -> Self {
-        Self { address, load }
+        Self {
+            load,
+            address: Box::new(address),
+        }
     }
 
     /// The backend's address.
@@ -413,6 +420,14 @@ mod tests {
         }
         let picker = PeakEwma::new(5);
         assert!((0..10_000).all(|_| picker.pick(&ready) != 3));
+    }
+
+    #[test]
+    fn a_ready_entry_is_two_pointers() {
+        assert_eq!(
+            std::mem::size_of::<ReadySubchannel>(),
+            2 * std::mem::size_of::<usize>()
+        );
     }
 
     #[test]

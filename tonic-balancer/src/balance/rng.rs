@@ -37,10 +37,18 @@ impl AtomicRng {
         ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
     }
 
-    /// Two distinct indices in `0..n` (`n >= 2`), uniformly.
+    /// Two distinct indices in `0..n` (`n >= 2`), uniformly, from one draw.
+    ///
+    /// Multiplying the draw by `n` gives the first index in the high 64 bits and, in the
+    /// low 64 bits, the fraction the first choice left over. That fraction is uniform
+    /// whatever the first index (to within n²/2⁶⁴), so it makes the second draw: one
+    /// update of the shared state per pick instead of two, which is one contended cache
+    /// line fewer when several threads pick at once.
     pub(crate) fn two_distinct(&self, n: usize) -> (usize, usize) {
-        let a = self.below(n);
-        let mut b = self.below(n - 1);
+        let wide = u128::from(self.next_u64()) * n as u128;
+        let a = (wide >> 64) as usize;
+        let rest = wide as u64;
+        let mut b = ((u128::from(rest) * (n - 1) as u128) >> 64) as usize;
         if b >= a {
             b += 1;
         }
@@ -101,6 +109,32 @@ mod tests {
         for c in counts {
             assert!((9_500..=10_500).contains(&c), "{counts:?}");
         }
+    }
+
+    #[test]
+    fn two_distinct_pairs_are_uniform_and_take_one_draw() {
+        let rng = AtomicRng::new(11);
+        let mut counts = [[0u32; 10]; 10];
+        for _ in 0..90_000 {
+            let (a, b) = rng.two_distinct(10);
+            counts[a][b] += 1;
+        }
+        // 90 ordered pairs, 1 000 expected each (σ ≈ 31): ±15 % is about 5σ.
+        for (a, row) in counts.iter().enumerate() {
+            for (b, &c) in row.iter().enumerate() {
+                if a == b {
+                    assert_eq!(c, 0);
+                } else {
+                    assert!((850..=1_150).contains(&c), "({a}, {b}): {c}");
+                }
+            }
+        }
+        // One draw per pair: the state moved 90 000 steps.
+        let twin = AtomicRng::new(11);
+        for _ in 0..90_000 {
+            twin.next_u64();
+        }
+        assert_eq!(rng.next_u64(), twin.next_u64());
     }
 
     #[test]

@@ -261,8 +261,11 @@ impl Call<'_> {
             span.record("server.port", addr.port());
         }
         let mut head = self.parts.clone();
-        if let Some(deadline) = self.deadline {
-            let left = deadline.saturating_duration_since(Instant::now());
+        // One clock read per attempt, shared by the timeout header and the RTT sample.
+        let load = &ready.subchannel.load;
+        let now = (self.deadline.is_some() || load.tracks_rtt()).then(Instant::now);
+        if let (Some(deadline), Some(now)) = (self.deadline, now) {
+            let left = deadline.saturating_duration_since(now);
             if left.is_zero() {
                 return Attempt::NotPicked(self.inner.deadline_exceeded(None));
             }
@@ -285,7 +288,11 @@ impl Call<'_> {
             }
         };
         let mark = sent.mark();
-        let mut guard = CallGuard::new(ready.subchannel.load.clone()).with_deadline(self.deadline);
+        let mut guard = match now {
+            Some(now) => CallGuard::sent_at(load.clone(), now),
+            None => CallGuard::new(load.clone()),
+        }
+        .with_deadline(self.deadline);
         let response = sent.response(addr);
         // The call's one timer: it bounds this wait, then the response body.
         let mut timer = self
