@@ -358,6 +358,12 @@ impl Inner {
                     return Err(status);
                 }
             };
+        // A streaming body's record, kept to be dropped once the call commits: the
+        // chosen attempt keeps streaming, but nothing more need be kept for a resend.
+        let record_of_body = match &body {
+            attempt::RequestBody::Stream(replay) => Some(replay.clone()),
+            attempt::RequestBody::Whole { .. } => None,
+        };
         let call = attempt::Call {
             inner: &self,
             picker,
@@ -373,6 +379,9 @@ impl Inner {
             Some(hedging) => call.run_hedged(hedging).await,
             None => call.run(retry).await,
         };
+        if let Some(replay) = record_of_body {
+            replay.commit();
+        }
         match result {
             // Trailers-Only: the call is over; the guard already counted the outcome.
             Ok(answer) => match trailers_only_status(answer.response.headers()) {

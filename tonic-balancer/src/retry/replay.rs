@@ -107,6 +107,15 @@ impl Replay {
         self
     }
 
+    /// The call has committed: drops what was recorded (giving the channel's replay
+    /// budget back) and records nothing more; the attempt still streaming carries on.
+    pub(crate) fn commit(&self) {
+        let mut shared = lock(&self.shared);
+        if !shared.overflowed {
+            shared.overflow();
+        }
+    }
+
     /// Why the caller's body was refused (a message over the method's size limit).
     pub(crate) fn rejection(&self) -> Option<Status> {
         let shared = lock(&self.shared);
@@ -290,6 +299,27 @@ mod tests {
         // A call that ends gives its bytes back.
         drop(small);
         assert_eq!(held.load(Ordering::Relaxed), 6);
+    }
+
+    #[tokio::test]
+    async fn a_committed_call_keeps_streaming_but_records_nothing() {
+        let held = Arc::new(AtomicUsize::new(0));
+        let replay = Replay::new(body(&[b"ab", b"cd"]), 1024, None).with_budget(held.clone(), 100);
+        let (mut first, _) = replay.attempt_body();
+        assert_eq!(
+            first.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "ab"
+        );
+        assert_eq!(held.load(Ordering::Relaxed), 2);
+        replay.commit();
+        assert_eq!(
+            held.load(Ordering::Relaxed),
+            0,
+            "the record is given back at commit"
+        );
+        assert_eq!(collect(first).await, b"cd");
+        assert_eq!(held.load(Ordering::Relaxed), 0);
+        assert!(!replay.can_replay());
     }
 
     #[tokio::test]
