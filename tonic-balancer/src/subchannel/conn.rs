@@ -137,14 +137,6 @@ impl Sent {
     }
 }
 
-impl std::future::Future for Sent {
-    type Output = Result<http::Response<h2::RecvStream>, h2::Error>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.response).poll(cx)
-    }
-}
-
 impl Conn {
     /// Sends a request head with `head`'s method, path and metadata, then its body.
     ///

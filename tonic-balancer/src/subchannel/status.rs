@@ -1,7 +1,7 @@
 //! Turning transport failures into the `tonic::Status` a caller should see.
 //!
 //! A broken or refused connection is UNAVAILABLE (the backend could not be reached:
-//! retry elsewhere), a client-side timeout DEADLINE_EXCEEDED, and an HTTP/2 reset code
+//! retry elsewhere), and an HTTP/2 reset code
 //! maps as grpc/grpc's PROTOCOL-HTTP2.md says.
 
 use crate::error::chain;
@@ -37,9 +37,6 @@ pub(crate) fn from_send_error(err: &(dyn StdError + 'static), addr: SocketAddr) 
     for e in causes(err) {
         if let Some(status) = e.downcast_ref::<Status>() {
             return Status::new(status.code(), status.message());
-        }
-        if e.is::<tonic::TimeoutExpired>() {
-            return Status::deadline_exceeded(format!("deadline exceeded waiting for {addr}"));
         }
         if refused_by_goaway(e) {
             return Status::unavailable(format!("{addr} is going away: {}", chain(err)));
@@ -82,12 +79,6 @@ mod tests {
 
     fn addr() -> SocketAddr {
         "127.0.0.1:9".parse().unwrap()
-    }
-
-    #[test]
-    fn client_timeout_is_deadline_exceeded() {
-        let status = from_send_error(&tonic::TimeoutExpired(()), addr());
-        assert_eq!(status.code(), Code::DeadlineExceeded);
     }
 
     #[test]
