@@ -18,6 +18,8 @@
 mod report;
 mod results;
 
+pub mod scale;
+
 pub use report::render_html;
 pub use results::{ArmResult, Overhead, Percentiles, ScenarioResult};
 

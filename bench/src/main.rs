@@ -24,7 +24,8 @@ use tonic_balancer_bench::{Arm, Options, Progress, Scenario, ScenarioResult, Siz
 #[command(version, about)]
 struct Args {
     /// Scenarios to run, comma-separated (healthy, one-slow, tower-76, linkerd-2016,
-    /// kill-one, outage, overhead, or "all"). Default: one-slow, kill-one, overhead.
+    /// kill-one, outage, overhead, or "all"; `scale` runs on its own). Default:
+    /// one-slow, kill-one, overhead.
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<String>,
     /// Arms to run, comma-separated (round_robin, least_request, peak_ewma, pick_first,
@@ -62,6 +63,12 @@ struct Args {
     /// tenth of --calls; 0 skips that run).
     #[arg(long)]
     single_calls: Option<u64>,
+    /// scale: endpoints in the channel (default 4 000; 10 000 with --full).
+    #[arg(long)]
+    endpoints: Option<usize>,
+    /// Internal: serve the scale scenario's fleet (a child process of the benchmark).
+    #[arg(long, hide = true)]
+    serve_fleet: bool,
     /// Run against real servers implementing grpc.testing.TestService at this gRPC target
     /// instead of in-process fleets (no fault injection).
     #[arg(long)]
@@ -84,7 +91,34 @@ impl Progress for Bar {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let scenarios = parse_scenarios(&args.scenario)?;
+    if args.serve_fleet {
+        return tonic_balancer_bench::scale::serve_fleet().await;
+    }
+    // `scale` has its own measurements and table (see the `scale` module).
+    let scale = args.scenario.iter().any(|s| s == "scale");
+    let others: Vec<String> = args
+        .scenario
+        .iter()
+        .filter(|s| *s != "scale")
+        .cloned()
+        .collect();
+    if scale && others.is_empty() {
+        let endpoints = args
+            .endpoints
+            .unwrap_or(if args.full { 10_000 } else { 4_000 });
+        let concurrency = args.concurrency.unwrap_or(8);
+        let result = tonic_balancer_bench::scale::run(endpoints, concurrency, args.seed).await?;
+        print!("{}", tonic_balancer_bench::scale::render(&result));
+        std::fs::create_dir_all(&args.out)?;
+        let json = args.out.join("scale.json");
+        std::fs::write(&json, serde_json::to_string_pretty(&result)?)?;
+        println!("\nwrote {}", json.display());
+        return Ok(());
+    }
+    if scale {
+        return Err("run --scenario scale on its own".into());
+    }
+    let scenarios = parse_scenarios(&others)?;
     let arms = parse_arms(&args.arms)?;
     let mut options = Options::default();
     options.seed = args.seed;

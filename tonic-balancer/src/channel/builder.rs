@@ -1,6 +1,6 @@
 //! The consuming builder for [`BalancedChannel`].
 
-use super::control::{ConnectMode, Control, ControlConfig, Outliers, Shared, Snapshot};
+use super::control::{ConnectMode, Control, ControlConfig, Outliers, Shared};
 use super::{BalancedChannel, CallConfig, Inner};
 use crate::backoff::BackoffParams;
 use crate::balance::{Picker, Policy};
@@ -184,6 +184,8 @@ pub struct Builder {
     credentials_without_tls: bool,
     max_attempts: u32,
     default_timeout: Option<Duration>,
+    idle_timeout: Duration,
+    max_concurrent_connects: usize,
 }
 
 impl Builder {
@@ -223,6 +225,8 @@ impl Builder {
             credentials_without_tls: false,
             max_attempts: MAX_ATTEMPTS,
             default_timeout: None,
+            idle_timeout: crate::defaults::DEFAULT_IDLE_TIMEOUT,
+            max_concurrent_connects: crate::defaults::DEFAULT_MAX_CONCURRENT_CONNECTS,
         }
     }
 
@@ -304,6 +308,30 @@ impl Builder {
     /// `timeout`. Must be > 0. Default: none, as in gRPC (such calls may wait forever).
     pub fn default_timeout(mut self, timeout: Duration) -> Self {
         self.default_timeout = Some(timeout);
+        self
+    }
+
+    /// gRFC A62 idleness: after this long with no call started and none in flight, the
+    /// channel lets go of every connection, stops resolving, and reports
+    /// [`ConnectivityState::Idle`]; the next call (or [`BalancedChannel::ready`]) wakes
+    /// it, re-resolves, reconnects, and waits for a READY backend within its deadline.
+    /// The check runs four times per timeout, so the channel goes IDLE between one and
+    /// 1.25 timeouts after its last call. `Duration::ZERO` turns idleness off, as
+    /// grpc-go's `WithIdleTimeout(0)`. Default [`DEFAULT_IDLE_TIMEOUT`](crate::defaults::DEFAULT_IDLE_TIMEOUT)
+    /// (30 min, gRPC's).
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// How many connection attempts (TCP, TLS and the HTTP/2 preface) the channel runs
+    /// at once; the others wait their turn, and their connect timeout starts when it
+    /// comes. A resolver update that adds thousands of addresses then connects them in
+    /// a steady stream rather than all at once, so the calls on the connections already
+    /// up are not delayed behind thousands of handshakes. Must be > 0. Default
+    /// [`DEFAULT_MAX_CONCURRENT_CONNECTS`](crate::defaults::DEFAULT_MAX_CONCURRENT_CONNECTS).
+    pub fn max_concurrent_connects(mut self, connects: usize) -> Self {
+        self.max_concurrent_connects = connects;
         self
     }
 
@@ -515,6 +543,12 @@ impl Builder {
                 "default_timeout: must be > 0 (a zero timeout would fail every call)",
             ));
         }
+        if self.max_concurrent_connects == 0 {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "max_concurrent_connects: must be > 0 (no connection could ever be made)",
+            ));
+        }
         let seed = self.seed_or_random();
         let sensitive = sensitive_keys(&self.sensitive)?;
         if let Some(config) = &self.outlier_detection {
@@ -612,10 +646,7 @@ impl Builder {
             #[cfg(feature = "tls")]
             tls.is_some(),
         )?;
-        let shared = Arc::new(Shared {
-            snapshot: ArcSwap::from_pointee(Snapshot::initial()),
-            published: watch::Sender::new(()),
-        });
+        let shared = Arc::new(Shared::new());
         let (stop_tx, stop_rx) = oneshot::channel();
         let ControlConfig {
             mode,
@@ -648,6 +679,10 @@ impl Builder {
                         .map_or(0, |k| u64::try_from(k.time.as_nanos()).unwrap_or(u64::MAX)),
                 )),
                 conn,
+                connects: Arc::new(tokio::sync::Semaphore::new(
+                    self.max_concurrent_connects
+                        .min(tokio::sync::Semaphore::MAX_PERMITS),
+                )),
             },
             seed,
             target: self.name.clone(),
@@ -658,6 +693,7 @@ impl Builder {
             outlier_signal,
             health: health_tx,
             panic_threshold: self.panic_threshold,
+            idle_timeout: (!self.idle_timeout.is_zero()).then_some(self.idle_timeout),
         };
         runtime.spawn(control.supervise(stop_rx));
         Ok(BalancedChannel {

@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -39,8 +40,9 @@ pub(crate) struct Snapshot {
     pub(crate) state: ConnectivityState,
     /// The newest connection or resolution error, for the message of failed calls.
     pub(crate) error: Option<String>,
-    /// Every subchannel, in resolver order.
-    pub(crate) subchannels: Vec<Arc<Subchannel>>,
+    /// Every subchannel, in resolver order. Shared between snapshots and rebuilt only
+    /// when the address set changes, not on a subchannel's state change.
+    pub(crate) subchannels: Arc<[Arc<Subchannel>]>,
 }
 
 impl Snapshot {
@@ -50,7 +52,7 @@ impl Snapshot {
             conns: Vec::new(),
             state: ConnectivityState::Idle,
             error: None,
-            subchannels: Vec::new(),
+            subchannels: Arc::new([]),
         }
     }
 }
@@ -61,14 +63,51 @@ pub(crate) struct Shared {
     pub(crate) snapshot: ArcSwap<Snapshot>,
     /// Bumped after every publish; queued calls and observers wait on it.
     pub(crate) published: watch::Sender<()>,
+    /// Set by calls, cleared by the control task's idle check: whether a call started
+    /// since the last check. Calls only write it when it is clear, so the cache line
+    /// stays shared between cores.
+    pub(crate) active: AtomicBool,
+    /// Set by a call that found the channel IDLE (gRFC A62), before it pokes `wake`.
+    pub(crate) wake_requested: AtomicBool,
+    pub(crate) wake: Notify,
+}
+
+impl Shared {
+    pub(crate) fn new() -> Self {
+        Self {
+            snapshot: ArcSwap::from_pointee(Snapshot::initial()),
+            published: watch::Sender::new(()),
+            active: AtomicBool::new(false),
+            wake_requested: AtomicBool::new(false),
+            wake: Notify::new(),
+        }
+    }
+
+    /// Notes that a call started: the channel is not idle.
+    #[inline]
+    pub(crate) fn mark_active(&self) {
+        if !self.active.load(Ordering::Relaxed) {
+            self.active.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Asks an IDLE channel to reconnect: its resolver and subchannels start again.
+    pub(crate) fn request_wake(&self) {
+        self.active.store(true, Ordering::Relaxed);
+        if !self.wake_requested.swap(true, Ordering::AcqRel) {
+            self.wake.notify_one();
+        }
+    }
 }
 
 struct Entry {
     subchannel: Arc<Subchannel>,
-    /// READY by its connection and, with health checking, by its health.
-    ready: Option<ReadyConn>,
+    /// READY by its connection and, with health checking, by its health, with the
+    /// pickers' view of it made once when it became READY: a publish then only copies
+    /// pointers.
+    ready: Option<(ReadyConn, ReadySubchannel)>,
     /// Connected but failing its health check: not picked, except in panic mode.
-    unhealthy: Option<ReadyConn>,
+    unhealthy: Option<(ReadyConn, ReadySubchannel)>,
     ejection: Ejection,
     /// Failed to connect since it was last READY. Such a subchannel counts as failing
     /// even while it tries again, so the channel does not flip back to CONNECTING (and
@@ -124,6 +163,9 @@ pub(crate) struct Control {
     /// Envoy's panic mode: below this percentage of usable backends, use every connected
     /// one. `None`: fail fast, as gRPC.
     pub(crate) panic_threshold: Option<u32>,
+    /// gRFC A62: with no call for this long, let go of every connection and stop
+    /// resolving until the next call. `None`: never.
+    pub(crate) idle_timeout: Option<Duration>,
 }
 
 /// Outlier detection's settings.
@@ -132,15 +174,26 @@ pub(crate) struct Outliers {
 }
 
 struct State {
-    order: Vec<Key>,
-    entries: HashMap<Key, Entry>,
-    ids: HashMap<u64, Key>,
+    /// Every subchannel, in resolver order (shuffled for `shuffleAddressList`): a publish
+    /// walks this vector and hashes nothing.
+    entries: Vec<Entry>,
+    /// Where each address is in `entries`.
+    by_key: HashMap<Key, usize>,
+    /// Where each worker's subchannel is in `entries`.
+    by_id: HashMap<u64, usize>,
     next_id: u64,
+    /// `entries`' subchannels as the snapshots share them; rebuilt when the address set
+    /// changes.
+    subchannels: Arc<[Arc<Subchannel>]>,
     /// Whether the resolver has produced an address set yet.
     resolved: bool,
     resolver_error: Option<String>,
     last_error: Option<String>,
     published_state: ConnectivityState,
+    /// IDLE (gRFC A62): no subchannels, the resolver not polled, until a call wakes it.
+    idle: bool,
+    /// The resolver's last address set, applied again when the channel wakes.
+    last_addrs: Option<Vec<Address>>,
 }
 
 impl Control {
@@ -166,23 +219,49 @@ impl Control {
     async fn run(mut self, mut stop: oneshot::Receiver<()>) {
         let (events_tx, mut events) = mpsc::unbounded_channel();
         let mut state = State {
-            order: Vec::new(),
-            entries: HashMap::new(),
-            ids: HashMap::new(),
+            entries: Vec::new(),
+            by_key: HashMap::new(),
+            by_id: HashMap::new(),
             next_id: 0,
+            subchannels: Arc::new([]),
             resolved: false,
             resolver_error: None,
             last_error: None,
             published_state: ConnectivityState::Idle,
+            idle: false,
+            last_addrs: None,
         };
+        let mut idle_check = idle_interval(self.idle_timeout);
+        let mut last_active = Instant::now();
         let mut resolver_done = false;
         let mut outlier_tick = outlier_interval(self.outliers.as_ref());
         let outlier_signal = self.outlier_signal.clone();
         let mut rng = SmallRng::seed_from_u64(self.seed);
         loop {
             let outliers_on = self.outliers.is_some();
+            let idle_on = self.idle_timeout.is_some() && !state.idle;
             tokio::select! {
                 _ = &mut stop => break,
+                _ = idle_check.tick(), if idle_on => {
+                    let now = Instant::now();
+                    if self.shared.active.swap(false, Ordering::Relaxed) || state.in_flight() {
+                        last_active = now;
+                    } else if self.idle_timeout.is_some_and(|t| now.duration_since(last_active) >= t) {
+                        self.enter_idle(&mut state);
+                    }
+                }
+                () = self.shared.wake.notified(), if state.idle => {
+                    if self.shared.wake_requested.swap(false, Ordering::AcqRel) {
+                        tracing::debug!(target = %self.target, "leaving IDLE: a call is waiting");
+                        state.idle = false;
+                        last_active = Instant::now();
+                        if let Some(addrs) = state.last_addrs.clone() {
+                            self.apply(&mut state, addrs, &events_tx, &mut rng);
+                        }
+                        // Fresh addresses: the ones kept may be half an hour old.
+                        self.resolver.re_resolve();
+                    }
+                }
                 _ = outlier_tick.tick(), if outliers_on => {
                     self.detect_outliers(&mut state, |config, hosts, now| {
                         health::on_interval(config, hosts, now, &mut rng)
@@ -191,7 +270,7 @@ impl Control {
                 () = outlier_signal.notified(), if outliers_on => {
                     self.detect_outliers(&mut state, health::on_consecutive_failures);
                 }
-                next = std::future::poll_fn(|cx| self.resolver.poll_resolve(cx)), if !resolver_done => {
+                next = std::future::poll_fn(|cx| self.resolver.poll_resolve(cx)), if !resolver_done && !state.idle => {
                     match next {
                         Some(Ok(addrs)) => self.apply(&mut state, addrs, &events_tx, &mut rng),
                         Some(Err(error)) => {
@@ -207,17 +286,21 @@ impl Control {
                     outlier_tick = outlier_interval(self.outliers.as_ref());
                 }
                 Some(event) = events.recv() => {
-                    self.handle(&mut state, event);
+                    let mut changed = self.handle(&mut state, event);
                     // Take every change already queued, then publish once.
                     while let Ok(event) = events.try_recv() {
-                        self.handle(&mut state, event);
+                        changed |= self.handle(&mut state, event);
+                    }
+                    if !changed {
+                        // Only "connecting" news: nothing a call or observer sees.
+                        continue;
                     }
                 }
             }
             self.reconcile(&mut state);
             self.publish(&mut state);
         }
-        for entry in state.entries.values() {
+        for entry in &state.entries {
             entry.subchannel.shut_down();
         }
         self.shared.snapshot.store(Arc::new(Snapshot {
@@ -242,7 +325,7 @@ impl Control {
         self.settings.accounting.outliers = limit.map(|l| (self.outlier_signal.clone(), l));
         if outliers.is_none() {
             // Outlier detection off: nobody stays ejected.
-            for entry in state.entries.values_mut() {
+            for entry in &mut state.entries {
                 entry.ejection = Ejection::default();
                 entry
                     .subchannel
@@ -251,7 +334,7 @@ impl Control {
             }
         }
         self.outliers = outliers.map(|config| Outliers { config });
-        for entry in state.entries.values() {
+        for entry in &state.entries {
             entry.subchannel.load.set_rtt_tracking(ewma.is_some());
             entry.subchannel.load.set_outlier_detection(limit);
             if mode == ConnectMode::All {
@@ -261,7 +344,8 @@ impl Control {
         self.shuffle = shuffle;
         if shuffle {
             // A new config is a new update for pick_first, which shuffles on each (A62).
-            state.order.shuffle(rng);
+            state.entries.shuffle(rng);
+            state.reindex();
         }
         // Workers restart their health watch, or stop it, on their live connections.
         self.health.send_if_modified(|current| {
@@ -271,6 +355,9 @@ impl Control {
         });
     }
 
+    /// Applies an address set from the resolver. Its cost is a hash lookup per address
+    /// plus the work of what changed: unchanged subchannels keep their worker and
+    /// connection and are only moved, new ones start a worker, removed ones drain.
     fn apply(
         &mut self,
         state: &mut State,
@@ -280,67 +367,90 @@ impl Control {
     ) {
         state.resolved = true;
         state.resolver_error = None;
+        if self.idle_timeout.is_some() {
+            state.last_addrs = Some(addrs.clone());
+        }
         let limit = crate::defaults::MAX_ADDRESSES;
         if addrs.len() > limit {
             tracing::warn!(target = %self.target, addresses = addrs.len(), limit, "too many addresses; using the first ones");
         }
-        let mut order = Vec::with_capacity(addrs.len().min(limit));
+        let mut old: Vec<Option<Entry>> = std::mem::take(&mut state.entries)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let mut old_index = std::mem::take(&mut state.by_key);
+        let mut entries = Vec::with_capacity(addrs.len().min(limit));
+        let mut by_key = HashMap::with_capacity(addrs.len().min(limit));
+        let (mut added, mut kept) = (0usize, 0usize);
         for address in addrs.into_iter().take(limit) {
-            let addr: Key = (address.addr, address.unix.clone());
-            if order.contains(&addr) {
-                continue;
+            let key: Key = (address.addr, address.unix.clone());
+            if by_key.contains_key(&key) {
+                continue; // A duplicate in this set.
             }
-            order.push(addr.clone());
-            if state.entries.contains_key(&addr) {
-                continue;
-            }
-            let id = state.next_id;
-            state.next_id += 1;
-            let subchannel = subchannel::new_subchannel(id, address, &self.settings.accounting);
-            let worker = subchannel::spawn(
-                subchannel.clone(),
-                self.settings.clone(),
-                self.mode == ConnectMode::All,
-                self.seed,
-                events.clone(),
-            );
-            tracing::debug!(target = %self.target, address = %subchannel.address, "address added");
-            state.ids.insert(id, addr.clone());
-            state.entries.insert(
-                addr,
-                Entry {
-                    subchannel,
-                    ready: None,
-                    unhealthy: None,
-                    ejection: Ejection::default(),
-                    failing: false,
-                    worker,
-                },
-            );
-        }
-        state.entries.retain(|addr, entry| {
-            let keep = order.contains(addr);
-            if !keep {
-                // No new picks from the next snapshot on; calls in flight keep their own
-                // handle on the connection and finish (drain).
-                tracing::debug!(target = %self.target, address = %entry.subchannel.address, "address removed, draining");
-                entry.subchannel.shut_down();
-                // The facade cannot delete a series: leave no stale value in it.
-                #[cfg(feature = "metrics")]
-                if let Some(exported) = &entry.subchannel.load.exported {
-                    exported.ready.set(0.0);
-                    exported.rtt.set(0.0);
+            let entry = match old_index.remove(&key).and_then(|i| old[i].take()) {
+                Some(entry) => {
+                    kept += 1;
+                    entry
                 }
-                state.ids.remove(&entry.subchannel.id);
+                None => {
+                    added += 1;
+                    self.new_entry(state, address, events)
+                }
+            };
+            by_key.insert(key, entries.len());
+            entries.push(entry);
+        }
+        let mut removed = 0usize;
+        for entry in old.into_iter().flatten() {
+            removed += 1;
+            // No new picks from the next snapshot on; calls in flight keep their own
+            // handle on the connection and finish (drain).
+            tracing::debug!(target = %self.target, address = %entry.subchannel.address, "address removed, draining");
+            entry.subchannel.shut_down();
+            // The facade cannot delete a series: leave no stale value in it.
+            #[cfg(feature = "metrics")]
+            if let Some(exported) = &entry.subchannel.load.exported {
+                exported.ready.set(0.0);
+                exported.rtt.set(0.0);
             }
-            keep
-        });
+        }
+        tracing::debug!(target = %self.target, added, removed, kept, "address set applied");
+        state.entries = entries;
+        state.by_key = by_key;
         if self.shuffle {
             // pick_first's shuffleAddressList: each client of a fleet starts on its own
             // address instead of all on the first (gRFC A62).
-            order.shuffle(rng);
+            state.entries.shuffle(rng);
         }
-        state.order = order;
+        state.reindex();
+    }
+
+    /// A subchannel for a new address, with its worker started.
+    fn new_entry(
+        &self,
+        state: &mut State,
+        address: Address,
+        events: &mpsc::UnboundedSender<Event>,
+    ) -> Entry {
+        let id = state.next_id;
+        state.next_id += 1;
+        let subchannel = subchannel::new_subchannel(id, address, &self.settings.accounting);
+        let worker = subchannel::spawn(
+            subchannel.clone(),
+            self.settings.clone(),
+            self.mode == ConnectMode::All,
+            self.seed,
+            events.clone(),
+        );
+        tracing::trace!(target = %self.target, address = %subchannel.address, "address added");
+        Entry {
+            subchannel,
+            ready: None,
+            unhealthy: None,
+            ejection: Ejection::default(),
+            failing: false,
+            worker,
+        }
     }
 
     /// pick_first: keeps the first READY subchannel and lets go of the others; with none
@@ -351,16 +461,12 @@ impl Control {
         if self.mode != ConnectMode::FirstReady {
             return;
         }
-        let entries: Vec<&mut Entry> = {
-            let State { order, entries, .. } = state;
-            let mut refs: HashMap<&Key, &mut Entry> = entries.iter_mut().collect();
-            order.iter().filter_map(|a| refs.remove(a)).collect()
-        };
+        let entries = &mut state.entries;
         // An ejected backend is as good as failing: fail over past it.
-        let usable = |e: &&mut Entry| !e.ejection.is_ejected();
+        let usable = |e: &Entry| !e.ejection.is_ejected();
         let chosen = entries.iter().position(|e| e.ready.is_some() && usable(e));
         let frontier = entries.iter().position(|e| !e.failing && usable(e));
-        for (i, entry) in entries.into_iter().enumerate() {
+        for (i, entry) in entries.iter_mut().enumerate() {
             let wanted = match chosen {
                 Some(chosen) => i == chosen,
                 None => frontier.is_none_or(|f| i <= f),
@@ -374,16 +480,17 @@ impl Control {
         }
     }
 
-    fn handle(&mut self, state: &mut State, event: Event) {
+    /// Takes a worker's news; returns whether it changes what a snapshot shows.
+    fn handle(&mut self, state: &mut State, event: Event) -> bool {
         let Some(entry) = state
-            .ids
+            .by_id
             .get(&event.id)
-            .and_then(|addr| state.entries.get_mut(addr))
+            .and_then(|&i| state.entries.get_mut(i))
         else {
-            return; // A worker of a removed address, winding down.
+            return false; // A worker of a removed address, winding down.
         };
         match event.update {
-            Update::Connecting => {}
+            Update::Connecting => return false,
             // It let go of its connection (no longer wanted): nothing of it is usable,
             // even if its READY crossed the decision on the way here.
             Update::Idle => {
@@ -391,13 +498,15 @@ impl Control {
                 entry.unhealthy = None;
             }
             Update::Ready(ready) => {
-                entry.ready = Some(ready);
+                let view = ready.entry();
+                entry.ready = Some((ready, view));
                 entry.unhealthy = None;
                 entry.failing = false;
             }
             Update::Unhealthy(connected, why) => {
                 entry.ready = None;
-                entry.unhealthy = Some(connected);
+                let view = connected.entry();
+                entry.unhealthy = Some((connected, view));
                 entry.failing = true;
                 state.last_error = Some(why);
             }
@@ -415,6 +524,7 @@ impl Control {
                 self.resolver.re_resolve();
             }
         }
+        true
     }
 
     /// Runs an outlier-detection step over every subchannel, in resolver order.
@@ -425,11 +535,9 @@ impl Control {
         let Some(outliers) = &self.outliers else {
             return;
         };
-        let State { order, entries, .. } = state;
-        let mut by_addr: HashMap<&Key, &mut Entry> = entries.iter_mut().collect();
-        let mut hosts: Vec<Host<'_>> = order
-            .iter()
-            .filter_map(|a| by_addr.remove(a))
+        let mut hosts: Vec<Host<'_>> = state
+            .entries
+            .iter_mut()
             .map(|entry| Host {
                 outcomes: &entry.subchannel.load.outcomes,
                 ejection: &mut entry.ejection,
@@ -440,7 +548,7 @@ impl Control {
             tracing::debug!(target = %self.target, ejected, "outlier ejections changed");
         }
         drop(hosts);
-        for entry in state.entries.values() {
+        for entry in &state.entries {
             let now = entry.ejection.is_ejected();
             let was = entry
                 .subchannel
@@ -462,24 +570,38 @@ impl Control {
         }
     }
 
+    /// gRFC A62: lets go of every subchannel (their connections close) and stops polling
+    /// the resolver; the published state is IDLE until a call asks to wake up.
+    fn enter_idle(&self, state: &mut State) {
+        tracing::debug!(target = %self.target, timeout = ?self.idle_timeout, "no calls for the idle timeout: IDLE");
+        // A wake asked for before now was served; only calls that see IDLE count.
+        self.shared.wake_requested.store(false, Ordering::Release);
+        for entry in state.entries.drain(..) {
+            entry.subchannel.shut_down();
+        }
+        state.last_error = None;
+        state.idle = true;
+        state.reindex();
+    }
+
+    /// Publishes a new snapshot. Its cost is one pass over the subchannels copying
+    /// pointers: nothing is allocated per subchannel, hashed or formatted, and the list
+    /// of every subchannel is shared with the previous snapshot.
     fn publish(&self, state: &mut State) {
-        let entries = state.order.iter().filter_map(|a| state.entries.get(a));
-        let mut subchannels = Vec::with_capacity(state.order.len());
         // SRV priorities (RFC 2782): calls go to the lowest priority with a usable
         // backend. A priority is passed over only once every backend in it has failed
         // (none READY, none still connecting); while one is still connecting, calls
         // wait for it. Addresses without a priority are one group.
-        let mut tiers: std::collections::BTreeMap<Option<u16>, Tier> =
+        let mut tiers: std::collections::BTreeMap<Option<u16>, Tier<'_>> =
             std::collections::BTreeMap::new();
-        for entry in entries {
-            subchannels.push(entry.subchannel.clone());
+        for entry in &state.entries {
             let tier = tiers.entry(entry.subchannel.address.priority).or_default();
             tier.size += 1;
             if let Some(c) = entry.ready.as_ref().or(entry.unhealthy.as_ref()) {
-                tier.connected.push(c.clone());
+                tier.connected.push(c);
             }
             match &entry.ready {
-                Some(r) if !entry.ejection.is_ejected() => tier.ready.push(r.clone()),
+                Some(r) if !entry.ejection.is_ejected() => tier.ready.push(r),
                 Some(_) => {}
                 None => tier.connecting |= !entry.failing,
             }
@@ -506,14 +628,16 @@ impl Control {
             tracing::debug!(target = %self.target, usable = ready.len(), connected = connected.len(), "panic mode");
             ready = connected;
         }
-        let (aggregate, error) = if !ready.is_empty() {
+        let (aggregate, error) = if state.idle {
+            (ConnectivityState::Idle, None)
+        } else if !ready.is_empty() {
             (ConnectivityState::Ready, state.last_error.clone())
         } else if !state.resolved {
             match &state.resolver_error {
                 Some(e) => (ConnectivityState::TransientFailure, Some(e.clone())),
                 None => (ConnectivityState::Connecting, None),
             }
-        } else if subchannels.is_empty() {
+        } else if state.entries.is_empty() {
             (
                 ConnectivityState::TransientFailure,
                 Some("the resolver returned no addresses".to_owned()),
@@ -531,33 +655,74 @@ impl Control {
             state.published_state = aggregate;
         }
         #[cfg(feature = "metrics")]
-        for sub in &subchannels {
-            let usable = ready.iter().any(|r| Arc::ptr_eq(&r.subchannel, sub));
-            if let Some(exported) = &sub.load.exported {
-                exported.ready.set(if usable { 1.0 } else { 0.0 });
+        {
+            let usable: std::collections::HashSet<*const Subchannel> =
+                ready.iter().map(|r| Arc::as_ptr(&r.0.subchannel)).collect();
+            for entry in &state.entries {
+                if let Some(exported) = &entry.subchannel.load.exported {
+                    let now = usable.contains(&Arc::as_ptr(&entry.subchannel));
+                    exported.ready.set(if now { 1.0 } else { 0.0 });
+                }
             }
         }
+        let (conns, views) = ready
+            .into_iter()
+            .map(|(c, v)| (c.clone(), v.clone()))
+            .unzip();
         self.shared.snapshot.store(Arc::new(Snapshot {
-            ready: ready.iter().map(ReadyConn::entry).collect(),
-            conns: ready,
+            ready: views,
+            conns,
             state: aggregate,
             error,
-            subchannels,
+            subchannels: state.subchannels.clone(),
         }));
         self.shared.published.send_replace(());
     }
 }
 
+impl State {
+    /// Whether any call is in flight on a subchannel (streams count until they end).
+    fn in_flight(&self) -> bool {
+        self.entries
+            .iter()
+            .any(|e| e.subchannel.load.in_flight() > 0)
+    }
+
+    /// Rebuilds the indexes and the shared subchannel list after `entries` was rebuilt
+    /// or reordered.
+    fn reindex(&mut self) {
+        self.by_key.clear();
+        self.by_id.clear();
+        for (i, entry) in self.entries.iter().enumerate() {
+            let address = &entry.subchannel.address;
+            self.by_key.insert((address.addr, address.unix.clone()), i);
+            self.by_id.insert(entry.subchannel.id, i);
+        }
+        self.subchannels = self.entries.iter().map(|e| e.subchannel.clone()).collect();
+    }
+}
+
 /// The subchannels of one SRV priority, as `publish` sorts them.
 #[derive(Default)]
-struct Tier {
+struct Tier<'a> {
     /// READY and not ejected.
-    ready: Vec<ReadyConn>,
+    ready: Vec<&'a (ReadyConn, ReadySubchannel)>,
     /// Some are still trying their first connection (not failing).
     connecting: bool,
     /// Connected, healthy or not (panic mode's pool).
-    connected: Vec<ReadyConn>,
+    connected: Vec<&'a (ReadyConn, ReadySubchannel)>,
     size: usize,
+}
+/// The idle check's ticks: four per idle timeout, so a channel goes IDLE between one
+/// and one and a quarter timeouts after its last call (a call does not touch a timer).
+fn idle_interval(timeout: Option<Duration>) -> tokio::time::Interval {
+    let period = timeout
+        .map_or(Duration::from_secs(3600), |t| t / 4)
+        .clamp(Duration::from_millis(1), crate::deadline::FAR_FUTURE);
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.reset();
+    tick
 }
 
 /// The ticks of outlier detection's interval (unused while it is off).

@@ -196,6 +196,8 @@ impl BalancedChannel {
                 match self.state() {
                     ConnectivityState::Ready => return true,
                     ConnectivityState::Shutdown => return false,
+                    // Waiting for READY is a reason to leave IDLE (gRFC A62).
+                    ConnectivityState::Idle => self.inner.shared.request_wake(),
                     _ => {}
                 }
                 if published.changed().await.is_err() {
@@ -225,7 +227,8 @@ impl BalancedChannel {
     /// change the control task publishes. Useful for readiness probes and tests:
     /// `channel.wait_for(|subs| subs.iter().all(|s| s.state == Ready)).await`.
     ///
-    /// Load counters change without a publish; this waits on state changes only.
+    /// Load counters change without a publish; this waits on state changes only, and a
+    /// subchannel's move to CONNECTING alone publishes nothing (it changes no pick).
     pub async fn wait_for<F>(&self, mut done: F)
     where
         F: FnMut(&[SubchannelInfo]) -> bool,
@@ -460,6 +463,7 @@ impl Inner {
         wait_for_ready: bool,
         deadline: Option<Instant>,
     ) -> Result<ReadyConn, Status> {
+        self.shared.mark_active();
         match self.try_pick(picker, &self.shared.snapshot.load()) {
             Some(ready) => Ok(ready),
             None => self.wait_for_pick(picker, wait_for_ready, deadline).await,
@@ -512,6 +516,8 @@ impl Inner {
                     )));
                 }
                 ConnectivityState::Shutdown => return Err(self.shut_down(&snapshot)),
+                // IDLE (gRFC A62), or not resolved yet: ask the control task to start.
+                ConnectivityState::Idle => self.shared.request_wake(),
                 _ => {}
             }
             let changed = published.changed();

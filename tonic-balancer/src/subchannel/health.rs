@@ -139,6 +139,7 @@ mod tests {
                 keepalive: None,
             },
             keepalive_time: Arc::default(),
+            connects: Arc::new(tokio::sync::Semaphore::new(1)),
         };
         let subchannel = new_subchannel(0, Address::from(backend.addr()), &Accounting::default());
         let (tx, mut events) = mpsc::unbounded_channel();

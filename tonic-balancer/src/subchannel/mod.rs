@@ -53,6 +53,9 @@ pub(crate) struct ConnectSettings {
     /// The keepalive time of new connections, doubled each time a server answers
     /// keepalive PINGs with GOAWAY `too_many_pings` (gRFC A8). Shared by the channel.
     pub(crate) keepalive_time: Arc<AtomicU64>,
+    /// Connection attempts of the channel that may run at once; see
+    /// [`Builder::max_concurrent_connects`](crate::Builder::max_concurrent_connects).
+    pub(crate) connects: Arc<tokio::sync::Semaphore>,
 }
 
 /// The state of one subchannel that outlives its connections: its address, its state
@@ -468,6 +471,12 @@ impl Worker {
             keepalive.time =
                 Duration::from_nanos(self.settings.keepalive_time.load(Ordering::Relaxed));
         }
+        // A wave of new addresses (thousands at once) connects a bounded number at a
+        // time: every handshake is a task to run, and thousands of them in the run
+        // queue at once would delay the calls on the connections already up by their
+        // sum. The permit is held until the connection is up or failed, and the connect
+        // timeout starts once it is held.
+        let _permit = self.settings.connects.acquire().await;
         let attempt = conn::open(
             address,
             endpoint.uri(),
