@@ -91,11 +91,9 @@ impl Worker {
 
 #[cfg(test)]
 mod tests {
-    use crate::backoff::BackoffParams;
     use crate::load::Accounting;
     use crate::resolver::Address;
-    use crate::subchannel::{ConnectSettings, Update, new_subchannel, spawn};
-    use std::sync::Arc;
+    use crate::subchannel::{Update, new_subchannel, spawn};
     use std::time::Duration;
     use tokio::sync::mpsc;
     use tonic_balancer_testkit::Backend;
@@ -117,30 +115,7 @@ mod tests {
     #[tokio::test]
     async fn a_repeated_health_status_reports_nothing() {
         let backend = Backend::start("a").await.unwrap();
-        let settings = ConnectSettings {
-            backoff: BackoffParams {
-                initial: Duration::from_millis(10),
-                multiplier: 1.6,
-                max: Duration::from_millis(100),
-                jitter: 0.0,
-            },
-            min_connect_timeout: Duration::from_secs(20),
-            endpoint: Arc::new(|a: &Address| {
-                tonic::transport::Endpoint::from_shared(format!("http://{}", a.addr))
-                    .map_err(|e| e.to_string())
-            }),
-            accounting: Accounting::default(),
-            health_service: tokio::sync::watch::channel(Some(String::new())).1,
-            #[cfg(feature = "tls")]
-            tls: None,
-            conn: crate::subchannel::ConnSettings {
-                tcp: crate::subchannel::TcpOptions::default(),
-                liveness: None,
-                keepalive: None,
-            },
-            keepalive_time: Arc::default(),
-            connects: Arc::new(tokio::sync::Semaphore::new(1)),
-        };
+        let settings = crate::subchannel::test_settings(Some(String::new()), 1);
         let subchannel = new_subchannel(0, Address::from(backend.addr()), &Accounting::default());
         let (tx, mut events) = mpsc::unbounded_channel();
         let _worker = spawn(subchannel, settings, true, 1, tx);

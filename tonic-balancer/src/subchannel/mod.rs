@@ -517,3 +517,94 @@ impl Worker {
         });
     }
 }
+
+/// Settings for a worker in unit tests: fast backoff, plain TCP, `connects` permits.
+#[cfg(test)]
+pub(crate) fn test_settings(health: Option<String>, connects: usize) -> ConnectSettings {
+    ConnectSettings {
+        backoff: BackoffParams {
+            initial: Duration::from_millis(10),
+            multiplier: 1.6,
+            max: Duration::from_millis(100),
+            jitter: 0.0,
+        },
+        min_connect_timeout: Duration::from_secs(20),
+        endpoint: Arc::new(|a: &Address| {
+            tonic::transport::Endpoint::from_shared(format!("http://{}", a.addr))
+                .map_err(|e| e.to_string())
+        }),
+        accounting: Accounting::default(),
+        health_service: watch::channel(health).1,
+        #[cfg(feature = "tls")]
+        tls: None,
+        conn: ConnSettings {
+            tcp: TcpOptions::default(),
+            liveness: None,
+            keepalive: None,
+        },
+        keepalive_time: Arc::default(),
+        connects: Arc::new(tokio::sync::Semaphore::new(connects)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    /// A worker holds one of the channel's connect permits for as long as its attempt
+    /// runs, and gives it back when the attempt ends: a server that accepts and says
+    /// nothing keeps the permit taken until it closes the connection.
+    #[tokio::test]
+    async fn a_connection_attempt_holds_a_connect_permit_until_it_ends() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let settings = test_settings(None, 1);
+        let permits = settings.connects.clone();
+        let subchannel = new_subchannel(0, Address::from(addr), &Accounting::default());
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let _worker = spawn(subchannel, settings, true, 1, tx);
+        let run = async {
+            // Accepted: the attempt now waits for the server's preface, permit held.
+            let (mut socket, _) = listener.accept().await.unwrap();
+            assert_eq!(permits.available_permits(), 0);
+            socket.shutdown().await.unwrap();
+            drop(socket);
+            loop {
+                let event = events.recv().await.expect("the worker is running");
+                if let Update::Failed(_) = event.update {
+                    break;
+                }
+            }
+            assert_eq!(permits.available_permits(), 1, "the permit came back");
+        };
+        tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .expect("within 30 s");
+    }
+
+    /// With no permit free, a worker reports CONNECTING and opens no connection.
+    #[tokio::test]
+    async fn no_free_permit_means_no_connection_attempt() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let settings = test_settings(None, 1);
+        let permits = settings.connects.clone();
+        let held = permits.clone().try_acquire_owned().unwrap();
+        let subchannel = new_subchannel(0, Address::from(addr), &Accounting::default());
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let _worker = spawn(subchannel, settings, true, 1, tx);
+        let run = async {
+            let event = events.recv().await.expect("the worker is running");
+            assert!(matches!(event.update, Update::Connecting));
+            // The worker now waits for the permit; once it has it, it connects.
+            drop(held);
+            let (_socket, _) = listener.accept().await.unwrap();
+            assert_eq!(permits.available_permits(), 0);
+        };
+        tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .expect("within 30 s");
+    }
+}
