@@ -113,8 +113,9 @@ struct Entry {
     /// even while it tries again, so the channel does not flip back to CONNECTING (and
     /// queue calls) on every reconnect attempt: gRPC's "sticky TRANSIENT_FAILURE".
     failing: bool,
-    /// Dropping it stops the worker.
-    worker: WorkerHandle,
+    /// Dropping it stops the worker. `None` for a moment after the address arrived:
+    /// `apply` publishes the new address set first and starts the workers after.
+    worker: Option<WorkerHandle>,
 }
 
 /// Which subchannels the control task keeps connected.
@@ -263,7 +264,7 @@ impl Control {
                         state.idle = false;
                         last_active = Instant::now();
                         if let Some(addrs) = state.last_addrs.clone() {
-                            self.apply(&mut state, addrs, &events_tx, &mut rng);
+                            self.apply(&mut state, addrs, &events_tx, &mut rng).await;
                         }
                         // Fresh addresses: the ones kept may be half an hour old.
                         self.resolver.re_resolve();
@@ -279,7 +280,7 @@ impl Control {
                 }
                 next = std::future::poll_fn(|cx| self.resolver.poll_resolve(cx)), if !resolver_done && !state.idle => {
                     match next {
-                        Some(Ok(addrs)) => self.apply(&mut state, addrs, &events_tx, &mut rng),
+                        Some(Ok(addrs)) => self.apply(&mut state, addrs, &events_tx, &mut rng).await,
                         Some(Err(error)) => {
                             tracing::debug!(target = %self.target, %error, "resolution failed");
                             state.resolver_error = Some(error.to_string());
@@ -293,16 +294,17 @@ impl Control {
                     outlier_tick = outlier_interval(self.outliers.as_ref());
                 }
                 Some(event) = events.recv() => {
-                    let mut changed = self.handle(&mut state, event);
+                    let mut news = self.handle(&mut state, event);
                     // Take every change already queued, then publish once.
                     while let Ok(event) = events.try_recv() {
-                        changed |= self.handle(&mut state, event);
+                        news = news.max(self.handle(&mut state, event));
                     }
-                    if !changed {
+                    match news {
                         // Only "connecting" news: nothing a call or observer sees.
-                        continue;
+                        News::Nothing => continue,
+                        News::Paced => urgent = false,
+                        News::Urgent => {}
                     }
-                    urgent = false;
                 }
             }
             self.reconcile(&mut state);
@@ -349,8 +351,10 @@ impl Control {
         for entry in &state.entries {
             entry.subchannel.load.set_rtt_tracking(ewma.is_some());
             entry.subchannel.load.set_outlier_detection(limit);
-            if mode == ConnectMode::All {
-                entry.worker.set_wanted(true);
+            if mode == ConnectMode::All
+                && let Some(worker) = &entry.worker
+            {
+                worker.set_wanted(true);
             }
         }
         self.shuffle = shuffle;
@@ -370,7 +374,14 @@ impl Control {
     /// Applies an address set from the resolver. Its cost is a hash lookup per address
     /// plus the work of what changed: unchanged subchannels keep their worker and
     /// connection and are only moved, new ones start a worker, removed ones drain.
-    fn apply(
+    ///
+    /// It runs in two steps. First the new set is put in place and published: removed
+    /// addresses get no new call from then on, new ones show as IDLE. Then a worker is
+    /// started for each new address, yielding to the runtime every [`APPLY_SLICE`]:
+    /// a start is a task spawn, tens of microseconds with thread wake-ups, and
+    /// thousands in one go held this runtime thread, and the calls queued behind it,
+    /// for hundreds of milliseconds (measured with the bench's `scale` scenario).
+    async fn apply(
         &mut self,
         state: &mut State,
         addrs: Vec<Address>,
@@ -394,6 +405,7 @@ impl Control {
         let mut entries = Vec::with_capacity(addrs.len().min(limit));
         let mut by_key = HashMap::with_capacity(addrs.len().min(limit));
         let (mut added, mut kept) = (0usize, 0usize);
+        let mut starting = Vec::new();
         for address in addrs.into_iter().take(limit) {
             let key: Key = (address.addr, address.unix.clone());
             if by_key.contains_key(&key) {
@@ -406,7 +418,9 @@ impl Control {
                 }
                 None => {
                     added += 1;
-                    self.new_entry(state, address, events)
+                    let entry = self.new_entry(state, address);
+                    starting.push(entry.subchannel.id);
+                    entry
                 }
             };
             by_key.insert(key, entries.len());
@@ -435,25 +449,33 @@ impl Control {
             state.entries.shuffle(rng);
         }
         state.reindex();
+        if starting.is_empty() {
+            return;
+        }
+        self.publish(state);
+        for (k, id) in starting.into_iter().enumerate() {
+            if k > 0 && k.is_multiple_of(APPLY_SLICE) {
+                tokio::task::yield_now().await;
+            }
+            let Some(&i) = state.by_id.get(&id) else {
+                continue;
+            };
+            let entry = &mut state.entries[i];
+            entry.worker = Some(subchannel::spawn(
+                entry.subchannel.clone(),
+                self.settings.clone(),
+                self.mode == ConnectMode::All,
+                self.seed,
+                events.clone(),
+            ));
+        }
     }
 
-    /// A subchannel for a new address, with its worker started.
-    fn new_entry(
-        &self,
-        state: &mut State,
-        address: Address,
-        events: &mpsc::UnboundedSender<Event>,
-    ) -> Entry {
+    /// A subchannel for a new address; `apply` starts its worker.
+    fn new_entry(&self, state: &mut State, address: Address) -> Entry {
         let id = state.next_id;
         state.next_id += 1;
         let subchannel = subchannel::new_subchannel(id, address, &self.settings.accounting);
-        let worker = subchannel::spawn(
-            subchannel.clone(),
-            self.settings.clone(),
-            self.mode == ConnectMode::All,
-            self.seed,
-            events.clone(),
-        );
         tracing::trace!(target = %self.target, address = %subchannel.address, "address added");
         Entry {
             subchannel,
@@ -461,7 +483,7 @@ impl Control {
             unhealthy: None,
             ejection: Ejection::default(),
             failing: false,
-            worker,
+            worker: None,
         }
     }
 
@@ -483,26 +505,38 @@ impl Control {
                 Some(chosen) => i == chosen,
                 None => frontier.is_none_or(|f| i <= f),
             };
-            if !wanted && entry.worker.is_wanted() {
+            let Some(worker) = &entry.worker else {
+                continue;
+            };
+            if !wanted && worker.is_wanted() {
                 entry.ready = None;
                 entry.unhealthy = None;
                 entry.failing = false;
             }
-            entry.worker.set_wanted(wanted);
+            worker.set_wanted(wanted);
         }
     }
 
-    /// Takes a worker's news; returns whether it changes what a snapshot shows.
-    fn handle(&mut self, state: &mut State, event: Event) -> bool {
+    /// Takes a worker's news; says how soon the calls must see it.
+    fn handle(&mut self, state: &mut State, event: Event) -> News {
         let Some(entry) = state
             .by_id
             .get(&event.id)
             .and_then(|&i| state.entries.get_mut(i))
         else {
-            return false; // A worker of a removed address, winding down.
+            return News::Nothing; // A worker of a removed address, winding down.
+        };
+        // A subchannel leaving the picks, or the first READY one while calls wait or
+        // fail fast, is published at once; one more READY among others can wait.
+        let news = match &event.update {
+            Update::Connecting => return News::Nothing,
+            Update::Ready(_) if state.published_state == ConnectivityState::Ready => News::Paced,
+            Update::Ready(_) => News::Urgent,
+            _ if entry.ready.is_some() || entry.unhealthy.is_some() => News::Urgent,
+            _ => News::Paced,
         };
         match event.update {
-            Update::Connecting => return false,
+            Update::Connecting => {}
             // It let go of its connection (no longer wanted): nothing of it is usable,
             // even if its READY crossed the decision on the way here.
             Update::Idle => {
@@ -536,7 +570,7 @@ impl Control {
                 self.resolver.re_resolve();
             }
         }
-        true
+        news
     }
 
     /// Runs an outlier-detection step over every subchannel, in resolver order.
@@ -725,14 +759,29 @@ struct Tier<'a> {
     connected: Vec<&'a (ReadyConn, ReadySubchannel)>,
     size: usize,
 }
+/// How soon a worker's news must reach the calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum News {
+    /// It changes nothing a snapshot shows.
+    Nothing,
+    /// At the pacer's next publish.
+    Paced,
+    /// Now.
+    Urgent,
+}
+
+/// How many workers `apply` starts between two yields to the runtime.
+const APPLY_SLICE: usize = 32;
+
 /// Paces the publishes that workers' news causes, so that their cost stays a small
 /// share of the control task's time however large the fleet. A publish copies a
 /// pointer per READY subchannel: at 10 000 endpoints that is a few hundred
 /// microseconds, and a wave of connections reports thousands of READYs, most of them
-/// alone. After a publish that took `c`, the next one caused by a worker waits until
-/// `PUBLISH_SPACING × c` has passed since it, taking every change that came meanwhile
-/// (a few microseconds for tens of endpoints, a few milliseconds for 10 000). An
-/// address update, a config update, outlier detection and idleness publish at once.
+/// alone. After a publish that took `c`, the next one caused by a worker's READY waits
+/// until `PUBLISH_SPACING × c` has passed since it, taking every change that came
+/// meanwhile (microseconds for tens of endpoints, tens of milliseconds for 10 000,
+/// where a publish takes 1-3 ms). A subchannel leaving the picks, the first READY one,
+/// an address update, a config update, outlier detection and idleness publish at once.
 #[derive(Debug)]
 struct Pacer {
     last: Instant,
