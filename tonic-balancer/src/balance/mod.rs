@@ -18,6 +18,7 @@ mod peak_ewma;
 mod pick_first;
 mod rng;
 mod round_robin;
+pub mod subset;
 
 pub use least_request::LeastRequest;
 pub use peak_ewma::PeakEwma;
