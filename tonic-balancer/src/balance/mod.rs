@@ -298,6 +298,8 @@ impl From<&LoadBalancingConfig> for Policy {
             }
             // Outlier detection ejects; its child picks.
             LoadBalancingConfig::OutlierDetection(od) => Policy::from(&od.child_policy),
+            // Subsetting chooses the addresses; its child picks.
+            LoadBalancingConfig::RandomSubsetting(rs) => Policy::from(&rs.child_policy),
             // A policy added to the config format later: the default.
             #[allow(unreachable_patterns)]
             _ => Policy::default(),
