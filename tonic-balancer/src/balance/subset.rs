@@ -79,6 +79,53 @@ pub fn random_subset(addrs: &[Address], subset_size: usize, seed: u64) -> Vec<us
     kept
 }
 
+/// The channel's subsetting state: the setting in force, the seed, and the last full
+/// address list, so a change of setting can re-select at once.
+#[derive(Debug)]
+pub(crate) struct SubsetFilter {
+    /// The subset size; `None`: subsetting off.
+    size: Option<usize>,
+    seed: u64,
+    /// The resolver's last address list, unfiltered. Kept so a service config that turns
+    /// subsetting on or changes its size applies to the current addresses, not only to
+    /// the next resolution. O(n) cheap copies per update (the resolver's list is already
+    /// O(n)); about 40 bytes an address.
+    last: Option<Vec<Address>>,
+}
+
+impl SubsetFilter {
+    /// A filter keeping `size` addresses (`None`: all), ranked with `seed`.
+    pub(crate) fn new(size: Option<usize>, seed: u64) -> Self {
+        Self {
+            size,
+            seed,
+            last: None,
+        }
+    }
+
+    /// Remembers `addrs` and returns the ones to connect to, in the resolver's order.
+    pub(crate) fn select(&mut self, addrs: Vec<Address>) -> Vec<Address> {
+        let Some(size) = self.size else {
+            self.last = Some(addrs.clone());
+            return addrs;
+        };
+        let kept = random_subset(&addrs, size, self.seed);
+        let subset = kept.iter().map(|&i| addrs[i].clone()).collect();
+        self.last = Some(addrs);
+        subset
+    }
+
+    /// Sets the subset size; when it changed and addresses were resolved before, returns
+    /// the last full list, to apply again (through [`select`](Self::select)).
+    pub(crate) fn resize(&mut self, size: Option<usize>) -> Option<Vec<Address>> {
+        if self.size == size {
+            return None;
+        }
+        self.size = size;
+        self.last.take()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +224,20 @@ mod tests {
         );
         // Binomial(2000, 0.1): sd ≈ 13.4; ±5 sd over 100 servers.
         assert!(min >= 133 && max <= 267, "min {min}, max {max}");
+    }
+
+    #[test]
+    fn filter_reselects_the_last_list_when_resized() {
+        let addrs = fleet(20);
+        let mut filter = SubsetFilter::new(None, 3);
+        assert_eq!(filter.resize(Some(4)), None, "nothing resolved yet");
+        assert_eq!(filter.select(addrs.clone()).len(), 4);
+        assert_eq!(filter.resize(Some(4)), None, "unchanged");
+        let last = filter.resize(Some(6)).expect("the last list");
+        assert_eq!(last, addrs);
+        assert_eq!(filter.select(last).len(), 6);
+        let last = filter.resize(None).expect("the last list");
+        assert_eq!(filter.select(last), addrs);
     }
 
     proptest! {

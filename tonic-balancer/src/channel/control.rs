@@ -6,6 +6,7 @@
 //! read without a lock.
 
 use crate::balance::ReadySubchannel;
+use crate::balance::subset::SubsetFilter;
 use crate::connectivity::ConnectivityState;
 use crate::health::{self, Ejection, Host, OutlierDetection};
 use crate::load::EwmaParams;
@@ -101,6 +102,8 @@ pub(crate) struct ControlConfig {
     pub(crate) outliers: Option<OutlierDetection>,
     /// The health service every subchannel watches, when health checking is on.
     pub(crate) health_service: Option<String>,
+    /// gRFC A68 random subsetting's subset size, when on.
+    pub(crate) subset_size: Option<usize>,
 }
 
 pub(crate) struct Control {
@@ -124,6 +127,8 @@ pub(crate) struct Control {
     /// Envoy's panic mode: below this percentage of usable backends, use every connected
     /// one. `None`: fail fast, as gRPC.
     pub(crate) panic_threshold: Option<u32>,
+    /// gRFC A68 random subsetting: which of the resolver's addresses are used.
+    pub(crate) subset: SubsetFilter,
 }
 
 /// Outlier detection's settings.
@@ -203,7 +208,12 @@ impl Control {
                 }
                 Ok(()) = self.updates.changed() => {
                     let update = self.updates.borrow_and_update().clone();
+                    // A new subset size applies to the addresses resolved last, now.
+                    let resubset = self.subset.resize(update.subset_size);
                     self.update(&mut state, update, &mut rng);
+                    if let Some(addrs) = resubset {
+                        self.apply(&mut state, addrs, &events_tx, &mut rng);
+                    }
                     outlier_tick = outlier_interval(self.outliers.as_ref());
                 }
                 Some(event) = events.recv() => {
@@ -235,6 +245,7 @@ impl Control {
             shuffle,
             outliers,
             health_service,
+            subset_size: _, // Applied by the caller, which can re-apply the addresses.
         } = update;
         self.mode = mode;
         self.settings.accounting.ewma = ewma;
@@ -278,6 +289,7 @@ impl Control {
         events: &mpsc::UnboundedSender<Event>,
         rng: &mut SmallRng,
     ) {
+        let addrs = self.subset.select(addrs);
         state.resolved = true;
         state.resolver_error = None;
         let limit = crate::defaults::MAX_ADDRESSES;
