@@ -17,9 +17,10 @@
 
 mod report;
 mod results;
+mod subsetting;
 
 pub use report::render_html;
-pub use results::{ArmResult, Overhead, Percentiles, ScenarioResult};
+pub use results::{ArmResult, Overhead, Percentiles, ScenarioResult, Spread, SubsettingFigures};
 
 use hdrhistogram::Histogram;
 use std::collections::BTreeMap;
@@ -59,11 +60,15 @@ pub enum Scenario {
     Outage,
     /// 1 backend, no added latency, closed loop: the cost of the balancer itself.
     Overhead,
+    /// gRFC A68 random subsetting's spread of connections and load (1 000 clients ×
+    /// 100 servers, subset 10, simulated; then real channels over real backends),
+    /// against deterministic subsetting. Ignores `--arms`.
+    Subsetting,
 }
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::Healthy,
         Scenario::OneSlow,
         Scenario::Tower76,
@@ -71,6 +76,7 @@ impl Scenario {
         Scenario::KillOne,
         Scenario::Outage,
         Scenario::Overhead,
+        Scenario::Subsetting,
     ];
 
     /// The default suite: about a minute in all with [`Size::Quick`].
@@ -87,6 +93,7 @@ impl Scenario {
             Scenario::KillOne => "kill-one",
             Scenario::Outage => "outage",
             Scenario::Overhead => "overhead",
+            Scenario::Subsetting => subsetting::NAME,
         }
     }
 
@@ -441,6 +448,15 @@ fn plan(scenario: Scenario, options: &Options) -> Plan {
             marked: None,
             notes: vec!["every backend answers UNAVAILABLE for the middle third".to_owned()],
         },
+        // Runs its own fleets (see `subsetting`); this plan is never used.
+        Scenario::Subsetting => Plan {
+            backends: vec![],
+            load: closed(1, 0, 0),
+            deadline: Duration::from_secs(10),
+            faults: vec![],
+            marked: None,
+            notes: vec![],
+        },
         Scenario::Overhead => Plan {
             backends: named("b", 1, Latency::None),
             // Per arm and round; see `run_overhead` for the rounds.
@@ -468,6 +484,9 @@ pub async fn run_scenario(
     options: &Options,
     progress: &dyn Progress,
 ) -> io::Result<ScenarioResult> {
+    if scenario == Scenario::Subsetting {
+        return subsetting::run(options, progress).await;
+    }
     let mut plan = plan(scenario, options);
     let mut backends = Vec::with_capacity(plan.backends.len());
     for (i, (id, latency)) in plan.backends.iter().enumerate() {
@@ -1017,6 +1036,7 @@ impl Recorder {
                 .map(|(id, n)| (id, n as f64 / ok))
                 .collect(),
             overhead: None,
+            subsetting: None,
             cdf,
             share_over_time: self.slices,
         }
@@ -1189,7 +1209,43 @@ pub fn render_table(result: &ScenarioResult) -> String {
         );
     }
     overhead_table(&mut out, result);
+    subsetting_table(&mut out, result);
     out
+}
+
+/// The `subsetting` figures, under the main table: connections per client and per
+/// server, calls per server, max/mean load and churn.
+fn subsetting_table(out: &mut String, result: &ScenarioResult) {
+    let rows: Vec<(&str, &SubsettingFigures)> = (result.arms.iter())
+        .filter_map(|a| Some((a.arm.as_str(), a.subsetting.as_ref()?)))
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "   subsetting (min/mean/max; load = calls per server, each client sending equally):"
+    );
+    let _ = writeln!(
+        out,
+        "{:<25} {:>13} {:>7} {:>16} {:>20} {:>8} {:>6}",
+        "arm", "clients×srv/k", "conn/cl", "conn/server", "calls/server", "max/mean", "churn"
+    );
+    let s = |s: &Spread| format!("{:.0}/{:.1}/{:.0}", s.min, s.mean, s.max);
+    for (arm, f) in rows {
+        let _ = writeln!(
+            out,
+            "{:<25} {:>13} {:>7} {:>16} {:>20} {:>8.3} {:>6}",
+            arm,
+            format!("{}×{}/{}", f.clients, f.servers, f.subset_size),
+            s(&f.connections_per_client),
+            s(&f.connections_per_server),
+            s(&f.calls_per_server),
+            f.max_over_mean_load,
+            f.churn_per_client
+                .map_or_else(|| "-".to_owned(), |c| format!("{c:.2}")),
+        );
+    }
 }
 
 /// The `overhead` figures, under the main table: throughput ratio to direct, CPU per
