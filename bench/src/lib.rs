@@ -1161,6 +1161,11 @@ pub fn render_table(result: &ScenarioResult) -> String {
     for note in &result.notes {
         let _ = writeln!(out, "   {note}");
     }
+    if !result.arms.is_empty() && result.arms.iter().all(|a| a.subsetting.is_some()) {
+        // Spread figures only: no latencies to show.
+        subsetting_table(&mut out, result);
+        return out;
+    }
     let _ = writeln!(
         out,
         "{:<14} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>9} {:>7}",

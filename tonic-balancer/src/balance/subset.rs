@@ -14,15 +14,20 @@
 //! # What is hashed
 //! The canonical bytes of an address ([`address_key`]): for an IP address, its
 //! `ip:port` text as Rust's `SocketAddr` displays it (`10.0.0.7:8080`,
-//! `[2001:db8::1]:443`; IPv6 without a scope id is the same text grpc-go's resolver
-//! address carries); for a Unix socket, `unix:` followed by the path's bytes. SRV
-//! weight and priority are not part of it: they do not make another server.
+//! `[2001:db8::1]:443`); for a Unix socket, `unix:` followed by the path's bytes. SRV
+//! weight and priority are not part of it: they do not make another server. The form is
+//! this crate's (grpc-go hashes its own text form of an address), which costs nothing:
+//! seeds are random per channel, so no two implementations' subsets would line up anyway.
 //!
 //! # Differences from grpc-go
 //! - The subset is returned in the resolver's order, not sorted by hash, so a
 //!   pick_first child still tries the addresses in the order the resolver gave them.
 //! - Repeated addresses count once (the channel connects to each address once anyway).
 //! - The selection is O(n) on average (`select_nth_unstable`), not a full sort.
+//!
+//! The subset is taken over the whole list, before SRV priorities are looked at: a
+//! subset may hold no address of the preferred priority, and then the channel uses the
+//! best priority its subset has.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
