@@ -17,11 +17,12 @@
 
 mod report;
 mod results;
+mod subsetting;
 
 pub mod scale;
 
 pub use report::render_html;
-pub use results::{ArmResult, Overhead, Percentiles, ScenarioResult};
+pub use results::{ArmResult, Overhead, Percentiles, ScenarioResult, Spread, SubsettingFigures};
 
 use hdrhistogram::Histogram;
 use std::collections::BTreeMap;
@@ -61,11 +62,15 @@ pub enum Scenario {
     Outage,
     /// 1 backend, no added latency, closed loop: the cost of the balancer itself.
     Overhead,
+    /// gRFC A68 random subsetting's spread of connections and load (1 000 clients ×
+    /// 100 servers, subset 10, simulated; then real channels over real backends),
+    /// against deterministic subsetting. Ignores `--arms`.
+    Subsetting,
 }
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::Healthy,
         Scenario::OneSlow,
         Scenario::Tower76,
@@ -73,6 +78,7 @@ impl Scenario {
         Scenario::KillOne,
         Scenario::Outage,
         Scenario::Overhead,
+        Scenario::Subsetting,
     ];
 
     /// The default suite: about a minute in all with [`Size::Quick`].
@@ -89,6 +95,7 @@ impl Scenario {
             Scenario::KillOne => "kill-one",
             Scenario::Outage => "outage",
             Scenario::Overhead => "overhead",
+            Scenario::Subsetting => subsetting::NAME,
         }
     }
 
@@ -443,6 +450,15 @@ fn plan(scenario: Scenario, options: &Options) -> Plan {
             marked: None,
             notes: vec!["every backend answers UNAVAILABLE for the middle third".to_owned()],
         },
+        // Runs its own fleets (see `subsetting`); this plan is never used.
+        Scenario::Subsetting => Plan {
+            backends: vec![],
+            load: closed(1, 0, 0),
+            deadline: Duration::from_secs(10),
+            faults: vec![],
+            marked: None,
+            notes: vec![],
+        },
         Scenario::Overhead => Plan {
             backends: named("b", 1, Latency::None),
             // Per arm and round; see `run_overhead` for the rounds.
@@ -470,6 +486,9 @@ pub async fn run_scenario(
     options: &Options,
     progress: &dyn Progress,
 ) -> io::Result<ScenarioResult> {
+    if scenario == Scenario::Subsetting {
+        return subsetting::run(options, progress).await;
+    }
     let mut plan = plan(scenario, options);
     let mut backends = Vec::with_capacity(plan.backends.len());
     for (i, (id, latency)) in plan.backends.iter().enumerate() {
@@ -1019,6 +1038,7 @@ impl Recorder {
                 .map(|(id, n)| (id, n as f64 / ok))
                 .collect(),
             overhead: None,
+            subsetting: None,
             cdf,
             share_over_time: self.slices,
         }
@@ -1143,6 +1163,11 @@ pub fn render_table(result: &ScenarioResult) -> String {
     for note in &result.notes {
         let _ = writeln!(out, "   {note}");
     }
+    if !result.arms.is_empty() && result.arms.iter().all(|a| a.subsetting.is_some()) {
+        // Spread figures only: no latencies to show.
+        subsetting_table(&mut out, result);
+        return out;
+    }
     let _ = writeln!(
         out,
         "{:<14} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>9} {:>7}",
@@ -1191,7 +1216,43 @@ pub fn render_table(result: &ScenarioResult) -> String {
         );
     }
     overhead_table(&mut out, result);
+    subsetting_table(&mut out, result);
     out
+}
+
+/// The `subsetting` figures, under the main table: connections per client and per
+/// server, calls per server, max/mean load and churn.
+fn subsetting_table(out: &mut String, result: &ScenarioResult) {
+    let rows: Vec<(&str, &SubsettingFigures)> = (result.arms.iter())
+        .filter_map(|a| Some((a.arm.as_str(), a.subsetting.as_ref()?)))
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "   subsetting (min/mean/max; load = calls per server, each client sending equally):"
+    );
+    let _ = writeln!(
+        out,
+        "{:<25} {:>13} {:>7} {:>16} {:>20} {:>8} {:>6}",
+        "arm", "clients×srv/k", "conn/cl", "conn/server", "calls/server", "max/mean", "churn"
+    );
+    let s = |s: &Spread| format!("{:.0}/{:.1}/{:.0}", s.min, s.mean, s.max);
+    for (arm, f) in rows {
+        let _ = writeln!(
+            out,
+            "{:<25} {:>13} {:>7} {:>16} {:>20} {:>8.3} {:>6}",
+            arm,
+            format!("{}×{}/{}", f.clients, f.servers, f.subset_size),
+            s(&f.connections_per_client),
+            s(&f.connections_per_server),
+            s(&f.calls_per_server),
+            f.max_over_mean_load,
+            f.churn_per_client
+                .map_or_else(|| "-".to_owned(), |c| format!("{c:.2}")),
+        );
+    }
 }
 
 /// The `overhead` figures, under the main table: throughput ratio to direct, CPU per

@@ -6,6 +6,7 @@
 //! cargo run --release -p tonic-balancer-bench -- --full          # BENCH.md's sizes
 //! cargo run --release -p tonic-balancer-bench -- --scenario tower-76,linkerd-2016
 //! cargo run --release -p tonic-balancer-bench -- --full --scenario overhead
+//! cargo run --release -p tonic-balancer-bench -- --scenario subsetting
 //! valgrind --tool=callgrind target/release/bench --scenario overhead --arms round_robin
 //! cargo run --release -p tonic-balancer-bench -- --target ipv4:127.0.0.1:5001,127.0.0.1:5002
 //! ```
@@ -24,8 +25,8 @@ use tonic_balancer_bench::{Arm, Options, Progress, Scenario, ScenarioResult, Siz
 #[command(version, about)]
 struct Args {
     /// Scenarios to run, comma-separated (healthy, one-slow, tower-76, linkerd-2016,
-    /// kill-one, outage, overhead, or "all"; `scale` runs on its own). Default:
-    /// one-slow, kill-one, overhead.
+    /// kill-one, outage, overhead, subsetting, or "all"; `scale` runs on its own).
+    /// Default: one-slow, kill-one, overhead.
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<String>,
     /// Arms to run, comma-separated (round_robin, least_request, peak_ewma, pick_first,

@@ -547,6 +547,7 @@ mod tests {
             },
             backend_share: BTreeMap::from([("a<b".to_owned(), 0.25), ("s1".to_owned(), 0.75)]),
             overhead: None,
+            subsetting: None,
             cdf: vec![
                 (0.0, 0.1),
                 (1.2, 0.5),

@@ -47,6 +47,11 @@ pub struct ArmResult {
     /// tonic channel over interleaved rounds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub overhead: Option<Overhead>,
+    /// `subsetting` scenario only (absent elsewhere): how the arm's subsets spread
+    /// connections and load over the servers. There `calls` and `backend_share` count
+    /// simulated picks for the simulated arms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subsetting: Option<SubsettingFigures>,
     /// Not in `results.json`: the latency CDF, as (latency ms, fraction of calls ≤ it).
     #[serde(skip)]
     pub cdf: Vec<(f64, f64)>,
@@ -69,6 +74,41 @@ pub struct Percentiles {
     pub p999: f64,
     /// Slowest call.
     pub max: f64,
+}
+
+/// Least, mean and largest of a set of counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Spread {
+    /// The least.
+    pub min: f64,
+    /// The mean.
+    pub mean: f64,
+    /// The largest.
+    pub max: f64,
+}
+
+/// The `subsetting` scenario's figures for one arm.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SubsettingFigures {
+    /// Clients (channels).
+    pub clients: usize,
+    /// Servers (backends).
+    pub servers: usize,
+    /// Servers in each client's subset.
+    pub subset_size: usize,
+    /// Connections each client holds.
+    pub connections_per_client: Spread,
+    /// Connections each server receives.
+    pub connections_per_server: Spread,
+    /// Calls each server serves when every client sends the same number, round-robin
+    /// over its subset.
+    pub calls_per_server: Spread,
+    /// The busiest server's calls over the mean: 1.0 is a perfect spread.
+    pub max_over_mean_load: f64,
+    /// Subset members each client changes, on average, when one server leaves.
+    /// Absent where not measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub churn_per_client: Option<f64>,
 }
 
 /// The `overhead` scenario's figures for one arm.

@@ -186,3 +186,53 @@ async fn the_overhead_scenario_runs_one_arm_alone() {
     assert!(o.get("throughput_ratio_to_direct").is_none(), "{o}");
     assert!(o.get("added_p50_us").is_none(), "{o}");
 }
+
+/// The subsetting scenario's JSON: A68's spread, deterministic subsetting's exact one,
+/// and the real channels' connections all add up.
+#[tokio::test]
+async fn the_subsetting_scenario_reports_spread_and_churn() {
+    let options = Options::default();
+    let run = bench::run_scenario(Scenario::Subsetting, &[], &options, &NoProgress);
+    let result = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("benchmark run timed out")
+        .unwrap();
+    let json: Value = serde_json::from_str(&bench::to_json(&[result])).unwrap();
+    let arms = json[0]["arms"].as_array().unwrap();
+    let names: Vec<&str> = arms.iter().map(|a| a["arm"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "random_subsetting",
+            "deterministic_subsetting",
+            "random_subsetting_real"
+        ]
+    );
+    for arm in arms {
+        let f = &arm["subsetting"];
+        let (clients, servers, size) = (
+            f["clients"].as_f64().unwrap(),
+            f["servers"].as_f64().unwrap(),
+            f["subset_size"].as_f64().unwrap(),
+        );
+        // Every client holds its whole subset, and the servers' mean adds up to it.
+        assert_eq!(
+            f["connections_per_client"]["min"].as_f64(),
+            Some(size),
+            "{f}"
+        );
+        assert_eq!(
+            f["connections_per_client"]["max"].as_f64(),
+            Some(size),
+            "{f}"
+        );
+        let mean = f["connections_per_server"]["mean"].as_f64().unwrap();
+        assert!((mean - clients * size / servers).abs() < 1e-9, "{f}");
+        assert!(f["max_over_mean_load"].as_f64().unwrap() >= 1.0, "{f}");
+    }
+    let random = &arms[0]["subsetting"];
+    let deterministic = &arms[1]["subsetting"];
+    assert!(random["churn_per_client"].as_f64().unwrap() <= 1.0);
+    assert_eq!(deterministic["max_over_mean_load"].as_f64(), Some(1.0));
+    assert!(random["max_over_mean_load"].as_f64().unwrap() > 1.0);
+}

@@ -18,6 +18,7 @@ mod peak_ewma;
 mod pick_first;
 mod rng;
 mod round_robin;
+pub mod subset;
 
 pub use least_request::LeastRequest;
 pub use peak_ewma::PeakEwma;
@@ -298,6 +299,8 @@ impl From<&LoadBalancingConfig> for Policy {
             }
             // Outlier detection ejects; its child picks.
             LoadBalancingConfig::OutlierDetection(od) => Policy::from(&od.child_policy),
+            // Subsetting chooses the addresses; its child picks.
+            LoadBalancingConfig::RandomSubsetting(rs) => Policy::from(&rs.child_policy),
             // A policy added to the config format later: the default.
             #[allow(unreachable_patterns)]
             _ => Policy::default(),

@@ -3,6 +3,7 @@
 use super::control::{ConnectMode, Control, ControlConfig, Outliers, Shared};
 use super::{BalancedChannel, CallConfig, Inner};
 use crate::backoff::BackoffParams;
+use crate::balance::subset::SubsetFilter;
 use crate::balance::{Picker, Policy};
 use crate::config::{LoadBalancingConfig, MethodMap, MethodName, ServiceConfig};
 use crate::defaults::MAX_ATTEMPTS;
@@ -175,6 +176,7 @@ pub struct Builder {
     health_service: Option<String>,
     outlier_detection: Option<OutlierDetection>,
     panic_threshold: Option<u32>,
+    subset_size: Option<usize>,
     #[cfg(feature = "dns")]
     dns_options: crate::resolver::DnsOptions,
     sensitive: Vec<String>,
@@ -216,6 +218,7 @@ impl Builder {
             health_service: None,
             outlier_detection: None,
             panic_threshold: None,
+            subset_size: None,
             #[cfg(feature = "dns")]
             dns_options: crate::resolver::DnsOptions::default(),
             sensitive: Vec::new(),
@@ -396,6 +399,30 @@ impl Builder {
         self
     }
 
+    /// gRFC A68 random subsetting: the channel connects to only `subset_size` of the
+    /// resolver's addresses, and its policy picks among those. Must be > 0; with fewer
+    /// addresses than that, it uses all of them.
+    ///
+    /// The subset is chosen by rendezvous hashing: each address is ranked by XXH64 of its
+    /// `ip:port` text (or `unix:PATH`) seeded with the channel's [`seed`](Self::seed)
+    /// (random per channel unless set), and the `subset_size` smallest are kept, in the
+    /// resolver's order. When one server joins or leaves, the subset changes by at most
+    /// one address, so a rolling restart moves few connections. Different channels draw
+    /// different seeds, which spreads them over the fleet at random; there is no
+    /// guarantee of an even spread (the README's subsetting section has measured
+    /// figures). Giving every client of a fleet the same `seed` gives them all the same
+    /// subset: leave the seed random in production.
+    /// [`subset::random_subset`](crate::balance::subset::random_subset) computes the
+    /// subset a given seed keeps.
+    ///
+    /// A service config's `random_subsetting_experimental` replaces this setting while
+    /// that config is in force; a config update that changes the subset size applies at
+    /// once to the last addresses resolved. Default: off (every address).
+    pub fn random_subsetting(mut self, subset_size: usize) -> Self {
+        self.subset_size = Some(subset_size);
+        self
+    }
+
     /// The built-in liveness check, on by default: a connection with calls outstanding
     /// that has read nothing for `floor` (and at least
     /// [`LIVENESS_RTT_FACTOR`](crate::defaults::LIVENESS_RTT_FACTOR) smoothed round
@@ -423,7 +450,8 @@ impl Builder {
     }
 
     /// Seeds every random choice the channel makes (picker offsets and samples, backoff
-    /// jitter), for reproducible tests and benchmarks. Default: a random seed.
+    /// jitter, the [random subset](Self::random_subsetting)), for reproducible tests and
+    /// benchmarks. Default: a random seed, different for each channel.
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
         self
@@ -554,11 +582,20 @@ impl Builder {
         if let Some(config) = &self.outlier_detection {
             config.validate()?;
         }
+        if self.subset_size == Some(0) {
+            return Err(crate::InvalidSetting::new(
+                "random_subsetting",
+                "the subset size must be > 0 (to connect to every address, do not call \
+                 random_subsetting)",
+            )
+            .into());
+        }
         let policies = Policies {
             policy: self.policy.clone(),
             methods: self.method_policies.clone(),
             seed,
             outliers: self.outlier_detection.clone(),
+            subset_size: self.subset_size,
             health_service: self.health_service.clone(),
             max_attempts: self.max_attempts,
             default_timeout: self.default_timeout,
@@ -654,6 +691,7 @@ impl Builder {
             shuffle,
             outliers,
             health_service,
+            subset_size,
         } = control_config.clone();
         let (updates_tx, updates_rx) = watch::channel(control_config);
         let (health_tx, health_rx) = watch::channel(health_service);
@@ -694,6 +732,7 @@ impl Builder {
             health: health_tx,
             panic_threshold: self.panic_threshold,
             idle_timeout: (!self.idle_timeout.is_zero()).then_some(self.idle_timeout),
+            subset: SubsetFilter::new(subset_size, seed),
         };
         runtime.spawn(control.supervise(stop_rx));
         Ok(BalancedChannel {
@@ -775,6 +814,9 @@ pub(super) struct Policies {
     /// Outlier detection set on the builder; a config's `outlier_detection_experimental`
     /// replaces it.
     outliers: Option<OutlierDetection>,
+    /// Random subsetting set on the builder; a config's `random_subsetting_experimental`
+    /// replaces it.
+    subset_size: Option<usize>,
     /// Health checking set on the builder; it wins over a config's `healthCheckConfig`.
     health_service: Option<String>,
     /// Attempts per call at most, retries and hedges included.
@@ -807,6 +849,10 @@ impl Policies {
             Some(config) => Some(OutlierDetection::from(config)),
             None => self.outliers.clone(),
         };
+        let subset_size = match lb.and_then(LoadBalancingConfig::random_subsetting) {
+            Some(config) => Some(usize::try_from(config.subset_size).unwrap_or(usize::MAX)),
+            None => self.subset_size,
+        };
         let health_service = self.health_service.clone().or_else(|| {
             service_config
                 .and_then(|c| c.health_check.as_ref())
@@ -838,6 +884,7 @@ impl Policies {
             shuffle,
             outliers,
             health_service,
+            subset_size,
         };
         Ok((call_config, control))
     }
@@ -1061,6 +1108,7 @@ impl fmt::Debug for Builder {
             .field("health_check", &self.health_service)
             .field("outlier_detection", &self.outlier_detection)
             .field("panic_threshold", &self.panic_threshold)
+            .field("random_subsetting", &self.subset_size)
             .field("dns_options", &self.dns_options_debug())
             .field("sensitive_metadata", &self.sensitive)
             .field("stats_method_limit", &self.stats_method_limit)

@@ -6,6 +6,7 @@
 //! read without a lock.
 
 use crate::balance::ReadySubchannel;
+use crate::balance::subset::SubsetFilter;
 use crate::connectivity::ConnectivityState;
 use crate::health::{self, Ejection, Host, OutlierDetection};
 use crate::load::EwmaParams;
@@ -141,6 +142,8 @@ pub(crate) struct ControlConfig {
     pub(crate) outliers: Option<OutlierDetection>,
     /// The health service every subchannel watches, when health checking is on.
     pub(crate) health_service: Option<String>,
+    /// gRFC A68 random subsetting's subset size, when on.
+    pub(crate) subset_size: Option<usize>,
 }
 
 pub(crate) struct Control {
@@ -167,6 +170,8 @@ pub(crate) struct Control {
     /// gRFC A62: with no call for this long, let go of every connection and stop
     /// resolving until the next call. `None`: never.
     pub(crate) idle_timeout: Option<Duration>,
+    /// gRFC A68 random subsetting: which of the resolver's addresses are used.
+    pub(crate) subset: SubsetFilter,
 }
 
 /// Outlier detection's settings.
@@ -192,9 +197,9 @@ struct State {
     last_error: Option<String>,
     published_state: ConnectivityState,
     /// IDLE (gRFC A62): no subchannels, the resolver not polled, until a call wakes it.
+    /// The resolver's last address set (kept by the subset filter) is applied again on
+    /// waking.
     idle: bool,
-    /// The resolver's last address set, applied again when the channel wakes.
-    last_addrs: Option<Vec<Address>>,
 }
 
 impl Control {
@@ -230,7 +235,6 @@ impl Control {
             last_error: None,
             published_state: ConnectivityState::Idle,
             idle: false,
-            last_addrs: None,
         };
         let mut idle_check = idle_interval(self.idle_timeout);
         let mut last_active = Instant::now();
@@ -263,7 +267,7 @@ impl Control {
                         tracing::debug!(target = %self.target, "leaving IDLE: a call is waiting");
                         state.idle = false;
                         last_active = Instant::now();
-                        if let Some(addrs) = state.last_addrs.clone() {
+                        if let Some(addrs) = self.subset.last().cloned() {
                             self.apply(&mut state, addrs, &events_tx, &mut rng).await;
                         }
                         // Fresh addresses: the ones kept may be half an hour old.
@@ -290,7 +294,17 @@ impl Control {
                 }
                 Ok(()) = self.updates.changed() => {
                     let update = self.updates.borrow_and_update().clone();
+                    // A new subset size applies to the addresses resolved last, now.
+                    let resubset = self.subset.resize(update.subset_size);
                     self.update(&mut state, update, &mut rng);
+                    if let Some(addrs) = resubset {
+                        if state.idle {
+                            // Kept for the wake-up, which applies it.
+                            self.subset.select(addrs);
+                        } else {
+                            self.apply(&mut state, addrs, &events_tx, &mut rng).await;
+                        }
+                    }
                     outlier_tick = outlier_interval(self.outliers.as_ref());
                 }
                 Some(event) = events.recv() => {
@@ -332,6 +346,7 @@ impl Control {
             shuffle,
             outliers,
             health_service,
+            subset_size: _, // Applied by the caller, which can re-apply the addresses.
         } = update;
         self.mode = mode;
         self.settings.accounting.ewma = ewma;
@@ -390,9 +405,9 @@ impl Control {
     ) {
         state.resolved = true;
         state.resolver_error = None;
-        if self.idle_timeout.is_some() {
-            state.last_addrs = Some(addrs.clone());
-        }
+        // The filter keeps the whole set: a wake-up or a new subset size selects again
+        // from all of it.
+        let addrs = self.subset.select(addrs);
         let limit = crate::defaults::MAX_ADDRESSES;
         if addrs.len() > limit {
             tracing::warn!(target = %self.target, addresses = addrs.len(), limit, "too many addresses; using the first ones");

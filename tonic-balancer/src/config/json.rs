@@ -18,13 +18,14 @@ use tonic::Code;
 
 use super::service_config::{
     FailurePercentageEjectionConfig, HealthCheckConfig, HedgingPolicy, InvalidConfig,
-    LoadBalancingConfig, MethodConfig, MethodPattern, OutlierDetectionConfig, Path, RetryPolicy,
-    RetryThrottling, ServiceConfig, SuccessRateEjectionConfig,
+    LoadBalancingConfig, MethodConfig, MethodPattern, OutlierDetectionConfig, Path,
+    RandomSubsettingConfig, RetryPolicy, RetryThrottling, ServiceConfig, SuccessRateEjectionConfig,
 };
 
 /// The policy names this crate knows, as the error for a list with none of them says.
 const SUPPORTED_POLICIES: &str = "pick_first, round_robin, least_request \
-    (least_request_experimental), peak_ewma, outlier_detection_experimental";
+    (least_request_experimental), peak_ewma, outlier_detection_experimental, \
+    random_subsetting_experimental";
 
 type Result<T> = std::result::Result<T, InvalidConfig>;
 
@@ -277,6 +278,9 @@ fn lb_policy(name: &str, config: &Value, path: &Path) -> Result<Option<LoadBalan
         "outlier_detection_experimental" => {
             LoadBalancingConfig::OutlierDetection(Box::new(outlier_detection(config, path)?))
         }
+        "random_subsetting_experimental" => {
+            LoadBalancingConfig::RandomSubsetting(Box::new(random_subsetting(config, path)?))
+        }
         _ => return Ok(None),
     };
     lb.validate(path)?;
@@ -339,6 +343,17 @@ fn outlier_detection(value: &Value, path: &Path) -> Result<OutlierDetectionConfi
         success_rate_ejection: config.optional("successRateEjection", success_rate)?,
         failure_percentage_ejection: config
             .optional("failurePercentageEjection", failure_percentage)?,
+        child_policy: config.required("childPolicy", load_balancing)?,
+    })
+}
+
+/// `random_subsetting_experimental` (gRFC A68), as grpc-go reads it: `subsetSize` a
+/// uint32 above 0 and `childPolicy` both required; the child picks as
+/// `loadBalancingConfig` does (its first supported entry).
+fn random_subsetting(value: &Value, path: &Path) -> Result<RandomSubsettingConfig> {
+    let config = Object::new(value, path)?;
+    Ok(RandomSubsettingConfig {
+        subset_size: config.required("subsetSize", uint32)?,
         child_policy: config.required("childPolicy", load_balancing)?,
     })
 }

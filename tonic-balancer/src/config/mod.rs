@@ -14,8 +14,8 @@ mod service_config_tests;
 pub(crate) use json::code_name;
 pub use service_config::{
     FailurePercentageEjectionConfig, HealthCheckConfig, HedgingPolicy, InvalidConfig,
-    LoadBalancingConfig, MethodConfig, MethodPattern, OutlierDetectionConfig, RetryPolicy,
-    RetryThrottling, ServiceConfig, SuccessRateEjectionConfig,
+    LoadBalancingConfig, MethodConfig, MethodPattern, OutlierDetectionConfig,
+    RandomSubsettingConfig, RetryPolicy, RetryThrottling, ServiceConfig, SuccessRateEjectionConfig,
 };
 
 /// A method name as configuration writes it: a whole service (`pkg.Svc`) or one method

@@ -70,6 +70,41 @@ pub enum LoadBalancingConfig {
     /// `{"outlier_detection_experimental": {..., "childPolicy": [...]}}` (gRFC A50):
     /// outlier detection over the child policy, which picks.
     OutlierDetection(Box<OutlierDetectionConfig>),
+    /// `{"random_subsetting_experimental": {"subsetSize": 10, "childPolicy": [...]}}`
+    /// (gRFC A68): the channel connects to a random subset of the resolver's addresses,
+    /// chosen by rendezvous hashing (see [`subset`](crate::balance::subset)); the child
+    /// policy picks among them.
+    RandomSubsetting(Box<RandomSubsettingConfig>),
+}
+
+/// `random_subsetting_experimental`'s settings (gRFC A68).
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct RandomSubsettingConfig {
+    /// How many addresses each channel connects to (`subsetSize`, required): > 0. With
+    /// fewer addresses than that, all of them.
+    pub subset_size: u32,
+    /// The policy that picks among the subset (`childPolicy`, required; the first
+    /// supported entry of the list).
+    pub child_policy: LoadBalancingConfig,
+}
+
+impl RandomSubsettingConfig {
+    /// Subsets of `subset_size` (> 0) addresses, `child_policy` picking among them.
+    pub fn new(subset_size: u32, child_policy: LoadBalancingConfig) -> Self {
+        Self {
+            subset_size,
+            child_policy,
+        }
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), InvalidConfig> {
+        if self.subset_size == 0 {
+            return Err(path.key("subsetSize").error("must be > 0, got 0"));
+        }
+        let child = &self.child_policy;
+        child.validate(&path.key("childPolicy").index(0).key(child.name()))
+    }
 }
 
 /// `outlier_detection_experimental`'s settings, with gRFC A50's field names and defaults.
@@ -426,21 +461,36 @@ impl LoadBalancingConfig {
             Self::LeastRequest { .. } => "least_request",
             Self::PeakEwma { .. } => "peak_ewma",
             Self::OutlierDetection(_) => "outlier_detection_experimental",
+            Self::RandomSubsetting(_) => "random_subsetting_experimental",
         }
     }
 
-    /// The policy that picks: this one, or the child of outlier detection.
+    /// The policy that picks: this one, or the child of outlier detection or of
+    /// subsetting (however they nest).
     pub fn picking_policy(&self) -> &LoadBalancingConfig {
         match self {
             Self::OutlierDetection(od) => od.child_policy.picking_policy(),
+            Self::RandomSubsetting(rs) => rs.child_policy.picking_policy(),
             other => other,
         }
     }
 
-    /// Outlier detection's settings, if this policy has it.
+    /// Outlier detection's settings, if this policy or a child of its (through
+    /// subsetting) has it.
     pub fn outlier_detection(&self) -> Option<&OutlierDetectionConfig> {
         match self {
             Self::OutlierDetection(od) => Some(od),
+            Self::RandomSubsetting(rs) => rs.child_policy.outlier_detection(),
+            _ => None,
+        }
+    }
+
+    /// Random subsetting's settings, if this policy or a child of its (through outlier
+    /// detection) has it.
+    pub fn random_subsetting(&self) -> Option<&RandomSubsettingConfig> {
+        match self {
+            Self::RandomSubsetting(rs) => Some(rs),
+            Self::OutlierDetection(od) => od.child_policy.random_subsetting(),
             _ => None,
         }
     }
@@ -450,6 +500,7 @@ impl LoadBalancingConfig {
         match self {
             Self::PickFirst { .. } | Self::RoundRobin => Ok(()),
             Self::OutlierDetection(od) => od.validate(path),
+            Self::RandomSubsetting(rs) => rs.validate(path),
             Self::LeastRequest { choice_count } => {
                 let count = u64::try_from(*choice_count).unwrap_or(u64::MAX);
                 check_count(

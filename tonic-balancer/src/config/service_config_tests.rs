@@ -149,6 +149,16 @@ fn invalid_fields_are_named_by_path() {
         ("/loadBalancingConfig/0", Some(json!({"outlier_detection_experimental": {"childPolicy": [{"round_robin": {}}], "interval": "0s"}})), "loadBalancingConfig[0].outlier_detection_experimental.interval", "> 0s"),
         ("/loadBalancingConfig/0", Some(json!({"outlier_detection_experimental": {"childPolicy": [{"round_robin": {}}], "failurePercentageEjection": {"threshold": 200}}})), "loadBalancingConfig[0].outlier_detection_experimental.failurePercentageEjection.threshold", "at most 100"),
         ("/loadBalancingConfig/0", Some(json!({"outlier_detection_experimental": {"childPolicy": [{"least_request": {"choiceCount": 0}}]}})), "loadBalancingConfig[0].outlier_detection_experimental.childPolicy[0].least_request.choiceCount", "must be > 1"),
+        ("/loadBalancingConfig/0", Some(json!({"random_subsetting_experimental": {"childPolicy": [{"round_robin": {}}]}})), "loadBalancingConfig[0].random_subsetting_experimental.subsetSize", "required"),
+        ("/loadBalancingConfig/0", Some(json!({"random_subsetting_experimental": {"subsetSize": 0, "childPolicy": [{"round_robin": {}}]}})), "loadBalancingConfig[0].random_subsetting_experimental.subsetSize", "must be > 0"),
+        ("/loadBalancingConfig/0", Some(json!({"random_subsetting_experimental": {"subsetSize": -3, "childPolicy": [{"round_robin": {}}]}})), "loadBalancingConfig[0].random_subsetting_experimental.subsetSize", "0..=4294967295"),
+        ("/loadBalancingConfig/0", Some(json!({"random_subsetting_experimental": {"subsetSize": 2.5, "childPolicy": [{"round_robin": {}}]}})), "loadBalancingConfig[0].random_subsetting_experimental.subsetSize", "0..=4294967295"),
+        ("/loadBalancingConfig/0", Some(json!({"random_subsetting_experimental": {"subsetSize": "10", "childPolicy": [{"round_robin": {}}]}})), "loadBalancingConfig[0].random_subsetting_experimental.subsetSize", "got a string"),
+        ("/loadBalancingConfig/0", Some(json!({"random_subsetting_experimental": {"subsetSize": 4294967296_u64, "childPolicy": [{"round_robin": {}}]}})), "loadBalancingConfig[0].random_subsetting_experimental.subsetSize", "0..=4294967295"),
+        ("/loadBalancingConfig/0", Some(json!({"random_subsetting_experimental": {"subsetSize": 3}})), "loadBalancingConfig[0].random_subsetting_experimental.childPolicy", "required"),
+        ("/loadBalancingConfig/0", Some(json!({"random_subsetting_experimental": {"subsetSize": 3, "childPolicy": [{"x": {}}]}})), "loadBalancingConfig[0].random_subsetting_experimental.childPolicy", "no supported policy in [x]"),
+        ("/loadBalancingConfig/0", Some(json!({"random_subsetting_experimental": {"subsetSize": 3, "childPolicy": [{"least_request": {"choiceCount": 1}}]}})), "loadBalancingConfig[0].random_subsetting_experimental.childPolicy[0].least_request.choiceCount", "must be > 1"),
+        ("/loadBalancingConfig/0", Some(json!({"random_subsetting_experimental": []})), "loadBalancingConfig[0].random_subsetting_experimental", "object"),
         ("/methodConfig/2/timeout", Some(json!(1.5)), "methodConfig[2].timeout", "string"),
         ("/methodConfig/2/maxRequestMessageBytes", Some(json!(-1)), "methodConfig[2].maxRequestMessageBytes", "non-negative"),
         ("/methodConfig/2/maxRequestMessageBytes", Some(json!("1.5")), "methodConfig[2].maxRequestMessageBytes", "non-negative"),
@@ -691,6 +701,73 @@ fn outlier_detection_maps_a50_fields_and_its_child_picks() {
     assert_eq!(
         config.load_balancing.unwrap().outlier_detection(),
         Some(&expected)
+    );
+}
+
+#[test]
+fn random_subsetting_reads_a68_fields_and_its_child_picks() {
+    let json = json!({"loadBalancingConfig": [
+        {"unknown_policy": {}},
+        {"random_subsetting_experimental": {
+            "subsetSize": 10,
+            "childPolicy": [{"x": {}}, {"round_robin": {}}, {"pick_first": {}}]
+        }}
+    ]});
+    let config = ServiceConfig::from_json(&json.to_string()).unwrap();
+    let lb = config.load_balancing.unwrap();
+    assert_eq!(lb.name(), "random_subsetting_experimental");
+    assert_eq!(lb.picking_policy(), &LoadBalancingConfig::RoundRobin);
+    let expected = RandomSubsettingConfig::new(10, LoadBalancingConfig::RoundRobin);
+    assert_eq!(lb.random_subsetting(), Some(&expected));
+    assert_eq!(lb.outlier_detection(), None);
+    // Keys match as grpc-go's encoding/json matches them: ignoring ASCII case.
+    let json = json!({"loadBalancingConfig": [{"random_subsetting_experimental": {
+        "SubsetSize": 4, "childpolicy": [{"pick_first": {"shuffleAddressList": true}}]}}]});
+    let lb = ServiceConfig::from_json(&json.to_string())
+        .unwrap()
+        .load_balancing
+        .unwrap();
+    assert_eq!(lb.random_subsetting().map(|rs| rs.subset_size), Some(4));
+    assert_eq!(
+        lb.picking_policy(),
+        &LoadBalancingConfig::PickFirst {
+            shuffle_address_list: true
+        }
+    );
+    // Nested either way with outlier detection, both are found.
+    let json = json!({"loadBalancingConfig": [{"outlier_detection_experimental": {
+        "childPolicy": [{"random_subsetting_experimental": {
+            "subsetSize": 3, "childPolicy": [{"least_request_experimental": {}}]}}]}}]});
+    let lb = ServiceConfig::from_json(&json.to_string())
+        .unwrap()
+        .load_balancing
+        .unwrap();
+    assert_eq!(lb.random_subsetting().map(|rs| rs.subset_size), Some(3));
+    assert!(lb.outlier_detection().is_some());
+    assert_eq!(
+        lb.picking_policy(),
+        &LoadBalancingConfig::LeastRequest { choice_count: 2 }
+    );
+    let json = json!({"loadBalancingConfig": [{"random_subsetting_experimental": {
+        "subsetSize": 3, "childPolicy": [{"outlier_detection_experimental": {
+            "childPolicy": [{"round_robin": {}}]}}]}}]});
+    let lb = ServiceConfig::from_json(&json.to_string())
+        .unwrap()
+        .load_balancing
+        .unwrap();
+    assert_eq!(lb.random_subsetting().map(|rs| rs.subset_size), Some(3));
+    assert!(lb.outlier_detection().is_some());
+    // A config built in code is checked the same way.
+    let config = ServiceConfig {
+        load_balancing: Some(LoadBalancingConfig::RandomSubsetting(Box::new(
+            RandomSubsettingConfig::new(0, LoadBalancingConfig::RoundRobin),
+        ))),
+        ..ServiceConfig::default()
+    };
+    let error = config.validate().unwrap_err();
+    assert_eq!(
+        error.path(),
+        "loadBalancingConfig[0].random_subsetting_experimental.subsetSize"
     );
 }
 
