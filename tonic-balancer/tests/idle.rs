@@ -14,23 +14,6 @@ use tonic_balancer_testkit::{Backend, Latency};
 
 const IDLE: Duration = Duration::from_secs(60);
 
-/// Advances paused time a second at a time, for at most `limit`, until the channel is
-/// IDLE; returns how long that took.
-async fn advance_until_idle(channel: &BalancedChannel, limit: Duration) -> Option<Duration> {
-    let start = tokio::time::Instant::now();
-    while start.elapsed() < limit {
-        if channel.state() == ConnectivityState::Idle {
-            return Some(start.elapsed());
-        }
-        tokio::time::advance(Duration::from_secs(1)).await;
-        // Let the control task run its check.
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
-    }
-    (channel.state() == ConnectivityState::Idle).then(|| start.elapsed())
-}
-
 #[tokio::test]
 async fn an_unused_channel_goes_idle_and_the_next_call_reconnects_it() {
     let server = RawH2Server::start(RawBehaviour::RefuseStreams(0))

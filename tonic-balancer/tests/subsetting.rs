@@ -323,16 +323,9 @@ async fn an_idle_channel_wakes_with_the_whole_address_set_behind_its_subset() {
     within(wait_subset(&channel, &subset)).await;
 
     tokio::time::pause();
-    for _ in 0..200 {
-        if channel.state() == ConnectivityState::Idle {
-            break;
-        }
-        tokio::time::advance(std::time::Duration::from_secs(1)).await;
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
-    }
-    assert_eq!(channel.state(), ConnectivityState::Idle);
+    advance_until_idle(&channel, std::time::Duration::from_secs(200))
+        .await
+        .expect("the channel never went IDLE");
     tokio::time::resume();
 
     within(channel.ready(std::time::Duration::from_secs(10)))

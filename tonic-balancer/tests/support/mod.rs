@@ -85,3 +85,20 @@ pub async fn shares(client: &mut Client, n: usize) -> std::collections::BTreeMap
     }
     counts
 }
+
+/// Advances paused time a second at a time, for at most `limit`, until the channel is
+/// IDLE; returns how long that took.
+pub async fn advance_until_idle(channel: &BalancedChannel, limit: Duration) -> Option<Duration> {
+    let start = tokio::time::Instant::now();
+    while start.elapsed() < limit {
+        if channel.state() == ConnectivityState::Idle {
+            return Some(start.elapsed());
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        // Let the control task run its check.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+    (channel.state() == ConnectivityState::Idle).then(|| start.elapsed())
+}
