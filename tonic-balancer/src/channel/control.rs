@@ -391,11 +391,12 @@ impl Control {
     /// connection and are only moved, new ones start a worker, removed ones drain.
     ///
     /// It runs in two steps. First the new set is put in place and published: removed
-    /// addresses get no new call from then on, new ones show as IDLE. Then a worker is
-    /// started for each new address, yielding to the runtime every [`APPLY_SLICE`]:
-    /// a start is a task spawn, tens of microseconds with thread wake-ups, and
-    /// thousands in one go held this runtime thread, and the calls queued behind it,
-    /// for hundreds of milliseconds (measured with the bench's `scale` scenario).
+    /// addresses get no new call from then on, new ones show as IDLE. Then the removed
+    /// subchannels' workers are stopped and a worker is started for each new address,
+    /// yielding to the runtime every [`APPLY_SLICE`]: a start is a task spawn, tens of
+    /// microseconds with thread wake-ups, a stop wakes two tasks, and thousands in one
+    /// go held this runtime thread, and the calls queued behind it, for hundreds of
+    /// milliseconds (measured with the bench's `scale` scenario).
     async fn apply(
         &mut self,
         state: &mut State,
@@ -441,9 +442,8 @@ impl Control {
             by_key.insert(key, entries.len());
             entries.push(entry);
         }
-        let mut removed = 0usize;
+        let mut removed = Vec::new();
         for entry in old.into_iter().flatten() {
-            removed += 1;
             // No new picks from the next snapshot on; calls in flight keep their own
             // handle on the connection and finish (drain).
             tracing::debug!(target = %self.target, address = %entry.subchannel.address, "address removed, draining");
@@ -454,8 +454,9 @@ impl Control {
                 exported.ready.set(0.0);
                 exported.rtt.set(0.0);
             }
+            removed.push(entry);
         }
-        tracing::debug!(target = %self.target, added, removed, kept, "address set applied");
+        tracing::debug!(target = %self.target, added, removed = removed.len(), kept, "address set applied");
         state.entries = entries;
         state.by_key = by_key;
         if self.shuffle {
@@ -464,10 +465,17 @@ impl Control {
             state.entries.shuffle(rng);
         }
         state.reindex();
-        if starting.is_empty() {
+        if starting.is_empty() && removed.len() <= APPLY_SLICE {
             return;
         }
         self.publish(state);
+        // Stopping a worker wakes it and then its connection's task, which closes the
+        // socket: thousands at once would queue ahead of every call as well.
+        let mut removed = removed.into_iter();
+        while removed.len() > 0 {
+            removed.by_ref().take(APPLY_SLICE).for_each(drop);
+            tokio::task::yield_now().await;
+        }
         for (k, id) in starting.into_iter().enumerate() {
             if k > 0 && k.is_multiple_of(APPLY_SLICE) {
                 tokio::task::yield_now().await;

@@ -346,8 +346,7 @@ impl Worker {
                                     Some(service) => {
                                         // Boxed for the same reason: a gRPC stream's
                                         // state, only while health checking is on.
-                                        Box::pin(self.watch_health(ready.clone(), service))
-                                            .await
+                                        Box::pin(self.watch_health(ready.clone(), service)).await
                                     }
                                     None => {
                                         self.report(
