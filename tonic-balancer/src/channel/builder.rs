@@ -184,6 +184,8 @@ pub struct Builder {
     credentials_without_tls: bool,
     max_attempts: u32,
     default_timeout: Option<Duration>,
+    #[cfg(feature = "opentelemetry")]
+    opentelemetry: crate::stats::otel::OpenTelemetry,
 }
 
 impl Builder {
@@ -223,6 +225,8 @@ impl Builder {
             credentials_without_tls: false,
             max_attempts: MAX_ATTEMPTS,
             default_timeout: None,
+            #[cfg(feature = "opentelemetry")]
+            opentelemetry: Default::default(),
         }
     }
 
@@ -472,6 +476,23 @@ impl Builder {
         self
     }
 
+    /// Where the channel reports to OpenTelemetry, and what it reports beyond gRPC's
+    /// default instruments (feature `opentelemetry`). Without this call the channel
+    /// uses the global meter and tracer providers as they are when [`build`](Self::build)
+    /// runs; see [`stats::otel`](crate::stats::otel) for the instruments and spans.
+    ///
+    /// ```
+    /// # use tonic_balancer::{BalancedChannel, OpenTelemetry};
+    /// let builder = BalancedChannel::builder("ipv4:127.0.0.1:50051")
+    ///     .opentelemetry(OpenTelemetry::default().optional_retry_metrics(true));
+    /// # let _ = builder;
+    /// ```
+    #[cfg(feature = "opentelemetry")]
+    pub fn opentelemetry(mut self, options: crate::stats::otel::OpenTelemetry) -> Self {
+        self.opentelemetry = options;
+        self
+    }
+
     /// Lets per-call credentials ([`BearerLayer`](crate::credentials::BearerLayer)) send
     /// tokens on this channel although it has no [`Builder::tls`]: for traffic protected
     /// another way (a mesh sidecar on localhost, a tunnel), or an `https://` endpoint with
@@ -612,6 +633,10 @@ impl Builder {
             #[cfg(feature = "tls")]
             tls.is_some(),
         )?;
+        #[cfg(feature = "opentelemetry")]
+        let telemetry = Some(self.opentelemetry.build(&self.name));
+        #[cfg(not(feature = "opentelemetry"))]
+        let telemetry = None;
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(Snapshot::initial()),
             published: watch::Sender::new(()),
@@ -648,6 +673,7 @@ impl Builder {
                         .map_or(0, |k| u64::try_from(k.time.as_nanos()).unwrap_or(u64::MAX)),
                 )),
                 conn,
+                telemetry: telemetry.clone(),
             },
             seed,
             target: self.name.clone(),
@@ -673,7 +699,7 @@ impl Builder {
                 sensitive,
                 seed,
                 calls: Default::default(),
-                stats: crate::stats::Stats::with_limit(self.stats_method_limit),
+                stats: crate::stats::Stats::new(self.stats_method_limit, telemetry),
                 mode: updates_tx,
                 policies,
                 credentials_allowed,

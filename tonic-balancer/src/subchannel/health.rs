@@ -138,6 +138,7 @@ mod tests {
                 liveness: None,
                 keepalive: None,
             },
+            telemetry: None,
             keepalive_time: Arc::default(),
         };
         let subchannel = new_subchannel(0, Address::from(backend.addr()), &Accounting::default());

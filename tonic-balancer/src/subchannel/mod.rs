@@ -53,6 +53,8 @@ pub(crate) struct ConnectSettings {
     /// The keepalive time of new connections, doubled each time a server answers
     /// keepalive PINGs with GOAWAY `too_many_pings` (gRFC A8). Shared by the channel.
     pub(crate) keepalive_time: Arc<AtomicU64>,
+    /// Where connection attempts and disconnections are reported (OpenTelemetry).
+    pub(crate) telemetry: Option<Arc<crate::stats::Telemetry>>,
 }
 
 /// The state of one subchannel that outlives its connections: its address, its state
@@ -368,6 +370,9 @@ impl Worker {
                         _ = want.wait_for(|w| !*w) => Wake::Unwanted,
                         () = closed => Wake::Done,
                     };
+                    if let Some(telemetry) = &self.settings.telemetry {
+                        telemetry.disconnected();
+                    }
                     match wake {
                         Wake::Stop => break,
                         // Letting go of our handle; calls in flight keep theirs.
@@ -396,6 +401,9 @@ impl Worker {
                 }
                 Err(error) => {
                     tracing::debug!(address = %self.subchannel.address, %error, "connect failed");
+                    if let Some(telemetry) = &self.settings.telemetry {
+                        telemetry.connected(false);
+                    }
                     self.report(ConnectivityState::TransientFailure, Update::Failed(error));
                     let delay = self.backoff.next_delay(&mut self.rng);
                     if let Wake::Stop = self.wait(&mut stop, tokio::time::sleep(delay)).await {
@@ -489,6 +497,9 @@ impl Worker {
                     .load
                     .connections
                     .fetch_add(1, Ordering::Relaxed);
+                if let Some(telemetry) = &self.settings.telemetry {
+                    telemetry.connected(true);
+                }
                 Ok(ReadyConn {
                     subchannel: self.subchannel.clone(),
                     conn,
