@@ -49,6 +49,9 @@ fn add(
     entry.2 += sum;
 }
 
+/// One exported series: attributes, count (or value) and sum.
+type Series = (BTreeMap<String, String>, f64, f64);
+
 /// grpcio's export, as otel_client.py prints it.
 fn python_shapes(json: &str, target: &str) -> BTreeMap<String, Shape> {
     let metrics: Value = serde_json::from_str(json).expect("otel_client.py prints JSON");
@@ -87,7 +90,7 @@ fn python_shapes(json: &str, target: &str) -> BTreeMap<String, Shape> {
 fn read<T: Copy>(
     data: &MetricData<T>,
     f: impl Fn(T) -> f64,
-) -> (String, Vec<(BTreeMap<String, String>, f64, f64)>) {
+) -> (String, Vec<Series>) {
     let attributes = |kvs: &mut dyn Iterator<Item = &opentelemetry::KeyValue>| {
         kvs.map(|kv| (kv.key.to_string(), kv.value.to_string()))
             .collect::<BTreeMap<_, _>>()
