@@ -87,10 +87,7 @@ fn python_shapes(json: &str, target: &str) -> BTreeMap<String, Shape> {
     shapes
 }
 
-fn read<T: Copy>(
-    data: &MetricData<T>,
-    f: impl Fn(T) -> f64,
-) -> (String, Vec<Series>) {
+fn read<T: Copy>(data: &MetricData<T>, f: impl Fn(T) -> f64) -> (String, Vec<Series>) {
     let attributes = |kvs: &mut dyn Iterator<Item = &opentelemetry::KeyValue>| {
         kvs.map(|kv| (kv.key.to_string(), kv.value.to_string()))
             .collect::<BTreeMap<_, _>>()
