@@ -74,8 +74,9 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: H2Body,
         guard: Option<CallGuard>,
-        record: Option<CallRecord>,
+        // Before `record`: dropped first, so the attempt ends before its call.
         trace: Option<AttemptTrace>,
+        record: Option<CallRecord>,
         addr: SocketAddr,
         // The method's `maxResponseMessageBytes`.
         limit: Option<MessageLimit>,

@@ -33,6 +33,10 @@
 //! facade has no way to delete a series, so to drop them from an exporter, give it an
 //! idle timeout (`metrics-exporter-prometheus`: `PrometheusBuilder::idle_timeout`).
 //!
+//! With the `opentelemetry` feature, the channel also reports gRPC's standard
+//! OpenTelemetry instruments and spans, and sends trace context per attempt: see the
+//! `stats::otel` module.
+//!
 //! Tracing: each call is a DEBUG span `grpc.call` with OpenTelemetry's RPC field names
 //! (`rpc.system = "grpc"`, `rpc.service`, `rpc.method`, `rpc.grpc.status_code`) plus
 //! `policy`; each attempt a DEBUG span `grpc.attempt` with `attempt` (1, 2, ...),

@@ -806,10 +806,13 @@ struct HeaderInjector<'a>(&'a mut http::HeaderMap);
 
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(value)) = (
-            http::HeaderName::from_bytes(key.as_bytes()),
-            http::HeaderValue::from_str(&value),
-        ) {
+        // The W3C names need no parsing; any other propagator's are checked.
+        let name = match key {
+            "traceparent" => Ok(http::HeaderName::from_static("traceparent")),
+            "tracestate" => Ok(http::HeaderName::from_static("tracestate")),
+            _ => http::HeaderName::from_bytes(key.as_bytes()),
+        };
+        if let (Ok(name), Ok(value)) = (name, http::HeaderValue::try_from(value)) {
             self.0.insert(name, value);
         }
     }
