@@ -582,3 +582,55 @@ async fn without_a_span_context_or_a_recording_tracer_no_trace_header_is_sent() 
     })
     .await;
 }
+
+#[tokio::test]
+async fn subchannel_and_lb_instruments_count_failed_connects_disconnections_and_failed_picks() {
+    within(async {
+        use tonic_balancer::ConnectivityState;
+        let metrics = Metrics::new();
+        let refused = refused_addr();
+        let channel = BalancedChannel::builder(&target([refused]))
+            .connection_backoff(fast_backoff())
+            .opentelemetry(OpenTelemetry::default().meter_provider(&metrics.provider))
+            .build()
+            .unwrap();
+        channel
+            .wait_for(|subs| subs.iter().all(|s| s.state == ConnectivityState::TransientFailure))
+            .await;
+        let status = Client::new(channel.clone())
+            .empty_call(Empty {})
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable);
+        let all = metrics.collect();
+        let failed = &all["grpc.subchannel.connection_attempts_failed"];
+        assert!(failed.points[0].value >= 1.0, "{failed:?}");
+        let picks = &all["grpc.lb.tonic_balancer.picks_failed"];
+        assert_eq!((picks.unit.as_str(), picks.points[0].value), ("{pick}", 1.0));
+        let waited = &all["grpc.lb.tonic_balancer.queue_wait"];
+        assert_eq!((waited.unit.as_str(), waited.points[0].value), ("s", 1.0));
+        assert!(!all.contains_key("grpc.subchannel.connection_attempts_succeeded"));
+
+        // A READY connection that is lost: one disconnection, nothing left open.
+        let metrics = Metrics::new();
+        let backend = Backend::start("b").await.unwrap();
+        let channel = BalancedChannel::builder(&target([backend.addr()]))
+            .connection_backoff(fast_backoff())
+            .opentelemetry(OpenTelemetry::default().meter_provider(&metrics.provider))
+            .build()
+            .unwrap();
+        wait_ready(&channel, 1).await;
+        backend.kill().await;
+        channel
+            .wait_for(|subs| subs.iter().all(|s| s.state != ConnectivityState::Ready))
+            .await;
+        let all = metrics.collect();
+        let lost = &all["grpc.subchannel.disconnections"];
+        assert_eq!(
+            (lost.unit.as_str(), lost.kind, lost.points[0].value),
+            ("{disconnection}", "counter", 1.0)
+        );
+        assert_eq!(all["grpc.subchannel.open_connections"].points[0].value, 0.0);
+    })
+    .await;
+}
