@@ -595,7 +595,10 @@ async fn subchannel_and_lb_instruments_count_failed_connects_disconnections_and_
             .build()
             .unwrap();
         channel
-            .wait_for(|subs| subs.iter().all(|s| s.state == ConnectivityState::TransientFailure))
+            .wait_for(|subs| {
+                subs.iter()
+                    .all(|s| s.state == ConnectivityState::TransientFailure)
+            })
             .await;
         let status = Client::new(channel.clone())
             .empty_call(Empty {})
@@ -606,7 +609,10 @@ async fn subchannel_and_lb_instruments_count_failed_connects_disconnections_and_
         let failed = &all["grpc.subchannel.connection_attempts_failed"];
         assert!(failed.points[0].value >= 1.0, "{failed:?}");
         let picks = &all["grpc.lb.tonic_balancer.picks_failed"];
-        assert_eq!((picks.unit.as_str(), picks.points[0].value), ("{pick}", 1.0));
+        assert_eq!(
+            (picks.unit.as_str(), picks.points[0].value),
+            ("{pick}", 1.0)
+        );
         let waited = &all["grpc.lb.tonic_balancer.queue_wait"];
         assert_eq!((waited.unit.as_str(), waited.points[0].value), ("s", 1.0));
         assert!(!all.contains_key("grpc.subchannel.connection_attempts_succeeded"));
@@ -631,6 +637,51 @@ async fn subchannel_and_lb_instruments_count_failed_connects_disconnections_and_
             ("{disconnection}", "counter", 1.0)
         );
         assert_eq!(all["grpc.subchannel.open_connections"].points[0].value, 0.0);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_outlier_ejection_is_counted_under_the_outlier_detection_policy() {
+    within(async {
+        let metrics = Metrics::new();
+        let backends = fleet(3, tonic_balancer_testkit::Latency::None).await;
+        let mut outliers = tonic_balancer::health::OutlierDetection::default();
+        // Long intervals: only consecutive failures eject within this test.
+        outliers.interval = std::time::Duration::from_secs(60);
+        let channel = BalancedChannel::builder(&target(backends.iter().map(|b| b.addr())))
+            .outlier_detection(outliers)
+            .opentelemetry(OpenTelemetry::default().meter_provider(&metrics.provider))
+            .build()
+            .unwrap();
+        wait_ready(&channel, 3).await;
+        backends[1].set_failure(1.0, Code::Unavailable);
+        let mut client = Client::new(channel.clone());
+        // Five failures in a row eject it; round robin reaches it every third call.
+        for _ in 0..15 {
+            let _ = call(&mut client).await;
+        }
+        // The control task ejects it and then publishes: wait for publishes (a bounded
+        // number) until the ejection shows.
+        for _ in 0..100 {
+            if channel.stats().endpoints.iter().any(|e| e.ejections > 0) {
+                break;
+            }
+            let mut first = true;
+            channel
+                .wait_for(|_| !std::mem::replace(&mut first, false))
+                .await;
+        }
+        let all = metrics.collect();
+        let ejections = &all["grpc.lb.outlier_detection.ejections"];
+        assert_eq!(
+            (
+                ejections.unit.as_str(),
+                ejections.kind,
+                ejections.points[0].value
+            ),
+            ("{ejection}", "counter", 1.0)
+        );
     })
     .await;
 }
