@@ -71,9 +71,11 @@
 //!
 //! # Cost
 //!
-//! Attribute sets are built once per method and status. When nothing records spans
-//! (the no-op tracer, or a sampler that drops the call) and the caller has no span
-//! context to pass on, a call does no span work beyond asking the tracer once.
+//! Attribute sets are built once per method and status. With the no-op tracer (no
+//! tracer provider installed when the channel was built) a call makes no span at all,
+//! once the first call has shown the tracer to be a no-op; a caller's span context is
+//! still passed on. With a sampler that drops the call, the call asks the tracer once
+//! and makes no attempt spans.
 //!
 //! [`BalancedChannel`]: crate::BalancedChannel
 
@@ -215,6 +217,9 @@ impl OpenTelemetry {
 pub(crate) struct Telemetry {
     target: KeyValue,
     tracer: Arc<BoxedTracer>,
+    /// Set once the tracer showed it is a no-op (a root span without a valid span
+    /// context): from then on calls make no span at all.
+    tracer_is_noop: std::sync::atomic::AtomicBool,
     trace_bin: bool,
     attempt_started: Counter<u64>,
     attempt_duration: Histogram<f64>,
@@ -306,6 +311,7 @@ impl Telemetry {
         Self {
             target: KeyValue::new("grpc.target", Arc::<str>::from(target)),
             tracer,
+            tracer_is_noop: std::sync::atomic::AtomicBool::new(false),
             trace_bin: options.trace_bin,
             attempt_started: counter(
                 "grpc.client.attempt.started",
@@ -487,7 +493,14 @@ impl fmt::Debug for CallTrace {
 impl CallTrace {
     /// Starts a call to `path`: its span is a child of the current context.
     pub(crate) fn start(method: Arc<Method>, path: &str) -> Self {
-        let tracer = &method.telemetry.tracer;
+        let telemetry = &method.telemetry;
+        if telemetry.tracer_is_noop.load(Ordering::Relaxed) {
+            // Nothing records here: only a caller's trace is passed on.
+            let cx =
+                Context::map_current(|cx| cx.span().span_context().is_valid().then(|| cx.clone()));
+            return Self::new(method, cx, false);
+        }
+        let tracer = &telemetry.tracer;
         let parent = Context::current();
         // A static name first: a tracer that records nothing costs no allocation.
         let span: BoxedSpan = tracer.build_with_context(
@@ -495,6 +508,17 @@ impl CallTrace {
             &parent,
         );
         let recording = span.is_recording();
+        let parent_valid = parent.span().span_context().is_valid();
+        if !recording
+            && !parent_valid
+            && !parent.is_telemetry_suppressed()
+            && !span.span_context().is_valid()
+        {
+            // A root span with no ids: the no-op tracer, which the channel keeps for
+            // its life (an SDK tracer gives even the spans it drops valid ids; it
+            // gives none only while telemetry is suppressed, or once shut down).
+            telemetry.tracer_is_noop.store(true, Ordering::Relaxed);
+        }
         let cx = if recording {
             let (service, name) = split_path(path);
             let mut span = span;
@@ -503,12 +527,16 @@ impl CallTrace {
             span.set_attribute(KeyValue::new("rpc.service", service.to_owned()));
             span.set_attribute(KeyValue::new("rpc.method", name.to_owned()));
             Some(parent.with_span(span))
-        } else if parent.span().span_context().is_valid() {
+        } else if parent_valid {
             // Nothing records here, but the caller's trace goes on to the server.
             Some(parent)
         } else {
             None
         };
+        Self::new(method, cx, recording)
+    }
+
+    fn new(method: Arc<Method>, cx: Option<Context>, recording: bool) -> Self {
         Self {
             method,
             cx,
