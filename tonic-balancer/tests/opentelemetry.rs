@@ -685,3 +685,48 @@ async fn an_outlier_ejection_is_counted_under_the_outlier_detection_policy() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_hedge_is_counted_and_the_attempt_that_lost_ends_cancelled() {
+    within(async {
+        let metrics = Metrics::new();
+        // The backend takes 50 ms; the hedge goes out after 5 ms, so two attempts run.
+        let backends = fleet(
+            1,
+            tonic_balancer_testkit::Latency::Fixed(std::time::Duration::from_millis(50)),
+        )
+        .await;
+        let config = r#"{"methodConfig": [{"name": [{"service": "grpc.testing.TestService"}],
+            "hedgingPolicy": {"maxAttempts": 2, "hedgingDelay": "0.005s"}}]}"#;
+        let channel = BalancedChannel::builder(&target([backends[0].addr()]))
+            .service_config_json(config)
+            .unwrap()
+            .opentelemetry(
+                OpenTelemetry::default()
+                    .meter_provider(&metrics.provider)
+                    .optional_retry_metrics(true),
+            )
+            .build()
+            .unwrap();
+        wait_ready(&channel, 1).await;
+        call(&mut Client::new(channel.clone())).await.unwrap();
+
+        let all = metrics.collect();
+        let hedges = &all["grpc.client.call.hedges"];
+        assert_eq!(hedges.unit, "{hedge}");
+        assert_eq!((hedges.points[0].value, hedges.points[0].sum), (1.0, 1.0));
+        let started = &all["grpc.client.attempt.started"];
+        assert_eq!(started.points[0].value, 2.0);
+        let by_status: BTreeMap<String, f64> = all["grpc.client.attempt.duration"]
+            .points
+            .iter()
+            .map(|p| (p.attributes["grpc.status"].clone(), p.value))
+            .collect();
+        assert_eq!(
+            by_status,
+            BTreeMap::from([("CANCELLED".to_owned(), 1.0), ("OK".to_owned(), 1.0)])
+        );
+        assert!(!all.contains_key("grpc.client.call.retries"), "{all:?}");
+    })
+    .await;
+}
