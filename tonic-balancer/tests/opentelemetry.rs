@@ -730,3 +730,67 @@ async fn a_hedge_is_counted_and_the_attempt_that_lost_ends_cancelled() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_streamed_request_body_is_counted_as_it_is_sent() {
+    within(async {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        let metrics = Metrics::new();
+        let backend = Backend::start("b").await.unwrap();
+        let channel = BalancedChannel::builder(&target([backend.addr()]))
+            .opentelemetry(OpenTelemetry::default().meter_provider(&metrics.provider))
+            .build()
+            .unwrap();
+        wait_ready(&channel, 1).await;
+        // A body that is not ready at once: the channel streams it rather than take it
+        // whole, as it does for client-streaming calls.
+        let message = SimpleRequest {
+            response_size: 3,
+            ..Default::default()
+        };
+        let encoded = prost::Message::encode_to_vec(&message);
+        let mut framed = vec![0u8];
+        framed.extend((encoded.len() as u32).to_be_bytes());
+        framed.extend(&encoded);
+        let stream = futures_util::stream::once(async move {
+            tokio::task::yield_now().await;
+            Ok::<_, Status>(http_body::Frame::data(bytes::Bytes::from(framed)))
+        });
+        let request = http::Request::builder()
+            .method("POST")
+            .uri("http://b/grpc.testing.TestService/UnaryCall")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(tonic::body::Body::new(http_body_util::StreamBody::new(
+                stream,
+            )))
+            .unwrap();
+        let response = channel.clone().oneshot(request).await.unwrap();
+        let body = response.into_body().collect().await.unwrap();
+        let trailers = body.trailers().cloned().unwrap_or_default();
+        assert_eq!(
+            trailers.get("grpc-status").map(|v| v.as_bytes()),
+            Some(&b"0"[..])
+        );
+
+        let all = metrics.collect();
+        let sent = all["grpc.client.attempt.sent_total_compressed_message_size"]
+            .points
+            .iter()
+            .find(|p| p.attributes["grpc.method"] == UNARY_CALL)
+            .cloned()
+            .expect("the streamed request's size");
+        assert_eq!((sent.value, sent.sum), (1.0, encoded.len() as f64));
+        // The response: a SimpleResponse with a 3-byte payload, counted the same way.
+        let rcvd = all["grpc.client.attempt.rcvd_total_compressed_message_size"]
+            .points
+            .iter()
+            .find(|p| p.attributes["grpc.method"] == UNARY_CALL)
+            .cloned()
+            .unwrap();
+        assert_eq!(rcvd.value, 1.0);
+        assert!(rcvd.sum >= 3.0, "{rcvd:?}");
+    })
+    .await;
+}

@@ -293,7 +293,7 @@ impl Call<'_> {
             head.headers
                 .insert("grpc-previous-rpc-attempts", HeaderValue::from(previous));
         }
-        let (body, polled) = self.body.outgoing();
+        let (mut body, polled) = self.body.outgoing();
         let addr = ready.subchannel.address.addr;
         if let Some(trace) = trace {
             let whole = match &body {
@@ -302,6 +302,9 @@ impl Call<'_> {
                 Outgoing::Stream(_) => None,
             };
             trace.sent(addr, &mut head.headers, whole);
+            if let Outgoing::Stream(stream) = body {
+                body = Outgoing::Stream(trace.count_sent(stream));
+            }
         }
         let sent = match ready.send(head, body) {
             Ok(sent) => sent,

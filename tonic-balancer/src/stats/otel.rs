@@ -47,9 +47,8 @@
 //! - Latency histograms use gRPC's boundaries ([`LATENCY_BOUNDARIES`]), size histograms
 //!   gRPC's ([`SIZE_BOUNDARIES`]), as hints to the SDK; a view can override them.
 //! - Sizes count the gRPC messages' bytes as they went on the wire (compressed when the
-//!   message was), without the 5-byte message prefix, as gRPC counts them. The sent
-//!   size of a client-streaming request is not recorded (its messages are not counted
-//!   as they stream).
+//!   message was), without the 5-byte message prefix, as gRPC counts them; a streaming
+//!   request's messages are counted as its body is sent.
 //! - An attempt ends when its response stream ends; an attempt that got no pick, or a
 //!   hedge that lost, ends at once (a lost hedge as `CANCELLED`).
 //! - The A94 instruments leave out the optional `grpc.lb.locality` attribute.
@@ -611,6 +610,7 @@ impl CallTrace {
                 .filter(|_| !self.recording)
                 .map(|cx| cx.span().span_context().clone()),
             sent: None,
+            streamed: None,
             rcvd: 0,
             messages: 0,
             framing: Framing::default(),
@@ -676,6 +676,8 @@ pub(crate) struct AttemptTrace {
     /// The caller's span context, passed on when nothing records here.
     carried: Option<SpanContext>,
     sent: Option<u64>,
+    /// A streaming request's message bytes, counted as its body is sent.
+    streamed: Option<Arc<AtomicU64>>,
     rcvd: u64,
     messages: u32,
     framing: Framing,
@@ -739,6 +741,16 @@ impl AttemptTrace {
         }
     }
 
+    /// A streaming request body, wrapped to count its messages' bytes as they go.
+    pub(crate) fn count_sent(&mut self, body: tonic::body::Body) -> tonic::body::Body {
+        let total = self.streamed.get_or_insert_with(Arc::default).clone();
+        tonic::body::Body::new(CountSent {
+            inner: body,
+            framing: Framing::default(),
+            total,
+        })
+    }
+
     /// Response bytes arrived (DATA frames, in order).
     pub(crate) fn received(&mut self, bytes: &[u8]) {
         let Self {
@@ -774,7 +786,8 @@ impl AttemptTrace {
         telemetry
             .attempt_duration
             .record(self.started.elapsed().as_secs_f64(), attributes);
-        if let Some(sent) = self.sent {
+        let streamed = self.streamed.as_ref().map(|n| n.load(Ordering::Relaxed));
+        if let Some(sent) = self.sent.or(streamed) {
             telemetry.attempt_sent.record(sent, attributes);
         }
         telemetry.attempt_rcvd.record(self.rcvd, attributes);
@@ -825,6 +838,46 @@ impl Framing {
                 message(self.remaining);
             }
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request body that counts its messages' bytes as they are sent.
+    struct CountSent {
+        #[pin]
+        inner: tonic::body::Body,
+        framing: Framing,
+        total: Arc<AtomicU64>,
+    }
+}
+
+impl http_body::Body for CountSent {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        if let Some(Ok(data)) = &frame
+            && let Some(bytes) = data.data_ref()
+        {
+            let total = &*this.total;
+            this.framing.feed(bytes, |size| {
+                total.fetch_add(size, Ordering::Relaxed);
+            });
+        }
+        std::task::Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
