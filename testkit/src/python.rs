@@ -17,6 +17,12 @@
 //!   already installed; nothing is created or installed.
 //! - `TONIC_BALANCER_PYTHON_ENV=/some/dir`: where to create the environment instead.
 //! - `PYTHON3=/path/to/python3`: the interpreter that creates it (default `python3`).
+//!
+//! [`run_otel_client`] runs `python/otel_client.py`, a grpcio client with grpcio's
+//! OpenTelemetry plugin, in a second environment made the same way from
+//! `python/observability-requirements.txt` (`target/testkit-python-observability/`, or
+//! `TONIC_BALANCER_PYTHON_OBSERVABILITY_ENV`): grpcio-observability pins an exact
+//! grpcio release of its own.
 
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read};
