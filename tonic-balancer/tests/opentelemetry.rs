@@ -794,3 +794,63 @@ async fn a_streamed_request_body_is_counted_as_it_is_sent() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_retried_call_has_one_attempt_span_per_attempt_and_its_backoffs_as_events() {
+    within(async {
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let backend = Backend::start("b").await.unwrap();
+        let config = r#"{"methodConfig": [{"name": [{"service": "grpc.testing.TestService"}],
+            "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.01s", "maxBackoff": "0.01s",
+              "backoffMultiplier": 1, "retryableStatusCodes": ["UNAVAILABLE"]}}]}"#;
+        let channel = BalancedChannel::builder(&target([backend.addr()]))
+            .service_config_json(config)
+            .unwrap()
+            .opentelemetry(OpenTelemetry::default().tracer_provider(&provider))
+            .build()
+            .unwrap();
+        wait_ready(&channel, 1).await;
+        backend.fail_next(2, Code::Unavailable);
+        Client::new(channel).empty_call(Empty {}).await.unwrap();
+
+        let spans = exporter.get_finished_spans().unwrap();
+        let call = span(&spans, "Sent.grpc.testing.TestService.EmptyCall");
+        let attempts: Vec<&SpanData> = spans
+            .iter()
+            .filter(|s| s.name == "Attempt.grpc.testing.TestService.EmptyCall")
+            .collect();
+        assert_eq!(attempts.len(), 3, "{:?}", names(&spans));
+        let mut seen: Vec<(String, String)> = attempts
+            .iter()
+            .map(|a| {
+                assert_eq!(a.parent_span_id, call.span_context.span_id());
+                (
+                    attribute(a, "previous-rpc-attempts").unwrap(),
+                    attribute(a, "rpc.grpc.status_code").unwrap(),
+                )
+            })
+            .collect();
+        seen.sort();
+        let expected =
+            [("0", "14"), ("1", "14"), ("2", "0")].map(|(a, b)| (a.to_owned(), b.to_owned()));
+        assert_eq!(seen, expected);
+        let events: Vec<&str> = call.events.iter().map(|e| e.name.as_ref()).collect();
+        assert_eq!(
+            events,
+            [
+                "Retry backoff",
+                "Retry attempt",
+                "Retry backoff",
+                "Retry attempt"
+            ]
+        );
+        assert_eq!(
+            attribute(call, "rpc.grpc.status_code").as_deref(),
+            Some("0")
+        );
+    })
+    .await;
+}
