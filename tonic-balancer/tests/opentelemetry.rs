@@ -854,3 +854,30 @@ async fn a_retried_call_has_one_attempt_span_per_attempt_and_its_backoffs_as_eve
     })
     .await;
 }
+
+#[tokio::test]
+async fn methods_beyond_the_stats_limit_are_reported_as_other() {
+    within(async {
+        let metrics = Metrics::new();
+        let backend = Backend::start("b").await.unwrap();
+        let channel = BalancedChannel::builder(&target([backend.addr()]))
+            .stats_method_limit(1)
+            .opentelemetry(OpenTelemetry::default().meter_provider(&metrics.provider))
+            .build()
+            .unwrap();
+        wait_ready(&channel, 1).await;
+        let mut client = Client::new(channel);
+        client.empty_call(Empty {}).await.unwrap();
+        client.unary_call(SimpleRequest::default()).await.unwrap();
+        let methods: BTreeSet<String> = metrics.collect()["grpc.client.call.duration"]
+            .points
+            .iter()
+            .map(|p| p.attributes["grpc.method"].clone())
+            .collect();
+        assert_eq!(
+            methods,
+            BTreeSet::from([EMPTY_CALL.to_owned(), "other".to_owned()])
+        );
+    })
+    .await;
+}
