@@ -91,6 +91,8 @@ impl Progress for Bar {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    #[cfg(feature = "observability")]
+    let _observability = observability::install();
     let args = Args::parse();
     if args.serve_fleet {
         return tonic_balancer_bench::scale::serve_fleet().await;
@@ -206,4 +208,74 @@ fn parse_arms(names: &[String]) -> Result<Vec<Arm>, String> {
             })
         })
         .collect()
+}
+
+/// The `observability` feature: real sinks for the channel's metrics and spans.
+#[cfg(feature = "observability")]
+mod observability {
+    use opentelemetry_sdk::Resource;
+    use opentelemetry_sdk::error::OTelSdkResult;
+    use opentelemetry_sdk::metrics::{InMemoryMetricExporter, SdkMeterProvider};
+    use opentelemetry_sdk::trace::{SdkTracerProvider, Span, SpanData, SpanProcessor};
+    use std::time::Duration;
+
+    /// Takes every span and drops it at its end: the SDK records spans in full (a
+    /// provider without a processor would not), and no exporter cost is measured.
+    #[derive(Debug)]
+    struct Discard;
+
+    impl SpanProcessor for Discard {
+        fn on_start(&self, _: &mut Span, _: &opentelemetry::Context) {}
+        fn on_end(&self, span: SpanData) {
+            drop(span);
+        }
+        fn force_flush(&self) -> OTelSdkResult {
+            Ok(())
+        }
+        fn shutdown_with_timeout(&self, _: Duration) -> OTelSdkResult {
+            Ok(())
+        }
+        fn set_resource(&mut self, _: &Resource) {}
+    }
+
+    /// What was installed; the providers live as long as it does.
+    pub(crate) struct Installed {
+        _meter: Option<SdkMeterProvider>,
+        _tracer: Option<SdkTracerProvider>,
+    }
+
+    /// Installs what `TONIC_BALANCER_BENCH_OTEL` asks for (`all`, `metrics`, `none`).
+    pub(crate) fn install() -> Installed {
+        let what = std::env::var("TONIC_BALANCER_BENCH_OTEL").unwrap_or_else(|_| "all".into());
+        eprintln!("observability sinks: {what}");
+        let mut installed = Installed {
+            _meter: None,
+            _tracer: None,
+        };
+        if what == "none" {
+            return installed;
+        }
+        // Sync instruments aggregate as they record; the periodic reader's default
+        // 60 s interval exports at most a few times into memory during a run.
+        let meter = SdkMeterProvider::builder()
+            .with_periodic_exporter(InMemoryMetricExporter::default())
+            .build();
+        opentelemetry::global::set_meter_provider(meter.clone());
+        installed._meter = Some(meter);
+        if let Err(error) = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()
+        {
+            eprintln!("no metrics recorder: {error}");
+        }
+        if what == "all" {
+            let tracer = SdkTracerProvider::builder()
+                .with_span_processor(Discard)
+                .build();
+            opentelemetry::global::set_tracer_provider(tracer.clone());
+            opentelemetry::global::set_text_map_propagator(
+                opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+            );
+            installed._tracer = Some(tracer);
+        }
+        installed
+    }
 }

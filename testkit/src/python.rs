@@ -17,6 +17,12 @@
 //!   already installed; nothing is created or installed.
 //! - `TONIC_BALANCER_PYTHON_ENV=/some/dir`: where to create the environment instead.
 //! - `PYTHON3=/path/to/python3`: the interpreter that creates it (default `python3`).
+//!
+//! [`run_otel_client`] runs `python/otel_client.py`, a grpcio client with grpcio's
+//! OpenTelemetry plugin, in a second environment made the same way from
+//! `python/observability-requirements.txt` (`target/testkit-python-observability/`, or
+//! `TONIC_BALANCER_PYTHON_OBSERVABILITY_ENV`): grpcio-observability pins an exact
+//! grpcio release of its own.
 
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read};
@@ -37,6 +43,35 @@ const EXIT_MISSING_PACKAGES: i32 = 3;
 /// The pinned packages, compiled in so a change to them is a change to the build.
 const REQUIREMENTS: &str = include_str!("../python/requirements.txt");
 
+/// The OpenTelemetry reference's packages: grpcio-observability pins its own grpcio
+/// (an older patch release than the peer's), so it lives in an environment of its own.
+const OBSERVABILITY_REQUIREMENTS: &str = include_str!("../python/observability-requirements.txt");
+
+/// One virtual environment: its pinned requirements and where it lives.
+struct Environment {
+    requirements: &'static str,
+    /// The requirements file under `python/`.
+    file: &'static str,
+    /// Its directory under the target directory.
+    dir: &'static str,
+    /// Overrides the directory.
+    dir_variable: &'static str,
+}
+
+const PEER: Environment = Environment {
+    requirements: REQUIREMENTS,
+    file: "requirements.txt",
+    dir: "testkit-python",
+    dir_variable: "TONIC_BALANCER_PYTHON_ENV",
+};
+
+const OBSERVABILITY: Environment = Environment {
+    requirements: OBSERVABILITY_REQUIREMENTS,
+    file: "observability-requirements.txt",
+    dir: "testkit-python-observability",
+    dir_variable: "TONIC_BALANCER_PYTHON_OBSERVABILITY_ENV",
+};
+
 /// The directory of `interop_server.py` and `requirements.txt`.
 fn python_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("python")
@@ -46,27 +81,65 @@ fn python_dir() -> PathBuf {
 /// directory across processes). The error says what to do.
 pub fn interpreter() -> Result<PathBuf, String> {
     static PYTHON: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    PYTHON.get_or_init(provision).clone()
+    PYTHON
+        .get_or_init(|| {
+            if let Some(python) = std::env::var_os("TONIC_BALANCER_PYTHON") {
+                return Ok(PathBuf::from(python));
+            }
+            provision(&PEER)
+        })
+        .clone()
 }
 
-fn provision() -> Result<PathBuf, String> {
-    if let Some(python) = std::env::var_os("TONIC_BALANCER_PYTHON") {
-        return Ok(PathBuf::from(python));
+/// The interpreter with grpcio's OpenTelemetry plugin (`grpcio-observability`) and the
+/// OpenTelemetry SDK, in an environment of its own (`target/testkit-python-observability/`,
+/// or `TONIC_BALANCER_PYTHON_OBSERVABILITY_ENV`), made as [`interpreter`] makes its own.
+pub fn observability_interpreter() -> Result<PathBuf, String> {
+    static PYTHON: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    PYTHON.get_or_init(|| provision(&OBSERVABILITY)).clone()
+}
+
+/// Runs `otel_client.py` against a server at `target` with the grpcio interpreter of
+/// [`observability_interpreter`]: one OK `EmptyCall` and one `UnaryCall` that asks for
+/// UNAVAILABLE, through grpcio's OpenTelemetry plugin with an in-memory metric reader.
+/// Returns what the script prints: the exported metrics as JSON (see the script).
+pub fn run_otel_client(target: &str) -> Result<String, String> {
+    let python = observability_interpreter()?;
+    let script = python_dir().join("otel_client.py");
+    let output = Command::new(&python)
+        .arg(&script)
+        .arg(target)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {} ({e})", python.display()))?;
+    if !output.status.success() {
+        return Err(format!(
+            "{} exited with {}: {}",
+            script.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ));
     }
-    let env_dir = match std::env::var_os("TONIC_BALANCER_PYTHON_ENV") {
+    String::from_utf8(output.stdout).map_err(|e| format!("output not UTF-8: {e}"))
+}
+
+fn provision(environment: &Environment) -> Result<PathBuf, String> {
+    let requirements = environment.requirements;
+    let env_dir = match std::env::var_os(environment.dir_variable) {
         Some(dir) => PathBuf::from(dir),
-        None => target_dir().join("testkit-python"),
+        None => target_dir().join(environment.dir),
     };
     let python = env_dir.join("bin").join("python");
     let marker = env_dir.join("installed-requirements.txt");
-    let installed = || fs::read_to_string(&marker).is_ok_and(|text| text == REQUIREMENTS);
+    let installed = || fs::read_to_string(&marker).is_ok_and(|text| text == requirements);
     if installed() {
         return Ok(python);
     }
     let parent = env_dir.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
     // One process creates the environment; the others wait here, then find it ready.
-    let lock_path = parent.join("testkit-python.lock");
+    let lock_path = parent.join(format!("{}.lock", environment.dir));
     let lock = File::create(&lock_path)
         .map_err(|e| format!("cannot create {}: {e}", lock_path.display()))?;
     lock.lock()
@@ -88,7 +161,7 @@ fn provision() -> Result<PathBuf, String> {
             "the Python gRPC peer needs python3 with its venv module (Debian: apt-get install \
              python3-venv), or TONIC_BALANCER_PYTHON naming an interpreter that has grpcio \
              (pip install -r {})",
-            python_dir().join("requirements.txt").display()
+            python_dir().join(environment.file).display()
         ),
     )?;
     run(
@@ -101,12 +174,12 @@ fn provision() -> Result<PathBuf, String> {
                 "--disable-pip-version-check",
             ])
             .arg("-r")
-            .arg(python_dir().join("requirements.txt")),
+            .arg(python_dir().join(environment.file)),
         "install the pinned grpcio packages",
         "pip needs access to PyPI; or set TONIC_BALANCER_PYTHON to an interpreter that has \
          them",
     )?;
-    fs::write(&marker, REQUIREMENTS)
+    fs::write(&marker, requirements)
         .map_err(|e| format!("cannot write {}: {e}", marker.display()))?;
     eprintln!("tonic-balancer-testkit: Python environment ready");
     Ok(python)

@@ -56,4 +56,6 @@ pub use channel::{
 };
 pub use connectivity::ConnectivityState;
 pub use error::{Error, ErrorKind, InvalidSetting};
+#[cfg(feature = "opentelemetry")]
+pub use stats::otel::OpenTelemetry;
 pub use subchannel::SubchannelInfo;

@@ -23,7 +23,7 @@ use crate::config::{HedgingPolicy, RetryPolicy};
 use crate::deadline::{self, GRPC_TIMEOUT};
 use crate::load::CallGuard;
 use crate::retry::{Pushback, Replay, Throttle, pushback};
-use crate::stats::{AttemptKind, MethodStats};
+use crate::stats::{AttemptKind, AttemptTrace, CallTrace, MethodStats};
 use crate::subchannel::{Outgoing, send_error};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -213,6 +213,8 @@ pub(super) struct Call<'a> {
     /// The builder's cap on attempts (grpc-go's `WithMaxCallAttempts`).
     pub(super) max_attempts: u32,
     pub(super) stats: &'a MethodStats,
+    /// The call's OpenTelemetry span and counts, if the channel reports there.
+    pub(super) trace: Option<&'a CallTrace>,
 }
 
 impl Call<'_> {
@@ -226,25 +228,40 @@ impl Call<'_> {
             server.port = tracing::field::Empty,
             rpc.grpc.status_code = tracing::field::Empty,
         );
-        let attempt = self
-            .send_attempt(previous, kind)
+        let mut trace = self
+            .trace
+            .map(|trace| trace.attempt(kind, previous, self.parts.uri.path()));
+        let mut attempt = self
+            .send_attempt(previous, kind, trace.as_mut())
             .instrument(span.clone())
             .await;
-        match &attempt {
-            Attempt::Failed { status, .. } | Attempt::NotPicked(status) => {
-                span.record("rpc.grpc.status_code", status.code() as i32);
-            }
+        let code = match &mut attempt {
+            Attempt::Failed { status, .. } | Attempt::NotPicked(status) => Some(status.code()),
             Attempt::Response(answer) => {
-                if let Some(code) = trailers_only_status(answer.response.headers()) {
-                    span.record("rpc.grpc.status_code", code as i32);
+                let code = trailers_only_status(answer.response.headers());
+                if code.is_none() {
+                    // The attempt goes on while its response streams.
+                    answer.trace = trace.take();
                 }
+                code
+            }
+        };
+        if let Some(code) = code {
+            span.record("rpc.grpc.status_code", code as i32);
+            if let Some(trace) = trace.as_mut() {
+                trace.finish(code);
             }
         }
         attempt
     }
 
     /// One attempt: pick, send, wrap the response body in the load guard.
-    async fn send_attempt(&self, previous: u32, kind: AttemptKind) -> Attempt {
+    async fn send_attempt(
+        &self,
+        previous: u32,
+        kind: AttemptKind,
+        trace: Option<&mut AttemptTrace>,
+    ) -> Attempt {
         let ready = match self
             .inner
             .pick(self.picker, self.wait_for_ready, self.deadline)
@@ -276,8 +293,19 @@ impl Call<'_> {
             head.headers
                 .insert("grpc-previous-rpc-attempts", HeaderValue::from(previous));
         }
-        let (body, polled) = self.body.outgoing();
+        let (mut body, polled) = self.body.outgoing();
         let addr = ready.subchannel.address.addr;
+        if let Some(trace) = trace {
+            let whole = match &body {
+                Outgoing::Empty => Some(&[][..]),
+                Outgoing::Message(message) => Some(&message[..]),
+                Outgoing::Stream(_) => None,
+            };
+            trace.sent(addr, &mut head.headers, whole);
+            if let Outgoing::Stream(stream) = body {
+                body = Outgoing::Stream(trace.count_sent(stream));
+            }
+        }
         let sent = match ready.send(head, body) {
             Ok(sent) => sent,
             Err(error) => {
@@ -322,6 +350,7 @@ impl Call<'_> {
                     guard: Some(guard),
                     addr,
                     timer,
+                    trace: None,
                 })
             }
             Err(error) => {
@@ -473,6 +502,9 @@ impl Call<'_> {
                     "deadline exceeded after {} attempts (last: {last})",
                     previous + 1
                 )));
+            }
+            if let Some(trace) = self.trace {
+                trace.backoff(delay);
             }
             tokio::time::sleep(delay).await;
             previous += 1;

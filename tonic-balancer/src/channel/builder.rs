@@ -188,6 +188,8 @@ pub struct Builder {
     default_timeout: Option<Duration>,
     idle_timeout: Duration,
     max_concurrent_connects: usize,
+    #[cfg(feature = "opentelemetry")]
+    opentelemetry: crate::stats::otel::OpenTelemetry,
 }
 
 impl Builder {
@@ -230,6 +232,8 @@ impl Builder {
             default_timeout: None,
             idle_timeout: crate::defaults::DEFAULT_IDLE_TIMEOUT,
             max_concurrent_connects: crate::defaults::DEFAULT_MAX_CONCURRENT_CONNECTS,
+            #[cfg(feature = "opentelemetry")]
+            opentelemetry: Default::default(),
         }
     }
 
@@ -528,6 +532,23 @@ impl Builder {
         self
     }
 
+    /// Where the channel reports to OpenTelemetry, and what it reports beyond gRPC's
+    /// default instruments (feature `opentelemetry`). Without this call the channel
+    /// uses the global meter and tracer providers as they are when [`build`](Self::build)
+    /// runs; see [`stats::otel`](crate::stats::otel) for the instruments and spans.
+    ///
+    /// ```
+    /// # use tonic_balancer::{BalancedChannel, OpenTelemetry};
+    /// let builder = BalancedChannel::builder("ipv4:127.0.0.1:50051")
+    ///     .opentelemetry(OpenTelemetry::default().optional_retry_metrics(true));
+    /// # let _ = builder;
+    /// ```
+    #[cfg(feature = "opentelemetry")]
+    pub fn opentelemetry(mut self, options: crate::stats::otel::OpenTelemetry) -> Self {
+        self.opentelemetry = options;
+        self
+    }
+
     /// Lets per-call credentials ([`BearerLayer`](crate::credentials::BearerLayer)) send
     /// tokens on this channel although it has no [`Builder::tls`]: for traffic protected
     /// another way (a mesh sidecar on localhost, a tunnel), or an `https://` endpoint with
@@ -683,6 +704,10 @@ impl Builder {
             #[cfg(feature = "tls")]
             tls.is_some(),
         )?;
+        #[cfg(feature = "opentelemetry")]
+        let telemetry = Some(self.opentelemetry.build(&self.name));
+        #[cfg(not(feature = "opentelemetry"))]
+        let telemetry = None;
         let shared = Arc::new(Shared::new());
         let (stop_tx, stop_rx) = oneshot::channel();
         let ControlConfig {
@@ -721,6 +746,7 @@ impl Builder {
                     self.max_concurrent_connects
                         .min(tokio::sync::Semaphore::MAX_PERMITS),
                 )),
+                telemetry: telemetry.clone(),
             },
             seed,
             target: self.name.clone(),
@@ -748,7 +774,7 @@ impl Builder {
                 sensitive,
                 seed,
                 calls: Default::default(),
-                stats: crate::stats::Stats::with_limit(self.stats_method_limit),
+                stats: crate::stats::Stats::new(self.stats_method_limit, telemetry),
                 mode: updates_tx,
                 policies,
                 credentials_allowed,

@@ -633,6 +633,9 @@ impl Control {
                 if let Some(exported) = &entry.subchannel.load.exported {
                     exported.ejections.increment(1);
                 }
+                if let Some(telemetry) = &self.settings.telemetry {
+                    telemetry.ejected();
+                }
             } else if was && !now {
                 tracing::debug!(target = %self.target, address = %entry.subchannel.address, "returned from ejection");
             }
@@ -690,12 +693,18 @@ impl Control {
         } = chosen;
         // Panic mode: too few usable backends in the priority used, so use every
         // connected one of it.
-        if let Some(threshold) = self.panic_threshold
-            && (ready.len() as u64) * 100 < u64::from(threshold) * size as u64
-            && connected.len() > ready.len()
-        {
+        let panic = self.panic_threshold.is_some_and(|threshold| {
+            (ready.len() as u64) * 100 < u64::from(threshold) * size as u64
+                && connected.len() > ready.len()
+        });
+        if panic {
             tracing::debug!(target = %self.target, usable = ready.len(), connected = connected.len(), "panic mode");
             ready = connected;
+        }
+        if self.panic_threshold.is_some()
+            && let Some(telemetry) = &self.settings.telemetry
+        {
+            telemetry.panic_mode(panic);
         }
         let (aggregate, error) = if state.idle {
             (ConnectivityState::Idle, None)

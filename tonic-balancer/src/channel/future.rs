@@ -2,7 +2,7 @@
 
 use crate::load::CallGuard;
 use crate::retry::MessageLimit;
-use crate::stats::CallRecord;
+use crate::stats::{AttemptTrace, CallRecord};
 use crate::subchannel::H2Body;
 use bytes::Bytes;
 use http_body::Frame;
@@ -62,6 +62,8 @@ pub(crate) struct Answer {
     /// The call's deadline timer, made by the attempt and kept for the response body:
     /// one timer per call.
     pub(crate) timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The attempt's OpenTelemetry record, ended with the response stream.
+    pub(crate) trace: Option<AttemptTrace>,
 }
 
 pin_project_lite::pin_project! {
@@ -72,6 +74,8 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: H2Body,
         guard: Option<CallGuard>,
+        // Before `record`: dropped first, so the attempt ends before its call.
+        trace: Option<AttemptTrace>,
         record: Option<CallRecord>,
         addr: SocketAddr,
         // The method's `maxResponseMessageBytes`.
@@ -95,12 +99,14 @@ impl CallBody {
             guard,
             addr,
             timer,
+            trace,
         } = answer;
         response.map(|inner| {
             Body::new(CallBody {
                 inner,
                 guard,
                 record: Some(record),
+                trace,
                 addr,
                 limit,
                 deadline: timer.or_else(|| deadline.map(|d| Box::pin(tokio::time::sleep_until(d)))),
@@ -141,7 +147,12 @@ impl http_body::Body for CallBody {
             frame = Some(Err(status));
         }
         let code = match &frame {
-            Some(Ok(data)) if !data.is_trailers() => return Poll::Ready(frame),
+            Some(Ok(data)) if !data.is_trailers() => {
+                if let (Some(trace), Some(bytes)) = (this.trace.as_mut(), data.data_ref()) {
+                    trace.received(bytes);
+                }
+                return Poll::Ready(frame);
+            }
             Some(Ok(trailers)) => trailers
                 .trailers_ref()
                 .and_then(super::grpc_status)
@@ -155,6 +166,9 @@ impl http_body::Body for CallBody {
                 Some(Err(_)) => guard.failed(),
                 _ => guard.finished(code),
             }
+        }
+        if let Some(mut trace) = this.trace.take() {
+            trace.finish(code);
         }
         if let Some(record) = this.record.take() {
             record.finish(code);

@@ -308,7 +308,7 @@ impl Inner {
         if !span.is_disabled() {
             span.record("policy", tracing::field::debug(picker));
         }
-        let record = CallRecord::start(self.stats.method(path), span);
+        let record = CallRecord::start(self.stats.method(path), span, path);
 
         // The earliest of: inherited, set on the request, configured for the method.
         let requested = match deadline::request_timeout(request.headers()) {
@@ -377,6 +377,7 @@ impl Inner {
             throttle: config.throttle.as_deref(),
             max_attempts: config.max_attempts,
             stats: record.method(),
+            trace: record.trace(),
         };
         let result = match hedging {
             Some(hedging) => call.run_hedged(hedging).await,
@@ -466,7 +467,15 @@ impl Inner {
         self.shared.mark_active();
         match self.try_pick(picker, &self.shared.snapshot.load()) {
             Some(ready) => Ok(ready),
-            None => self.wait_for_pick(picker, wait_for_ready, deadline).await,
+            None => match self.stats.telemetry() {
+                None => self.wait_for_pick(picker, wait_for_ready, deadline).await,
+                Some(telemetry) => {
+                    let queued = Instant::now();
+                    let picked = self.wait_for_pick(picker, wait_for_ready, deadline).await;
+                    telemetry.queued(queued.elapsed(), picked.is_ok());
+                    picked
+                }
+            },
         }
     }
 

@@ -33,6 +33,10 @@
 //! facade has no way to delete a series, so to drop them from an exporter, give it an
 //! idle timeout (`metrics-exporter-prometheus`: `PrometheusBuilder::idle_timeout`).
 //!
+//! With the `opentelemetry` feature, the channel also reports gRPC's standard
+//! OpenTelemetry instruments and spans, and sends trace context per attempt: see the
+//! `stats::otel` module.
+//!
 //! Tracing: each call is a DEBUG span `grpc.call` with OpenTelemetry's RPC field names
 //! (`rpc.system = "grpc"`, `rpc.service`, `rpc.method`, `rpc.grpc.status_code`) plus
 //! `policy`; each attempt a DEBUG span `grpc.attempt` with `attempt` (1, 2, ...),
@@ -40,7 +44,16 @@
 //! `rpc.grpc.status_code` when the attempt ends without a response. Connectivity changes,
 //! ejections and resolver updates are DEBUG events.
 
+#[cfg(not(feature = "opentelemetry"))]
+mod disabled;
 mod histogram;
+#[cfg(feature = "opentelemetry")]
+pub mod otel;
+
+#[cfg(not(feature = "opentelemetry"))]
+pub(crate) use disabled::{AttemptTrace, CallTrace, Telemetry};
+#[cfg(feature = "opentelemetry")]
+pub(crate) use otel::{AttemptTrace, CallTrace, Telemetry};
 
 use crate::connectivity::ConnectivityState;
 use crate::resolver::Address;
@@ -85,10 +98,15 @@ pub(crate) struct MethodStats {
     throttled: AtomicU64,
     #[cfg(feature = "metrics")]
     exported: exported::Method,
+    /// Its OpenTelemetry attribute sets.
+    #[cfg(feature = "opentelemetry")]
+    otel: Option<Arc<otel::Method>>,
 }
 
 impl MethodStats {
-    fn new(path: &str) -> Self {
+    fn new(path: &str, telemetry: Option<&Arc<Telemetry>>) -> Self {
+        #[cfg(not(feature = "opentelemetry"))]
+        let _ = telemetry;
         Self {
             path: path.into(),
             calls: AtomicU64::new(0),
@@ -99,6 +117,9 @@ impl MethodStats {
             throttled: AtomicU64::new(0),
             #[cfg(feature = "metrics")]
             exported: exported::Method::new(path),
+            // gRFC A66 names the method without its leading slash.
+            #[cfg(feature = "opentelemetry")]
+            otel: telemetry.map(|t| Arc::new(t.method(path.strip_prefix('/').unwrap_or(path)))),
         }
     }
 
@@ -135,22 +156,30 @@ pub(crate) struct Stats {
     limit: usize,
     other: std::sync::OnceLock<Arc<MethodStats>>,
     started: Instant,
+    /// Where the channel reports to OpenTelemetry.
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 impl Default for Stats {
     fn default() -> Self {
-        Self::with_limit(DEFAULT_STATS_METHOD_LIMIT)
+        Self::new(DEFAULT_STATS_METHOD_LIMIT, None)
     }
 }
 
 impl Stats {
-    pub(crate) fn with_limit(limit: usize) -> Self {
+    pub(crate) fn new(limit: usize, telemetry: Option<Arc<Telemetry>>) -> Self {
         Self {
             methods: ArcSwap::default(),
             limit,
             other: std::sync::OnceLock::new(),
             started: Instant::now(),
+            telemetry,
         }
+    }
+
+    /// The channel's OpenTelemetry instruments, if it reports there.
+    pub(crate) fn telemetry(&self) -> Option<&Telemetry> {
+        self.telemetry.as_deref()
     }
 
     pub(crate) fn method(&self, path: &str) -> Arc<MethodStats> {
@@ -161,7 +190,7 @@ impl Stats {
         if methods.len() >= self.limit {
             return self.other();
         }
-        let fresh = Arc::new(MethodStats::new(path));
+        let fresh = Arc::new(MethodStats::new(path, self.telemetry.as_ref()));
         let mut found = None;
         self.methods.rcu(|methods| {
             let mut methods = HashMap::clone(methods);
@@ -181,7 +210,7 @@ impl Stats {
 
     fn other(&self) -> Arc<MethodStats> {
         self.other
-            .get_or_init(|| Arc::new(MethodStats::new(OTHER_METHOD)))
+            .get_or_init(|| Arc::new(MethodStats::new(OTHER_METHOD, self.telemetry.as_ref())))
             .clone()
     }
 
@@ -211,24 +240,43 @@ pub(crate) struct CallRecord {
     method: Arc<MethodStats>,
     started: Instant,
     span: tracing::Span,
+    /// The call's OpenTelemetry span and counts.
+    trace: Option<CallTrace>,
     done: bool,
 }
 
 impl CallRecord {
-    pub(crate) fn start(method: Arc<MethodStats>, span: tracing::Span) -> Self {
+    /// Starts the record of a call to `path`.
+    pub(crate) fn start(method: Arc<MethodStats>, span: tracing::Span, path: &str) -> Self {
         method.in_flight.fetch_add(1, Ordering::Relaxed);
         #[cfg(feature = "metrics")]
         method.exported.in_flight.increment(1.0);
+        #[cfg(feature = "opentelemetry")]
+        let trace = method
+            .otel
+            .as_ref()
+            .map(|otel| CallTrace::start(otel.clone(), path));
+        #[cfg(not(feature = "opentelemetry"))]
+        let trace = {
+            let _ = path;
+            None
+        };
         Self {
             method,
             started: Instant::now(),
             span,
+            trace,
             done: false,
         }
     }
 
     pub(crate) fn method(&self) -> &MethodStats {
         &self.method
+    }
+
+    /// The call's OpenTelemetry state, if the channel reports there.
+    pub(crate) fn trace(&self) -> Option<&CallTrace> {
+        self.trace.as_ref()
     }
 
     pub(crate) fn finish(mut self, code: Code) {
@@ -248,6 +296,10 @@ impl CallRecord {
         self.span.record("rpc.grpc.status_code", code as i32);
         #[cfg(feature = "metrics")]
         m.exported.ended(code, elapsed);
+        #[cfg(feature = "opentelemetry")]
+        if let Some(trace) = &mut self.trace {
+            trace.finish(code, elapsed);
+        }
     }
 }
 

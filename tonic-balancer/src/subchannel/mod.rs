@@ -56,6 +56,8 @@ pub(crate) struct ConnectSettings {
     /// Connection attempts of the channel that may run at once; see
     /// [`Builder::max_concurrent_connects`](crate::Builder::max_concurrent_connects).
     pub(crate) connects: Arc<tokio::sync::Semaphore>,
+    /// Where connection attempts and disconnections are reported (OpenTelemetry).
+    pub(crate) telemetry: Option<Arc<crate::stats::Telemetry>>,
 }
 
 /// The state of one subchannel that outlives its connections: its address, its state
@@ -377,6 +379,9 @@ impl Worker {
                         _ = want.wait_for(|w| !*w) => Wake::Unwanted,
                         () = closed => Wake::Done,
                     };
+                    if let Some(telemetry) = &self.settings.telemetry {
+                        telemetry.disconnected();
+                    }
                     match wake {
                         Wake::Stop => break,
                         // Letting go of our handle; calls in flight keep theirs.
@@ -405,6 +410,9 @@ impl Worker {
                 }
                 Err(error) => {
                     tracing::debug!(address = %self.subchannel.address, %error, "connect failed");
+                    if let Some(telemetry) = &self.settings.telemetry {
+                        telemetry.connected(false);
+                    }
                     self.report(ConnectivityState::TransientFailure, Update::Failed(error));
                     let delay = self.backoff.next_delay(&mut self.rng);
                     if let Wake::Stop = self.wait(&mut stop, tokio::time::sleep(delay)).await {
@@ -504,6 +512,9 @@ impl Worker {
                     .load
                     .connections
                     .fetch_add(1, Ordering::Relaxed);
+                if let Some(telemetry) = &self.settings.telemetry {
+                    telemetry.connected(true);
+                }
                 Ok(ReadyConn {
                     subchannel: self.subchannel.clone(),
                     conn,
@@ -550,6 +561,7 @@ pub(crate) fn test_settings(health: Option<String>, connects: usize) -> ConnectS
         },
         keepalive_time: Arc::default(),
         connects: Arc::new(tokio::sync::Semaphore::new(connects)),
+        telemetry: None,
     }
 }
 
