@@ -885,3 +885,47 @@ fn outlier_interval(outliers: Option<&Outliers>) -> tokio::time::Interval {
     tick.reset();
     tick
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// After a publish that took `c`, paced news waits until `20c` has passed, then
+    /// one publish takes all of it.
+    #[tokio::test(start_paused = true)]
+    async fn paced_publishes_are_twenty_costs_apart() {
+        let mut pacer = Pacer::default();
+        let started = Instant::now();
+        tokio::time::advance(Duration::from_millis(2)).await; // a publish taking 2 ms
+        pacer.published(started);
+        assert!(!pacer.may_publish(), "right after a publish, news waits");
+        assert!(pacer.pending, "and a publish is owed");
+        let due = Instant::now();
+        pacer.due().await;
+        assert_eq!(due.elapsed(), Duration::from_millis(40));
+        assert!(pacer.may_publish());
+        pacer.published(Instant::now());
+        assert!(!pacer.pending);
+        // A publish that cost nothing (paused time, small fleets) paces nothing.
+        assert!(pacer.may_publish());
+    }
+
+    #[test]
+    fn urgent_news_wins_over_paced_news_in_a_batch() {
+        assert_eq!(News::Paced.max(News::Urgent), News::Urgent);
+        assert_eq!(News::Nothing.max(News::Paced), News::Paced);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_check_runs_four_times_per_timeout() {
+        let mut tick = idle_interval(Some(Duration::from_secs(60)));
+        let start = Instant::now();
+        tick.tick().await;
+        assert_eq!(start.elapsed(), Duration::from_secs(15));
+        // Off: a far tick that never overflows the clock.
+        let mut off = idle_interval(None);
+        let start = Instant::now();
+        off.tick().await;
+        assert_eq!(start.elapsed(), Duration::from_secs(3600));
+    }
+}
