@@ -3,17 +3,64 @@
 
 use tonic::Status;
 
+/// Finds gRPC message boundaries in a byte stream as it streams by: a 5-byte prefix
+/// (compressed flag, big-endian length), then the message. Used to enforce message
+/// size limits and to count message sizes for OpenTelemetry.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Framing {
+    /// Bytes of the current prefix seen so far (0..5).
+    prefix: [u8; 5],
+    prefix_len: usize,
+    /// Bytes of the current message still to come.
+    remaining: u64,
+}
+
+impl Framing {
+    /// Feeds the next bytes; `message` gets the length of each message whose prefix
+    /// ends in them, and an error from it stops the feeding.
+    pub(crate) fn try_feed<E>(
+        &mut self,
+        mut bytes: &[u8],
+        mut message: impl FnMut(u64) -> Result<(), E>,
+    ) -> Result<(), E> {
+        while !bytes.is_empty() {
+            if self.remaining > 0 {
+                let take = self.remaining.min(bytes.len() as u64);
+                self.remaining -= take;
+                bytes = &bytes[take as usize..];
+                continue;
+            }
+            let take = (5 - self.prefix_len).min(bytes.len());
+            self.prefix[self.prefix_len..self.prefix_len + take].copy_from_slice(&bytes[..take]);
+            self.prefix_len += take;
+            bytes = &bytes[take..];
+            if self.prefix_len == 5 {
+                self.prefix_len = 0;
+                let [_, a, b, c, d] = self.prefix;
+                self.remaining = u64::from(u32::from_be_bytes([a, b, c, d]));
+                message(self.remaining)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// [`try_feed`](Self::try_feed) with a callback that cannot fail.
+    #[cfg_attr(not(feature = "opentelemetry"), allow(dead_code))]
+    pub(crate) fn feed(&mut self, bytes: &[u8], mut message: impl FnMut(u64)) {
+        let _ = self.try_feed(bytes, |len| {
+            message(len);
+            Ok::<(), std::convert::Infallible>(())
+        });
+    }
+}
+
 /// Follows the gRPC framing of one direction of a call and rejects a message longer
 /// than `limit` as soon as its prefix announces it.
 #[derive(Debug, Clone)]
 pub(crate) struct MessageLimit {
     limit: u64,
     what: &'static str,
-    /// Bytes of the current prefix seen so far (0..5).
-    header: [u8; 5],
-    header_len: usize,
-    /// Bytes of the current message still to come.
-    remaining: u64,
+    framing: Framing,
 }
 
 impl MessageLimit {
@@ -22,43 +69,21 @@ impl MessageLimit {
         Self {
             limit,
             what,
-            header: [0; 5],
-            header_len: 0,
-            remaining: 0,
+            framing: Framing::default(),
         }
     }
 
     /// Feeds the next bytes of the stream.
-    pub(crate) fn check(&mut self, mut bytes: &[u8]) -> Result<(), Status> {
-        while !bytes.is_empty() {
-            if self.remaining > 0 {
-                let take = self.remaining.min(bytes.len() as u64);
-                self.remaining -= take;
-                bytes = &bytes[take as usize..];
-                continue;
+    pub(crate) fn check(&mut self, bytes: &[u8]) -> Result<(), Status> {
+        let (limit, what) = (self.limit, self.what);
+        self.framing.try_feed(bytes, |len| {
+            if len > limit {
+                return Err(Status::resource_exhausted(format!(
+                    "{what} message of {len} bytes is larger than the method's limit of {limit} bytes"
+                )));
             }
-            let take = (5 - self.header_len).min(bytes.len());
-            self.header[self.header_len..self.header_len + take].copy_from_slice(&bytes[..take]);
-            self.header_len += take;
-            bytes = &bytes[take..];
-            if self.header_len == 5 {
-                self.header_len = 0;
-                let len = u64::from(u32::from_be_bytes([
-                    self.header[1],
-                    self.header[2],
-                    self.header[3],
-                    self.header[4],
-                ]));
-                if len > self.limit {
-                    return Err(Status::resource_exhausted(format!(
-                        "{} message of {len} bytes is larger than the method's limit of {} bytes",
-                        self.what, self.limit
-                    )));
-                }
-                self.remaining = len;
-            }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 }
 

@@ -23,6 +23,8 @@
 mod framing;
 mod replay;
 
+#[cfg(feature = "opentelemetry")]
+pub(crate) use framing::Framing;
 pub(crate) use framing::MessageLimit;
 
 pub use replay::DEFAULT_REPLAY_BUFFER;

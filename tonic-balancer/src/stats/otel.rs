@@ -79,6 +79,7 @@
 //! [`BalancedChannel`]: crate::BalancedChannel
 
 use super::code_name;
+use crate::retry::Framing;
 use opentelemetry::global::{BoxedSpan, BoxedTracer};
 use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, MeterProvider, UpDownCounter};
 use opentelemetry::propagation::Injector;
@@ -804,40 +805,6 @@ impl AttemptTrace {
 impl Drop for AttemptTrace {
     fn drop(&mut self) {
         self.finish(Code::Cancelled);
-    }
-}
-
-/// Finds gRPC message boundaries in a byte stream: a 5-byte prefix (compressed flag,
-/// big-endian length), then the message.
-#[derive(Default)]
-struct Framing {
-    prefix: [u8; 5],
-    prefix_len: usize,
-    remaining: u64,
-}
-
-impl Framing {
-    /// Feeds the next bytes; `message` gets the size of each message whose prefix ends
-    /// in them.
-    fn feed(&mut self, mut bytes: &[u8], mut message: impl FnMut(u64)) {
-        while !bytes.is_empty() {
-            if self.remaining > 0 {
-                let take = self.remaining.min(bytes.len() as u64);
-                self.remaining -= take;
-                bytes = &bytes[take as usize..];
-                continue;
-            }
-            let take = (5 - self.prefix_len).min(bytes.len());
-            self.prefix[self.prefix_len..self.prefix_len + take].copy_from_slice(&bytes[..take]);
-            self.prefix_len += take;
-            bytes = &bytes[take..];
-            if self.prefix_len == 5 {
-                self.prefix_len = 0;
-                let [_, a, b, c, d] = self.prefix;
-                self.remaining = u64::from(u32::from_be_bytes([a, b, c, d]));
-                message(self.remaining);
-            }
-        }
     }
 }
 
