@@ -326,6 +326,51 @@ async fn retry_instruments_are_opt_in_and_count_each_call_retries() {
     .await;
 }
 
+/// A stream the server refuses unprocessed (REFUSED_STREAM) is retried transparently,
+/// and A96's `grpc.client.call.transparent_retries` counts it.
+#[tokio::test]
+async fn a_refused_stream_is_counted_as_a_transparent_retry() {
+    within(async {
+        let metrics = Metrics::new();
+        let server = tonic_balancer_testkit::faults::RawH2Server::start(
+            tonic_balancer_testkit::faults::RawBehaviour::RefuseStreams(1),
+        )
+        .await
+        .unwrap();
+        let channel = BalancedChannel::builder(&target([server.addr()]))
+            .opentelemetry(
+                OpenTelemetry::default()
+                    .meter_provider(&metrics.provider)
+                    .optional_retry_metrics(true),
+            )
+            .build()
+            .unwrap();
+        wait_ready(&channel, 1).await;
+        let mut client = Client::new(channel.clone());
+        client.empty_call(Empty {}).await.unwrap();
+        client.empty_call(Empty {}).await.unwrap();
+        assert_eq!(server.streams(), 3, "one refused, then two served");
+
+        let all = metrics.collect();
+        let transparent = &all["grpc.client.call.transparent_retries"];
+        assert_eq!(
+            (transparent.unit.as_str(), transparent.kind),
+            ("{transparent_retry}", "histogram")
+        );
+        // The refused call records one; the other none (A96 records only non-zero).
+        assert_eq!(transparent.points.len(), 1, "{transparent:?}");
+        assert_eq!(
+            (transparent.points[0].value, transparent.points[0].sum),
+            (1.0, 1.0)
+        );
+        assert!(
+            !all.contains_key("grpc.client.call.retries"),
+            "a transparent retry is not a policy retry: {all:?}"
+        );
+    })
+    .await;
+}
+
 // === spans and context propagation ===
 
 /// A tonic server that extracts the caller's trace context and records a SERVER span
