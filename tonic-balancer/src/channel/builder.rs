@@ -320,7 +320,7 @@ impl Builder {
 
     /// gRFC A62 idleness: after this long with no call started and none in flight, the
     /// channel lets go of every connection, stops resolving, and reports
-    /// [`ConnectivityState::Idle`]; the next call (or [`BalancedChannel::ready`]) wakes
+    /// [`ConnectivityState::Idle`](crate::ConnectivityState::Idle); the next call (or [`BalancedChannel::ready`]) wakes
     /// it, re-resolves, reconnects, and waits for a READY backend within its deadline.
     /// The check runs four times per timeout, so the channel goes IDLE between one and
     /// 1.25 timeouts after its last call. `Duration::ZERO` turns idleness off, as

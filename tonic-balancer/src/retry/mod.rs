@@ -1,11 +1,11 @@
 //! Retries and hedging (gRFC A6): what limits them, and what lets a call be sent again.
 //!
 //! The attempt driver lives in the channel; this module holds its parts:
-//! - [`Replay`]: the request body shared by a call's attempts, with a size limit past
+//! - `Replay`: the request body shared by a call's attempts, with a size limit past
 //!   which the call commits (is no longer retried).
-//! - [`Throttle`]: gRPC's `retryThrottling` token bucket, per channel.
+//! - `Throttle`: gRPC's `retryThrottling` token bucket, per channel.
 //! - [`RetryBudget`]: a percentage budget in the style of Finagle and tower.
-//! - [`pushback`]: the server's `grpc-retry-pushback-ms` instruction.
+//! - `pushback`: the server's `grpc-retry-pushback-ms` instruction.
 //!
 //! # Throttling or a budget?
 //! Both stop retries from multiplying load when a backend fleet is failing. gRPC's
