@@ -326,6 +326,48 @@ async fn retry_instruments_are_opt_in_and_count_each_call_retries() {
     .await;
 }
 
+/// The panic-mode gauge follows the channel: 0 while enough backends are healthy, 1
+/// once too few are and calls spread over every connected one, 0 again after.
+#[tokio::test]
+async fn the_panic_mode_gauge_follows_the_share_of_healthy_backends() {
+    within(async {
+        use tonic_balancer::ConnectivityState;
+        let metrics = Metrics::new();
+        let backends = fleet(2, tonic_balancer_testkit::Latency::None).await;
+        let channel = BalancedChannel::builder(&target(backends.iter().map(|b| b.addr())))
+            .health_check("")
+            .panic_threshold(60)
+            .opentelemetry(OpenTelemetry::default().meter_provider(&metrics.provider))
+            .build()
+            .unwrap();
+        wait_ready(&channel, 2).await;
+        let gauge = |metrics: &Metrics| {
+            let all = metrics.collect();
+            let panic = all["grpc.lb.tonic_balancer.panic_mode"].clone();
+            assert_eq!((panic.unit.as_str(), panic.kind), ("{bool}", "gauge"));
+            panic.points[0].value
+        };
+        assert_eq!(gauge(&metrics), 0.0);
+
+        // One of two healthy is 50 %, under the 60 % threshold: panic mode.
+        backends[0].set_serving(false);
+        let unhealthy = backends[0].addr();
+        channel
+            .wait_for(|subs| {
+                subs.iter().any(|s| {
+                    s.address.addr == unhealthy && s.state == ConnectivityState::TransientFailure
+                })
+            })
+            .await;
+        assert_eq!(gauge(&metrics), 1.0);
+
+        backends[0].set_serving(true);
+        wait_ready(&channel, 2).await;
+        assert_eq!(gauge(&metrics), 0.0);
+    })
+    .await;
+}
+
 /// A stream the server refuses unprocessed (REFUSED_STREAM) is retried transparently,
 /// and A96's `grpc.client.call.transparent_retries` counts it.
 #[tokio::test]
