@@ -18,6 +18,9 @@
 //! - the latency of the calls made during the update (max, p99, p50) next to those made
 //!   before it, and failed calls;
 //! - the pick cost of each P2C policy over N synthetic READY entries.
+//!
+//! `SCALE_CONNECTS=n` sets the channel's `max_concurrent_connects` (default 64), to
+//! compare how the connection wave meets the calls.
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
