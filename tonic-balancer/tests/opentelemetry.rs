@@ -4,16 +4,15 @@
 
 mod support;
 
+use opentelemetry::Context;
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{Span as _, SpanKind, TraceContextExt, Tracer, TracerProvider as _};
-use opentelemetry::{Context, KeyValue};
-use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData, ResourceMetrics};
-use opentelemetry_sdk::metrics::{InMemoryMetricExporter, SdkMeterProvider};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use support::otel::{Metrics, Point};
 use support::*;
 use tonic::{Code, Request, Response, Status};
 use tonic_balancer::stats::otel::{LATENCY_BOUNDARIES, SIZE_BOUNDARIES};
@@ -24,121 +23,6 @@ use tonic_balancer_testkit::pb::{
     EchoStatus, Empty, SimpleRequest, SimpleResponse, StreamingOutputCallRequest,
     StreamingOutputCallResponse,
 };
-
-/// One exported series: its attributes and what was recorded.
-#[derive(Clone, Debug, PartialEq)]
-struct Point {
-    attributes: BTreeMap<String, String>,
-    /// A sum's or gauge's value, or a histogram's count.
-    value: f64,
-    /// A histogram's sum.
-    sum: f64,
-    bounds: Vec<f64>,
-}
-
-/// One exported instrument.
-#[derive(Clone, Debug)]
-struct Instrument {
-    unit: String,
-    /// `counter`, `up_down_counter`, `histogram` or `gauge`.
-    kind: &'static str,
-    points: Vec<Point>,
-}
-
-fn attributes<'a>(kvs: impl Iterator<Item = &'a KeyValue>) -> BTreeMap<String, String> {
-    kvs.map(|kv| (kv.key.to_string(), kv.value.to_string()))
-        .collect()
-}
-
-fn read<T: Copy>(data: &MetricData<T>, f: impl Fn(T) -> f64) -> (&'static str, Vec<Point>) {
-    match data {
-        MetricData::Sum(sum) => (
-            if sum.is_monotonic() {
-                "counter"
-            } else {
-                "up_down_counter"
-            },
-            sum.data_points()
-                .map(|p| Point {
-                    attributes: attributes(p.attributes()),
-                    value: f(p.value()),
-                    sum: 0.0,
-                    bounds: Vec::new(),
-                })
-                .collect(),
-        ),
-        MetricData::Gauge(gauge) => (
-            "gauge",
-            gauge
-                .data_points()
-                .map(|p| Point {
-                    attributes: attributes(p.attributes()),
-                    value: f(p.value()),
-                    sum: 0.0,
-                    bounds: Vec::new(),
-                })
-                .collect(),
-        ),
-        MetricData::Histogram(histogram) => (
-            "histogram",
-            histogram
-                .data_points()
-                .map(|p| Point {
-                    attributes: attributes(p.attributes()),
-                    value: p.count() as f64,
-                    sum: f(p.sum()),
-                    bounds: p.bounds().collect(),
-                })
-                .collect(),
-        ),
-        MetricData::ExponentialHistogram(_) => ("exponential_histogram", Vec::new()),
-    }
-}
-
-/// An SDK meter provider whose exports the test reads.
-struct Metrics {
-    provider: SdkMeterProvider,
-    exporter: InMemoryMetricExporter,
-}
-
-impl Metrics {
-    fn new() -> Self {
-        let exporter = InMemoryMetricExporter::default();
-        let provider = SdkMeterProvider::builder()
-            .with_periodic_exporter(exporter.clone())
-            .build();
-        Self { provider, exporter }
-    }
-
-    /// Every instrument by name, as of now.
-    fn collect(&self) -> BTreeMap<String, Instrument> {
-        self.exporter.reset();
-        self.provider.force_flush().expect("flush");
-        let exported: Vec<ResourceMetrics> = self.exporter.get_finished_metrics().expect("read");
-        let mut all = BTreeMap::new();
-        for resource in exported.iter().rev().take(1) {
-            for scope in resource.scope_metrics() {
-                for metric in scope.metrics() {
-                    let (kind, points) = match metric.data() {
-                        AggregatedMetrics::F64(data) => read(data, |v| v),
-                        // The figures here are small: exact in an f64.
-                        AggregatedMetrics::U64(data) => read(data, |v| v as f64),
-                        AggregatedMetrics::I64(data) => read(data, |v| v as f64),
-                    };
-                    all.insert(
-                        metric.name().to_owned(),
-                        Instrument {
-                            unit: metric.unit().to_owned(),
-                            kind,
-                            points,
-                        },
-                    );
-                }
-            }
-        }
-        all
-    }
-}
 
 const EMPTY_CALL: &str = "grpc.testing.TestService/EmptyCall";
 const UNARY_CALL: &str = "grpc.testing.TestService/UnaryCall";

@@ -13,10 +13,9 @@
 
 mod support;
 
-use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
-use opentelemetry_sdk::metrics::{InMemoryMetricExporter, SdkMeterProvider};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
+use support::otel::Metrics;
 use support::*;
 use tonic::Code;
 use tonic_balancer::{BalancedChannel, OpenTelemetry};
@@ -48,9 +47,6 @@ fn add(
     entry.1 += count;
     entry.2 += sum;
 }
-
-/// One exported series: attributes, count (or value) and sum.
-type Series = (BTreeMap<String, String>, f64, f64);
 
 /// grpcio's export, as otel_client.py prints it.
 fn python_shapes(json: &str, target: &str) -> BTreeMap<String, Shape> {
@@ -87,53 +83,11 @@ fn python_shapes(json: &str, target: &str) -> BTreeMap<String, Shape> {
     shapes
 }
 
-fn read<T: Copy>(data: &MetricData<T>, f: impl Fn(T) -> f64) -> (String, Vec<Series>) {
-    let attributes = |kvs: &mut dyn Iterator<Item = &opentelemetry::KeyValue>| {
-        kvs.map(|kv| (kv.key.to_string(), kv.value.to_string()))
-            .collect::<BTreeMap<_, _>>()
-    };
-    match data {
-        MetricData::Sum(sum) => (
-            if sum.is_monotonic() {
-                "counter"
-            } else {
-                "up_down_counter"
-            }
-            .to_owned(),
-            sum.data_points()
-                .map(|p| (attributes(&mut p.attributes()), f(p.value()), 0.0))
-                .collect(),
-        ),
-        MetricData::Histogram(h) => (
-            "histogram".to_owned(),
-            h.data_points()
-                .map(|p| {
-                    (
-                        attributes(&mut p.attributes()),
-                        p.count() as f64,
-                        f(p.sum()),
-                    )
-                })
-                .collect(),
-        ),
-        MetricData::Gauge(g) => (
-            "gauge".to_owned(),
-            g.data_points()
-                .map(|p| (attributes(&mut p.attributes()), f(p.value()), 0.0))
-                .collect(),
-        ),
-        MetricData::ExponentialHistogram(_) => ("exponential_histogram".to_owned(), Vec::new()),
-    }
-}
-
 /// This crate's export for the same calls.
 async fn rust_shapes(target: &str) -> BTreeMap<String, Shape> {
-    let exporter = InMemoryMetricExporter::default();
-    let provider = SdkMeterProvider::builder()
-        .with_periodic_exporter(exporter.clone())
-        .build();
+    let metrics = Metrics::new();
     let channel = BalancedChannel::builder(target)
-        .opentelemetry(OpenTelemetry::default().meter_provider(&provider))
+        .opentelemetry(OpenTelemetry::default().meter_provider(&metrics.provider))
         .build()
         .unwrap();
     wait_ready(&channel, 1).await;
@@ -148,31 +102,22 @@ async fn rust_shapes(target: &str) -> BTreeMap<String, Shape> {
     };
     let status = client.unary_call(request).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
-    provider.force_flush().unwrap();
-    let exported = exporter.get_finished_metrics().unwrap();
-    let mut shapes = BTreeMap::new();
-    for scope in exported.last().expect("an export").scope_metrics() {
-        for metric in scope.metrics() {
-            let (kind, points) = match metric.data() {
-                AggregatedMetrics::F64(d) => read(d, |v| v),
-                AggregatedMetrics::U64(d) => read(d, |v| v as f64),
-                AggregatedMetrics::I64(d) => read(d, |v| v as f64),
-            };
+    metrics
+        .collect()
+        .into_iter()
+        .map(|(name, instrument)| {
             let mut series = BTreeMap::new();
-            for (attributes, count, sum) in points {
-                add(&mut series, attributes, count, sum);
+            for point in instrument.points {
+                add(&mut series, point.attributes, point.value, point.sum);
             }
-            shapes.insert(
-                metric.name().to_owned(),
-                Shape {
-                    unit: metric.unit().to_owned(),
-                    kind,
-                    series,
-                },
-            );
-        }
-    }
-    shapes
+            let shape = Shape {
+                unit: instrument.unit,
+                kind: instrument.kind.to_owned(),
+                series,
+            };
+            (name, shape)
+        })
+        .collect()
 }
 
 /// Durations differ from run to run: their sums are not compared (counts are).

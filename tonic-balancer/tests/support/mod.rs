@@ -1,6 +1,9 @@
 //! Shared set-up for the integration tests: loopback fleets, clients, waits.
 #![allow(dead_code, unreachable_pub)]
 
+#[cfg(feature = "opentelemetry")]
+pub mod otel;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
