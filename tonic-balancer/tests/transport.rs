@@ -1,6 +1,6 @@
 //! The subchannel's own HTTP/2 connection against real misbehaving peers: a frozen
 //! grpcio process (SIGSTOP), a relay that stops forwarding, a server that flaps, one
-//! that refuses streams, and grpcio's ping policing under long calls.
+//! that refuses streams, and grpcio's ping policing under long calls and under keepalive.
 
 mod support;
 
@@ -262,4 +262,49 @@ async fn a_backend_answering_slowly_is_not_declared_dead() {
         assert_eq!(endpoint.connections, 1);
     })
     .await;
+}
+
+/// gRFC A8 keepalive against grpcio's default ping policy. C-core allows one PING per
+/// 2 hours on a connection without calls and cuts the client at the third PING too
+/// soon (GOAWAY ENHANCE_YOUR_CALM "too_many_pings"), so keepalive every 10 s without
+/// calls is cut after about 40 s. The channel then doubles its keepalive time for new
+/// connections, reconnects, and calls go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_doubles_its_time_when_grpcio_says_too_many_pings() {
+    let peer = PythonPeer::start("python");
+    let run = async {
+        let time = tonic_balancer::defaults::MIN_KEEPALIVE_TIME;
+        let channel = BalancedChannel::builder(&target([peer.addr()]))
+            .keepalive(tonic_balancer::KeepaliveConfig::new(time).without_calls(true))
+            .build()
+            .unwrap();
+        assert_eq!(channel.stats().keepalive_time, Some(time));
+        wait_ready(&channel, 1).await;
+        let mut client = Client::new(channel.clone());
+        assert_eq!(call(&mut client).await.unwrap(), "python");
+        // Idle from here: only keepalive PINGs cross the connection, until the GOAWAY.
+        channel
+            .wait_for(|_| channel.stats().keepalive_time == Some(2 * time))
+            .await;
+        let endpoint = &channel.stats().endpoints[0];
+        assert!(
+            endpoint.pings >= 3,
+            "the GOAWAY came after {} PINGs: grpcio allows 2 strikes",
+            endpoint.pings
+        );
+        wait_ready(&channel, 1).await;
+        assert_eq!(call(&mut client).await.unwrap(), "python");
+        let endpoint = &channel.stats().endpoints[0];
+        assert_eq!(
+            endpoint.connections, 2,
+            "one new connection after the GOAWAY"
+        );
+        assert_eq!(
+            endpoint.dead_connections, 0,
+            "cut by the server, not declared dead"
+        );
+    };
+    tokio::time::timeout(Duration::from_secs(150), run)
+        .await
+        .expect("the GOAWAY comes about 40 s after the last call");
 }

@@ -709,6 +709,12 @@ impl Builder {
         #[cfg(not(feature = "opentelemetry"))]
         let telemetry = None;
         let shared = Arc::new(Shared::new());
+        // The keepalive time of new connections, which a `too_many_pings` GOAWAY doubles.
+        let keepalive_time = conn.keepalive.map(|k| {
+            Arc::new(std::sync::atomic::AtomicU64::new(
+                u64::try_from(k.time.as_nanos()).unwrap_or(u64::MAX),
+            ))
+        });
         let (stop_tx, stop_rx) = oneshot::channel();
         let ControlConfig {
             mode,
@@ -737,10 +743,7 @@ impl Builder {
                 health_service: health_rx,
                 #[cfg(feature = "tls")]
                 tls,
-                keepalive_time: Arc::new(std::sync::atomic::AtomicU64::new(
-                    conn.keepalive
-                        .map_or(0, |k| u64::try_from(k.time.as_nanos()).unwrap_or(u64::MAX)),
-                )),
+                keepalive_time: keepalive_time.clone().unwrap_or_default(),
                 conn,
                 connects: Arc::new(tokio::sync::Semaphore::new(
                     self.max_concurrent_connects
@@ -778,6 +781,7 @@ impl Builder {
                 mode: updates_tx,
                 policies,
                 credentials_allowed,
+                keepalive_time,
                 _stop: stop_tx,
             }),
         })

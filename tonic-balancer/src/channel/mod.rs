@@ -105,6 +105,8 @@ struct Inner {
     policies: Policies,
     /// Whether bearer credentials may be sent: TLS, or the user's explicit opt-in.
     credentials_allowed: bool,
+    /// The keepalive time of new connections (gRFC A8), if keepalive is on.
+    keepalive_time: Option<Arc<AtomicU64>>,
     /// Dropped with the last handle: stops the control task.
     _stop: oneshot::Sender<()>,
 }
@@ -145,6 +147,11 @@ impl BalancedChannel {
             uptime: self.inner.stats.uptime(),
             methods: self.inner.stats.methods(),
             endpoints: snapshot.subchannels.iter().map(|s| s.snapshot()).collect(),
+            keepalive_time: self
+                .inner
+                .keepalive_time
+                .as_ref()
+                .map(|time| std::time::Duration::from_nanos(time.load(Ordering::Relaxed))),
         }
     }
 

@@ -323,6 +323,11 @@ pub struct ChannelStats {
     pub methods: Vec<MethodSnapshot>,
     /// Per endpoint, in resolver order.
     pub endpoints: Vec<EndpointSnapshot>,
+    /// The keepalive time of new connections, if [keepalive] is on: the configured one,
+    /// doubled after each GOAWAY `too_many_pings` (gRFC A8).
+    ///
+    /// [keepalive]: crate::Builder::keepalive
+    pub keepalive_time: Option<Duration>,
 }
 
 /// One method's golden signals since the channel was built.

@@ -447,13 +447,11 @@ impl Worker {
         }
         match conn.tap.goaway() {
             Some(goaway) if goaway.too_many_pings() => {
-                let time = &self.settings.keepalive_time;
-                let doubled = time.load(Ordering::Relaxed).saturating_mul(2);
                 if self.settings.conn.keepalive.is_some() {
-                    time.store(doubled, Ordering::Relaxed);
+                    let doubled = double_keepalive(&self.settings.keepalive_time);
                     tracing::warn!(
                         %address,
-                        keepalive_time = ?Duration::from_nanos(doubled),
+                        keepalive_time = ?doubled,
                         "GOAWAY too_many_pings: doubling the keepalive time of new connections"
                     );
                 }
@@ -535,6 +533,14 @@ impl Worker {
     }
 }
 
+/// Doubles the keepalive time of the channel's new connections (gRFC A8, after a GOAWAY
+/// `too_many_pings`) and returns it.
+fn double_keepalive(time: &AtomicU64) -> Duration {
+    let doubled = time.load(Ordering::Relaxed).saturating_mul(2);
+    time.store(doubled, Ordering::Relaxed);
+    Duration::from_nanos(doubled)
+}
+
 /// Settings for a worker in unit tests: fast backoff, plain TCP, `connects` permits.
 #[cfg(test)]
 pub(crate) fn test_settings(health: Option<String>, connects: usize) -> ConnectSettings {
@@ -596,6 +602,86 @@ mod tests {
                 }
             }
             assert_eq!(permits.available_permits(), 1, "the permit came back");
+        };
+        tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .expect("within 30 s");
+    }
+
+    fn kind(update: &Update) -> &'static str {
+        match update {
+            Update::Connecting => "Connecting",
+            Update::Ready(_) => "Ready",
+            Update::Lost(_) => "Lost",
+            Update::Failed(_) => "Failed",
+            Update::Idle => "Idle",
+            Update::Unhealthy(..) => "Unhealthy",
+        }
+    }
+
+    /// A server that serves its preface, then answers with GOAWAY ENHANCE_YOUR_CALM
+    /// `too_many_pings` once the worker reports READY; the worker's next update.
+    async fn goaway_too_many_pings(settings: ConnectSettings) -> Update {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let subchannel = new_subchannel(0, Address::from(addr), &Accounting::default());
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let _worker = spawn(subchannel, settings, true, 1, tx);
+        let (mut socket, _) = listener.accept().await.unwrap();
+        socket
+            .write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
+            .await
+            .unwrap(); // SETTINGS
+        loop {
+            match events.recv().await.expect("the worker is running").update {
+                Update::Connecting => {}
+                Update::Ready(_) => break,
+                other => panic!("expected READY, got {}", kind(&other)),
+            }
+        }
+        let debug = b"too_many_pings";
+        let mut goaway = vec![0, 0, 8 + debug.len() as u8, 7, 0, 0, 0, 0, 0];
+        goaway.extend(0u32.to_be_bytes()); // last stream id
+        goaway.extend(u32::from(h2::Reason::ENHANCE_YOUR_CALM).to_be_bytes());
+        goaway.extend(debug);
+        socket.write_all(&goaway).await.unwrap();
+        events.recv().await.expect("the worker is running").update
+    }
+
+    /// gRFC A8: a GOAWAY `too_many_pings` doubles the keepalive time of the channel's
+    /// new connections, and each one doubles it again; without keepalive nothing changes.
+    #[tokio::test]
+    async fn too_many_pings_doubles_the_keepalive_time_of_new_connections() {
+        let run = async {
+            let ten = Duration::from_secs(10);
+            let mut settings = test_settings(None, 1);
+            settings.conn.keepalive = Some(Keepalive {
+                time: ten,
+                timeout: Duration::from_secs(20),
+                without_calls: false,
+            });
+            let time = Arc::new(AtomicU64::new(ten.as_nanos() as u64));
+            settings.keepalive_time = time.clone();
+            for expected in [20, 40] {
+                let update = goaway_too_many_pings(settings.clone()).await;
+                let (Update::Lost(why) | Update::Failed(why)) = update else {
+                    panic!("expected the connection lost, got {}", kind(&update));
+                };
+                assert!(why.contains("too_many_pings"), "{why}");
+                let now = Duration::from_nanos(time.load(Ordering::Relaxed));
+                assert_eq!(now, Duration::from_secs(expected));
+            }
+
+            let settings = test_settings(None, 1);
+            let time = settings.keepalive_time.clone();
+            let update = goaway_too_many_pings(settings).await;
+            let lost = matches!(update, Update::Lost(_) | Update::Failed(_));
+            assert!(lost, "got {}", kind(&update));
+            assert_eq!(
+                time.load(Ordering::Relaxed),
+                0,
+                "no keepalive, nothing doubled"
+            );
         };
         tokio::time::timeout(Duration::from_secs(30), run)
             .await
