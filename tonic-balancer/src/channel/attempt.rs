@@ -24,7 +24,7 @@ use crate::deadline::{self, GRPC_TIMEOUT};
 use crate::load::CallGuard;
 use crate::retry::{Pushback, Replay, Throttle, pushback};
 use crate::stats::{AttemptKind, AttemptTrace, CallTrace, MethodStats};
-use crate::subchannel::{Outgoing, send_error};
+use crate::subchannel::{Outgoing, ReadyConn, SentMark, send_error};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
@@ -55,13 +55,47 @@ enum Attempt {
 
 /// How far a failed attempt's request got: what decides a transparent retry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Reached {
+pub(super) enum Reached {
     /// It never left the client: retried transparently until the deadline.
     Nowhere,
     /// The server saw it and refused it unprocessed: retried transparently once.
     Refused,
     /// The server may have processed it: only the retry policy may send it again.
     Server,
+}
+
+/// How far the request of an attempt that failed with `error` got. `body_read`: whether
+/// the server's side began reading the stream's body (always, for a whole body).
+pub(super) fn reached(
+    ready: &ReadyConn,
+    error: &h2::Error,
+    mark: SentMark,
+    body_read: bool,
+) -> Reached {
+    if ready.never_left(error, mark) {
+        Reached::Nowhere
+    } else if ready.refused(error, mark.stream_id) {
+        Reached::Refused
+    } else if !body_read && error.is_io() {
+        // The connection broke before the stream's body was read: the server's
+        // handler never started.
+        Reached::Nowhere
+    } else {
+        Reached::Server
+    }
+}
+
+/// Whether gRFC A6 lets an attempt that got this far be sent again uncounted:
+/// `refused_once` tracks the one transparent retry a call gets for a refused stream.
+pub(super) fn transparent_allowed(reached: Reached, refused_once: &mut bool) -> bool {
+    match reached {
+        Reached::Nowhere => true,
+        Reached::Refused if !*refused_once => {
+            *refused_once = true;
+            true
+        }
+        _ => false,
+    }
 }
 
 /// A call's request body, as every attempt sends it.
@@ -199,6 +233,23 @@ fn verdict(attempt: Attempt) -> Verdict {
         }
         Attempt::NotPicked(status) => Verdict::Done(Err(status)),
     }
+}
+
+/// Where a call's attempts start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Start {
+    /// What the first attempt made here is.
+    pub(super) kind: AttemptKind,
+    /// Whether the call has had its one transparent retry of a refused stream.
+    pub(super) refused_once: bool,
+}
+
+impl Start {
+    /// A call with no attempt made yet.
+    pub(super) const FIRST: Start = Start {
+        kind: AttemptKind::First,
+        refused_once: false,
+    };
 }
 
 /// One call's fixed inputs.
@@ -361,22 +412,10 @@ impl Call<'_> {
                         reached: Reached::Server,
                     };
                 }
-                let reached = if ready.never_left(&error, mark) {
-                    Reached::Nowhere
-                } else if ready.refused(&error, mark.stream_id) {
-                    Reached::Refused
-                } else if polled.is_some_and(|p| !p.load(std::sync::atomic::Ordering::Relaxed))
-                    && error.is_io()
-                {
-                    // The connection broke before the stream's body was read: the
-                    // server's handler never started.
-                    Reached::Nowhere
-                } else {
-                    Reached::Server
-                };
+                let body_read = polled.is_none_or(|p| p.load(std::sync::atomic::Ordering::Relaxed));
                 Attempt::Failed {
                     status: send_error(&error, addr),
-                    reached,
+                    reached: reached(&ready, &error, mark, body_read),
                 }
             }
         }
@@ -388,15 +427,9 @@ impl Call<'_> {
         let Attempt::Failed { reached, .. } = attempt else {
             return false;
         };
-        let allowed = match reached {
-            Reached::Nowhere => true,
-            Reached::Refused if !*refused_once => {
-                *refused_once = true;
-                true
-            }
-            _ => false,
-        };
-        allowed && self.body.can_resend() && self.time_for(Duration::ZERO)
+        transparent_allowed(*reached, refused_once)
+            && self.body.can_resend()
+            && self.time_for(Duration::ZERO)
     }
 
     /// Whether there is time for another attempt after `delay`.
@@ -436,7 +469,7 @@ impl Call<'_> {
 
     /// Runs the call with up to `policy.max_attempts` attempts (one without a policy),
     /// plus transparent retries of attempts that never left the client.
-    pub(super) async fn run(self, policy: Option<&RetryPolicy>) -> CallResult {
+    pub(super) async fn run(self, policy: Option<&RetryPolicy>, start: Start) -> CallResult {
         let max_attempts = policy.map_or(1, |p| p.max_attempts.clamp(1, self.max_attempts));
         let mut backoff = policy.map(|p| {
             Backoff::new(BackoffParams {
@@ -449,8 +482,10 @@ impl Call<'_> {
         // Made on the first backoff only: most calls never need one.
         let mut rng: Option<SmallRng> = None;
         let mut previous = 0u32;
-        let mut refused_once = false;
-        let mut kind = AttemptKind::First;
+        let Start {
+            mut kind,
+            mut refused_once,
+        } = start;
         loop {
             let attempt = self.attempt(previous, kind).await;
             if self.transparent(&attempt, &mut refused_once) {

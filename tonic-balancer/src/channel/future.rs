@@ -1,5 +1,6 @@
 //! The channel's response future and the response body that carries a call's load guard.
 
+use super::fast::{Completion, FastCall};
 use crate::load::CallGuard;
 use crate::retry::MessageLimit;
 use crate::stats::{AttemptTrace, CallRecord};
@@ -18,21 +19,49 @@ type BoxFuture = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Status
 
 /// The future a [`BalancedChannel`](crate::BalancedChannel) call returns.
 ///
+/// A call that can be sent at once and needs nothing kept for retries (no retry or
+/// hedging policy, a unary request, a READY backend) is sent before this is returned,
+/// and the future holds its state inline; any other call is a boxed future.
+///
 /// # Cancel safety
 /// Dropping it cancels the call: a call still waiting for a READY subchannel leaves the
 /// queue, and a call already sent is reset on its HTTP/2 stream and stops counting as
 /// load on its subchannel.
 pub struct ResponseFuture {
-    inner: BoxFuture,
+    kind: Kind,
+}
+
+// The fast path's state is inline on purpose: it is the box this future used to be.
+#[allow(clippy::large_enum_variant)]
+enum Kind {
+    /// Ended before anything was sent (a bad request, an expired deadline); `None`
+    /// once taken.
+    Ready(Option<Result<http::Response<Body>, Status>>),
+    /// Sent on the fast path.
+    Fast(FastCall),
+    /// Everything else.
+    Boxed(BoxFuture),
 }
 
 impl ResponseFuture {
-    pub(crate) fn new<F>(future: F) -> Self
+    pub(crate) fn ready(result: Result<http::Response<Body>, Status>) -> Self {
+        Self {
+            kind: Kind::Ready(Some(result)),
+        }
+    }
+
+    pub(super) fn fast(call: FastCall) -> Self {
+        Self {
+            kind: Kind::Fast(call),
+        }
+    }
+
+    pub(crate) fn boxed<F>(future: F) -> Self
     where
         F: Future<Output = Result<http::Response<Body>, Status>> + Send + 'static,
     {
         Self {
-            inner: Box::pin(future),
+            kind: Kind::Boxed(Box::pin(future)),
         }
     }
 }
@@ -41,7 +70,28 @@ impl Future for ResponseFuture {
     type Output = Result<http::Response<Body>, Status>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
+        let this = &mut *self;
+        loop {
+            match &mut this.kind {
+                Kind::Boxed(future) => return future.as_mut().poll(cx),
+                Kind::Ready(result) => {
+                    return Poll::Ready(result.take().unwrap_or_else(|| {
+                        Err(Status::internal("ResponseFuture polled after it completed"))
+                    }));
+                }
+                Kind::Fast(call) => {
+                    let head = std::task::ready!(call.poll_head(cx));
+                    if let Kind::Fast(call) = std::mem::replace(&mut this.kind, Kind::Ready(None)) {
+                        match call.complete(head) {
+                            Completion::Done(result) => return Poll::Ready(result),
+                            Completion::Retry(inner, call) => {
+                                this.kind = Kind::Boxed(Box::pin(inner.run(call)));
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 

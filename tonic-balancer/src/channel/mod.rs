@@ -10,6 +10,9 @@
 mod attempt;
 mod builder;
 mod control;
+#[cfg(test)]
+mod driver_tests;
+mod fast;
 mod future;
 
 pub use builder::{
@@ -285,18 +288,23 @@ impl Service<http::Request<Body>> for BalancedChannel {
             rpc.grpc.status_code = tracing::field::Empty,
             policy = tracing::field::Empty,
         );
-        let future = self.inner.clone().call(request);
-        ResponseFuture::new(tracing::Instrument::instrument(future, span))
+        self.inner.start(request, span)
     }
 }
 
 // === impl Inner ===
 
 impl Inner {
-    async fn call(
-        self: Arc<Self>,
+    /// Starts a call: everything that needs no waiting happens here. A call whose
+    /// method has no retry or hedging policy, whose request is whole, and which finds a
+    /// READY subchannel at once is sent from here and returned as the fast path's
+    /// unboxed state machine; every other call runs as [`Inner::run`].
+    fn start(
+        self: &Arc<Self>,
         mut request: http::Request<Body>,
-    ) -> Result<http::Response<Body>, Status> {
+        span: tracing::Span,
+    ) -> ResponseFuture {
+        let entered = span.enter();
         if !self.credentials_allowed
             && request
                 .extensions()
@@ -304,18 +312,19 @@ impl Inner {
                 .is_some()
         {
             let why = builder::no_tls_for_credentials(&self.target);
-            return Err(Status::unauthenticated(crate::credentials::refusal(&why)));
+            return ResponseFuture::ready(Err(Status::unauthenticated(
+                crate::credentials::refusal(&why),
+            )));
         }
         mark_sensitive(request.headers_mut(), &self.sensitive);
         let config = self.config.load_full();
         let path = request.uri().path();
         let picker = &**config.pickers.get(path);
-        let method = config.methods.get(path).as_deref();
-        let span = tracing::Span::current();
+        let method = config.methods.get(path).clone();
         if !span.is_disabled() {
             span.record("policy", tracing::field::debug(picker));
         }
-        let record = CallRecord::start(self.stats.method(path), span, path);
+        let record = CallRecord::start(self.stats.method(path), span.clone(), path);
 
         // The earliest of: inherited, set on the request, configured for the method.
         let requested = match deadline::request_timeout(request.headers()) {
@@ -324,14 +333,15 @@ impl Inner {
             // The caller's own code wrote a bad header: say so rather than drop the deadline.
             Some(Err(invalid)) => {
                 record.finish(tonic::Code::Internal);
-                return Err(Status::internal(invalid.to_string()));
+                return ResponseFuture::ready(Err(Status::internal(invalid.to_string())));
             }
         };
+        // The call's one clock read: its deadline, and its first attempt's send time.
         let now = Instant::now();
         let deadline = [
             deadline::current(),
             requested.map(|t| now + t),
-            method.and_then(|m| m.timeout).map(|t| now + t),
+            method.as_ref().and_then(|m| m.timeout).map(|t| now + t),
         ]
         .into_iter()
         .flatten()
@@ -339,35 +349,83 @@ impl Inner {
         .or_else(|| config.default_timeout.map(|t| now + t));
         if deadline.is_some_and(|d| d <= now) {
             record.finish(tonic::Code::DeadlineExceeded);
-            return Err(Status::deadline_exceeded(format!(
+            return ResponseFuture::ready(Err(Status::deadline_exceeded(format!(
                 "deadline exceeded before the call to {} was sent",
                 self.target
-            )));
+            ))));
         }
         let wait_for_ready = request
             .extensions()
             .get::<WaitForReady>()
             .map(|w| w.0)
-            .or_else(|| method.and_then(|m| m.wait_for_ready))
+            .or_else(|| method.as_ref().and_then(|m| m.wait_for_ready))
             .unwrap_or(self.wait_for_ready);
         if let Some(budget) = &self.budget {
             budget.deposit();
         }
 
         let (parts, body) = request.into_parts();
-        let retry = method.and_then(|m| m.retry_policy.as_ref());
-        let hedging = method.and_then(|m| m.hedging_policy.as_ref());
+        let has_policy = method
+            .as_ref()
+            .is_some_and(|m| m.retry_policy.is_some() || m.hedging_policy.is_some());
         let request_limit = method
+            .as_ref()
             .and_then(|m| m.max_request_message_bytes)
             .map(|limit| MessageLimit::new(limit, "request"));
-        let body =
-            match self.request_body(body, request_limit, retry.is_some() || hedging.is_some()) {
-                Ok(body) => body,
-                Err(status) => {
-                    record.finish(status.code());
-                    return Err(status);
+        let body = match self.request_body(body, request_limit, has_policy) {
+            Ok(body) => body,
+            Err(status) => {
+                record.finish(status.code());
+                return ResponseFuture::ready(Err(status));
+            }
+        };
+        let mut call = Prepared {
+            config,
+            method,
+            parts,
+            body,
+            wait_for_ready,
+            deadline,
+            record,
+            start: attempt::Start::FIRST,
+        };
+        if !has_policy && span.is_disabled() {
+            let picker = &**call.config.pickers.get(call.parts.uri.path());
+            self.shared.mark_active();
+            let picked = self.try_pick(picker, &self.shared.snapshot.load());
+            if let Some(ready) = picked {
+                match fast::FastCall::send(self, call, ready, now) {
+                    Ok(fast) => return ResponseFuture::fast(fast),
+                    // The connection took no new stream: sent again, transparently.
+                    Err(back) => call = back,
                 }
-            };
+            }
+        }
+        drop(entered);
+        ResponseFuture::boxed(tracing::Instrument::instrument(
+            self.clone().run(call),
+            span,
+        ))
+    }
+
+    /// Runs a call that may wait: for a READY subchannel, for retries or hedges, for a
+    /// streaming request body; or one the fast path hands over for a transparent retry.
+    async fn run(self: Arc<Self>, call: Prepared) -> Result<http::Response<Body>, Status> {
+        let Prepared {
+            config,
+            method,
+            parts,
+            body,
+            wait_for_ready,
+            deadline,
+            record,
+            start,
+        } = call;
+        let path = parts.uri.path();
+        let picker = &**config.pickers.get(path);
+        let method = method.as_deref();
+        let retry = method.and_then(|m| m.retry_policy.as_ref());
+        let hedging = method.and_then(|m| m.hedging_policy.as_ref());
         // A streaming body's record, kept to be dropped once the call commits: the
         // chosen attempt keeps streaming, but nothing more need be kept for a resend.
         let record_of_body = match &body {
@@ -388,30 +446,15 @@ impl Inner {
         };
         let result = match hedging {
             Some(hedging) => call.run_hedged(hedging).await,
-            None => call.run(retry).await,
+            None => call.run(retry, start).await,
         };
         if let Some(replay) = record_of_body {
             replay.commit();
         }
-        match result {
-            // Trailers-Only: the call is over; the guard already counted the outcome.
-            Ok(answer) => match trailers_only_status(answer.response.headers()) {
-                Some(code) => {
-                    record.finish(code);
-                    Ok(answer.response.map(Body::new))
-                }
-                None => {
-                    let limit = method
-                        .and_then(|m| m.max_response_message_bytes)
-                        .map(|limit| MessageLimit::new(limit, "response"));
-                    Ok(CallBody::wrap(answer, record, limit, deadline))
-                }
-            },
-            Err(status) => {
-                record.finish(status.code());
-                Err(status)
-            }
-        }
+        let limit = method
+            .and_then(|m| m.max_response_message_bytes)
+            .map(|limit| MessageLimit::new(limit, "response"));
+        finish(result, record, limit, deadline)
     }
 
     /// A call's request body: whole when it is at hand at once (a unary call), else
@@ -570,6 +613,43 @@ impl Inner {
                 Status::unavailable(format!("channel to {} is shut down: {why}", self.target))
             }
             None => Status::unavailable(format!("channel to {} is shut down", self.target)),
+        }
+    }
+}
+
+/// A call's inputs once [`Inner::start`] has checked them.
+pub(super) struct Prepared {
+    config: Arc<CallConfig>,
+    method: Option<Arc<MethodConfig>>,
+    parts: http::request::Parts,
+    body: attempt::RequestBody,
+    wait_for_ready: bool,
+    deadline: Option<Instant>,
+    record: CallRecord,
+    /// Where the attempts start: a fresh call, or a transparent retry of the fast path.
+    start: attempt::Start,
+}
+
+/// What the caller gets from the attempt that ended the call, with the call's record
+/// ended now (Trailers-Only, an error) or when the response stream ends.
+fn finish(
+    result: attempt::CallResult,
+    record: CallRecord,
+    limit: Option<MessageLimit>,
+    deadline: Option<Instant>,
+) -> Result<http::Response<Body>, Status> {
+    match result {
+        // Trailers-Only: the call is over; the guard already counted the outcome.
+        Ok(answer) => match trailers_only_status(answer.response.headers()) {
+            Some(code) => {
+                record.finish(code);
+                Ok(answer.response.map(Body::new))
+            }
+            None => Ok(CallBody::wrap(answer, record, limit, deadline)),
+        },
+        Err(status) => {
+            record.finish(status.code());
+            Err(status)
         }
     }
 }

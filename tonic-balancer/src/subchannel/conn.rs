@@ -126,14 +126,23 @@ impl Sent {
         mut self,
         addr: SocketAddr,
     ) -> Result<http::Response<H2Body>, h2::Error> {
-        let response = poll_fn(|cx| Pin::new(&mut self.response).poll(cx)).await?;
+        poll_fn(|cx| self.poll_response(cx, addr)).await
+    }
+
+    /// Polls for the response head, as [`Sent::response`] waits for it.
+    pub(crate) fn poll_response(
+        &mut self,
+        cx: &mut Context<'_>,
+        addr: SocketAddr,
+    ) -> Poll<Result<http::Response<H2Body>, h2::Error>> {
+        let response = std::task::ready!(Pin::new(&mut self.response).poll(cx))?;
         let pump = self.pump.take();
-        Ok(response.map(|recv| H2Body {
+        Poll::Ready(Ok(response.map(|recv| H2Body {
             recv,
             data_done: false,
             addr,
             _pump: pump,
-        }))
+        })))
     }
 }
 

@@ -140,9 +140,10 @@ pub(crate) async fn connect(
 ) -> io::Result<ConnIo> {
     let peer: Arc<str> = address.to_string().into();
     let failed = |e: io::Error| io::Error::new(e.kind(), format!("connect to {peer}: {e}"));
-    let socket = match &address.unix {
-        Some(path) => Socket::unix(path).await.map_err(failed)?,
-        None => {
+    let socket = match (&address.unix, Socket::scripted(address.addr)) {
+        (Some(path), _) => Socket::unix(path).await.map_err(failed)?,
+        (None, Some(scripted)) => scripted.map_err(failed)?,
+        (None, None) => {
             let stream = TcpStream::connect(address.addr).await.map_err(failed)?;
             tcp.apply(&stream)?;
             Socket::Tcp(stream)
@@ -647,9 +648,23 @@ enum Socket {
     Tcp(TcpStream),
     #[cfg(unix)]
     Unix(tokio::net::UnixStream),
+    /// One end of an in-memory pipe, in unit tests (`subchannel::scripted`).
+    #[cfg(test)]
+    Scripted(tokio::io::DuplexStream),
 }
 
 impl Socket {
+    /// A unit test's in-memory connection to `addr`, if it serves one there.
+    #[cfg(test)]
+    fn scripted(addr: std::net::SocketAddr) -> Option<io::Result<Self>> {
+        super::scripted::connect(addr).map(|io| io.map(Socket::Scripted))
+    }
+
+    #[cfg(not(test))]
+    fn scripted(_: std::net::SocketAddr) -> Option<io::Result<Self>> {
+        None
+    }
+
     #[cfg(unix)]
     async fn unix(path: &Path) -> io::Result<Self> {
         tokio::net::UnixStream::connect(path)
@@ -673,6 +688,8 @@ macro_rules! each_socket {
             Socket::Tcp($io) => $call,
             #[cfg(unix)]
             Socket::Unix($io) => $call,
+            #[cfg(test)]
+            Socket::Scripted($io) => $call,
         }
     };
 }

@@ -9,9 +9,13 @@
 mod conn;
 mod connector;
 mod health;
+#[cfg(test)]
+pub(crate) mod scripted;
 pub(crate) mod status;
 
-pub(crate) use conn::{ConnSettings, H2Body, Keepalive, Liveness, Outgoing, Sent, prefetch};
+pub(crate) use conn::{
+    ConnSettings, H2Body, Keepalive, Liveness, Outgoing, Sent, SentMark, prefetch,
+};
 pub(crate) use connector::TcpOptions;
 
 use crate::backoff::{Backoff, BackoffParams};
@@ -170,7 +174,7 @@ impl ReadyConn {
     }
 
     /// Whether a request that failed never left the client.
-    pub(crate) fn never_left(&self, error: &h2::Error, mark: conn::SentMark) -> bool {
+    pub(crate) fn never_left(&self, error: &h2::Error, mark: SentMark) -> bool {
         self.conn.never_left(error, mark)
     }
 }
