@@ -425,3 +425,17 @@ fn the_response_future_is_small() {
     let size = std::mem::size_of::<super::ResponseFuture>();
     assert!(size <= 1024, "ResponseFuture grew to {size} bytes");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_fast_call_releases_its_load_and_counts_as_cancelled() {
+    let server = Server::start(|_| Reply::Hang);
+    let channel = server.ready_channel(None).await;
+    let mut service = channel.clone();
+    let pending = tokio::time::timeout(Duration::from_secs(1), service.call(request(None)));
+    assert!(pending.await.is_err(), "the server never answers");
+    let stats = channel.stats();
+    assert_eq!(stats.endpoints[0].in_flight, 0);
+    assert_eq!(stats.methods[0].in_flight, 0);
+    assert_eq!(stats.methods[0].errors.get("CANCELLED"), Some(&1));
+    assert_eq!(server.streams(), 1);
+}

@@ -27,18 +27,21 @@ use tonic::body::Body;
 use tonic::{Code, Status};
 
 /// A call sent on the fast path, waiting for its response head.
+///
+/// Dropped (the caller cancelled), its fields go in order: the stream is reset, the
+/// attempt stops counting as load and its record ends, and then the call's.
 pub(super) struct FastCall {
-    inner: Arc<Inner>,
-    /// The call itself, its head kept for a transparent retry.
-    call: Prepared,
-    ready: ReadyConn,
     sent: Sent,
-    mark: SentMark,
     guard: CallGuard,
-    /// The call's deadline timer, kept for the response body once the head arrives.
-    timer: Option<Pin<Box<Sleep>>>,
     /// The attempt's OpenTelemetry record.
     trace: Option<AttemptTrace>,
+    /// The call's deadline timer, kept for the response body once the head arrives.
+    timer: Option<Pin<Box<Sleep>>>,
+    mark: SentMark,
+    ready: ReadyConn,
+    /// The call itself, its head kept for a transparent retry.
+    call: Prepared,
+    inner: Arc<Inner>,
 }
 
 /// What ended the wait for the response head.
