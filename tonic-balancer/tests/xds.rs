@@ -1,0 +1,274 @@
+//! `xds:///` targets against the test kit's control plane and real backends on loopback:
+//! a real ADS stream, real resources, real calls.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use support::{Client, call, fast_backoff, fleet, wait_ready, within};
+use tonic_balancer::BalancedChannel;
+use tonic_balancer::resolver::Resolve;
+use tonic_balancer::xds::{Bootstrap, XdsClient};
+use tonic_balancer_testkit::xds::{
+    self, ControlPlane, Health, LocalityEndpoints, Routes, XdsResource, type_url,
+};
+use tonic_balancer_testkit::{Backend, Latency};
+
+/// LDS `orders` → RDS `orders-routes` → CDS `orders-cluster` → EDS `orders-eds`.
+fn set_orders(cp: &ControlPlane, eds: &[LocalityEndpoints]) {
+    cp.set([xds::listener("orders", Routes::Rds("orders-routes".into()))]);
+    cp.set([xds::route(xds::route_config(
+        "orders-routes",
+        &["orders"],
+        "orders-cluster",
+    ))]);
+    cp.set([xds::cluster("orders-cluster", "orders-eds")]);
+    cp.set([xds::endpoints("orders-eds", eds)]);
+}
+
+fn healthy(backends: &[&Backend]) -> Vec<LocalityEndpoints> {
+    vec![LocalityEndpoints::new(
+        backends.iter().map(|b| (b.addr(), Health::Healthy)),
+    )]
+}
+
+/// A channel over the listener `orders` of this control plane, with its own client.
+fn orders_channel(cp: &ControlPlane) -> (BalancedChannel, Client) {
+    let client = XdsClient::new(Bootstrap::new(cp.addr().to_string(), "test-node"));
+    let channel = BalancedChannel::builder_with_resolver(client.resolver("orders"))
+        .connection_backoff(fast_backoff())
+        .build()
+        .expect("channel");
+    (channel.clone(), Client::new(channel))
+}
+
+fn addresses(channel: &BalancedChannel) -> BTreeSet<SocketAddr> {
+    channel.subchannels().iter().map(|s| s.address.addr).collect()
+}
+
+/// Calls until `done` holds, each call required to succeed; at most `limit` calls.
+async fn call_until(
+    client: &mut Client,
+    channel: &BalancedChannel,
+    limit: usize,
+    mut done: impl FnMut(&BalancedChannel) -> bool,
+) -> usize {
+    for n in 0..limit {
+        if done(channel) {
+            return n;
+        }
+        call(client).await.expect("no call may fail");
+        tokio::task::yield_now().await;
+    }
+    panic!("condition not reached within {limit} calls");
+}
+
+#[tokio::test]
+async fn xds_target_spreads_calls_over_the_eds_endpoints_and_acks_each_version() {
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let backends = fleet(3, Latency::None).await;
+        set_orders(&cp, &healthy(&backends.iter().collect::<Vec<_>>()));
+        // The only test of this file that uses the process-wide bootstrap.
+        tonic_balancer::xds::set_default_bootstrap(Some(Bootstrap::new(
+            cp.addr().to_string(),
+            "orders-node",
+        )));
+        let channel = BalancedChannel::builder("xds:///orders")
+            .build()
+            .expect("xds:///orders");
+        wait_ready(&channel, 3).await;
+        let mut client = Client::new(channel.clone());
+        let mut served = std::collections::BTreeMap::new();
+        for _ in 0..30 {
+            *served.entry(call(&mut client).await.unwrap()).or_insert(0) += 1;
+        }
+        // Round robin over the three EDS endpoints: ten calls each.
+        assert_eq!(
+            served.into_iter().collect::<Vec<_>>(),
+            vec![("b0".into(), 10), ("b1".into(), 10), ("b2".into(), 10)]
+        );
+        // The first request of the stream names the node; each type is ACKed with the
+        // version and nonce of the response.
+        let first = cp.wait_for(|_| true).await;
+        assert_eq!(first.type_url, type_url::LISTENER);
+        assert_eq!(first.node_id.as_deref(), Some("orders-node"));
+        assert_eq!(first.resource_names, vec!["orders".to_string()]);
+        assert_eq!((first.version_info.as_str(), first.response_nonce.as_str()), ("", ""));
+        for ty in [type_url::LISTENER, type_url::ROUTE, type_url::CLUSTER, type_url::ENDPOINTS] {
+            let ack = cp.wait_for(|e| e.type_url == ty && !e.response_nonce.is_empty()).await;
+            assert_eq!(ack.version_info, "1", "{ty}");
+            assert!(!ack.is_nack(), "{ack:?}");
+        }
+        tonic_balancer::xds::set_default_bootstrap(None);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn endpoints_added_and_removed_are_followed_with_no_failed_call() {
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let b = fleet(3, Latency::None).await;
+        set_orders(&cp, &healthy(&[&b[0], &b[1]]));
+        let (channel, mut client) = orders_channel(&cp);
+        wait_ready(&channel, 2).await;
+
+        cp.set([xds::endpoints("orders-eds", &healthy(&[&b[0], &b[1], &b[2]]))]);
+        call_until(&mut client, &channel, 5_000, |_| b[2].calls() > 0).await;
+
+        cp.set([xds::endpoints("orders-eds", &healthy(&[&b[0], &b[2]]))]);
+        let want: BTreeSet<_> = [b[0].addr(), b[2].addr()].into();
+        call_until(&mut client, &channel, 5_000, |ch| addresses(ch) == want).await;
+        let before = b[1].calls();
+        for _ in 0..20 {
+            assert_ne!(call(&mut client).await.unwrap(), "b1");
+        }
+        assert_eq!(b[1].calls(), before, "a removed endpoint got a call");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unhealthy_and_draining_endpoints_get_no_calls() {
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let b = fleet(4, Latency::None).await;
+        set_orders(
+            &cp,
+            &[LocalityEndpoints::new([
+                (b[0].addr(), Health::Healthy),
+                (b[1].addr(), Health::Unhealthy),
+                (b[2].addr(), Health::Unknown),
+                (b[3].addr(), Health::Draining),
+            ])],
+        );
+        let (channel, mut client) = orders_channel(&cp);
+        wait_ready(&channel, 2).await;
+        assert_eq!(addresses(&channel), [b[0].addr(), b[2].addr()].into());
+        for _ in 0..20 {
+            call(&mut client).await.unwrap();
+        }
+        assert_eq!((b[1].calls(), b[3].calls()), (0, 0));
+        assert_eq!(b[0].calls() + b[2].calls(), 20);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_invalid_resource_is_nacked_and_the_last_good_one_kept() {
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let b = fleet(2, Latency::None).await;
+        set_orders(&cp, &healthy(&[&b[0], &b[1]]));
+        let (channel, mut client) = orders_channel(&cp);
+        wait_ready(&channel, 2).await;
+        let acked = cp.wait_for_ack(type_url::ENDPOINTS).await;
+
+        // An endpoint whose address is a host name: gRPC clients take IP addresses only.
+        let mut bad = xds::endpoints_proto("orders-eds", &healthy(&[&b[0]]));
+        let lb = &mut bad.endpoints[0].lb_endpoints[0];
+        if let Some(envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier::Endpoint(ep)) =
+            &mut lb.host_identifier
+            && let Some(envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(sa)) =
+                ep.address.as_mut().and_then(|a| a.address.as_mut())
+        {
+            sa.address = "orders.internal".into();
+        }
+        cp.set([XdsResource::raw(type_url::ENDPOINTS, "orders-eds", &bad)]);
+        let nack = cp.wait_for_nack(type_url::ENDPOINTS).await;
+        // The NACK carries the last accepted version, the nonce of the rejected
+        // response, and what is wrong.
+        assert_eq!(nack.version_info, acked.version_info);
+        assert_ne!(nack.response_nonce, acked.response_nonce);
+        let error = nack.error.unwrap();
+        assert!(error.contains("orders-eds"), "{error}");
+        assert!(error.contains("\"orders.internal\" is not an IP address"), "{error}");
+
+        // A cluster with a policy this client does not support is NACKed as well.
+        let mut ring = xds::cluster_proto("orders-cluster", "orders-eds");
+        ring.lb_policy = 2; // RING_HASH
+        cp.set([XdsResource::raw(type_url::CLUSTER, "orders-cluster", &ring)]);
+        let nack = cp.wait_for_nack(type_url::CLUSTER).await;
+        assert!(nack.error.as_deref().unwrap().contains("lb_policy: RING_HASH"), "{nack:?}");
+
+        // Calls still spread over the last good endpoints.
+        let mut seen = BTreeSet::new();
+        for _ in 0..10 {
+            seen.insert(call(&mut client).await.unwrap());
+        }
+        assert_eq!(seen, ["b0".to_string(), "b1".to_string()].into());
+        assert_eq!(addresses(&channel), [b[0].addr(), b[1].addr()].into());
+
+        // A valid version after the invalid one is taken and ACKed.
+        cp.set([xds::cluster("orders-cluster", "orders-eds")]);
+        cp.set([xds::endpoints("orders-eds", &healthy(&[&b[1]]))]);
+        cp.wait_for_ack(type_url::ENDPOINTS).await;
+        let want: BTreeSet<_> = [b[1].addr()].into();
+        call_until(&mut client, &channel, 5_000, |ch| addresses(ch) == want).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn calls_go_on_while_the_control_plane_is_away_and_it_resyncs_on_return() {
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let b = fleet(3, Latency::None).await;
+        set_orders(&cp, &healthy(&[&b[0], &b[1]]));
+        let (channel, mut client) = orders_channel(&cp);
+        wait_ready(&channel, 2).await;
+        cp.wait_for_ack(type_url::ENDPOINTS).await;
+        let first_stream = cp.events()[0].stream;
+
+        cp.kill().await;
+        for _ in 0..20 {
+            call(&mut client).await.expect("the last good endpoints keep serving");
+        }
+        assert_eq!(addresses(&channel), [b[0].addr(), b[1].addr()].into());
+
+        // While it is away the fleet changes; the client learns it on a new stream.
+        cp.set([xds::endpoints("orders-eds", &healthy(&[&b[0], &b[2]]))]);
+        cp.restart().await.unwrap();
+        let resubscribed = cp
+            .wait_for(|e| e.stream != first_stream && e.type_url == type_url::ENDPOINTS)
+            .await;
+        // It asks again for what it watched, naming the version it had accepted.
+        assert_eq!(resubscribed.resource_names, vec!["orders-eds".to_string()]);
+        assert_eq!(resubscribed.version_info, "1");
+        cp.wait_for_ack(type_url::ENDPOINTS).await;
+        let want: BTreeSet<_> = [b[0].addr(), b[2].addr()].into();
+        call_until(&mut client, &channel, 5_000, |ch| addresses(ch) == want).await;
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_listener_never_sent_does_not_exist_after_15_seconds() {
+    let cp = ControlPlane::start().await.unwrap();
+    let client = XdsClient::new(Bootstrap::new(cp.addr().to_string(), "test-node"));
+    let mut resolver = client.resolver("missing");
+    let started = tokio::time::Instant::now();
+    cp.wait_for(|e| e.type_url == type_url::LISTENER).await;
+    let resolution = std::future::poll_fn(|cx| resolver.poll_resolve(cx))
+        .await
+        .expect("a resolution");
+    let error = resolution.expect_err("the listener does not exist");
+    assert!(error.to_string().contains("\"missing\" does not exist"), "{error}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(15) && waited < Duration::from_secs(16),
+        "{waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn bad_targets_and_missing_bootstraps_are_errors() {
+    let err = BalancedChannel::builder("xds://authority/orders").build().unwrap_err();
+    assert_eq!(err.kind(), tonic_balancer::ErrorKind::InvalidTarget);
+    assert!(err.to_string().contains("federation"), "{err}");
+    let err = BalancedChannel::builder("xds:///").build().unwrap_err();
+    assert_eq!(err.kind(), tonic_balancer::ErrorKind::InvalidTarget);
+}
