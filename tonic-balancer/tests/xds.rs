@@ -79,7 +79,10 @@ async fn xds_target_spreads_calls_over_the_eds_endpoints_and_acks_each_version()
         let channel = BalancedChannel::builder("xds:///orders")
             .build()
             .expect("xds:///orders");
+        // A second channel of the process shares the first one's ADS stream.
+        let second = BalancedChannel::builder("xds:///orders").build().unwrap();
         wait_ready(&channel, 3).await;
+        wait_ready(&second, 3).await;
         let mut client = Client::new(channel.clone());
         let mut served = std::collections::BTreeMap::new();
         for _ in 0..30 {
@@ -102,6 +105,8 @@ async fn xds_target_spreads_calls_over_the_eds_endpoints_and_acks_each_version()
             assert_eq!(ack.version_info, "1", "{ty}");
             assert!(!ack.is_nack(), "{ack:?}");
         }
+        let streams: BTreeSet<u64> = cp.events().iter().map(|e| e.stream).collect();
+        assert_eq!(streams.len(), 1, "one ADS stream for both channels");
         tonic_balancer::xds::set_default_bootstrap(None);
     })
     .await;
@@ -163,7 +168,11 @@ async fn an_invalid_resource_is_nacked_and_the_last_good_one_kept() {
         let cp = ControlPlane::start().await.unwrap();
         let b = fleet(2, Latency::None).await;
         set_orders(&cp, &healthy(&[&b[0], &b[1]]));
-        let (channel, mut client) = orders_channel(&cp);
+        let xds_client = XdsClient::new(Bootstrap::new(cp.addr().to_string(), "test-node"));
+        let channel = BalancedChannel::builder_with_resolver(xds_client.resolver("orders"))
+            .build()
+            .unwrap();
+        let mut client = Client::new(channel.clone());
         wait_ready(&channel, 2).await;
         let acked = cp.wait_for_ack(type_url::ENDPOINTS).await;
 
@@ -201,6 +210,13 @@ async fn an_invalid_resource_is_nacked_and_the_last_good_one_kept() {
         }
         assert_eq!(seen, ["b0".to_string(), "b1".to_string()].into());
         assert_eq!(addresses(&channel), [b[0].addr(), b[1].addr()].into());
+        // The client itself kept the last good cluster and endpoints: a channel started
+        // now, on the same client, gets them (not the rejected versions).
+        let late = BalancedChannel::builder_with_resolver(xds_client.resolver("orders"))
+            .build()
+            .unwrap();
+        wait_ready(&late, 2).await;
+        assert_eq!(addresses(&late), [b[0].addr(), b[1].addr()].into());
 
         // A valid version after the invalid one is taken and ACKed.
         cp.set([xds::cluster("orders-cluster", "orders-eds")]);
