@@ -207,7 +207,9 @@ impl Drop for Watch {
         if let Some(entry) = ty.entries.get_mut(&self.name) {
             entry.watchers -= 1;
             if entry.watchers == 0 {
-                ty.entries.remove(&self.name);
+                // The entry goes when the next request is built, not now: a watch made
+                // again before then finds the value the control plane will not resend
+                // (its view of the subscription never changed).
                 ty.dirty = true;
                 drop(cache);
                 shared.changed.notify_one();
@@ -328,7 +330,10 @@ async fn stream_once(
     bootstrap: &Bootstrap,
 ) -> Result<std::convert::Infallible, StreamEnd> {
     let failed = |heard: bool, error: String| StreamEnd::Failed { heard, error };
-    let uri = endpoint_uri(&bootstrap.server.server_uri, &bootstrap.server.channel_creds);
+    let uri = endpoint_uri(
+        &bootstrap.server.server_uri,
+        &bootstrap.server.channel_creds,
+    );
     let endpoint = tonic::transport::Endpoint::from_shared(uri.clone())
         .map_err(|e| failed(false, format!("server_uri {uri:?}: {e}")))?
         .connect_timeout(Duration::from_secs(20));
@@ -336,8 +341,8 @@ async fn stream_once(
         .connect()
         .await
         .map_err(|e| failed(false, format!("connect to {uri}: {e}")))?;
-    let mut client = AggregatedDiscoveryServiceClient::new(channel)
-        .max_decoding_message_size(usize::MAX);
+    let mut client =
+        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(usize::MAX);
     let (tx, rx) = mpsc::unbounded_channel::<DiscoveryRequest>();
     let mut node = Some(node_proto(bootstrap));
     // Every watched type is asked for again on a new stream.
@@ -348,9 +353,11 @@ async fn stream_once(
         let mut cache = shared.lock();
         send_dirty(&mut cache, &tx, &mut node, true);
     }
-    let outbound = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|req| (req, rx))
-    });
+    let outbound =
+        futures_util::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|req| (req, rx)) },
+        );
     let mut inbound = client
         .stream_aggregated_resources(outbound)
         .await
@@ -416,9 +423,9 @@ fn send_dirty(
     for kind in Kind::ALL {
         let ty = &mut cache.types[kind.index()];
         let wanted = if all {
-            !ty.entries.is_empty()
+            ty.entries.values().any(|e| e.watchers > 0)
         } else {
-            ty.dirty && (!ty.entries.is_empty() || ty.requested)
+            ty.dirty
         };
         ty.dirty = false;
         if !wanted {
@@ -429,10 +436,16 @@ fn send_dirty(
                 entry.dne_deadline = Some(now + DOES_NOT_EXIST_TIMEOUT);
             }
         }
+        let resource_names = sorted_names(ty);
+        // Nothing watched and nothing asked for on this stream: nothing to take back.
+        // (An empty list would be a wildcard for LDS and CDS, gRFC A27.)
+        if resource_names.is_empty() && !ty.requested {
+            continue;
+        }
         let request = DiscoveryRequest {
             version_info: ty.version.clone(),
             node: node.take(),
-            resource_names: sorted_names(ty),
+            resource_names,
             type_url: kind.type_url(),
             response_nonce: ty.nonce.clone(),
             ..Default::default()
@@ -442,7 +455,10 @@ fn send_dirty(
     }
 }
 
-fn sorted_names(ty: &TypeState) -> Vec<String> {
+/// The names to request: the watched ones. Entries nobody watches any more are dropped
+/// here, as the request that unsubscribes them is built.
+fn sorted_names(ty: &mut TypeState) -> Vec<String> {
+    ty.entries.retain(|_, e| e.watchers > 0);
     let mut names: Vec<String> = ty.entries.keys().cloned().collect();
     names.sort();
     names
