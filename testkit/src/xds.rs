@@ -51,7 +51,8 @@ pub mod type_url {
     /// CDS: `envoy.config.cluster.v3.Cluster`.
     pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
     /// EDS: `envoy.config.endpoint.v3.ClusterLoadAssignment`.
-    pub const ENDPOINTS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+    pub const ENDPOINTS: &str =
+        "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 }
 
 /// What a client sent on one ADS stream.
@@ -261,7 +262,8 @@ impl ControlPlane {
 
     /// Waits for a NACK of `type_url`.
     pub async fn wait_for_nack(&self, type_url: &str) -> Event {
-        self.wait_for(|e| e.type_url == type_url && e.is_nack()).await
+        self.wait_for(|e| e.type_url == type_url && e.is_nack())
+            .await
     }
 
     /// Every event so far.
@@ -331,7 +333,9 @@ fn push(state: &mut State, type_url: &'static str) {
     for stream in streams.iter() {
         if let Some(names) = stream.subscribed.get(type_url) {
             *next_nonce += 1;
-            let _ = stream.tx.send(Ok(response(type_url, ty, names, *next_nonce)));
+            let _ = stream
+                .tx
+                .send(Ok(response(type_url, ty, names, *next_nonce)));
         }
     }
 }
@@ -408,7 +412,9 @@ impl AggregatedDiscoveryService for Ads {
         &self,
         _request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<DeltaStream>, Status> {
-        Err(Status::unimplemented("the test control plane serves state of the world only"))
+        Err(Status::unimplemented(
+            "the test control plane serves state of the world only",
+        ))
     }
 }
 
@@ -451,7 +457,9 @@ fn on_request(shared: &Shared, id: u64, req: DiscoveryRequest) {
         return;
     }
     *next_nonce += 1;
-    let _ = stream.tx.send(Ok(response(type_url, ty, &names, *next_nonce)));
+    let _ = stream
+        .tx
+        .send(Ok(response(type_url, ty, &names, *next_nonce)));
 }
 
 // === resource helpers ===
@@ -476,7 +484,7 @@ fn ads() -> core::ConfigSource {
 #[derive(Clone, Debug)]
 pub enum Routes {
     /// A route configuration inside the listener.
-    Inline(rds::RouteConfiguration),
+    Inline(Box<rds::RouteConfiguration>),
     /// The name of an RDS resource.
     Rds(String),
 }
@@ -485,17 +493,21 @@ pub enum Routes {
 /// is the router.
 pub fn listener(name: &str, routes: Routes) -> XdsResource {
     let route_specifier = match routes {
-        Routes::Inline(rc) => hcm::http_connection_manager::RouteSpecifier::RouteConfig(rc),
-        Routes::Rds(route_config_name) => hcm::http_connection_manager::RouteSpecifier::Rds(hcm::Rds {
-            config_source: Some(ads()),
-            route_config_name,
-        }),
+        Routes::Inline(rc) => hcm::http_connection_manager::RouteSpecifier::RouteConfig(*rc),
+        Routes::Rds(route_config_name) => {
+            hcm::http_connection_manager::RouteSpecifier::Rds(hcm::Rds {
+                config_source: Some(ads()),
+                route_config_name,
+            })
+        }
     };
     let manager = hcm::HttpConnectionManager {
         route_specifier: Some(route_specifier),
         http_filters: vec![hcm::HttpFilter {
             name: "envoy.filters.http.router".to_owned(),
-            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any_of(&Router::default()))),
+            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any_of(
+                &Router::default(),
+            ))),
             ..Default::default()
         }],
         ..Default::default()
@@ -546,7 +558,11 @@ pub fn route(config: rds::RouteConfiguration) -> XdsResource {
 /// A CDS resource: an EDS cluster over ADS with ROUND_ROBIN, whose EDS resource is
 /// `eds_service_name`.
 pub fn cluster(name: &str, eds_service_name: &str) -> XdsResource {
-    XdsResource::raw(type_url::CLUSTER, name, &cluster_proto(name, eds_service_name))
+    XdsResource::raw(
+        type_url::CLUSTER,
+        name,
+        &cluster_proto(name, eds_service_name),
+    )
 }
 
 /// The Cluster message [`cluster`] wraps, for tests that change fields.
@@ -603,7 +619,11 @@ impl LocalityEndpoints {
 
 /// An EDS resource.
 pub fn endpoints(name: &str, localities: &[LocalityEndpoints]) -> XdsResource {
-    XdsResource::raw(type_url::ENDPOINTS, name, &endpoints_proto(name, localities))
+    XdsResource::raw(
+        type_url::ENDPOINTS,
+        name,
+        &endpoints_proto(name, localities),
+    )
 }
 
 /// The ClusterLoadAssignment message [`endpoints`] wraps.
@@ -629,22 +649,24 @@ pub fn endpoints_proto(name: &str, localities: &[LocalityEndpoints]) -> eds::Clu
                         Health::Unhealthy => core::HealthStatus::Unhealthy,
                         Health::Draining => core::HealthStatus::Draining,
                     } as i32,
-                    host_identifier: Some(eds::lb_endpoint::HostIdentifier::Endpoint(eds::Endpoint {
-                        address: Some(core::Address {
-                            address: Some(core::address::Address::SocketAddress(
-                                core::SocketAddress {
-                                    address: addr.ip().to_string(),
-                                    port_specifier: Some(
-                                        core::socket_address::PortSpecifier::PortValue(
-                                            u32::from(addr.port()),
+                    host_identifier: Some(eds::lb_endpoint::HostIdentifier::Endpoint(
+                        eds::Endpoint {
+                            address: Some(core::Address {
+                                address: Some(core::address::Address::SocketAddress(
+                                    core::SocketAddress {
+                                        address: addr.ip().to_string(),
+                                        port_specifier: Some(
+                                            core::socket_address::PortSpecifier::PortValue(
+                                                u32::from(addr.port()),
+                                            ),
                                         ),
-                                    ),
-                                    ..Default::default()
-                                },
-                            )),
-                        }),
-                        ..Default::default()
-                    })),
+                                        ..Default::default()
+                                    },
+                                )),
+                            }),
+                            ..Default::default()
+                        },
+                    )),
                     ..Default::default()
                 })
                 .collect(),

@@ -219,7 +219,11 @@ fn object<'a>(value: &'a Value, path: &str) -> Result<&'a Map<String, Value>, Bo
 }
 
 /// An optional string field: absent or null is `None`.
-fn string(map: &Map<String, Value>, key: &str, path: &str) -> Result<Option<String>, BootstrapError> {
+fn string(
+    map: &Map<String, Value>,
+    key: &str,
+    path: &str,
+) -> Result<Option<String>, BootstrapError> {
     match map.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -376,7 +380,14 @@ mod tests {
         assert_eq!(b.node.id, "n1");
         assert_eq!(b.node.cluster, "c1");
         let loc = b.node.locality.unwrap();
-        assert_eq!((loc.region.as_str(), loc.zone.as_str(), loc.sub_zone.as_str()), ("r", "z", "s"));
+        assert_eq!(
+            (
+                loc.region.as_str(),
+                loc.zone.as_str(),
+                loc.sub_zone.as_str()
+            ),
+            ("r", "z", "s")
+        );
         assert_eq!(b.node.metadata["k"], "v");
     }
 
@@ -399,29 +410,71 @@ mod tests {
             (r#"{"xds_servers": []}"#, "xds_servers"),
             (r#"{"xds_servers": {}}"#, "xds_servers"),
             (r#"{"xds_servers": [1]}"#, "xds_servers[0]"),
-            (r#"{"xds_servers": [{"channel_creds": [{"type": "insecure"}]}]}"#, "xds_servers[0].server_uri"),
-            (r#"{"xds_servers": [{"server_uri": 5, "channel_creds": []}]}"#, "xds_servers[0].server_uri"),
-            (r#"{"xds_servers": [{"server_uri": "h:1"}]}"#, "xds_servers[0].channel_creds"),
-            (r#"{"xds_servers": [{"server_uri": "h:1", "channel_creds": [{}]}]}"#, "xds_servers[0].channel_creds[0].type"),
-            (r#"{"xds_servers": [{"server_uri": "h:1", "channel_creds": [{"type": "insecure", "config": 1}]}]}"#, "xds_servers[0].channel_creds[0].config"),
-            (r#"{"xds_servers": [{"server_uri": "h:1", "channel_creds": [{"type": "google_default"}]}]}"#, "xds_servers[0].channel_creds"),
-            (r#"{"xds_servers": [{"server_uri": "h:1", "channel_creds": [{"type": "insecure"}], "server_features": [1]}]}"#, "xds_servers[0].server_features[0]"),
-            (r#"{"xds_servers": [{"server_uri": "h:1", "channel_creds": [{"type": "insecure"}]}, {"server_uri": "h:2"}]}"#, "xds_servers[1].channel_creds"),
-            (r#"{"xds_servers": [{"server_uri": "h:1", "channel_creds": [{"type": "insecure"}]}], "node": []}"#, "node"),
-            (r#"{"xds_servers": [{"server_uri": "h:1", "channel_creds": [{"type": "insecure"}]}], "node": {"id": 1}}"#, "node.id"),
-            (r#"{"xds_servers": [{"server_uri": "h:1", "channel_creds": [{"type": "insecure"}]}], "node": {"locality": {"zone": []}}}"#, "node.locality.zone"),
-            (r#"{"xds_servers": [{"server_uri": "h:1", "channel_creds": [{"type": "insecure"}]}], "node": {"metadata": "x"}}"#, "node.metadata"),
+            (
+                r#"{"xds_servers": [{"channel_creds": [{"type": "insecure"}]}]}"#,
+                "xds_servers[0].server_uri",
+            ),
+            (
+                r#"{"xds_servers": [{"server_uri": 5, "channel_creds": []}]}"#,
+                "xds_servers[0].server_uri",
+            ),
+            (
+                r#"{"xds_servers": [{"server_uri": "h:1"}]}"#,
+                "xds_servers[0].channel_creds",
+            ),
+            (
+                r#"{"xds_servers": [{"server_uri": "h:1", "channel_creds": [{}]}]}"#,
+                "xds_servers[0].channel_creds[0].type",
+            ),
+            (
+                r#"{"xds_servers": [{"server_uri": "h:1", "channel_creds": [{"type": "insecure", "config": 1}]}]}"#,
+                "xds_servers[0].channel_creds[0].config",
+            ),
+            (
+                r#"{"xds_servers": [{"server_uri": "h:1", "channel_creds": [{"type": "google_default"}]}]}"#,
+                "xds_servers[0].channel_creds",
+            ),
+            (
+                r#"{"xds_servers": [{"server_uri": "h:1", "channel_creds": [{"type": "insecure"}], "server_features": [1]}]}"#,
+                "xds_servers[0].server_features[0]",
+            ),
+            (
+                r#"{"xds_servers": [{"server_uri": "h:1", "channel_creds": [{"type": "insecure"}]}, {"server_uri": "h:2"}]}"#,
+                "xds_servers[1].channel_creds",
+            ),
+            (
+                r#"{"xds_servers": [{"server_uri": "h:1", "channel_creds": [{"type": "insecure"}]}], "node": []}"#,
+                "node",
+            ),
+            (
+                r#"{"xds_servers": [{"server_uri": "h:1", "channel_creds": [{"type": "insecure"}]}], "node": {"id": 1}}"#,
+                "node.id",
+            ),
+            (
+                r#"{"xds_servers": [{"server_uri": "h:1", "channel_creds": [{"type": "insecure"}]}], "node": {"locality": {"zone": []}}}"#,
+                "node.locality.zone",
+            ),
+            (
+                r#"{"xds_servers": [{"server_uri": "h:1", "channel_creds": [{"type": "insecure"}]}], "node": {"metadata": "x"}}"#,
+                "node.metadata",
+            ),
         ];
         for (json, path) in cases {
             let e = err(json);
             assert_eq!(e.path, path, "{json}: {e}");
-            assert!(e.to_string().starts_with(&format!("xDS bootstrap: {path}: ")), "{e}");
+            assert!(
+                e.to_string()
+                    .starts_with(&format!("xDS bootstrap: {path}: ")),
+                "{e}"
+            );
         }
     }
 
     #[test]
     fn unsupported_creds_say_what_was_seen() {
-        let e = err(r#"{"xds_servers": [{"server_uri": "h:1", "channel_creds": [{"type": "google_default"}]}]}"#);
+        let e = err(
+            r#"{"xds_servers": [{"server_uri": "h:1", "channel_creds": [{"type": "google_default"}]}]}"#,
+        );
         assert!(e.reason.contains("google_default"), "{e}");
         assert!(e.reason.contains("insecure"), "{e}");
     }
@@ -444,7 +497,10 @@ mod tests {
         .unwrap();
         let b = Bootstrap::from_file(&file).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!((b.server.server_uri.as_str(), b.node.id.as_str()), ("h:7", "f"));
+        assert_eq!(
+            (b.server.server_uri.as_str(), b.node.id.as_str()),
+            ("h:7", "f")
+        );
     }
 
     #[test]

@@ -79,7 +79,11 @@ pub(crate) fn target_resolver(name: &str, target: &str) -> Result<XdsResolver, E
     let bootstrap = match configured {
         Some(bootstrap) => bootstrap,
         None => Bootstrap::from_env().map_err(|e| {
-            Error::caused_by(ErrorKind::InvalidConfig, format!("target {target:?}: {e}"), e)
+            Error::caused_by(
+                ErrorKind::InvalidConfig,
+                format!("target {target:?}: {e}"),
+                e,
+            )
         })?,
     };
     Ok(XdsClient::shared(bootstrap).resolver(name))

@@ -212,7 +212,9 @@ impl Chain {
 /// no other condition.
 fn default_cluster(rc: &RouteConfig, name: &str) -> Result<String, ResolveError> {
     let vh = best_virtual_host(rc, name).ok_or_else(|| {
-        ResolveError::new(format!("xDS: no virtual host has a domain matching {name:?}"))
+        ResolveError::new(format!(
+            "xDS: no virtual host has a domain matching {name:?}"
+        ))
     })?;
     let route = vh
         .routes

@@ -188,7 +188,8 @@ pub(crate) fn decode(kind: Kind, any: &Any) -> Result<(String, Resource), Invali
             Ok((c.name, Resource::Cluster(update)))
         }
         Kind::Endpoints => {
-            let e = eds::ClusterLoadAssignment::decode(any.value.as_slice()).map_err(undecodable)?;
+            let e =
+                eds::ClusterLoadAssignment::decode(any.value.as_slice()).map_err(undecodable)?;
             let update = endpoints(&e).map_err(|r| fail(Some(&e.cluster_name), r))?;
             Ok((e.cluster_name, Resource::Endpoints(update)))
         }
@@ -211,7 +212,9 @@ fn listener(l: &lds::Listener) -> Result<ListenerUpdate, String> {
         .map_err(|e| format!("api_listener: cannot decode the HttpConnectionManager: {e}"))?;
     // gRFC A39: the router filter must be present and last.
     match hcm.http_filters.last() {
-        None => return Err("api_listener.http_filters: empty (the router filter is required)".into()),
+        None => {
+            return Err("api_listener.http_filters: empty (the router filter is required)".into());
+        }
         Some(last) => {
             let router = matches!(
                 &last.config_type,
@@ -319,7 +322,8 @@ fn route_config(rc: &rds::RouteConfiguration) -> Result<RouteConfig, String> {
 
 fn cluster(c: &cds::Cluster) -> Result<ClusterUpdate, String> {
     match c.cluster_discovery_type {
-        Some(cluster::ClusterDiscoveryType::Type(t)) if t == cluster::DiscoveryType::Eds as i32 => {}
+        Some(cluster::ClusterDiscoveryType::Type(t)) if t == cluster::DiscoveryType::Eds as i32 => {
+        }
         Some(cluster::ClusterDiscoveryType::Type(t)) => {
             let name = cluster::DiscoveryType::try_from(t)
                 .map(|t| t.as_str_name().to_owned())
@@ -327,7 +331,9 @@ fn cluster(c: &cds::Cluster) -> Result<ClusterUpdate, String> {
             return Err(format!("type: {name} is not supported (EDS only)"));
         }
         Some(cluster::ClusterDiscoveryType::ClusterType(_)) => {
-            return Err("cluster_type: custom cluster types (aggregate, ...) are not supported".into());
+            return Err(
+                "cluster_type: custom cluster types (aggregate, ...) are not supported".into(),
+            );
         }
         None => return Err("type: missing (EDS is required)".into()),
     }
@@ -335,7 +341,8 @@ fn cluster(c: &cds::Cluster) -> Result<ClusterUpdate, String> {
         .eds_cluster_config
         .as_ref()
         .ok_or("eds_cluster_config: missing")?;
-    ads_source(eds.eds_config.as_ref()).map_err(|e| format!("eds_cluster_config.eds_config: {e}"))?;
+    ads_source(eds.eds_config.as_ref())
+        .map_err(|e| format!("eds_cluster_config.eds_config: {e}"))?;
     let lb_policy = match cluster::LbPolicy::try_from(c.lb_policy) {
         Ok(cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
         Ok(cluster::LbPolicy::LeastRequest) => LbPolicy::LeastRequest,
@@ -382,11 +389,20 @@ fn endpoints(cla: &eds::ClusterLoadAssignment) -> Result<EndpointsUpdate, String
                 return Err(format!("{at}.endpoint.address: not a socket address"));
             };
             let ip: IpAddr = sa.address.parse().map_err(|_| {
-                format!("{at}.endpoint.address: {:?} is not an IP address", sa.address)
+                format!(
+                    "{at}.endpoint.address: {:?} is not an IP address",
+                    sa.address
+                )
             })?;
             let port = match sa.port_specifier {
-                Some(core::socket_address::PortSpecifier::PortValue(p)) if p > 0 && p <= 65535 => p as u16,
-                _ => return Err(format!("{at}.endpoint.address.port_value: not a port (1..=65535)")),
+                Some(core::socket_address::PortSpecifier::PortValue(p)) if p > 0 && p <= 65535 => {
+                    p as u16
+                }
+                _ => {
+                    return Err(format!(
+                        "{at}.endpoint.address.port_value: not a port (1..=65535)"
+                    ));
+                }
             };
             let ep_weight = match lb.load_balancing_weight.as_ref().map(|w| w.value) {
                 Some(0) => return Err(format!("{at}.load_balancing_weight: must be > 0")),
@@ -410,7 +426,11 @@ fn endpoints(cla: &eds::ClusterLoadAssignment) -> Result<EndpointsUpdate, String
     let mut priorities: Vec<u32> = localities.iter().map(|l| l.priority).collect();
     priorities.sort_unstable();
     priorities.dedup();
-    if let Some((i, p)) = priorities.iter().enumerate().find(|(i, p)| **p as usize != *i) {
+    if let Some((i, p)) = priorities
+        .iter()
+        .enumerate()
+        .find(|(i, p)| **p as usize != *i)
+    {
         return Err(format!(
             "endpoints: priorities must run from 0 with no gap (priority {p} found where {i} was expected)"
         ));
@@ -454,7 +474,9 @@ mod tests {
     fn router() -> hcm::HttpFilter {
         hcm::HttpFilter {
             name: "router".into(),
-            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any(&Router::default()))),
+            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any(
+                &Router::default(),
+            ))),
             ..Default::default()
         }
     }
@@ -476,7 +498,10 @@ mod tests {
         };
         let (name, res) = decode(Kind::Listener, &listener_with(&manager)).unwrap();
         assert_eq!(name, "l");
-        assert_eq!(res, Resource::Listener(ListenerUpdate::Rds("routes".into())));
+        assert_eq!(
+            res,
+            Resource::Listener(ListenerUpdate::Rds("routes".into()))
+        );
     }
 
     #[test]
@@ -488,7 +513,10 @@ mod tests {
             })),
             ..Default::default()
         };
-        assert!(reason(Kind::Listener, &listener_with(&manager)).starts_with("api_listener.http_filters: empty"));
+        assert!(
+            reason(Kind::Listener, &listener_with(&manager))
+                .starts_with("api_listener.http_filters: empty")
+        );
         manager.http_filters = vec![hcm::HttpFilter {
             name: "fault".into(),
             ..Default::default()
@@ -504,7 +532,10 @@ mod tests {
             "api_listener.rds.config_source: must be ads or self"
         );
         manager.route_specifier = None;
-        assert!(reason(Kind::Listener, &listener_with(&manager)).contains("neither route_config nor rds"));
+        assert!(
+            reason(Kind::Listener, &listener_with(&manager))
+                .contains("neither route_config nor rds")
+        );
         let bare = any(&lds::Listener {
             name: "l".into(),
             ..Default::default()
@@ -526,7 +557,9 @@ mod tests {
     fn clusters_must_be_eds_over_ads_with_a_supported_policy() {
         let mut c = cds::Cluster {
             name: "c".into(),
-            cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Eds as i32)),
+            cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+                cluster::DiscoveryType::Eds as i32,
+            )),
             eds_cluster_config: Some(cluster::EdsClusterConfig {
                 eds_config: Some(ads()),
                 service_name: String::new(),
@@ -546,11 +579,18 @@ mod tests {
         c.lb_policy = cluster::LbPolicy::Maglev as i32;
         assert!(reason(Kind::Cluster, &any(&c)).starts_with("lb_policy: MAGLEV is not supported"));
         c.lb_policy = 0;
-        c.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::LogicalDns as i32));
+        c.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::LogicalDns as i32,
+        ));
         assert!(reason(Kind::Cluster, &any(&c)).starts_with("type: LOGICAL_DNS is not supported"));
-        c.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Eds as i32));
+        c.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::Eds as i32,
+        ));
         c.eds_cluster_config = None;
-        assert_eq!(reason(Kind::Cluster, &any(&c)), "eds_cluster_config: missing");
+        assert_eq!(
+            reason(Kind::Cluster, &any(&c)),
+            "eds_cluster_config: missing"
+        );
     }
 
     fn lb_endpoint(address: &str, port: u32, health: core::HealthStatus) -> eds::LbEndpoint {
@@ -570,7 +610,11 @@ mod tests {
         }
     }
 
-    fn locality(priority: u32, weight: Option<u32>, lb: Vec<eds::LbEndpoint>) -> eds::LocalityLbEndpoints {
+    fn locality(
+        priority: u32,
+        weight: Option<u32>,
+        lb: Vec<eds::LbEndpoint>,
+    ) -> eds::LocalityLbEndpoints {
         eds::LocalityLbEndpoints {
             priority,
             load_balancing_weight: weight.map(|value| UInt32Value { value }),
@@ -603,16 +647,28 @@ mod tests {
         };
         let (name, res) = decode(Kind::Endpoints, &any(&cla)).unwrap();
         assert_eq!(name, "e");
-        let Resource::Endpoints(update) = res else { panic!("{res:?}") };
+        let Resource::Endpoints(update) = res else {
+            panic!("{res:?}")
+        };
         let got: Vec<(u32, u32, Vec<String>)> = update
             .localities
             .iter()
-            .map(|l| (l.priority, l.weight, l.endpoints.iter().map(|e| e.addr.to_string()).collect()))
+            .map(|l| {
+                (
+                    l.priority,
+                    l.weight,
+                    l.endpoints.iter().map(|e| e.addr.to_string()).collect(),
+                )
+            })
             .collect();
         assert_eq!(
             got,
             vec![
-                (0, 3, vec!["10.0.0.1:80".to_string(), "[::1]:81".to_string()]),
+                (
+                    0,
+                    3,
+                    vec!["10.0.0.1:80".to_string(), "[::1]:81".to_string()]
+                ),
                 (1, 1, vec!["10.0.1.1:80".to_string()]),
             ]
         );
@@ -629,12 +685,27 @@ mod tests {
         };
         let ok = core::HealthStatus::Healthy;
         assert_eq!(
-            reason(Kind::Endpoints, &with(lb_endpoint("db.internal", 80, ok), 0)),
+            reason(
+                Kind::Endpoints,
+                &with(lb_endpoint("db.internal", 80, ok), 0)
+            ),
             "endpoints[0].lb_endpoints[0].endpoint.address: \"db.internal\" is not an IP address"
         );
-        assert!(reason(Kind::Endpoints, &with(lb_endpoint("10.0.0.1", 70000, ok), 0)).contains("port_value"));
-        assert!(reason(Kind::Endpoints, &with(lb_endpoint("10.0.0.1", 0, ok), 0)).contains("port_value"));
-        assert!(reason(Kind::Endpoints, &with(lb_endpoint("10.0.0.1", 80, ok), 1)).contains("priorities must run from 0"));
+        assert!(
+            reason(
+                Kind::Endpoints,
+                &with(lb_endpoint("10.0.0.1", 70000, ok), 0)
+            )
+            .contains("port_value")
+        );
+        assert!(
+            reason(Kind::Endpoints, &with(lb_endpoint("10.0.0.1", 0, ok), 0))
+                .contains("port_value")
+        );
+        assert!(
+            reason(Kind::Endpoints, &with(lb_endpoint("10.0.0.1", 80, ok), 1))
+                .contains("priorities must run from 0")
+        );
     }
 
     #[test]
@@ -649,7 +720,9 @@ mod tests {
                         ..Default::default()
                     }),
                     action: Some(route::Action::Route(rds::RouteAction {
-                        cluster_specifier: Some(route_action::ClusterSpecifier::Cluster("c".into())),
+                        cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
+                            "c".into(),
+                        )),
                         ..Default::default()
                     })),
                     ..Default::default()
@@ -659,15 +732,29 @@ mod tests {
             ..Default::default()
         };
         let (_, res) = decode(Kind::RouteConfig, &any(&rc)).unwrap();
-        let Resource::RouteConfig(update) = res else { panic!("{res:?}") };
+        let Resource::RouteConfig(update) = res else {
+            panic!("{res:?}")
+        };
         assert_eq!(update.virtual_hosts[0].domains, vec!["orders".to_string()]);
-        assert_eq!(update.virtual_hosts[0].routes[0].path, PathMatch::Exact("/pkg.S/M".into()));
-        assert_eq!(update.virtual_hosts[0].routes[0].action, RouteTarget::Cluster("c".into()));
+        assert_eq!(
+            update.virtual_hosts[0].routes[0].path,
+            PathMatch::Exact("/pkg.S/M".into())
+        );
+        assert_eq!(
+            update.virtual_hosts[0].routes[0].action,
+            RouteTarget::Cluster("c".into())
+        );
         let mut no_domains = rc.clone();
         no_domains.virtual_hosts[0].domains.clear();
-        assert_eq!(reason(Kind::RouteConfig, &any(&no_domains)), "virtual_hosts[0].domains: empty");
+        assert_eq!(
+            reason(Kind::RouteConfig, &any(&no_domains)),
+            "virtual_hosts[0].domains: empty"
+        );
         let mut no_match = rc;
         no_match.virtual_hosts[0].routes[0].r#match = None;
-        assert_eq!(reason(Kind::RouteConfig, &any(&no_match)), "virtual_hosts[0].routes[0].match: missing");
+        assert_eq!(
+            reason(Kind::RouteConfig, &any(&no_match)),
+            "virtual_hosts[0].routes[0].match: missing"
+        );
     }
 }
