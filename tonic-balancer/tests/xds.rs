@@ -45,7 +45,11 @@ fn orders_channel(cp: &ControlPlane) -> (BalancedChannel, Client) {
 }
 
 fn addresses(channel: &BalancedChannel) -> BTreeSet<SocketAddr> {
-    channel.subchannels().iter().map(|s| s.address.addr).collect()
+    channel
+        .subchannels()
+        .iter()
+        .map(|s| s.address.addr)
+        .collect()
 }
 
 /// Calls until `done` holds, each call required to succeed; at most `limit` calls.
@@ -99,9 +103,19 @@ async fn xds_target_spreads_calls_over_the_eds_endpoints_and_acks_each_version()
         assert_eq!(first.type_url, type_url::LISTENER);
         assert_eq!(first.node_id.as_deref(), Some("orders-node"));
         assert_eq!(first.resource_names, vec!["orders".to_string()]);
-        assert_eq!((first.version_info.as_str(), first.response_nonce.as_str()), ("", ""));
-        for ty in [type_url::LISTENER, type_url::ROUTE, type_url::CLUSTER, type_url::ENDPOINTS] {
-            let ack = cp.wait_for(|e| e.type_url == ty && !e.response_nonce.is_empty()).await;
+        assert_eq!(
+            (first.version_info.as_str(), first.response_nonce.as_str()),
+            ("", "")
+        );
+        for ty in [
+            type_url::LISTENER,
+            type_url::ROUTE,
+            type_url::CLUSTER,
+            type_url::ENDPOINTS,
+        ] {
+            let ack = cp
+                .wait_for(|e| e.type_url == ty && !e.response_nonce.is_empty())
+                .await;
             assert_eq!(ack.version_info, "1", "{ty}");
             assert!(!ack.is_nack(), "{ack:?}");
         }
@@ -121,7 +135,10 @@ async fn endpoints_added_and_removed_are_followed_with_no_failed_call() {
         let (channel, mut client) = orders_channel(&cp);
         wait_ready(&channel, 2).await;
 
-        cp.set([xds::endpoints("orders-eds", &healthy(&[&b[0], &b[1], &b[2]]))]);
+        cp.set([xds::endpoints(
+            "orders-eds",
+            &healthy(&[&b[0], &b[1], &b[2]]),
+        )]);
         call_until(&mut client, &channel, 5_000, |_| b[2].calls() > 0).await;
 
         cp.set([xds::endpoints("orders-eds", &healthy(&[&b[0], &b[2]]))]);
@@ -179,10 +196,12 @@ async fn an_invalid_resource_is_nacked_and_the_last_good_one_kept() {
         // An endpoint whose address is a host name: gRPC clients take IP addresses only.
         let mut bad = xds::endpoints_proto("orders-eds", &healthy(&[&b[0]]));
         let lb = &mut bad.endpoints[0].lb_endpoints[0];
-        if let Some(envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier::Endpoint(ep)) =
-            &mut lb.host_identifier
-            && let Some(envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(sa)) =
-                ep.address.as_mut().and_then(|a| a.address.as_mut())
+        if let Some(
+            envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier::Endpoint(ep),
+        ) = &mut lb.host_identifier
+            && let Some(envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(
+                sa,
+            )) = ep.address.as_mut().and_then(|a| a.address.as_mut())
         {
             sa.address = "orders.internal".into();
         }
@@ -194,14 +213,23 @@ async fn an_invalid_resource_is_nacked_and_the_last_good_one_kept() {
         assert_ne!(nack.response_nonce, acked.response_nonce);
         let error = nack.error.unwrap();
         assert!(error.contains("orders-eds"), "{error}");
-        assert!(error.contains("\"orders.internal\" is not an IP address"), "{error}");
+        assert!(
+            error.contains("\"orders.internal\" is not an IP address"),
+            "{error}"
+        );
 
         // A cluster with a policy this client does not support is NACKed as well.
         let mut ring = xds::cluster_proto("orders-cluster", "orders-eds");
         ring.lb_policy = 2; // RING_HASH
         cp.set([XdsResource::raw(type_url::CLUSTER, "orders-cluster", &ring)]);
         let nack = cp.wait_for_nack(type_url::CLUSTER).await;
-        assert!(nack.error.as_deref().unwrap().contains("lb_policy: RING_HASH"), "{nack:?}");
+        assert!(
+            nack.error
+                .as_deref()
+                .unwrap()
+                .contains("lb_policy: RING_HASH"),
+            "{nack:?}"
+        );
 
         // Calls still spread over the last good endpoints.
         let mut seen = BTreeSet::new();
@@ -241,7 +269,9 @@ async fn calls_go_on_while_the_control_plane_is_away_and_it_resyncs_on_return() 
 
         cp.kill().await;
         for _ in 0..20 {
-            call(&mut client).await.expect("the last good endpoints keep serving");
+            call(&mut client)
+                .await
+                .expect("the last good endpoints keep serving");
         }
         assert_eq!(addresses(&channel), [b[0].addr(), b[1].addr()].into());
 
@@ -261,6 +291,42 @@ async fn calls_go_on_while_the_control_plane_is_away_and_it_resyncs_on_return() 
     .await;
 }
 
+#[tokio::test]
+async fn calls_go_to_the_next_priority_while_the_first_has_no_usable_endpoint() {
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let b = fleet(2, Latency::None).await;
+        let locality = |priority: u32, addr: SocketAddr| LocalityEndpoints {
+            priority,
+            weight: 1,
+            endpoints: vec![(addr, Health::Healthy)],
+        };
+        // Priority 0 lists only an address that refuses connections.
+        set_orders(
+            &cp,
+            &[
+                locality(0, support::refused_addr()),
+                locality(1, b[1].addr()),
+            ],
+        );
+        let (channel, mut client) = orders_channel(&cp);
+        wait_ready(&channel, 1).await;
+        for _ in 0..10 {
+            assert_eq!(call(&mut client).await.unwrap(), "b1");
+        }
+        // Once priority 0 has a working endpoint, calls go back to it.
+        cp.set([xds::endpoints(
+            "orders-eds",
+            &[locality(0, b[0].addr()), locality(1, b[1].addr())],
+        )]);
+        call_until(&mut client, &channel, 5_000, |_| b[0].calls() > 0).await;
+        for _ in 0..10 {
+            assert_eq!(call(&mut client).await.unwrap(), "b0");
+        }
+    })
+    .await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_listener_never_sent_does_not_exist_after_15_seconds() {
     let cp = ControlPlane::start().await.unwrap();
@@ -272,7 +338,10 @@ async fn a_listener_never_sent_does_not_exist_after_15_seconds() {
         .await
         .expect("a resolution");
     let error = resolution.expect_err("the listener does not exist");
-    assert!(error.to_string().contains("\"missing\" does not exist"), "{error}");
+    assert!(
+        error.to_string().contains("\"missing\" does not exist"),
+        "{error}"
+    );
     let waited = started.elapsed();
     assert!(
         waited >= Duration::from_secs(15) && waited < Duration::from_secs(16),
@@ -282,9 +351,55 @@ async fn a_listener_never_sent_does_not_exist_after_15_seconds() {
 
 #[tokio::test]
 async fn bad_targets_and_missing_bootstraps_are_errors() {
-    let err = BalancedChannel::builder("xds://authority/orders").build().unwrap_err();
+    let err = BalancedChannel::builder("xds://authority/orders")
+        .build()
+        .unwrap_err();
     assert_eq!(err.kind(), tonic_balancer::ErrorKind::InvalidTarget);
     assert!(err.to_string().contains("federation"), "{err}");
     let err = BalancedChannel::builder("xds:///").build().unwrap_err();
     assert_eq!(err.kind(), tonic_balancer::ErrorKind::InvalidTarget);
+}
+
+/// gRPC's own xDS client (grpcio's C-core) reads the test control plane's resources as
+/// this crate does: it subscribes, ACKs every type with no NACK, and its calls reach the
+/// EDS endpoints. This is what makes the control plane (and its resource helpers) a
+/// trustworthy reference for the tests above.
+#[tokio::test]
+async fn grpcio_xds_client_accepts_the_test_control_plane() {
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let b = fleet(2, Latency::None).await;
+        set_orders(&cp, &healthy(&[&b[0], &b[1]]));
+        let bootstrap = cp.bootstrap_json("grpcio-node");
+        let served = tokio::task::spawn_blocking(move || {
+            tonic_balancer_testkit::python::run_xds_client("xds:///orders", &bootstrap, 20)
+        })
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("grpcio's xDS client: {e}"));
+        assert_eq!(served.len(), 20);
+        let ids: BTreeSet<&str> = served.iter().map(String::as_str).collect();
+        assert_eq!(
+            ids,
+            ["b0", "b1"].into(),
+            "grpcio round-robins over the EDS endpoints"
+        );
+        let events = cp.events();
+        assert!(events.iter().all(|e| !e.is_nack()), "{events:#?}");
+        assert_eq!(events[0].node_id.as_deref(), Some("grpcio-node"));
+        for ty in [
+            type_url::LISTENER,
+            type_url::ROUTE,
+            type_url::CLUSTER,
+            type_url::ENDPOINTS,
+        ] {
+            assert!(
+                events.iter().any(|e| e.type_url == ty
+                    && e.version_info == "1"
+                    && !e.response_nonce.is_empty()),
+                "no ACK of {ty}: {events:#?}"
+            );
+        }
+    })
+    .await;
 }
