@@ -350,7 +350,7 @@ async fn a_listener_never_sent_does_not_exist_after_15_seconds() {
 }
 
 #[tokio::test]
-async fn bad_targets_and_missing_bootstraps_are_errors() {
+async fn bad_xds_targets_are_errors_at_build() {
     let err = BalancedChannel::builder("xds://authority/orders")
         .build()
         .unwrap_err();
@@ -402,4 +402,138 @@ async fn grpcio_xds_client_accepts_the_test_control_plane() {
         }
     })
     .await;
+}
+
+/// The next resolution of `resolver`.
+async fn next_resolution(resolver: &mut impl Resolve) -> tonic_balancer::resolver::Resolution {
+    std::future::poll_fn(|cx| resolver.poll_resolve(cx))
+        .await
+        .expect("the resolver goes on")
+}
+
+fn addrs_of(resolution: tonic_balancer::resolver::Resolution) -> BTreeSet<SocketAddr> {
+    resolution
+        .expect("addresses")
+        .into_iter()
+        .map(|a| a.addr)
+        .collect()
+}
+
+#[tokio::test]
+async fn an_inline_route_config_works_and_the_listener_can_move_to_rds() {
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let b = fleet(2, Latency::None).await;
+        cp.set([xds::cluster("c0", "e0"), xds::cluster("c1", "e1")]);
+        cp.set([
+            xds::endpoints("e0", &healthy(&[&b[0]])),
+            xds::endpoints("e1", &healthy(&[&b[1]])),
+        ]);
+        cp.set([xds::listener(
+            "orders",
+            Routes::Inline(Box::new(xds::route_config("inline", &["orders"], "c0"))),
+        )]);
+        let client = XdsClient::new(Bootstrap::new(cp.addr().to_string(), "test-node"));
+        let mut resolver = client.resolver("orders");
+        assert_eq!(
+            addrs_of(next_resolution(&mut resolver).await),
+            [b[0].addr()].into()
+        );
+        // No RDS request was needed for the inline route config.
+        assert!(cp.events().iter().all(|e| e.type_url != type_url::ROUTE));
+
+        cp.set([xds::route(xds::route_config("by-rds", &["orders"], "c1"))]);
+        cp.set([xds::listener("orders", Routes::Rds("by-rds".into()))]);
+        assert_eq!(
+            addrs_of(next_resolution(&mut resolver).await),
+            [b[1].addr()].into()
+        );
+        // c0 and e0 are no longer watched: the client took them back.
+        let unsubscribed = cp
+            .wait_for(|e| e.type_url == type_url::CLUSTER && e.resource_names == ["c1"])
+            .await;
+        assert!(!unsubscribed.is_nack());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_cluster_left_out_of_a_cds_response_no_longer_exists() {
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let b = fleet(1, Latency::None).await;
+        set_orders(&cp, &healthy(&[&b[0]]));
+        let client = XdsClient::new(Bootstrap::new(cp.addr().to_string(), "test-node"));
+        let mut resolver = client.resolver("orders");
+        assert_eq!(
+            addrs_of(next_resolution(&mut resolver).await),
+            [b[0].addr()].into()
+        );
+        // State of the world: a CDS response without the cluster deletes it.
+        cp.remove(type_url::CLUSTER, "orders-cluster");
+        let error = next_resolution(&mut resolver).await.unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("cluster \"orders-cluster\" does not exist"),
+            "{error}"
+        );
+        // An EDS response without the EDS resource deletes nothing (A27).
+        cp.set([xds::cluster("orders-cluster", "orders-eds")]);
+        assert_eq!(
+            addrs_of(next_resolution(&mut resolver).await),
+            [b[0].addr()].into()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_resource_that_was_never_valid_is_a_resolution_error_naming_the_field() {
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let b = fleet(1, Latency::None).await;
+        set_orders(&cp, &healthy(&[&b[0]]));
+        let mut bad = xds::cluster_proto("orders-cluster", "orders-eds");
+        bad.eds_cluster_config = None;
+        cp.set([XdsResource::raw(type_url::CLUSTER, "orders-cluster", &bad)]);
+        let client = XdsClient::new(Bootstrap::new(cp.addr().to_string(), "test-node"));
+        let mut resolver = client.resolver("orders");
+        let error = next_resolution(&mut resolver).await.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "xDS cluster \"orders-cluster\" is invalid: eds_cluster_config: missing"
+        );
+        let nack = cp.wait_for_nack(type_url::CLUSTER).await;
+        // Nothing of this type was ever accepted: the NACK carries an empty version.
+        assert_eq!(nack.version_info, "");
+        assert_eq!(
+            nack.error.as_deref(),
+            Some("orders-cluster: eds_cluster_config: missing")
+        );
+    })
+    .await;
+}
+
+#[test]
+fn xds_targets_parse_and_print() {
+    use tonic_balancer::resolver::Target;
+    let target = Target::parse("xds:///orders").unwrap();
+    assert_eq!(
+        target,
+        Target::Xds {
+            name: "orders".into()
+        }
+    );
+    assert_eq!(target.to_string(), "xds:///orders");
+    assert_eq!(target.authority(), "orders");
+    assert_eq!(Target::parse("xds:orders").unwrap(), target);
+    for bad in ["xds:", "xds:///a/b", "xds://"] {
+        let err = Target::parse(bad).unwrap_err();
+        assert_eq!(
+            err.kind(),
+            tonic_balancer::ErrorKind::InvalidTarget,
+            "{bad}"
+        );
+    }
 }
