@@ -317,3 +317,15 @@ where
         self.stream.as_mut().poll_next(cx)
     }
 }
+
+#[cfg(all(test, not(feature = "xds")))]
+mod xds_off_tests {
+    #[tokio::test]
+    async fn xds_targets_without_the_feature_say_to_enable_it() {
+        let err = crate::BalancedChannel::builder("xds:///orders")
+            .build()
+            .unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::UnsupportedTarget);
+        assert!(err.to_string().contains("the `xds` feature"), "{err}");
+    }
+}
