@@ -141,6 +141,7 @@ struct Shared {
 pub struct ControlPlane {
     addr: SocketAddr,
     shared: Arc<Shared>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     run: Mutex<Option<(JoinHandle<()>, Arc<Conns>)>>,
     /// How many events `wait_for` has consumed.
     cursor: Mutex<usize>,
@@ -160,13 +161,27 @@ impl ControlPlane {
     /// # Errors
     /// The listener could not be bound.
     pub async fn start() -> io::Result<Self> {
+        Self::start_inner(None).await
+    }
+
+    /// Starts a control plane on `127.0.0.1` that serves over TLS with this config
+    /// (a server certificate; a client CA too, to require mutual TLS).
+    ///
+    /// # Errors
+    /// The listener could not be bound, or tonic refused the TLS config.
+    pub async fn start_tls(tls: tonic::transport::ServerTlsConfig) -> io::Result<Self> {
+        Self::start_inner(Some(tls)).await
+    }
+
+    async fn start_inner(tls: Option<tonic::transport::ServerTlsConfig>) -> io::Result<Self> {
         let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::default());
-        let run = serve(listener, &shared)?;
+        let run = serve(listener, &shared, tls.as_ref())?;
         Ok(Self {
             addr,
             shared,
+            tls,
             run: Mutex::new(Some(run)),
             cursor: Mutex::new(0),
         })
@@ -289,7 +304,7 @@ impl ControlPlane {
     pub async fn restart(&self) -> io::Result<()> {
         self.kill().await;
         let listener = std::net::TcpListener::bind(self.addr)?;
-        *lock(&self.run) = Some(serve(listener, &self.shared)?);
+        *lock(&self.run) = Some(serve(listener, &self.shared, self.tls.as_ref())?);
         Ok(())
     }
 }
@@ -306,14 +321,19 @@ impl Drop for ControlPlane {
 fn serve(
     listener: std::net::TcpListener,
     shared: &Arc<Shared>,
+    tls: Option<&tonic::transport::ServerTlsConfig>,
 ) -> io::Result<(JoinHandle<()>, Arc<Conns>)> {
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let conns = Arc::new(Conns::default());
     let incoming = Incoming::new(listener, conns.clone());
     let service = AggregatedDiscoveryServiceServer::new(Ads(shared.clone()));
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls.clone()).map_err(io::Error::other)?;
+    }
     let task = tokio::spawn(async move {
-        let _ = tonic::transport::Server::builder()
+        let _ = server
             .add_service(service)
             .serve_with_incoming(incoming)
             .await;

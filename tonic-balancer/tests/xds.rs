@@ -537,3 +537,75 @@ fn xds_targets_parse_and_print() {
         );
     }
 }
+
+/// `"tls"` channel credentials (gRFC A65): the ADS stream runs over mutual TLS with the
+/// bootstrap's certificate files (the control plane requires a client certificate), the
+/// unsupported `google_default` listed first being skipped.
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn the_ads_stream_runs_over_mutual_tls_from_the_bootstrap_files() {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    within(async {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(DnType::CommonName, "xds test CA");
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let ca_pem = ca_params.self_signed(&ca_key).unwrap().pem();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let issue = |names: Vec<String>, usage| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(names).unwrap();
+            params.extended_key_usages = vec![usage];
+            (params.signed_by(&key, &issuer).unwrap().pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) = issue(
+            vec!["localhost".into()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let (client_cert, client_key) = issue(Vec::new(), ExtendedKeyUsagePurpose::ClientAuth);
+        let tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(server_cert, server_key))
+            .client_ca_root(Certificate::from_pem(&ca_pem));
+        let cp = ControlPlane::start_tls(tls).await.unwrap();
+        let b = fleet(1, Latency::None).await;
+        set_orders(&cp, &healthy(&[&b[0]]));
+
+        let dir = std::env::temp_dir().join(format!("xds-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        let (ca, cert, key) = (
+            file("ca.pem", &ca_pem),
+            file("client.pem", &client_cert),
+            file("client.key", &client_key),
+        );
+        let bootstrap = |config: String| {
+            Bootstrap::from_json(&format!(
+                r#"{{"xds_servers": [{{"server_uri": "localhost:{}",
+                     "channel_creds": [{{"type": "google_default"}}, {{"type": "tls", "config": {config}}}]}}],
+                    "node": {{"id": "tls-node"}}}}"#,
+                cp.addr().port()
+            ))
+            .unwrap()
+        };
+
+        let mutual = XdsClient::new(bootstrap(format!(
+            r#"{{"ca_certificate_file": "{ca}", "certificate_file": "{cert}", "private_key_file": "{key}"}}"#
+        )));
+        let mut resolver = mutual.resolver("orders");
+        assert_eq!(addrs_of(next_resolution(&mut resolver).await), [b[0].addr()].into());
+        std::fs::remove_dir_all(&dir).unwrap();
+        let streams: BTreeSet<Option<String>> =
+            cp.events().into_iter().filter(|e| e.node_id.is_some()).map(|e| e.node_id).collect();
+        assert_eq!(streams, [Some("tls-node".to_string())].into());
+    })
+    .await;
+}

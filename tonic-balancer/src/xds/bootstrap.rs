@@ -21,13 +21,16 @@
 //!
 //! Only the first entry of `xds_servers` is used (gRFC A27; fallback to the next ones is
 //! gRFC A71, not implemented). Of its `channel_creds`, the first type this client supports
-//! wins; today that is `insecure` only (`tls`, `google_default` and the others are
-//! skipped, and a list with none supported is an error). Unknown keys are ignored, as
-//! gRPC ignores them.
+//! wins: `insecure`, and with the crate's `tls` feature `tls` (gRFC A65's config:
+//! `ca_certificate_file`, required here as system roots are not used yet, and optionally
+//! `certificate_file` with `private_key_file` for mutual TLS; the files are read at every
+//! connection to the control plane, so rotated files are picked up on reconnection).
+//! `google_default` and other types are skipped, and a list with none supported is an
+//! error. Unknown keys are ignored, as gRPC ignores them.
 
 use serde_json::{Map, Value};
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The environment variable naming a bootstrap file (gRFC A27).
 pub const BOOTSTRAP_FILE_ENV: &str = "GRPC_XDS_BOOTSTRAP";
@@ -62,6 +65,19 @@ impl BootstrapError {
 pub enum ChannelCreds {
     /// Plaintext HTTP/2 (`"insecure"`).
     Insecure,
+    /// TLS (`"tls"`, gRFC A65), with the crate's `tls` feature.
+    Tls(TlsCreds),
+}
+
+/// The files of `"tls"` channel credentials (gRFC A65).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TlsCreds {
+    /// `ca_certificate_file`: PEM roots the control plane's certificate must chain to.
+    pub ca_certificate_file: PathBuf,
+    /// `certificate_file` and `private_key_file`: a PEM client certificate and its key,
+    /// for mutual TLS.
+    pub identity: Option<(PathBuf, PathBuf)>,
 }
 
 /// One control plane (`xds_servers[]`).
@@ -278,6 +294,10 @@ fn parse_server(value: &Value, path: &str) -> Result<XdsServer, BootstrapError> 
         }
         let supported = match kind.as_str() {
             "insecure" => Some(ChannelCreds::Insecure),
+            "tls" if cfg!(feature = "tls") => Some(ChannelCreds::Tls(parse_tls(
+                cred.get("config"),
+                &format!("{cred_path}.config"),
+            )?)),
             _ => None,
         };
         if let Some(supported) = supported {
@@ -290,8 +310,12 @@ fn parse_server(value: &Value, path: &str) -> Result<XdsServer, BootstrapError> 
         BootstrapError::new(
             creds_path.clone(),
             format!(
-                "no supported credential type (got {seen:?}; this client supports \"insecure\" \
-                 only)"
+                "no supported credential type (got {seen:?}; this client supports \"insecure\"{})",
+                if cfg!(feature = "tls") {
+                    " and \"tls\""
+                } else {
+                    ", and \"tls\" with the `tls` feature"
+                }
             ),
         )
     })?;
@@ -313,6 +337,43 @@ fn parse_server(value: &Value, path: &str) -> Result<XdsServer, BootstrapError> 
         server_uri,
         channel_creds,
         server_features,
+    })
+}
+
+/// The `config` of `"tls"` credentials (gRFC A65).
+fn parse_tls(config: Option<&Value>, path: &str) -> Result<TlsCreds, BootstrapError> {
+    let empty = Map::new();
+    let map = match config {
+        None | Some(Value::Null) => &empty,
+        Some(v) => object(v, path)?,
+    };
+    let ca_certificate_file = string(map, "ca_certificate_file", path)?.ok_or_else(|| {
+        BootstrapError::new(
+            format!("{path}.ca_certificate_file"),
+            "is required (this client does not use the system's roots for the control plane)",
+        )
+    })?;
+    let cert = string(map, "certificate_file", path)?;
+    let key = string(map, "private_key_file", path)?;
+    let identity = match (cert, key) {
+        (Some(cert), Some(key)) => Some((PathBuf::from(cert), PathBuf::from(key))),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(BootstrapError::new(
+                format!("{path}.private_key_file"),
+                "is required with certificate_file",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(BootstrapError::new(
+                format!("{path}.certificate_file"),
+                "is required with private_key_file",
+            ));
+        }
+    };
+    Ok(TlsCreds {
+        ca_certificate_file: PathBuf::from(ca_certificate_file),
+        identity,
     })
 }
 
@@ -477,6 +538,48 @@ mod tests {
         );
         assert!(e.reason.contains("google_default"), "{e}");
         assert!(e.reason.contains("insecure"), "{e}");
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn tls_creds_name_their_files() {
+        let json = |config: &str| {
+            format!(
+                r#"{{"xds_servers": [{{"server_uri": "h:1", "channel_creds": [{{"type": "tls", "config": {config}}}]}}]}}"#
+            )
+        };
+        let b = Bootstrap::from_json(&json(
+            r#"{"ca_certificate_file": "/ca.pem", "certificate_file": "/c.pem", "private_key_file": "/k.pem"}"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            b.server.channel_creds,
+            ChannelCreds::Tls(TlsCreds {
+                ca_certificate_file: "/ca.pem".into(),
+                identity: Some(("/c.pem".into(), "/k.pem".into())),
+            })
+        );
+        let cases = [
+            (
+                "{}",
+                "xds_servers[0].channel_creds[0].config.ca_certificate_file",
+            ),
+            (
+                r#"{"ca_certificate_file": "/ca.pem", "certificate_file": "/c.pem"}"#,
+                "xds_servers[0].channel_creds[0].config.private_key_file",
+            ),
+            (
+                r#"{"ca_certificate_file": "/ca.pem", "private_key_file": "/k.pem"}"#,
+                "xds_servers[0].channel_creds[0].config.certificate_file",
+            ),
+            (
+                r#"{"ca_certificate_file": 1}"#,
+                "xds_servers[0].channel_creds[0].config.ca_certificate_file",
+            ),
+        ];
+        for (config, path) in cases {
+            assert_eq!(err(&json(config)).path, path, "{config}");
+        }
     }
 
     #[test]

@@ -319,7 +319,51 @@ fn endpoint_uri(uri: &str, creds: &ChannelCreds) -> String {
     }
     match creds {
         ChannelCreds::Insecure => format!("http://{uri}"),
+        ChannelCreds::Tls(_) => format!("https://{uri}"),
     }
+}
+
+/// The endpoint to the control plane, with TLS set up from the credential files.
+fn endpoint(bootstrap: &Bootstrap) -> Result<tonic::transport::Endpoint, String> {
+    let server = &bootstrap.server;
+    let uri = endpoint_uri(&server.server_uri, &server.channel_creds);
+    let endpoint = tonic::transport::Endpoint::from_shared(uri.clone())
+        .map_err(|e| format!("server_uri {uri:?}: {e}"))?
+        .connect_timeout(Duration::from_secs(20));
+    match &server.channel_creds {
+        ChannelCreds::Insecure => Ok(endpoint),
+        ChannelCreds::Tls(creds) => tls_endpoint(endpoint, creds),
+    }
+}
+
+/// TLS from the files of `"tls"` credentials, read at every connection so that rotated
+/// files are used from the next reconnection on.
+#[cfg(feature = "tls")]
+fn tls_endpoint(
+    endpoint: tonic::transport::Endpoint,
+    creds: &super::bootstrap::TlsCreds,
+) -> Result<tonic::transport::Endpoint, String> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| format!("channel_creds tls: {}: {e}", path.display()))
+    };
+    let mut config = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(&creds.ca_certificate_file)?));
+    if let Some((cert, key)) = &creds.identity {
+        config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    endpoint
+        .tls_config(config)
+        .map_err(|e| format!("channel_creds tls: {e}"))
+}
+
+#[cfg(not(feature = "tls"))]
+fn tls_endpoint(
+    _endpoint: tonic::transport::Endpoint,
+    _creds: &super::bootstrap::TlsCreds,
+) -> Result<tonic::transport::Endpoint, String> {
+    // The bootstrap parser chooses "tls" only with the feature on.
+    Err("channel_creds tls needs the `tls` feature of tonic-balancer".to_owned())
 }
 
 /// One ADS stream, from connecting to its end: it only ends by failing or by the client
@@ -330,17 +374,14 @@ async fn stream_once(
     bootstrap: &Bootstrap,
 ) -> Result<std::convert::Infallible, StreamEnd> {
     let failed = |heard: bool, error: String| StreamEnd::Failed { heard, error };
-    let uri = endpoint_uri(
-        &bootstrap.server.server_uri,
-        &bootstrap.server.channel_creds,
-    );
-    let endpoint = tonic::transport::Endpoint::from_shared(uri.clone())
-        .map_err(|e| failed(false, format!("server_uri {uri:?}: {e}")))?
-        .connect_timeout(Duration::from_secs(20));
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| failed(false, format!("connect to {uri}: {e}")))?;
+    let endpoint = endpoint(bootstrap).map_err(|e| failed(false, e))?;
+    let uri = endpoint.uri().clone();
+    let channel = endpoint.connect().await.map_err(|e| {
+        failed(
+            false,
+            format!("connect to {uri}: {}", crate::error::chain(&e)),
+        )
+    })?;
     let mut client =
         AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(usize::MAX);
     let (tx, rx) = mpsc::unbounded_channel::<DiscoveryRequest>();

@@ -40,7 +40,7 @@
 //! timeouts and retries, the cluster's `lb_policy` (validated, ROUND_ROBIN or
 //! LEAST_REQUEST, but the channel's own policy is what balances), locality weights
 //! (priorities are honoured), endpoint weights, outlier detection and circuit breakers
-//! from CDS, TLS to the control plane, federation (`xds://authority/name`), and the
+//! from CDS, TLS to the control plane without a `ca_certificate_file`, federation (`xds://authority/name`), and the
 //! fallback control planes of gRFC A71.
 
 mod bootstrap;
@@ -50,7 +50,7 @@ mod resource;
 
 pub use bootstrap::{
     BOOTSTRAP_CONFIG_ENV, BOOTSTRAP_FILE_ENV, Bootstrap, BootstrapError, ChannelCreds, Locality,
-    Node, XdsServer,
+    Node, TlsCreds, XdsServer,
 };
 pub use client::XdsClient;
 pub use resolver::XdsResolver;
