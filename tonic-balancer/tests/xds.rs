@@ -609,3 +609,43 @@ async fn the_ads_stream_runs_over_mutual_tls_from_the_bootstrap_files() {
     })
     .await;
 }
+
+/// A control plane that accepts connections and closes them at once is retried with
+/// gRPC's connection backoff: about 1 s, then ×1.6 each time (±20 %), on tokio's clock.
+#[tokio::test(start_paused = true)]
+async fn a_failing_control_plane_is_retried_with_the_grpc_backoff() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let _ = tx.send(tokio::time::Instant::now());
+            drop(socket);
+        }
+    });
+    let client = XdsClient::new(Bootstrap::new(addr.to_string(), "backoff-node"));
+    let _resolver = client.resolver("orders");
+    // One attempt may open two connections at the same instant: tonic's channel
+    // reconnects once by itself when the connection it handed over dies under the first
+    // call. On the paused clock, connections of one attempt share an instant exactly;
+    // attempts are the distinct instants.
+    let mut times: Vec<tokio::time::Instant> = Vec::new();
+    while times.len() < 5 {
+        let at = accepted.recv().await.unwrap();
+        if times.last() != Some(&at) {
+            times.push(at);
+        }
+    }
+    let gaps: Vec<f64> = times
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_secs_f64())
+        .collect();
+    let mut base = 1.0;
+    for (i, gap) in gaps.iter().enumerate() {
+        assert!(
+            *gap >= base * 0.8 - 0.01 && *gap <= base * 1.2 + 0.01,
+            "gap {i}: {gap:.3} s, expected {base:.3} s ±20 % (all: {gaps:?})"
+        );
+        base *= 1.6;
+    }
+}
