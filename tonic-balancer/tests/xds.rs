@@ -153,6 +153,63 @@ async fn endpoints_added_and_removed_are_followed_with_no_failed_call() {
     .await;
 }
 
+/// The same, with calls in flight: four workers call without pause while the fleet
+/// grows and shrinks; every call succeeds.
+#[tokio::test]
+async fn endpoint_changes_under_concurrent_calls_fail_no_call() {
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let b = fleet(3, Latency::Fixed(Duration::from_millis(2))).await;
+        set_orders(&cp, &healthy(&[&b[0], &b[1]]));
+        let (channel, client) = orders_channel(&cp);
+        wait_ready(&channel, 2).await;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut workers = Vec::new();
+        for _ in 0..4 {
+            let (mut client, stop) = (client.clone(), stop.clone());
+            workers.push(tokio::spawn(async move {
+                let mut calls = 0u32;
+                // Bounded: at most 20 000 calls per worker, whatever happens.
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && calls < 20_000 {
+                    call(&mut client).await.expect("no call may fail");
+                    calls += 1;
+                }
+                calls
+            }));
+        }
+        cp.set([xds::endpoints(
+            "orders-eds",
+            &healthy(&[&b[0], &b[1], &b[2]]),
+        )]);
+        let want: BTreeSet<_> = [b[0].addr(), b[1].addr(), b[2].addr()].into();
+        channel
+            .wait_for(|subs| {
+                subs.iter().map(|s| s.address.addr).collect::<BTreeSet<_>>() == want
+                    && subs
+                        .iter()
+                        .all(|s| s.state == tonic_balancer::ConnectivityState::Ready)
+            })
+            .await;
+        let served_by_new = b[2].calls();
+        cp.set([xds::endpoints("orders-eds", &healthy(&[&b[2]]))]);
+        let want: BTreeSet<_> = [b[2].addr()].into();
+        channel
+            .wait_for(|subs| subs.iter().map(|s| s.address.addr).collect::<BTreeSet<_>>() == want)
+            .await;
+        // Let the workers make calls on the final set too before stopping them.
+        while b[2].calls() < served_by_new + 50 {
+            tokio::task::yield_now().await;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut total = 0;
+        for worker in workers {
+            total += worker.await.expect("a worker panicked: a call failed");
+        }
+        assert!(total > 50, "{total} calls");
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn unhealthy_and_draining_endpoints_get_no_calls() {
     within(async {
