@@ -5,7 +5,8 @@ Usage: xds_client.py TARGET CALLS   (the bootstrap in GRPC_XDS_BOOTSTRAP_CONFIG)
 Makes CALLS UnaryCalls over one channel to TARGET (for example xds:///orders), each
 asking the server for its id (SimpleRequest.fill_server_id, field 9), and prints one
 server id a line. Messages are raw bytes: no generated stubs are needed. Exits non-zero
-with the status if a call fails.
+with the status if a call fails. With CALLS 0 it only asks the channel to connect (which
+starts its xDS subscriptions) and waits until it is killed.
 """
 
 import sys
@@ -53,6 +54,9 @@ def main():
     target, calls = sys.argv[1], int(sys.argv[2])
     identity = lambda b: b  # noqa: E731
     with grpc.insecure_channel(target) as channel:
+        if calls == 0:
+            grpc.channel_ready_future(channel).result()
+            return
         unary = channel.unary_unary(
             "/grpc.testing.TestService/UnaryCall",
             request_serializer=identity,

@@ -156,6 +156,38 @@ pub fn run_xds_client(target: &str, bootstrap: &str, calls: usize) -> Result<Vec
     Ok(stdout.lines().map(str::to_owned).collect())
 }
 
+/// `xds_client.py` started with no calls: grpcio's channel to `target` only connects,
+/// which starts its xDS subscriptions, and the process runs until dropped. For tests
+/// that watch what gRPC's own client ACKs or NACKs.
+pub fn spawn_xds_client(target: &str, bootstrap: &str) -> Result<XdsClientProcess, String> {
+    let python = interpreter()?;
+    let child = Command::new(&python)
+        .arg(python_dir().join("xds_client.py"))
+        .arg(target)
+        .arg("0")
+        .env("GRPC_XDS_BOOTSTRAP_CONFIG", bootstrap)
+        .env_remove("GRPC_XDS_BOOTSTRAP")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot run {} ({e})", python.display()))?;
+    Ok(XdsClientProcess { child })
+}
+
+/// A running grpcio xDS client from [`spawn_xds_client`]; killed when dropped.
+#[derive(Debug)]
+pub struct XdsClientProcess {
+    child: Child,
+}
+
+impl Drop for XdsClientProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn provision(environment: &Environment) -> Result<PathBuf, String> {
     let requirements = environment.requirements;
     let env_dir = match std::env::var_os(environment.dir_variable) {

@@ -706,3 +706,35 @@ async fn a_failing_control_plane_is_retried_with_the_grpc_backoff() {
         base *= 1.6;
     }
 }
+
+/// What this client NACKs, gRPC's own client NACKs too: an EDS endpoint given by host
+/// name instead of IP address is rejected by grpcio (C-core) as well.
+#[tokio::test]
+async fn grpcio_also_nacks_an_endpoint_given_by_host_name() {
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let b = fleet(1, Latency::None).await;
+        set_orders(&cp, &healthy(&[&b[0]]));
+        let mut bad = xds::endpoints_proto("orders-eds", &healthy(&[&b[0]]));
+        if let Some(
+            envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier::Endpoint(ep),
+        ) = &mut bad.endpoints[0].lb_endpoints[0].host_identifier
+            && let Some(envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(
+                sa,
+            )) = ep.address.as_mut().and_then(|a| a.address.as_mut())
+        {
+            sa.address = "orders.internal".into();
+        }
+        cp.set([XdsResource::raw(type_url::ENDPOINTS, "orders-eds", &bad)]);
+        let grpcio = tonic_balancer_testkit::python::spawn_xds_client(
+            "xds:///orders",
+            &cp.bootstrap_json("grpcio-node"),
+        )
+        .unwrap_or_else(|e| panic!("grpcio's xDS client: {e}"));
+        let nack = cp.wait_for_nack(type_url::ENDPOINTS).await;
+        drop(grpcio);
+        assert_eq!(nack.version_info, "", "nothing was accepted before");
+        assert!(nack.error.unwrap().contains("orders-eds"));
+    })
+    .await;
+}
