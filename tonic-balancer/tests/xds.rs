@@ -739,7 +739,41 @@ async fn grpcio_also_nacks_an_endpoint_given_by_host_name() {
         // to parse address:orders.internal:PORT]"; this client names the same field.
         let error = nack.error.unwrap();
         assert!(error.contains("orders-eds"), "{error}");
-        assert!(error.contains("endpoints[0].lb_endpoints[0].endpoint.address"), "{error}");
+        assert!(
+            error.contains("endpoints[0].lb_endpoints[0].endpoint.address"),
+            "{error}"
+        );
+    })
+    .await;
+}
+
+/// With `ignore_resource_deletion` in `server_features`, a cluster left out of a CDS
+/// response is not deleted: the channel's resolution goes on from it.
+#[tokio::test]
+async fn ignore_resource_deletion_keeps_a_cluster_left_out() {
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let b = fleet(2, Latency::None).await;
+        set_orders(&cp, &healthy(&[&b[0]]));
+        let mut bootstrap = Bootstrap::new(cp.addr().to_string(), "test-node");
+        bootstrap
+            .server
+            .server_features
+            .push("ignore_resource_deletion".into());
+        let client = XdsClient::new(bootstrap);
+        let mut resolver = client.resolver("orders");
+        assert_eq!(
+            addrs_of(next_resolution(&mut resolver).await),
+            [b[0].addr()].into()
+        );
+        cp.remove(type_url::CLUSTER, "orders-cluster");
+        cp.wait_for_ack(type_url::CLUSTER).await;
+        // The next resolution comes from the endpoints changing, not from a deletion.
+        cp.set([xds::endpoints("orders-eds", &healthy(&[&b[1]]))]);
+        assert_eq!(
+            addrs_of(next_resolution(&mut resolver).await),
+            [b[1].addr()].into()
+        );
     })
     .await;
 }

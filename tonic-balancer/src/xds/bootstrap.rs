@@ -158,21 +158,28 @@ impl Bootstrap {
     /// # Errors
     /// Neither variable set, an unreadable file, or invalid contents (with the path).
     pub fn from_env() -> Result<Self, BootstrapError> {
-        if let Some(file) = std::env::var_os(BOOTSTRAP_FILE_ENV) {
-            return Self::from_file(Path::new(&file)).map_err(|mut e| {
-                if e.path.is_empty() {
-                    e.path = format!("{BOOTSTRAP_FILE_ENV}={}", Path::new(&file).display());
-                }
-                e
-            });
+        Self::from_vars(|name| std::env::var_os(name))
+    }
+
+    /// [`from_env`](Self::from_env) reading variables through `var`, so it can be tested
+    /// without touching the process's environment.
+    fn from_vars(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> Result<Self, BootstrapError> {
+        if let Some(file) = var(BOOTSTRAP_FILE_ENV) {
+            let path = Path::new(&file);
+            let json = std::fs::read_to_string(path).map_err(|e| {
+                BootstrapError::new(format!("{BOOTSTRAP_FILE_ENV}={}", path.display()), e)
+            })?;
+            return Self::from_json(&json);
         }
-        match std::env::var(BOOTSTRAP_CONFIG_ENV) {
-            Ok(json) => Self::from_json(&json),
-            Err(std::env::VarError::NotUnicode(_)) => Err(BootstrapError::new(
-                BOOTSTRAP_CONFIG_ENV,
-                "is not valid UTF-8",
-            )),
-            Err(std::env::VarError::NotPresent) => Err(BootstrapError::new(
+        match var(BOOTSTRAP_CONFIG_ENV) {
+            Some(json) => match json.into_string() {
+                Ok(json) => Self::from_json(&json),
+                Err(_) => Err(BootstrapError::new(
+                    BOOTSTRAP_CONFIG_ENV,
+                    "is not valid UTF-8",
+                )),
+            },
+            None => Err(BootstrapError::new(
                 "(environment)",
                 format!(
                     "neither {BOOTSTRAP_FILE_ENV} nor {BOOTSTRAP_CONFIG_ENV} is set: an \
@@ -580,6 +587,45 @@ mod tests {
         for (config, path) in cases {
             assert_eq!(err(&json(config)).path, path, "{config}");
         }
+    }
+
+    #[test]
+    fn the_environment_file_wins_over_the_config_variable() {
+        let dir = std::env::temp_dir().join(format!("xds-env-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("bootstrap.json");
+        std::fs::write(
+            &file,
+            r#"{"xds_servers": [{"server_uri": "from-file:1", "channel_creds": [{"type": "insecure"}]}]}"#,
+        )
+        .unwrap();
+        let config = r#"{"xds_servers": [{"server_uri": "from-config:1", "channel_creds": [{"type": "insecure"}]}]}"#;
+        let vars = |file: Option<&Path>, config: Option<&str>| {
+            let file = file.map(|f| f.as_os_str().to_owned());
+            let config = config.map(std::ffi::OsString::from);
+            move |name: &str| match name {
+                BOOTSTRAP_FILE_ENV => file.clone(),
+                BOOTSTRAP_CONFIG_ENV => config.clone(),
+                _ => None,
+            }
+        };
+        let both = Bootstrap::from_vars(vars(Some(&file), Some(config))).unwrap();
+        assert_eq!(both.server.server_uri, "from-file:1");
+        let only_config = Bootstrap::from_vars(vars(None, Some(config))).unwrap();
+        assert_eq!(only_config.server.server_uri, "from-config:1");
+        std::fs::remove_dir_all(&dir).unwrap();
+        // The file named no longer exists: the error names the variable and the file.
+        let gone = Bootstrap::from_vars(vars(Some(&file), Some(config))).unwrap_err();
+        assert_eq!(gone.path, format!("GRPC_XDS_BOOTSTRAP={}", file.display()));
+        let neither = Bootstrap::from_vars(vars(None, None)).unwrap_err();
+        assert!(
+            neither
+                .reason
+                .contains("neither GRPC_XDS_BOOTSTRAP nor GRPC_XDS_BOOTSTRAP_CONFIG"),
+            "{neither}"
+        );
+        let bad = Bootstrap::from_vars(vars(None, Some("{}"))).unwrap_err();
+        assert_eq!(bad.path, "xds_servers");
     }
 
     #[test]
