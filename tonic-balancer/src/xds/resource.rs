@@ -275,10 +275,10 @@ fn route_config(rc: &rds::RouteConfiguration) -> Result<RouteConfig, String> {
                     return Err(format!("{at}.match: no supported path specifier"));
                 }
             };
+            // Case sensitivity does not narrow a match on "" or "/", so it is no condition.
             let conditional = !m.headers.is_empty()
                 || m.runtime_fraction.is_some()
-                || !m.query_parameters.is_empty()
-                || m.case_sensitive.as_ref().is_some_and(|c| !c.value);
+                || !m.query_parameters.is_empty();
             let action = match &r.action {
                 Some(route::Action::Route(a)) => match &a.cluster_specifier {
                     Some(route_action::ClusterSpecifier::Cluster(c)) if !c.is_empty() => {
@@ -744,6 +744,28 @@ mod tests {
             update.virtual_hosts[0].routes[0].action,
             RouteTarget::Cluster("c".into())
         );
+        let mut headers = rc.clone();
+        if let Some(m) = headers.virtual_hosts[0].routes[0].r#match.as_mut() {
+            m.headers.push(rds::HeaderMatcher {
+                name: "x-canary".into(),
+                ..Default::default()
+            });
+            m.case_sensitive = Some(envoy_types::pb::google::protobuf::BoolValue { value: false });
+        }
+        let (_, res) = decode(Kind::RouteConfig, &any(&headers)).unwrap();
+        let Resource::RouteConfig(update) = res else {
+            panic!("{res:?}")
+        };
+        assert!(update.virtual_hosts[0].routes[0].conditional);
+        let mut insensitive = rc.clone();
+        if let Some(m) = insensitive.virtual_hosts[0].routes[0].r#match.as_mut() {
+            m.case_sensitive = Some(envoy_types::pb::google::protobuf::BoolValue { value: false });
+        }
+        let (_, res) = decode(Kind::RouteConfig, &any(&insensitive)).unwrap();
+        let Resource::RouteConfig(update) = res else {
+            panic!("{res:?}")
+        };
+        assert!(!update.virtual_hosts[0].routes[0].conditional);
         let mut no_domains = rc.clone();
         no_domains.virtual_hosts[0].domains.clear();
         assert_eq!(
