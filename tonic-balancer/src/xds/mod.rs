@@ -38,10 +38,14 @@
 //! # Not supported yet
 //! Weighted clusters, per-method routes (only the catch-all route is used), per-route
 //! timeouts and retries, the cluster's `lb_policy` (validated, ROUND_ROBIN or
-//! LEAST_REQUEST, but the channel's own policy is what balances), locality weights
-//! (priorities are honoured), endpoint weights, outlier detection and circuit breakers
-//! from CDS, TLS to the control plane without a `ca_certificate_file`, federation (`xds://authority/name`), and the
-//! fallback control planes of gRFC A71.
+//! LEAST_REQUEST, but the channel's own policy is what balances: a resolver yields
+//! addresses only, and cannot hand the channel a policy), locality weights (priorities
+//! are honoured), endpoint weights, outlier detection and circuit breakers from CDS,
+//! TLS to the control plane without a `ca_certificate_file`, resources wrapped in
+//! `envoy.service.discovery.v3.Resource`, federation (`xds://authority/name`), and the
+//! fallback control planes of gRFC A71. A listener or cluster that stops existing is a
+//! resolution error, so the channel keeps its last endpoints where gRPC would fail its
+//! calls.
 
 mod bootstrap;
 mod client;
