@@ -41,8 +41,8 @@
 //! LEAST_REQUEST, but the channel's own policy is what balances: a resolver yields
 //! addresses only, and cannot hand the channel a policy), locality weights (priorities
 //! are honoured), endpoint weights, outlier detection and circuit breakers from CDS,
-//! TLS to the control plane without a `ca_certificate_file`, resources wrapped in
-//! `envoy.service.discovery.v3.Resource`, federation (`xds://authority/name`), and the
+//! TLS to the control plane without a `ca_certificate_file`, resource TTLs,
+//! federation (`xds://authority/name`), and the
 //! fallback control planes of gRFC A71. A listener or cluster that stops existing is a
 //! resolution error, so the channel keeps its last endpoints where gRPC would fail its
 //! calls.

@@ -12,6 +12,7 @@ use envoy_types::pb::envoy::config::route::v3::{self as rds, route, route_action
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager::RouteSpecifier,
 };
+use envoy_types::pb::envoy::service::discovery::v3::Resource as DiscoveryResource;
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 use std::net::{IpAddr, SocketAddr};
@@ -159,6 +160,19 @@ pub(crate) fn decode(kind: Kind, any: &Any) -> Result<(String, Resource), Invali
     let fail = |name: Option<&str>, reason: String| Invalid {
         name: name.map(str::to_owned),
         reason,
+    };
+    // A control plane may wrap each resource in a discovery `Resource` (with a TTL or
+    // cache control this client does not use): take the resource inside.
+    let unwrapped;
+    let any = if any.type_url == DiscoveryResource::type_url() {
+        let wrapper = DiscoveryResource::decode(any.value.as_slice())
+            .map_err(|e| fail(None, format!("cannot decode the Resource wrapper: {e}")))?;
+        unwrapped = wrapper
+            .resource
+            .ok_or_else(|| fail(Some(&wrapper.name), "Resource wrapper: no resource".into()))?;
+        &unwrapped
+    } else {
+        any
     };
     if any.type_url != kind.type_url() {
         return Err(fail(
@@ -551,6 +565,36 @@ mod tests {
             value: vec![0xff, 0xff, 0xff],
         };
         assert!(reason(Kind::Listener, &garbage).starts_with("cannot decode"));
+    }
+
+    #[test]
+    fn a_resource_in_a_discovery_resource_wrapper_is_unwrapped() {
+        let manager = hcm::HttpConnectionManager {
+            route_specifier: Some(RouteSpecifier::Rds(hcm::Rds {
+                config_source: Some(ads()),
+                route_config_name: "routes".into(),
+            })),
+            http_filters: vec![router()],
+            ..Default::default()
+        };
+        let wrapped = any(&DiscoveryResource {
+            name: "l".into(),
+            resource: Some(listener_with(&manager)),
+            ..Default::default()
+        });
+        let (name, res) = decode(Kind::Listener, &wrapped).unwrap();
+        assert_eq!(name, "l");
+        assert_eq!(
+            res,
+            Resource::Listener(ListenerUpdate::Rds("routes".into()))
+        );
+        let empty = any(&DiscoveryResource {
+            name: "l".into(),
+            ..Default::default()
+        });
+        let invalid = decode(Kind::Listener, &empty).unwrap_err();
+        assert_eq!(invalid.name.as_deref(), Some("l"));
+        assert_eq!(invalid.reason, "Resource wrapper: no resource");
     }
 
     #[test]
