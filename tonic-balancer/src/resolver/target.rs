@@ -23,7 +23,7 @@ pub use crate::defaults::{DEFAULT_HTTP_PORT, DEFAULT_PORT};
 /// | `http://orders.svc:50051`, `http://10.0.0.1:50051` | what tonic users write: the host resolved as `dns:` (an IP needs no lookup) |
 /// | `https://orders.svc:50051` | the same, every connection over TLS (feature `tls`) |
 /// | `unix:relative/path`, `unix:/abs/path`, `unix:///abs/path` | a Unix domain socket (grpc naming doc) |
-/// | `xds:///orders` | the listener `orders` of an xDS control plane (feature `xds`; see [`xds`](crate::xds)) |
+/// | `xds:///orders` | the listener `orders` of an xDS control plane (feature `xds`, module `xds`) |
 ///
 /// A missing port is [`DEFAULT_PORT`] (443), as in gRPC, except in `http://` targets,
 /// where it is [`DEFAULT_HTTP_PORT`] (80), as in any `http` URI. The DNS server of `dns://server/`
