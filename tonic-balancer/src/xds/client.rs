@@ -88,10 +88,12 @@ impl fmt::Debug for XdsClient {
     }
 }
 
-type PoolKey = (String, String);
+/// A control plane as the pool tells them apart: its URI, credentials and features
+/// (`Debug` forms), and the node id.
+type PoolKey = (String, String, String);
 
-/// The clients of this process, one per (control plane, node id): channels that share a
-/// control plane share its stream.
+/// The clients of this process, one per control plane and node id: channels that share
+/// a control plane share its stream.
 static POOL: Mutex<Option<HashMap<PoolKey, Weak<Shared>>>> = Mutex::new(None);
 
 impl XdsClient {
@@ -113,14 +115,17 @@ impl XdsClient {
         Self { shared }
     }
 
-    /// The process's client for this bootstrap's control plane and node id: the one
-    /// already running if a channel still uses it, else a new one.
+    /// The process's client for this bootstrap's control plane (URI, credentials,
+    /// features) and node id: the one already running if a channel still uses it, else
+    /// a new one. Its stream runs on the tokio runtime that started it.
     ///
     /// # Panics
     /// Outside a tokio runtime (as `tokio::spawn`), when a new client must be started.
     pub fn shared(bootstrap: Bootstrap) -> Self {
+        let server = &bootstrap.server;
         let key = (
-            bootstrap.server.server_uri.clone(),
+            server.server_uri.clone(),
+            format!("{:?} {:?}", server.channel_creds, server.server_features),
             bootstrap.node.id.clone(),
         );
         let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
