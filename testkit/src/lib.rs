@@ -56,6 +56,8 @@ pub mod faults;
 mod health;
 
 mod relay;
+#[cfg(feature = "xds")]
+pub mod xds;
 
 pub use relay::Relay;
 

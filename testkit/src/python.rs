@@ -18,6 +18,9 @@
 //! - `TONIC_BALANCER_PYTHON_ENV=/some/dir`: where to create the environment instead.
 //! - `PYTHON3=/path/to/python3`: the interpreter that creates it (default `python3`).
 //!
+//! [`run_xds_client`] runs `python/xds_client.py`, grpcio's own xDS client, against a
+//! test control plane, with the same environment.
+//!
 //! [`run_otel_client`] runs `python/otel_client.py`, a grpcio client with grpcio's
 //! OpenTelemetry plugin, in a second environment made the same way from
 //! `python/observability-requirements.txt` (`target/testkit-python-observability/`, or
@@ -122,6 +125,67 @@ pub fn run_otel_client(target: &str) -> Result<String, String> {
         ));
     }
     String::from_utf8(output.stdout).map_err(|e| format!("output not UTF-8: {e}"))
+}
+
+/// Runs `xds_client.py`, a grpcio (C-core) client of the xDS target `target` (such as
+/// `xds:///orders`) with `bootstrap` as its `GRPC_XDS_BOOTSTRAP_CONFIG`, making `calls`
+/// UnaryCalls with the interpreter of [`interpreter`]. Returns the id of the server of
+/// each call, in order: gRPC's own xDS client as a check of a test control plane.
+pub fn run_xds_client(target: &str, bootstrap: &str, calls: usize) -> Result<Vec<String>, String> {
+    let python = interpreter()?;
+    let script = python_dir().join("xds_client.py");
+    let output = Command::new(&python)
+        .arg(&script)
+        .arg(target)
+        .arg(calls.to_string())
+        .env("GRPC_XDS_BOOTSTRAP_CONFIG", bootstrap)
+        .env_remove("GRPC_XDS_BOOTSTRAP")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {} ({e})", python.display()))?;
+    if !output.status.success() {
+        return Err(format!(
+            "{} exited with {}: {}",
+            script.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let stdout = String::from_utf8(output.stdout).map_err(|e| format!("output not UTF-8: {e}"))?;
+    Ok(stdout.lines().map(str::to_owned).collect())
+}
+
+/// `xds_client.py` started with no calls: grpcio's channel to `target` only connects,
+/// which starts its xDS subscriptions, and the process runs until dropped. For tests
+/// that watch what gRPC's own client ACKs or NACKs.
+pub fn spawn_xds_client(target: &str, bootstrap: &str) -> Result<XdsClientProcess, String> {
+    let python = interpreter()?;
+    let child = Command::new(&python)
+        .arg(python_dir().join("xds_client.py"))
+        .arg(target)
+        .arg("0")
+        .env("GRPC_XDS_BOOTSTRAP_CONFIG", bootstrap)
+        .env_remove("GRPC_XDS_BOOTSTRAP")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot run {} ({e})", python.display()))?;
+    Ok(XdsClientProcess { child })
+}
+
+/// A running grpcio xDS client from [`spawn_xds_client`]; killed when dropped.
+#[derive(Debug)]
+pub struct XdsClientProcess {
+    child: Child,
+}
+
+impl Drop for XdsClientProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn provision(environment: &Environment) -> Result<PathBuf, String> {

@@ -46,6 +46,8 @@ pub mod stats;
 mod subchannel;
 #[cfg(feature = "tls")]
 pub mod tls;
+#[cfg(feature = "xds")]
+pub mod xds;
 
 pub use balance::Policy;
 pub use balance::ReadySubchannel;

@@ -653,6 +653,9 @@ impl Builder {
             Source::Resolver(resolver) => (resolver, None),
             Source::Target(Target::Static(addrs)) => (Box::new(StaticList::new(addrs)), None),
             Source::Target(target @ Target::Unix(_)) => unix_resolver(&target, &self.name)?,
+            Source::Target(Target::Xds { name }) => {
+                (crate::resolver::xds_target(&name, &self.name)?, Some(name))
+            }
             Source::Target(Target::Https { host, port }) => {
                 https = true;
                 let target = Target::Dns {

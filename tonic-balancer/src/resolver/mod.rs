@@ -135,6 +135,21 @@ impl<R: Resolve + ?Sized> Resolve for Box<R> {
     }
 }
 
+/// The resolver of an `xds:///name` target.
+#[cfg(feature = "xds")]
+pub(crate) fn xds_target(name: &str, target: &str) -> Result<Box<dyn Resolve>, crate::Error> {
+    Ok(Box::new(crate::xds::target_resolver(name, target)?))
+}
+
+/// Without the `xds` feature, an `xds:` target is an error that says how to get one.
+#[cfg(not(feature = "xds"))]
+pub(crate) fn xds_target(_name: &str, target: &str) -> Result<Box<dyn Resolve>, crate::Error> {
+    Err(crate::Error::new(
+        crate::ErrorKind::UnsupportedTarget,
+        format!("target {target:?}: xds: targets need the `xds` feature of tonic-balancer"),
+    ))
+}
+
 // === impl StaticList ===
 
 /// A fixed set of addresses, produced once.
@@ -300,5 +315,17 @@ where
 {
     fn poll_resolve(&mut self, cx: &mut Context<'_>) -> Poll<Option<Resolution>> {
         self.stream.as_mut().poll_next(cx)
+    }
+}
+
+#[cfg(all(test, not(feature = "xds")))]
+mod xds_off_tests {
+    #[tokio::test]
+    async fn xds_targets_without_the_feature_say_to_enable_it() {
+        let err = crate::BalancedChannel::builder("xds:///orders")
+            .build()
+            .unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::UnsupportedTarget);
+        assert!(err.to_string().contains("the `xds` feature"), "{err}");
     }
 }

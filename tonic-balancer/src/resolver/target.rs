@@ -23,6 +23,7 @@ pub use crate::defaults::{DEFAULT_HTTP_PORT, DEFAULT_PORT};
 /// | `http://orders.svc:50051`, `http://10.0.0.1:50051` | what tonic users write: the host resolved as `dns:` (an IP needs no lookup) |
 /// | `https://orders.svc:50051` | the same, every connection over TLS (feature `tls`) |
 /// | `unix:relative/path`, `unix:/abs/path`, `unix:///abs/path` | a Unix domain socket (grpc naming doc) |
+/// | `xds:///orders` | the listener `orders` of an xDS control plane (feature `xds`, module `xds`) |
 ///
 /// A missing port is [`DEFAULT_PORT`] (443), as in gRPC, except in `http://` targets,
 /// where it is [`DEFAULT_HTTP_PORT`] (80), as in any `http` URI. The DNS server of `dns://server/`
@@ -61,6 +62,12 @@ pub enum Target {
     },
     /// A Unix domain socket (`unix:path`, `unix:///abs/path`).
     Unix(PathBuf),
+    /// `xds:///name`: the listener `name` of the xDS control plane the bootstrap names
+    /// (gRFC A27; resolving it needs the `xds` feature).
+    Xds {
+        /// The listener name, also the authority calls are sent with.
+        name: String,
+    },
 }
 
 impl Target {
@@ -93,6 +100,7 @@ impl Target {
             "dns+srv" => parse_dns_srv(rest).map_err(|why| invalid(&why)),
             "http" | "https" => parse_uri(scheme, rest).map_err(|why| invalid(&why)),
             "unix" => parse_unix(rest).map_err(|why| invalid(&why)),
+            "xds" => parse_xds(rest).map_err(|why| invalid(&why)),
             _ => Err(Error::new(
                 ErrorKind::UnsupportedTarget,
                 format!("target {target:?}: scheme {scheme:?} is not supported"),
@@ -116,6 +124,7 @@ impl Target {
             }
             // What gRPC sends for Unix sockets.
             Target::Unix(_) => "localhost".to_owned(),
+            Target::Xds { name } => name.clone(),
         }
     }
 }
@@ -153,6 +162,7 @@ impl fmt::Display for Target {
             }
             Target::Https { .. } => write!(f, "https://{}", self.authority()),
             Target::Unix(path) => write!(f, "unix:{}", path.display()),
+            Target::Xds { name } => write!(f, "xds:///{name}"),
         }
     }
 }
@@ -170,7 +180,35 @@ fn is_known_scheme(scheme: &str) -> bool {
             | "vsock"
             | "http"
             | "https"
+            | "xds"
     )
+}
+
+/// `///name` or `name` after `xds:`. An authority (`xds://authority/name`, gRFC A47
+/// federation) is not supported.
+fn parse_xds(rest: &str) -> Result<Target, String> {
+    let name = match rest.strip_prefix("//") {
+        Some(after) => match after.split_once('/') {
+            Some(("", name)) => name,
+            Some((authority, _)) => {
+                return Err(format!(
+                    "xds://{authority}/...: authorities (xDS federation) are not supported; \
+                     write xds:///name"
+                ));
+            }
+            None => return Err("expected xds:///name".into()),
+        },
+        None => rest,
+    };
+    if name.is_empty() {
+        return Err("empty xDS listener name".into());
+    }
+    if name.contains(['/', '?', '#', ' ']) {
+        return Err(format!("{name:?} is not an xDS listener name"));
+    }
+    Ok(Target::Xds {
+        name: name.to_owned(),
+    })
 }
 
 fn parse_list<F>(list: &str, mut parse: F) -> Result<Target, Error>

@@ -1,0 +1,94 @@
+//! `xds:///name` targets: endpoints from an xDS control plane (feature `xds`).
+//!
+//! Istio, Traffic Director and every Envoy control plane describe a fleet through Envoy's
+//! xDS APIs; gRPC's own clients read them directly ("proxyless" mesh, gRFC A27) instead
+//! of sending every call through a sidecar. This module does the same for this crate's
+//! channels: a channel built for `xds:///orders` asks the control plane for the listener
+//! `orders`, follows it to its route configuration (inline or RDS), to the cluster of the
+//! default route of the virtual host matching `orders`, and to that cluster's endpoints
+//! (EDS), and balances over the endpoints that are HEALTHY or UNKNOWN, with the
+//! channel's own policy. Each locality's priority becomes the addresses' priority: the
+//! channel uses the lowest priority that has a usable backend (see
+//! [`Address::priority`](crate::resolver::Address::priority)).
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! // With GRPC_XDS_BOOTSTRAP (a file) or GRPC_XDS_BOOTSTRAP_CONFIG (JSON) set:
+//! let channel = tonic_balancer::BalancedChannel::builder("xds:///orders").build()?;
+//! // Or with a bootstrap from code:
+//! use tonic_balancer::xds::{Bootstrap, XdsClient};
+//! let client = XdsClient::shared(Bootstrap::new("127.0.0.1:18000", "orders-client-1"));
+//! let channel = tonic_balancer::BalancedChannel::builder_with_resolver(client.resolver("orders"))
+//!     .build()?;
+//! # Ok(()) }
+//! ```
+//!
+//! # The client
+//! One ADS stream (state of the world, v3) per control plane and node id, shared by all
+//! channels of the process ([`XdsClient::shared`]). Every response is ACKed with its
+//! `version_info` and `nonce` when all its resources validate; otherwise it is NACKed
+//! with the previous accepted version and an `error_detail` naming each bad resource and
+//! field, the valid resources of the response are taken, and each invalid one keeps its
+//! last good value. A subscribed resource not heard of within 15 s of being asked for
+//! (while connected) is taken as not existing, as is an LDS or CDS resource a later
+//! response leaves out (unless the server lists `ignore_resource_deletion`). When the
+//! control plane goes away, the client reconnects with gRPC's connection backoff
+//! (1 s, ×1.6, up to 120 s, ±20 %) and the channels keep the last good endpoints.
+//!
+//! # Not supported yet
+//! Weighted clusters, per-method routes (only the catch-all route is used), per-route
+//! timeouts and retries, the cluster's `lb_policy` (validated, ROUND_ROBIN or
+//! LEAST_REQUEST, but the channel's own policy is what balances: a resolver yields
+//! addresses only, and cannot hand the channel a policy), locality weights (priorities
+//! are honoured), endpoint weights, outlier detection and circuit breakers from CDS,
+//! TLS to the control plane without a `ca_certificate_file`, resource TTLs,
+//! federation (`xds://authority/name`), and the
+//! fallback control planes of gRFC A71. A listener or cluster that stops existing is a
+//! resolution error, so the channel keeps its last endpoints where gRPC would fail its
+//! calls.
+
+mod bootstrap;
+mod client;
+mod resolver;
+mod resource;
+
+pub use bootstrap::{
+    BOOTSTRAP_CONFIG_ENV, BOOTSTRAP_FILE_ENV, Bootstrap, BootstrapError, ChannelCreds, Locality,
+    Node, TlsCreds, XdsServer,
+};
+pub use client::XdsClient;
+pub use resolver::XdsResolver;
+
+use crate::error::{Error, ErrorKind};
+use std::sync::{Mutex, PoisonError};
+
+/// The bootstrap `xds:///` targets use instead of the environment's, if set.
+static DEFAULT_BOOTSTRAP: Mutex<Option<Bootstrap>> = Mutex::new(None);
+
+/// Sets the bootstrap every later `xds:///` target of this process uses, in place of
+/// `GRPC_XDS_BOOTSTRAP` / `GRPC_XDS_BOOTSTRAP_CONFIG`; `None` goes back to the
+/// environment. Channels already built keep the client they have.
+pub fn set_default_bootstrap(bootstrap: Option<Bootstrap>) {
+    *DEFAULT_BOOTSTRAP
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = bootstrap;
+}
+
+/// The resolver of the target `xds:///name`, on the process's shared client.
+pub(crate) fn target_resolver(name: &str, target: &str) -> Result<XdsResolver, Error> {
+    let configured = DEFAULT_BOOTSTRAP
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let bootstrap = match configured {
+        Some(bootstrap) => bootstrap,
+        None => Bootstrap::from_env().map_err(|e| {
+            Error::caused_by(
+                ErrorKind::InvalidConfig,
+                format!("target {target:?}: {e}"),
+                e,
+            )
+        })?,
+    };
+    Ok(XdsClient::shared(bootstrap).resolver(name))
+}

@@ -1,0 +1,826 @@
+//! The four xDS resource types this client reads, decoded from Envoy's v3 protos and
+//! validated into the few fields a gRPC client uses (gRFC A27, A28).
+//!
+//! A resource that fails validation is NACKed by the client with the message built
+//! here; the message starts with the field at fault (`api_listener`, `virtual_hosts[0]`).
+
+use envoy_types::pb::envoy::config::cluster::v3::{self as cds, cluster};
+use envoy_types::pb::envoy::config::core::v3::{self as core, config_source};
+use envoy_types::pb::envoy::config::endpoint::v3 as eds;
+use envoy_types::pb::envoy::config::listener::v3 as lds;
+use envoy_types::pb::envoy::config::route::v3::{self as rds, route, route_action, route_match};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, http_connection_manager::RouteSpecifier,
+};
+use envoy_types::pb::envoy::service::discovery::v3::Resource as DiscoveryResource;
+use envoy_types::pb::google::protobuf::Any;
+use prost::{Message, Name};
+use std::net::{IpAddr, SocketAddr};
+
+/// The type of the router HTTP filter, which gRPC requires last in the filter chain.
+const ROUTER_FILTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
+
+/// One of the four resource types, in the order a channel subscribes to them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Kind {
+    Listener,
+    RouteConfig,
+    Cluster,
+    Endpoints,
+}
+
+impl Kind {
+    pub(crate) const ALL: [Kind; 4] = [
+        Kind::Listener,
+        Kind::RouteConfig,
+        Kind::Cluster,
+        Kind::Endpoints,
+    ];
+
+    pub(crate) fn type_url(self) -> String {
+        match self {
+            Kind::Listener => lds::Listener::type_url(),
+            Kind::RouteConfig => rds::RouteConfiguration::type_url(),
+            Kind::Cluster => cds::Cluster::type_url(),
+            Kind::Endpoints => eds::ClusterLoadAssignment::type_url(),
+        }
+    }
+
+    pub(crate) fn from_type_url(url: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.type_url() == url)
+    }
+
+    /// Whether a resource of this type left out of a response is deleted (LDS and CDS
+    /// responses list every subscribed resource; RDS and EDS ones need not, gRFC A27).
+    pub(crate) fn absence_deletes(self) -> bool {
+        matches!(self, Kind::Listener | Kind::Cluster)
+    }
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A validated resource.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Resource {
+    Listener(ListenerUpdate),
+    RouteConfig(RouteConfig),
+    Cluster(ClusterUpdate),
+    Endpoints(EndpointsUpdate),
+}
+
+/// What a channel needs from an LDS resource: where its routes are.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum ListenerUpdate {
+    /// The route configuration inside the listener.
+    Inline(RouteConfig),
+    /// The name of an RDS resource.
+    Rds(String),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct RouteConfig {
+    pub(crate) virtual_hosts: Vec<VirtualHost>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct VirtualHost {
+    pub(crate) domains: Vec<String>,
+    pub(crate) routes: Vec<Route>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Route {
+    pub(crate) path: PathMatch,
+    /// Whether the route has header matchers or other conditions beyond the path.
+    pub(crate) conditional: bool,
+    pub(crate) action: RouteTarget,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum PathMatch {
+    Prefix(String),
+    Exact(String),
+    Regex,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum RouteTarget {
+    Cluster(String),
+    /// Weighted clusters: (name, weight).
+    Weighted(Vec<(String, u32)>),
+    /// A route gRPC does not forward (redirect, direct response, cluster header...).
+    Other,
+}
+
+/// What a channel needs from a CDS resource.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct ClusterUpdate {
+    /// The EDS resource to ask for: `eds_cluster_config.service_name`, or the cluster's
+    /// own name when that is empty.
+    pub(crate) eds_service_name: String,
+    pub(crate) lb_policy: LbPolicy,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LbPolicy {
+    RoundRobin,
+    LeastRequest,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct EndpointsUpdate {
+    pub(crate) localities: Vec<LocalityEndpoints>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct LocalityEndpoints {
+    pub(crate) weight: u32,
+    pub(crate) priority: u32,
+    /// The endpoints that may get calls: HEALTHY or UNKNOWN.
+    pub(crate) endpoints: Vec<Endpoint>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Endpoint {
+    pub(crate) addr: SocketAddr,
+    pub(crate) weight: u32,
+}
+
+/// A resource that failed: its name when it could be read, and why.
+#[derive(Debug)]
+pub(crate) struct Invalid {
+    pub(crate) name: Option<String>,
+    pub(crate) reason: String,
+}
+
+/// Decodes and validates one resource of a response.
+pub(crate) fn decode(kind: Kind, any: &Any) -> Result<(String, Resource), Invalid> {
+    let fail = |name: Option<&str>, reason: String| Invalid {
+        name: name.map(str::to_owned),
+        reason,
+    };
+    // A control plane may wrap each resource in a discovery `Resource` (with a TTL or
+    // cache control this client does not use): take the resource inside.
+    let unwrapped;
+    let any = if any.type_url == DiscoveryResource::type_url() {
+        let wrapper = DiscoveryResource::decode(any.value.as_slice())
+            .map_err(|e| fail(None, format!("cannot decode the Resource wrapper: {e}")))?;
+        unwrapped = wrapper
+            .resource
+            .ok_or_else(|| fail(Some(&wrapper.name), "Resource wrapper: no resource".into()))?;
+        &unwrapped
+    } else {
+        any
+    };
+    if any.type_url != kind.type_url() {
+        return Err(fail(
+            None,
+            format!(
+                "a resource of type {} in a response of type {}",
+                any.type_url,
+                kind.type_url()
+            ),
+        ));
+    }
+    let undecodable = |e: prost::DecodeError| fail(None, format!("cannot decode: {e}"));
+    match kind {
+        Kind::Listener => {
+            let l = lds::Listener::decode(any.value.as_slice()).map_err(undecodable)?;
+            let update = listener(&l).map_err(|r| fail(Some(&l.name), r))?;
+            Ok((l.name, Resource::Listener(update)))
+        }
+        Kind::RouteConfig => {
+            let r = rds::RouteConfiguration::decode(any.value.as_slice()).map_err(undecodable)?;
+            let update = route_config(&r).map_err(|e| fail(Some(&r.name), e))?;
+            Ok((r.name, Resource::RouteConfig(update)))
+        }
+        Kind::Cluster => {
+            let c = cds::Cluster::decode(any.value.as_slice()).map_err(undecodable)?;
+            let update = cluster(&c).map_err(|e| fail(Some(&c.name), e))?;
+            Ok((c.name, Resource::Cluster(update)))
+        }
+        Kind::Endpoints => {
+            let e =
+                eds::ClusterLoadAssignment::decode(any.value.as_slice()).map_err(undecodable)?;
+            let update = endpoints(&e).map_err(|r| fail(Some(&e.cluster_name), r))?;
+            Ok((e.cluster_name, Resource::Endpoints(update)))
+        }
+    }
+}
+
+fn listener(l: &lds::Listener) -> Result<ListenerUpdate, String> {
+    let any = l
+        .api_listener
+        .as_ref()
+        .and_then(|a| a.api_listener.as_ref())
+        .ok_or("api_listener: missing (a gRPC client needs an API listener)")?;
+    if any.type_url != HttpConnectionManager::type_url() {
+        return Err(format!(
+            "api_listener: {} is not an HttpConnectionManager",
+            any.type_url
+        ));
+    }
+    let hcm = HttpConnectionManager::decode(any.value.as_slice())
+        .map_err(|e| format!("api_listener: cannot decode the HttpConnectionManager: {e}"))?;
+    // gRFC A39: the router filter must be present and last.
+    match hcm.http_filters.last() {
+        None => {
+            return Err("api_listener.http_filters: empty (the router filter is required)".into());
+        }
+        Some(last) => {
+            let router = matches!(
+                &last.config_type,
+                Some(envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType::TypedConfig(any))
+                    if any.type_url == ROUTER_FILTER
+            );
+            if !router {
+                return Err(format!(
+                    "api_listener.http_filters: the last filter ({:?}) is not the router",
+                    last.name
+                ));
+            }
+        }
+    }
+    match hcm.route_specifier {
+        Some(RouteSpecifier::RouteConfig(rc)) => route_config(&rc)
+            .map(ListenerUpdate::Inline)
+            .map_err(|e| format!("api_listener.route_config.{e}")),
+        Some(RouteSpecifier::Rds(rds)) => {
+            ads_source(rds.config_source.as_ref())
+                .map_err(|e| format!("api_listener.rds.config_source: {e}"))?;
+            if rds.route_config_name.is_empty() {
+                return Err("api_listener.rds.route_config_name: empty".into());
+            }
+            Ok(ListenerUpdate::Rds(rds.route_config_name))
+        }
+        Some(RouteSpecifier::ScopedRoutes(_)) => {
+            Err("api_listener: scoped_routes is not supported".into())
+        }
+        None => Err("api_listener: neither route_config nor rds is set".into()),
+    }
+}
+
+/// gRPC clients take resources from the ADS stream only: `ads` or `self`.
+fn ads_source(source: Option<&core::ConfigSource>) -> Result<(), String> {
+    match source.and_then(|s| s.config_source_specifier.as_ref()) {
+        Some(config_source::ConfigSourceSpecifier::Ads(_))
+        | Some(config_source::ConfigSourceSpecifier::Self_(_)) => Ok(()),
+        _ => Err("must be ads or self".into()),
+    }
+}
+
+fn route_config(rc: &rds::RouteConfiguration) -> Result<RouteConfig, String> {
+    let mut virtual_hosts = Vec::with_capacity(rc.virtual_hosts.len());
+    for (i, vh) in rc.virtual_hosts.iter().enumerate() {
+        if vh.domains.is_empty() {
+            return Err(format!("virtual_hosts[{i}].domains: empty"));
+        }
+        let mut routes = Vec::with_capacity(vh.routes.len());
+        for (j, r) in vh.routes.iter().enumerate() {
+            let at = format!("virtual_hosts[{i}].routes[{j}]");
+            let m = r.r#match.as_ref().ok_or(format!("{at}.match: missing"))?;
+            let path = match &m.path_specifier {
+                Some(route_match::PathSpecifier::Prefix(p)) => PathMatch::Prefix(p.clone()),
+                Some(route_match::PathSpecifier::Path(p)) => PathMatch::Exact(p.clone()),
+                Some(route_match::PathSpecifier::SafeRegex(_)) => PathMatch::Regex,
+                Some(_) | None => {
+                    return Err(format!("{at}.match: no supported path specifier"));
+                }
+            };
+            // Case sensitivity does not narrow a match on "" or "/", so it is no condition.
+            let conditional = !m.headers.is_empty()
+                || m.runtime_fraction.is_some()
+                || !m.query_parameters.is_empty();
+            let action = match &r.action {
+                Some(route::Action::Route(a)) => match &a.cluster_specifier {
+                    Some(route_action::ClusterSpecifier::Cluster(c)) if !c.is_empty() => {
+                        RouteTarget::Cluster(c.clone())
+                    }
+                    Some(route_action::ClusterSpecifier::Cluster(_)) => {
+                        return Err(format!("{at}.route.cluster: empty"));
+                    }
+                    Some(route_action::ClusterSpecifier::WeightedClusters(w)) => {
+                        let mut clusters = Vec::new();
+                        let mut total = 0u64;
+                        for c in &w.clusters {
+                            let weight = c.weight.as_ref().map_or(0, |w| w.value);
+                            total += u64::from(weight);
+                            clusters.push((c.name.clone(), weight));
+                        }
+                        if total == 0 {
+                            return Err(format!(
+                                "{at}.route.weighted_clusters: the weights add up to 0"
+                            ));
+                        }
+                        RouteTarget::Weighted(clusters)
+                    }
+                    _ => RouteTarget::Other,
+                },
+                _ => RouteTarget::Other,
+            };
+            routes.push(Route {
+                path,
+                conditional,
+                action,
+            });
+        }
+        virtual_hosts.push(VirtualHost {
+            domains: vh.domains.clone(),
+            routes,
+        });
+    }
+    Ok(RouteConfig { virtual_hosts })
+}
+
+fn cluster(c: &cds::Cluster) -> Result<ClusterUpdate, String> {
+    match c.cluster_discovery_type {
+        Some(cluster::ClusterDiscoveryType::Type(t)) if t == cluster::DiscoveryType::Eds as i32 => {
+        }
+        Some(cluster::ClusterDiscoveryType::Type(t)) => {
+            let name = cluster::DiscoveryType::try_from(t)
+                .map(|t| t.as_str_name().to_owned())
+                .unwrap_or_else(|_| t.to_string());
+            return Err(format!("type: {name} is not supported (EDS only)"));
+        }
+        Some(cluster::ClusterDiscoveryType::ClusterType(_)) => {
+            return Err(
+                "cluster_type: custom cluster types (aggregate, ...) are not supported".into(),
+            );
+        }
+        None => return Err("type: missing (EDS is required)".into()),
+    }
+    let eds = c
+        .eds_cluster_config
+        .as_ref()
+        .ok_or("eds_cluster_config: missing")?;
+    ads_source(eds.eds_config.as_ref())
+        .map_err(|e| format!("eds_cluster_config.eds_config: {e}"))?;
+    let lb_policy = match cluster::LbPolicy::try_from(c.lb_policy) {
+        Ok(cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
+        Ok(cluster::LbPolicy::LeastRequest) => LbPolicy::LeastRequest,
+        Ok(other) => {
+            return Err(format!(
+                "lb_policy: {} is not supported (ROUND_ROBIN or LEAST_REQUEST)",
+                other.as_str_name()
+            ));
+        }
+        Err(_) => return Err(format!("lb_policy: unknown value {}", c.lb_policy)),
+    };
+    let eds_service_name = if eds.service_name.is_empty() {
+        c.name.clone()
+    } else {
+        eds.service_name.clone()
+    };
+    Ok(ClusterUpdate {
+        eds_service_name,
+        lb_policy,
+    })
+}
+
+fn endpoints(cla: &eds::ClusterLoadAssignment) -> Result<EndpointsUpdate, String> {
+    let mut localities = Vec::with_capacity(cla.endpoints.len());
+    for (i, loc) in cla.endpoints.iter().enumerate() {
+        let weight = loc.load_balancing_weight.as_ref().map_or(0, |w| w.value);
+        // gRFC A27: a locality of weight 0 (or none) gets no traffic.
+        if weight == 0 {
+            continue;
+        }
+        let mut endpoints = Vec::with_capacity(loc.lb_endpoints.len());
+        for (j, lb) in loc.lb_endpoints.iter().enumerate() {
+            let at = format!("endpoints[{i}].lb_endpoints[{j}]");
+            let healthy = matches!(
+                core::HealthStatus::try_from(lb.health_status),
+                Ok(core::HealthStatus::Healthy | core::HealthStatus::Unknown)
+            );
+            let Some(eds::lb_endpoint::HostIdentifier::Endpoint(ep)) = &lb.host_identifier else {
+                return Err(format!("{at}.endpoint: missing"));
+            };
+            let Some(core::address::Address::SocketAddress(sa)) =
+                ep.address.as_ref().and_then(|a| a.address.as_ref())
+            else {
+                return Err(format!("{at}.endpoint.address: not a socket address"));
+            };
+            let ip: IpAddr = sa.address.parse().map_err(|_| {
+                format!(
+                    "{at}.endpoint.address: {:?} is not an IP address",
+                    sa.address
+                )
+            })?;
+            let port = match sa.port_specifier {
+                Some(core::socket_address::PortSpecifier::PortValue(p)) if p > 0 && p <= 65535 => {
+                    p as u16
+                }
+                _ => {
+                    return Err(format!(
+                        "{at}.endpoint.address.port_value: not a port (1..=65535)"
+                    ));
+                }
+            };
+            let ep_weight = match lb.load_balancing_weight.as_ref().map(|w| w.value) {
+                Some(0) => return Err(format!("{at}.load_balancing_weight: must be > 0")),
+                Some(w) => w,
+                None => 1,
+            };
+            if healthy {
+                endpoints.push(Endpoint {
+                    addr: SocketAddr::new(ip, port),
+                    weight: ep_weight,
+                });
+            }
+        }
+        localities.push(LocalityEndpoints {
+            weight,
+            priority: loc.priority,
+            endpoints,
+        });
+    }
+    // gRFC A27: priorities must run 0..N with no gap.
+    let mut priorities: Vec<u32> = localities.iter().map(|l| l.priority).collect();
+    priorities.sort_unstable();
+    priorities.dedup();
+    if let Some((i, p)) = priorities
+        .iter()
+        .enumerate()
+        .find(|(i, p)| **p as usize != *i)
+    {
+        return Err(format!(
+            "endpoints: priorities must run from 0 with no gap (priority {p} found where {i} was expected)"
+        ));
+    }
+    Ok(EndpointsUpdate { localities })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+    use envoy_types::pb::google::protobuf::UInt32Value;
+
+    fn any<M: Message + Name>(m: &M) -> Any {
+        Any {
+            type_url: M::type_url(),
+            value: m.encode_to_vec(),
+        }
+    }
+
+    fn ads() -> core::ConfigSource {
+        core::ConfigSource {
+            config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
+                core::AggregatedConfigSource {},
+            )),
+            ..Default::default()
+        }
+    }
+
+    fn listener_with(manager: &hcm::HttpConnectionManager) -> Any {
+        any(&lds::Listener {
+            name: "l".into(),
+            api_listener: Some(lds::ApiListener {
+                api_listener: Some(any(manager)),
+            }),
+            ..Default::default()
+        })
+    }
+
+    fn router() -> hcm::HttpFilter {
+        hcm::HttpFilter {
+            name: "router".into(),
+            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any(
+                &Router::default(),
+            ))),
+            ..Default::default()
+        }
+    }
+
+    fn reason(kind: Kind, any: &Any) -> String {
+        let invalid = decode(kind, any).expect_err("must be invalid");
+        invalid.reason
+    }
+
+    #[test]
+    fn a_listener_names_its_rds_resource() {
+        let manager = hcm::HttpConnectionManager {
+            route_specifier: Some(RouteSpecifier::Rds(hcm::Rds {
+                config_source: Some(ads()),
+                route_config_name: "routes".into(),
+            })),
+            http_filters: vec![router()],
+            ..Default::default()
+        };
+        let (name, res) = decode(Kind::Listener, &listener_with(&manager)).unwrap();
+        assert_eq!(name, "l");
+        assert_eq!(
+            res,
+            Resource::Listener(ListenerUpdate::Rds("routes".into()))
+        );
+    }
+
+    #[test]
+    fn listener_errors_name_the_field() {
+        let mut manager = hcm::HttpConnectionManager {
+            route_specifier: Some(RouteSpecifier::Rds(hcm::Rds {
+                config_source: Some(ads()),
+                route_config_name: "routes".into(),
+            })),
+            ..Default::default()
+        };
+        assert!(
+            reason(Kind::Listener, &listener_with(&manager))
+                .starts_with("api_listener.http_filters: empty")
+        );
+        manager.http_filters = vec![hcm::HttpFilter {
+            name: "fault".into(),
+            ..Default::default()
+        }];
+        assert!(reason(Kind::Listener, &listener_with(&manager)).contains("is not the router"));
+        manager.http_filters = vec![router()];
+        manager.route_specifier = Some(RouteSpecifier::Rds(hcm::Rds {
+            config_source: None,
+            route_config_name: "routes".into(),
+        }));
+        assert_eq!(
+            reason(Kind::Listener, &listener_with(&manager)),
+            "api_listener.rds.config_source: must be ads or self"
+        );
+        manager.route_specifier = None;
+        assert!(
+            reason(Kind::Listener, &listener_with(&manager))
+                .contains("neither route_config nor rds")
+        );
+        let bare = any(&lds::Listener {
+            name: "l".into(),
+            ..Default::default()
+        });
+        let invalid = decode(Kind::Listener, &bare).unwrap_err();
+        assert_eq!(invalid.name.as_deref(), Some("l"));
+        assert!(invalid.reason.starts_with("api_listener: missing"));
+        // A resource of another type in the response, and bytes that do not decode.
+        let wrong = any(&cds::Cluster::default());
+        assert!(decode(Kind::Listener, &wrong).unwrap_err().name.is_none());
+        let garbage = Any {
+            type_url: Kind::Listener.type_url(),
+            value: vec![0xff, 0xff, 0xff],
+        };
+        assert!(reason(Kind::Listener, &garbage).starts_with("cannot decode"));
+    }
+
+    #[test]
+    fn a_resource_in_a_discovery_resource_wrapper_is_unwrapped() {
+        let manager = hcm::HttpConnectionManager {
+            route_specifier: Some(RouteSpecifier::Rds(hcm::Rds {
+                config_source: Some(ads()),
+                route_config_name: "routes".into(),
+            })),
+            http_filters: vec![router()],
+            ..Default::default()
+        };
+        let wrapped = any(&DiscoveryResource {
+            name: "l".into(),
+            resource: Some(listener_with(&manager)),
+            ..Default::default()
+        });
+        let (name, res) = decode(Kind::Listener, &wrapped).unwrap();
+        assert_eq!(name, "l");
+        assert_eq!(
+            res,
+            Resource::Listener(ListenerUpdate::Rds("routes".into()))
+        );
+        let empty = any(&DiscoveryResource {
+            name: "l".into(),
+            ..Default::default()
+        });
+        let invalid = decode(Kind::Listener, &empty).unwrap_err();
+        assert_eq!(invalid.name.as_deref(), Some("l"));
+        assert_eq!(invalid.reason, "Resource wrapper: no resource");
+    }
+
+    #[test]
+    fn clusters_must_be_eds_over_ads_with_a_supported_policy() {
+        let mut c = cds::Cluster {
+            name: "c".into(),
+            cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+                cluster::DiscoveryType::Eds as i32,
+            )),
+            eds_cluster_config: Some(cluster::EdsClusterConfig {
+                eds_config: Some(ads()),
+                service_name: String::new(),
+            }),
+            lb_policy: cluster::LbPolicy::LeastRequest as i32,
+            ..Default::default()
+        };
+        let (_, res) = decode(Kind::Cluster, &any(&c)).unwrap();
+        // No service_name: the EDS resource has the cluster's name.
+        assert_eq!(
+            res,
+            Resource::Cluster(ClusterUpdate {
+                eds_service_name: "c".into(),
+                lb_policy: LbPolicy::LeastRequest,
+            })
+        );
+        c.lb_policy = cluster::LbPolicy::Maglev as i32;
+        assert!(reason(Kind::Cluster, &any(&c)).starts_with("lb_policy: MAGLEV is not supported"));
+        c.lb_policy = 0;
+        c.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::LogicalDns as i32,
+        ));
+        assert!(reason(Kind::Cluster, &any(&c)).starts_with("type: LOGICAL_DNS is not supported"));
+        c.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::Eds as i32,
+        ));
+        c.eds_cluster_config = None;
+        assert_eq!(
+            reason(Kind::Cluster, &any(&c)),
+            "eds_cluster_config: missing"
+        );
+    }
+
+    fn lb_endpoint(address: &str, port: u32, health: core::HealthStatus) -> eds::LbEndpoint {
+        eds::LbEndpoint {
+            health_status: health as i32,
+            host_identifier: Some(eds::lb_endpoint::HostIdentifier::Endpoint(eds::Endpoint {
+                address: Some(core::Address {
+                    address: Some(core::address::Address::SocketAddress(core::SocketAddress {
+                        address: address.into(),
+                        port_specifier: Some(core::socket_address::PortSpecifier::PortValue(port)),
+                        ..Default::default()
+                    })),
+                }),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn locality(
+        priority: u32,
+        weight: Option<u32>,
+        lb: Vec<eds::LbEndpoint>,
+    ) -> eds::LocalityLbEndpoints {
+        eds::LocalityLbEndpoints {
+            priority,
+            load_balancing_weight: weight.map(|value| UInt32Value { value }),
+            lb_endpoints: lb,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn endpoints_keep_healthy_and_unknown_only_and_drop_weightless_localities() {
+        use self::core::HealthStatus as H;
+        let cla = eds::ClusterLoadAssignment {
+            cluster_name: "e".into(),
+            endpoints: vec![
+                locality(
+                    0,
+                    Some(3),
+                    vec![
+                        lb_endpoint("10.0.0.1", 80, H::Healthy),
+                        lb_endpoint("10.0.0.2", 80, H::Unhealthy),
+                        lb_endpoint("::1", 81, H::Unknown),
+                        lb_endpoint("10.0.0.4", 80, H::Draining),
+                        lb_endpoint("10.0.0.5", 80, H::Degraded),
+                    ],
+                ),
+                locality(1, Some(1), vec![lb_endpoint("10.0.1.1", 80, H::Healthy)]),
+                locality(0, None, vec![lb_endpoint("10.0.2.1", 80, H::Healthy)]),
+            ],
+            ..Default::default()
+        };
+        let (name, res) = decode(Kind::Endpoints, &any(&cla)).unwrap();
+        assert_eq!(name, "e");
+        let Resource::Endpoints(update) = res else {
+            panic!("{res:?}")
+        };
+        let got: Vec<(u32, u32, Vec<String>)> = update
+            .localities
+            .iter()
+            .map(|l| {
+                (
+                    l.priority,
+                    l.weight,
+                    l.endpoints.iter().map(|e| e.addr.to_string()).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    0,
+                    3,
+                    vec!["10.0.0.1:80".to_string(), "[::1]:81".to_string()]
+                ),
+                (1, 1, vec!["10.0.1.1:80".to_string()]),
+            ]
+        );
+    }
+
+    #[test]
+    fn endpoint_errors_name_the_field() {
+        let with = |lb: eds::LbEndpoint, priority: u32| {
+            any(&eds::ClusterLoadAssignment {
+                cluster_name: "e".into(),
+                endpoints: vec![locality(priority, Some(1), vec![lb])],
+                ..Default::default()
+            })
+        };
+        let ok = core::HealthStatus::Healthy;
+        assert_eq!(
+            reason(
+                Kind::Endpoints,
+                &with(lb_endpoint("db.internal", 80, ok), 0)
+            ),
+            "endpoints[0].lb_endpoints[0].endpoint.address: \"db.internal\" is not an IP address"
+        );
+        assert!(
+            reason(
+                Kind::Endpoints,
+                &with(lb_endpoint("10.0.0.1", 70000, ok), 0)
+            )
+            .contains("port_value")
+        );
+        assert!(
+            reason(Kind::Endpoints, &with(lb_endpoint("10.0.0.1", 0, ok), 0))
+                .contains("port_value")
+        );
+        assert!(
+            reason(Kind::Endpoints, &with(lb_endpoint("10.0.0.1", 80, ok), 1))
+                .contains("priorities must run from 0")
+        );
+    }
+
+    #[test]
+    fn routes_keep_domains_matches_and_clusters() {
+        let rc = rds::RouteConfiguration {
+            name: "r".into(),
+            virtual_hosts: vec![rds::VirtualHost {
+                domains: vec!["orders".into()],
+                routes: vec![rds::Route {
+                    r#match: Some(rds::RouteMatch {
+                        path_specifier: Some(route_match::PathSpecifier::Path("/pkg.S/M".into())),
+                        ..Default::default()
+                    }),
+                    action: Some(route::Action::Route(rds::RouteAction {
+                        cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
+                            "c".into(),
+                        )),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let (_, res) = decode(Kind::RouteConfig, &any(&rc)).unwrap();
+        let Resource::RouteConfig(update) = res else {
+            panic!("{res:?}")
+        };
+        assert_eq!(update.virtual_hosts[0].domains, vec!["orders".to_string()]);
+        assert_eq!(
+            update.virtual_hosts[0].routes[0].path,
+            PathMatch::Exact("/pkg.S/M".into())
+        );
+        assert_eq!(
+            update.virtual_hosts[0].routes[0].action,
+            RouteTarget::Cluster("c".into())
+        );
+        let mut headers = rc.clone();
+        if let Some(m) = headers.virtual_hosts[0].routes[0].r#match.as_mut() {
+            m.headers.push(rds::HeaderMatcher {
+                name: "x-canary".into(),
+                ..Default::default()
+            });
+            m.case_sensitive = Some(envoy_types::pb::google::protobuf::BoolValue { value: false });
+        }
+        let (_, res) = decode(Kind::RouteConfig, &any(&headers)).unwrap();
+        let Resource::RouteConfig(update) = res else {
+            panic!("{res:?}")
+        };
+        assert!(update.virtual_hosts[0].routes[0].conditional);
+        let mut insensitive = rc.clone();
+        if let Some(m) = insensitive.virtual_hosts[0].routes[0].r#match.as_mut() {
+            m.case_sensitive = Some(envoy_types::pb::google::protobuf::BoolValue { value: false });
+        }
+        let (_, res) = decode(Kind::RouteConfig, &any(&insensitive)).unwrap();
+        let Resource::RouteConfig(update) = res else {
+            panic!("{res:?}")
+        };
+        assert!(!update.virtual_hosts[0].routes[0].conditional);
+        let mut no_domains = rc.clone();
+        no_domains.virtual_hosts[0].domains.clear();
+        assert_eq!(
+            reason(Kind::RouteConfig, &any(&no_domains)),
+            "virtual_hosts[0].domains: empty"
+        );
+        let mut no_match = rc;
+        no_match.virtual_hosts[0].routes[0].r#match = None;
+        assert_eq!(
+            reason(Kind::RouteConfig, &any(&no_match)),
+            "virtual_hosts[0].routes[0].match: missing"
+        );
+    }
+}

@@ -1,0 +1,779 @@
+//! `xds:///` targets against the test kit's control plane and real backends on loopback:
+//! a real ADS stream, real resources, real calls.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use support::{Client, call, fast_backoff, fleet, wait_ready, within};
+use tonic_balancer::BalancedChannel;
+use tonic_balancer::resolver::Resolve;
+use tonic_balancer::xds::{Bootstrap, XdsClient};
+use tonic_balancer_testkit::xds::{
+    self, ControlPlane, Health, LocalityEndpoints, Routes, XdsResource, type_url,
+};
+use tonic_balancer_testkit::{Backend, Latency};
+
+/// LDS `orders` → RDS `orders-routes` → CDS `orders-cluster` → EDS `orders-eds`.
+fn set_orders(cp: &ControlPlane, eds: &[LocalityEndpoints]) {
+    cp.set([xds::listener("orders", Routes::Rds("orders-routes".into()))]);
+    cp.set([xds::route(xds::route_config(
+        "orders-routes",
+        &["orders"],
+        "orders-cluster",
+    ))]);
+    cp.set([xds::cluster("orders-cluster", "orders-eds")]);
+    cp.set([xds::endpoints("orders-eds", eds)]);
+}
+
+fn healthy(backends: &[&Backend]) -> Vec<LocalityEndpoints> {
+    vec![LocalityEndpoints::new(
+        backends.iter().map(|b| (b.addr(), Health::Healthy)),
+    )]
+}
+
+/// A channel over the listener `orders` of this control plane, with its own client.
+fn orders_channel(cp: &ControlPlane) -> (BalancedChannel, Client) {
+    let client = XdsClient::new(Bootstrap::new(cp.addr().to_string(), "test-node"));
+    let channel = BalancedChannel::builder_with_resolver(client.resolver("orders"))
+        .connection_backoff(fast_backoff())
+        .build()
+        .expect("channel");
+    (channel.clone(), Client::new(channel))
+}
+
+fn addresses(channel: &BalancedChannel) -> BTreeSet<SocketAddr> {
+    channel
+        .subchannels()
+        .iter()
+        .map(|s| s.address.addr)
+        .collect()
+}
+
+/// Calls until `done` holds, each call required to succeed; at most `limit` calls.
+async fn call_until(
+    client: &mut Client,
+    channel: &BalancedChannel,
+    limit: usize,
+    mut done: impl FnMut(&BalancedChannel) -> bool,
+) -> usize {
+    for n in 0..limit {
+        if done(channel) {
+            return n;
+        }
+        call(client).await.expect("no call may fail");
+        tokio::task::yield_now().await;
+    }
+    panic!("condition not reached within {limit} calls");
+}
+
+#[tokio::test]
+async fn xds_target_spreads_calls_over_the_eds_endpoints_and_acks_each_version() {
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let backends = fleet(3, Latency::None).await;
+        set_orders(&cp, &healthy(&backends.iter().collect::<Vec<_>>()));
+        // The only test of this file that uses the process-wide bootstrap.
+        tonic_balancer::xds::set_default_bootstrap(Some(Bootstrap::new(
+            cp.addr().to_string(),
+            "orders-node",
+        )));
+        let channel = BalancedChannel::builder("xds:///orders")
+            .build()
+            .expect("xds:///orders");
+        // A second channel of the process shares the first one's ADS stream.
+        let second = BalancedChannel::builder("xds:///orders").build().unwrap();
+        wait_ready(&channel, 3).await;
+        wait_ready(&second, 3).await;
+        let mut client = Client::new(channel.clone());
+        let mut served = std::collections::BTreeMap::new();
+        for _ in 0..30 {
+            *served.entry(call(&mut client).await.unwrap()).or_insert(0) += 1;
+        }
+        // Round robin over the three EDS endpoints: ten calls each.
+        assert_eq!(
+            served.into_iter().collect::<Vec<_>>(),
+            vec![("b0".into(), 10), ("b1".into(), 10), ("b2".into(), 10)]
+        );
+        // The first request of the stream names the node; each type is ACKed with the
+        // version and nonce of the response.
+        let first = cp.wait_for(|_| true).await;
+        assert_eq!(first.type_url, type_url::LISTENER);
+        assert_eq!(first.node_id.as_deref(), Some("orders-node"));
+        assert_eq!(first.resource_names, vec!["orders".to_string()]);
+        assert_eq!(
+            (first.version_info.as_str(), first.response_nonce.as_str()),
+            ("", "")
+        );
+        for ty in [
+            type_url::LISTENER,
+            type_url::ROUTE,
+            type_url::CLUSTER,
+            type_url::ENDPOINTS,
+        ] {
+            let ack = cp
+                .wait_for(|e| e.type_url == ty && !e.response_nonce.is_empty())
+                .await;
+            assert_eq!(ack.version_info, "1", "{ty}");
+            assert!(!ack.is_nack(), "{ack:?}");
+        }
+        let streams: BTreeSet<u64> = cp.events().iter().map(|e| e.stream).collect();
+        assert_eq!(streams.len(), 1, "one ADS stream for both channels");
+        tonic_balancer::xds::set_default_bootstrap(None);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn endpoints_added_and_removed_are_followed_with_no_failed_call() {
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let b = fleet(3, Latency::None).await;
+        set_orders(&cp, &healthy(&[&b[0], &b[1]]));
+        let (channel, mut client) = orders_channel(&cp);
+        wait_ready(&channel, 2).await;
+
+        cp.set([xds::endpoints(
+            "orders-eds",
+            &healthy(&[&b[0], &b[1], &b[2]]),
+        )]);
+        call_until(&mut client, &channel, 5_000, |_| b[2].calls() > 0).await;
+
+        cp.set([xds::endpoints("orders-eds", &healthy(&[&b[0], &b[2]]))]);
+        let want: BTreeSet<_> = [b[0].addr(), b[2].addr()].into();
+        call_until(&mut client, &channel, 5_000, |ch| addresses(ch) == want).await;
+        let before = b[1].calls();
+        for _ in 0..20 {
+            assert_ne!(call(&mut client).await.unwrap(), "b1");
+        }
+        assert_eq!(b[1].calls(), before, "a removed endpoint got a call");
+    })
+    .await;
+}
+
+/// The same, with calls in flight: four workers call without pause while the fleet
+/// grows and shrinks; every call succeeds.
+#[tokio::test]
+async fn endpoint_changes_under_concurrent_calls_fail_no_call() {
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let b = fleet(3, Latency::Fixed(Duration::from_millis(2))).await;
+        set_orders(&cp, &healthy(&[&b[0], &b[1]]));
+        let (channel, client) = orders_channel(&cp);
+        wait_ready(&channel, 2).await;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut workers = Vec::new();
+        for _ in 0..4 {
+            let (mut client, stop) = (client.clone(), stop.clone());
+            workers.push(tokio::spawn(async move {
+                let mut calls = 0u32;
+                // Bounded: at most 20 000 calls per worker, whatever happens.
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && calls < 20_000 {
+                    call(&mut client).await.expect("no call may fail");
+                    calls += 1;
+                }
+                calls
+            }));
+        }
+        cp.set([xds::endpoints(
+            "orders-eds",
+            &healthy(&[&b[0], &b[1], &b[2]]),
+        )]);
+        let want: BTreeSet<_> = [b[0].addr(), b[1].addr(), b[2].addr()].into();
+        channel
+            .wait_for(|subs| {
+                subs.iter().map(|s| s.address.addr).collect::<BTreeSet<_>>() == want
+                    && subs
+                        .iter()
+                        .all(|s| s.state == tonic_balancer::ConnectivityState::Ready)
+            })
+            .await;
+        let served_by_new = b[2].calls();
+        cp.set([xds::endpoints("orders-eds", &healthy(&[&b[2]]))]);
+        let want: BTreeSet<_> = [b[2].addr()].into();
+        channel
+            .wait_for(|subs| subs.iter().map(|s| s.address.addr).collect::<BTreeSet<_>>() == want)
+            .await;
+        // Let the workers make calls on the final set too before stopping them.
+        while b[2].calls() < served_by_new + 50 {
+            tokio::task::yield_now().await;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut total = 0;
+        for worker in workers {
+            total += worker.await.expect("a worker panicked: a call failed");
+        }
+        assert!(total > 50, "{total} calls");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unhealthy_and_draining_endpoints_get_no_calls() {
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let b = fleet(4, Latency::None).await;
+        set_orders(
+            &cp,
+            &[LocalityEndpoints::new([
+                (b[0].addr(), Health::Healthy),
+                (b[1].addr(), Health::Unhealthy),
+                (b[2].addr(), Health::Unknown),
+                (b[3].addr(), Health::Draining),
+            ])],
+        );
+        let (channel, mut client) = orders_channel(&cp);
+        wait_ready(&channel, 2).await;
+        assert_eq!(addresses(&channel), [b[0].addr(), b[2].addr()].into());
+        for _ in 0..20 {
+            call(&mut client).await.unwrap();
+        }
+        assert_eq!((b[1].calls(), b[3].calls()), (0, 0));
+        assert_eq!(b[0].calls() + b[2].calls(), 20);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_invalid_resource_is_nacked_and_the_last_good_one_kept() {
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let b = fleet(2, Latency::None).await;
+        set_orders(&cp, &healthy(&[&b[0], &b[1]]));
+        let xds_client = XdsClient::new(Bootstrap::new(cp.addr().to_string(), "test-node"));
+        let channel = BalancedChannel::builder_with_resolver(xds_client.resolver("orders"))
+            .build()
+            .unwrap();
+        let mut client = Client::new(channel.clone());
+        wait_ready(&channel, 2).await;
+        let acked = cp.wait_for_ack(type_url::ENDPOINTS).await;
+
+        // An endpoint whose address is a host name: gRPC clients take IP addresses only.
+        let mut bad = xds::endpoints_proto("orders-eds", &healthy(&[&b[0]]));
+        let lb = &mut bad.endpoints[0].lb_endpoints[0];
+        if let Some(
+            envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier::Endpoint(ep),
+        ) = &mut lb.host_identifier
+            && let Some(envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(
+                sa,
+            )) = ep.address.as_mut().and_then(|a| a.address.as_mut())
+        {
+            sa.address = "orders.internal".into();
+        }
+        cp.set([XdsResource::raw(type_url::ENDPOINTS, "orders-eds", &bad)]);
+        let nack = cp.wait_for_nack(type_url::ENDPOINTS).await;
+        // The NACK carries the last accepted version, the nonce of the rejected
+        // response, and what is wrong.
+        assert_eq!(nack.version_info, acked.version_info);
+        assert_ne!(nack.response_nonce, acked.response_nonce);
+        let error = nack.error.unwrap();
+        assert!(error.contains("orders-eds"), "{error}");
+        assert!(
+            error.contains("\"orders.internal\" is not an IP address"),
+            "{error}"
+        );
+
+        // A cluster with a policy this client does not support is NACKed as well.
+        let mut ring = xds::cluster_proto("orders-cluster", "orders-eds");
+        ring.lb_policy = 2; // RING_HASH
+        cp.set([XdsResource::raw(type_url::CLUSTER, "orders-cluster", &ring)]);
+        let nack = cp.wait_for_nack(type_url::CLUSTER).await;
+        assert!(
+            nack.error
+                .as_deref()
+                .unwrap()
+                .contains("lb_policy: RING_HASH"),
+            "{nack:?}"
+        );
+
+        // Calls still spread over the last good endpoints.
+        let mut seen = BTreeSet::new();
+        for _ in 0..10 {
+            seen.insert(call(&mut client).await.unwrap());
+        }
+        assert_eq!(seen, ["b0".to_string(), "b1".to_string()].into());
+        assert_eq!(addresses(&channel), [b[0].addr(), b[1].addr()].into());
+        // The client itself kept the last good cluster and endpoints: a channel started
+        // now, on the same client, gets them (not the rejected versions).
+        let late = BalancedChannel::builder_with_resolver(xds_client.resolver("orders"))
+            .build()
+            .unwrap();
+        wait_ready(&late, 2).await;
+        assert_eq!(addresses(&late), [b[0].addr(), b[1].addr()].into());
+
+        // A valid version after the invalid one is taken and ACKed.
+        cp.set([xds::cluster("orders-cluster", "orders-eds")]);
+        cp.set([xds::endpoints("orders-eds", &healthy(&[&b[1]]))]);
+        cp.wait_for_ack(type_url::ENDPOINTS).await;
+        let want: BTreeSet<_> = [b[1].addr()].into();
+        call_until(&mut client, &channel, 5_000, |ch| addresses(ch) == want).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn calls_go_on_while_the_control_plane_is_away_and_it_resyncs_on_return() {
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let b = fleet(3, Latency::None).await;
+        set_orders(&cp, &healthy(&[&b[0], &b[1]]));
+        let (channel, mut client) = orders_channel(&cp);
+        wait_ready(&channel, 2).await;
+        cp.wait_for_ack(type_url::ENDPOINTS).await;
+        let first_stream = cp.events()[0].stream;
+
+        cp.kill().await;
+        for _ in 0..20 {
+            call(&mut client)
+                .await
+                .expect("the last good endpoints keep serving");
+        }
+        assert_eq!(addresses(&channel), [b[0].addr(), b[1].addr()].into());
+
+        // While it is away the fleet changes; the client learns it on a new stream.
+        cp.set([xds::endpoints("orders-eds", &healthy(&[&b[0], &b[2]]))]);
+        cp.restart().await.unwrap();
+        let resubscribed = cp
+            .wait_for(|e| e.stream != first_stream && e.type_url == type_url::ENDPOINTS)
+            .await;
+        // It asks again for what it watched, naming the version it had accepted.
+        assert_eq!(resubscribed.resource_names, vec!["orders-eds".to_string()]);
+        assert_eq!(resubscribed.version_info, "1");
+        cp.wait_for_ack(type_url::ENDPOINTS).await;
+        let want: BTreeSet<_> = [b[0].addr(), b[2].addr()].into();
+        call_until(&mut client, &channel, 5_000, |ch| addresses(ch) == want).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn calls_go_to_the_next_priority_while_the_first_has_no_usable_endpoint() {
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let b = fleet(2, Latency::None).await;
+        let locality = |priority: u32, addr: SocketAddr| LocalityEndpoints {
+            priority,
+            weight: 1,
+            endpoints: vec![(addr, Health::Healthy)],
+        };
+        // Priority 0 lists only an address that refuses connections.
+        set_orders(
+            &cp,
+            &[
+                locality(0, support::refused_addr()),
+                locality(1, b[1].addr()),
+            ],
+        );
+        let (channel, mut client) = orders_channel(&cp);
+        wait_ready(&channel, 1).await;
+        for _ in 0..10 {
+            assert_eq!(call(&mut client).await.unwrap(), "b1");
+        }
+        // Once priority 0 has a working endpoint, calls go back to it.
+        cp.set([xds::endpoints(
+            "orders-eds",
+            &[locality(0, b[0].addr()), locality(1, b[1].addr())],
+        )]);
+        call_until(&mut client, &channel, 5_000, |_| b[0].calls() > 0).await;
+        for _ in 0..10 {
+            assert_eq!(call(&mut client).await.unwrap(), "b0");
+        }
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_listener_never_sent_does_not_exist_after_15_seconds() {
+    let cp = ControlPlane::start().await.unwrap();
+    let client = XdsClient::new(Bootstrap::new(cp.addr().to_string(), "test-node"));
+    let mut resolver = client.resolver("missing");
+    let started = tokio::time::Instant::now();
+    cp.wait_for(|e| e.type_url == type_url::LISTENER).await;
+    let resolution = std::future::poll_fn(|cx| resolver.poll_resolve(cx))
+        .await
+        .expect("a resolution");
+    let error = resolution.expect_err("the listener does not exist");
+    assert!(
+        error.to_string().contains("\"missing\" does not exist"),
+        "{error}"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(15) && waited < Duration::from_secs(16),
+        "{waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn bad_xds_targets_are_errors_at_build() {
+    let err = BalancedChannel::builder("xds://authority/orders")
+        .build()
+        .unwrap_err();
+    assert_eq!(err.kind(), tonic_balancer::ErrorKind::InvalidTarget);
+    assert!(err.to_string().contains("federation"), "{err}");
+    let err = BalancedChannel::builder("xds:///").build().unwrap_err();
+    assert_eq!(err.kind(), tonic_balancer::ErrorKind::InvalidTarget);
+}
+
+/// gRPC's own xDS client (grpcio's C-core) reads the test control plane's resources as
+/// this crate does: it subscribes, ACKs every type with no NACK, and its calls reach the
+/// EDS endpoints. This is what makes the control plane (and its resource helpers) a
+/// trustworthy reference for the tests above.
+#[tokio::test]
+async fn grpcio_xds_client_accepts_the_test_control_plane() {
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let b = fleet(2, Latency::None).await;
+        set_orders(&cp, &healthy(&[&b[0], &b[1]]));
+        let bootstrap = cp.bootstrap_json("grpcio-node");
+        let served = tokio::task::spawn_blocking(move || {
+            tonic_balancer_testkit::python::run_xds_client("xds:///orders", &bootstrap, 20)
+        })
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("grpcio's xDS client: {e}"));
+        assert_eq!(served.len(), 20);
+        let ids: BTreeSet<&str> = served.iter().map(String::as_str).collect();
+        assert_eq!(
+            ids,
+            ["b0", "b1"].into(),
+            "grpcio round-robins over the EDS endpoints"
+        );
+        let events = cp.events();
+        assert!(events.iter().all(|e| !e.is_nack()), "{events:#?}");
+        assert_eq!(events[0].node_id.as_deref(), Some("grpcio-node"));
+        for ty in [
+            type_url::LISTENER,
+            type_url::ROUTE,
+            type_url::CLUSTER,
+            type_url::ENDPOINTS,
+        ] {
+            assert!(
+                events.iter().any(|e| e.type_url == ty
+                    && e.version_info == "1"
+                    && !e.response_nonce.is_empty()),
+                "no ACK of {ty}: {events:#?}"
+            );
+        }
+    })
+    .await;
+}
+
+/// The next resolution of `resolver`.
+async fn next_resolution(resolver: &mut impl Resolve) -> tonic_balancer::resolver::Resolution {
+    std::future::poll_fn(|cx| resolver.poll_resolve(cx))
+        .await
+        .expect("the resolver goes on")
+}
+
+fn addrs_of(resolution: tonic_balancer::resolver::Resolution) -> BTreeSet<SocketAddr> {
+    resolution
+        .expect("addresses")
+        .into_iter()
+        .map(|a| a.addr)
+        .collect()
+}
+
+#[tokio::test]
+async fn an_inline_route_config_works_and_the_listener_can_move_to_rds() {
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let b = fleet(2, Latency::None).await;
+        cp.set([xds::cluster("c0", "e0"), xds::cluster("c1", "e1")]);
+        cp.set([
+            xds::endpoints("e0", &healthy(&[&b[0]])),
+            xds::endpoints("e1", &healthy(&[&b[1]])),
+        ]);
+        cp.set([xds::listener(
+            "orders",
+            Routes::Inline(Box::new(xds::route_config("inline", &["orders"], "c0"))),
+        )]);
+        let client = XdsClient::new(Bootstrap::new(cp.addr().to_string(), "test-node"));
+        let mut resolver = client.resolver("orders");
+        assert_eq!(
+            addrs_of(next_resolution(&mut resolver).await),
+            [b[0].addr()].into()
+        );
+        // No RDS request was needed for the inline route config.
+        assert!(cp.events().iter().all(|e| e.type_url != type_url::ROUTE));
+
+        cp.set([xds::route(xds::route_config("by-rds", &["orders"], "c1"))]);
+        cp.set([xds::listener("orders", Routes::Rds("by-rds".into()))]);
+        assert_eq!(
+            addrs_of(next_resolution(&mut resolver).await),
+            [b[1].addr()].into()
+        );
+        // c0 and e0 are no longer watched: the client took them back.
+        let unsubscribed = cp
+            .wait_for(|e| e.type_url == type_url::CLUSTER && e.resource_names == ["c1"])
+            .await;
+        assert!(!unsubscribed.is_nack());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_cluster_left_out_of_a_cds_response_no_longer_exists() {
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let b = fleet(1, Latency::None).await;
+        set_orders(&cp, &healthy(&[&b[0]]));
+        let client = XdsClient::new(Bootstrap::new(cp.addr().to_string(), "test-node"));
+        let mut resolver = client.resolver("orders");
+        assert_eq!(
+            addrs_of(next_resolution(&mut resolver).await),
+            [b[0].addr()].into()
+        );
+        // State of the world: a CDS response without the cluster deletes it.
+        cp.remove(type_url::CLUSTER, "orders-cluster");
+        let error = next_resolution(&mut resolver).await.unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("cluster \"orders-cluster\" does not exist"),
+            "{error}"
+        );
+        // An EDS response without the EDS resource deletes nothing (A27).
+        cp.set([xds::cluster("orders-cluster", "orders-eds")]);
+        assert_eq!(
+            addrs_of(next_resolution(&mut resolver).await),
+            [b[0].addr()].into()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_resource_that_was_never_valid_is_a_resolution_error_naming_the_field() {
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let b = fleet(1, Latency::None).await;
+        set_orders(&cp, &healthy(&[&b[0]]));
+        let mut bad = xds::cluster_proto("orders-cluster", "orders-eds");
+        bad.eds_cluster_config = None;
+        cp.set([XdsResource::raw(type_url::CLUSTER, "orders-cluster", &bad)]);
+        let client = XdsClient::new(Bootstrap::new(cp.addr().to_string(), "test-node"));
+        let mut resolver = client.resolver("orders");
+        let error = next_resolution(&mut resolver).await.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "xDS cluster \"orders-cluster\" is invalid: eds_cluster_config: missing"
+        );
+        let nack = cp.wait_for_nack(type_url::CLUSTER).await;
+        // Nothing of this type was ever accepted: the NACK carries an empty version.
+        assert_eq!(nack.version_info, "");
+        assert_eq!(
+            nack.error.as_deref(),
+            Some("orders-cluster: eds_cluster_config: missing")
+        );
+    })
+    .await;
+}
+
+#[test]
+fn xds_targets_parse_and_print() {
+    use tonic_balancer::resolver::Target;
+    let target = Target::parse("xds:///orders").unwrap();
+    assert_eq!(
+        target,
+        Target::Xds {
+            name: "orders".into()
+        }
+    );
+    assert_eq!(target.to_string(), "xds:///orders");
+    assert_eq!(target.authority(), "orders");
+    assert_eq!(Target::parse("xds:orders").unwrap(), target);
+    for bad in ["xds:", "xds:///a/b", "xds://"] {
+        let err = Target::parse(bad).unwrap_err();
+        assert_eq!(
+            err.kind(),
+            tonic_balancer::ErrorKind::InvalidTarget,
+            "{bad}"
+        );
+    }
+}
+
+/// `"tls"` channel credentials (gRFC A65): the ADS stream runs over mutual TLS with the
+/// bootstrap's certificate files (the control plane requires a client certificate), the
+/// unsupported `google_default` listed first being skipped.
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn the_ads_stream_runs_over_mutual_tls_from_the_bootstrap_files() {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    within(async {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(DnType::CommonName, "xds test CA");
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let ca_pem = ca_params.self_signed(&ca_key).unwrap().pem();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let issue = |names: Vec<String>, usage| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(names).unwrap();
+            params.extended_key_usages = vec![usage];
+            (params.signed_by(&key, &issuer).unwrap().pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) = issue(
+            vec!["localhost".into()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let (client_cert, client_key) = issue(Vec::new(), ExtendedKeyUsagePurpose::ClientAuth);
+        let tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(server_cert, server_key))
+            .client_ca_root(Certificate::from_pem(&ca_pem));
+        let cp = ControlPlane::start_tls(tls).await.unwrap();
+        let b = fleet(1, Latency::None).await;
+        set_orders(&cp, &healthy(&[&b[0]]));
+
+        let dir = std::env::temp_dir().join(format!("xds-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        let (ca, cert, key) = (
+            file("ca.pem", &ca_pem),
+            file("client.pem", &client_cert),
+            file("client.key", &client_key),
+        );
+        let bootstrap = |config: String| {
+            Bootstrap::from_json(&format!(
+                r#"{{"xds_servers": [{{"server_uri": "localhost:{}",
+                     "channel_creds": [{{"type": "google_default"}}, {{"type": "tls", "config": {config}}}]}}],
+                    "node": {{"id": "tls-node"}}}}"#,
+                cp.addr().port()
+            ))
+            .unwrap()
+        };
+
+        let mutual = XdsClient::new(bootstrap(format!(
+            r#"{{"ca_certificate_file": "{ca}", "certificate_file": "{cert}", "private_key_file": "{key}"}}"#
+        )));
+        let mut resolver = mutual.resolver("orders");
+        assert_eq!(addrs_of(next_resolution(&mut resolver).await), [b[0].addr()].into());
+        std::fs::remove_dir_all(&dir).unwrap();
+        let streams: BTreeSet<Option<String>> =
+            cp.events().into_iter().filter(|e| e.node_id.is_some()).map(|e| e.node_id).collect();
+        assert_eq!(streams, [Some("tls-node".to_string())].into());
+    })
+    .await;
+}
+
+/// A control plane that accepts connections and closes them at once is retried with
+/// gRPC's connection backoff: about 1 s, then ×1.6 each time (±20 %), on tokio's clock.
+#[tokio::test(start_paused = true)]
+async fn a_failing_control_plane_is_retried_with_the_grpc_backoff() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let _ = tx.send(tokio::time::Instant::now());
+            drop(socket);
+        }
+    });
+    let client = XdsClient::new(Bootstrap::new(addr.to_string(), "backoff-node"));
+    let _resolver = client.resolver("orders");
+    // One attempt may open two connections at the same instant: tonic's channel
+    // reconnects once by itself when the connection it handed over dies under the first
+    // call. On the paused clock, connections of one attempt share an instant exactly;
+    // attempts are the distinct instants.
+    let mut times: Vec<tokio::time::Instant> = Vec::new();
+    while times.len() < 5 {
+        let at = accepted.recv().await.unwrap();
+        if times.last() != Some(&at) {
+            times.push(at);
+        }
+    }
+    let gaps: Vec<f64> = times
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_secs_f64())
+        .collect();
+    let mut base = 1.0;
+    for (i, gap) in gaps.iter().enumerate() {
+        assert!(
+            *gap >= base * 0.8 - 0.01 && *gap <= base * 1.2 + 0.01,
+            "gap {i}: {gap:.3} s, expected {base:.3} s ±20 % (all: {gaps:?})"
+        );
+        base *= 1.6;
+    }
+}
+
+/// What this client NACKs, gRPC's own client NACKs too: an EDS endpoint given by host
+/// name instead of IP address is rejected by grpcio (C-core) as well.
+#[tokio::test]
+async fn grpcio_also_nacks_an_endpoint_given_by_host_name() {
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let b = fleet(1, Latency::None).await;
+        set_orders(&cp, &healthy(&[&b[0]]));
+        let mut bad = xds::endpoints_proto("orders-eds", &healthy(&[&b[0]]));
+        if let Some(
+            envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier::Endpoint(ep),
+        ) = &mut bad.endpoints[0].lb_endpoints[0].host_identifier
+            && let Some(envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(
+                sa,
+            )) = ep.address.as_mut().and_then(|a| a.address.as_mut())
+        {
+            sa.address = "orders.internal".into();
+        }
+        cp.set([XdsResource::raw(type_url::ENDPOINTS, "orders-eds", &bad)]);
+        let grpcio = tonic_balancer_testkit::python::spawn_xds_client(
+            "xds:///orders",
+            &cp.bootstrap_json("grpcio-node"),
+        )
+        .unwrap_or_else(|e| panic!("grpcio's xDS client: {e}"));
+        let nack = cp.wait_for_nack(type_url::ENDPOINTS).await;
+        drop(grpcio);
+        assert_eq!(nack.version_info, "", "nothing was accepted before");
+        // grpcio says: "... orders-eds: INVALID_ARGUMENT: errors parsing EDS resource:
+        // [field:endpoints[0].lb_endpoints[0].endpoint.address.socket_address error:Failed
+        // to parse address:orders.internal:PORT]"; this client names the same field.
+        let error = nack.error.unwrap();
+        assert!(error.contains("orders-eds"), "{error}");
+        assert!(
+            error.contains("endpoints[0].lb_endpoints[0].endpoint.address"),
+            "{error}"
+        );
+    })
+    .await;
+}
+
+/// With `ignore_resource_deletion` in `server_features`, a cluster left out of a CDS
+/// response is not deleted: the channel's resolution goes on from it.
+#[tokio::test]
+async fn ignore_resource_deletion_keeps_a_cluster_left_out() {
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let b = fleet(2, Latency::None).await;
+        set_orders(&cp, &healthy(&[&b[0]]));
+        let mut bootstrap = Bootstrap::new(cp.addr().to_string(), "test-node");
+        bootstrap
+            .server
+            .server_features
+            .push("ignore_resource_deletion".into());
+        let client = XdsClient::new(bootstrap);
+        let mut resolver = client.resolver("orders");
+        assert_eq!(
+            addrs_of(next_resolution(&mut resolver).await),
+            [b[0].addr()].into()
+        );
+        cp.remove(type_url::CLUSTER, "orders-cluster");
+        cp.wait_for_ack(type_url::CLUSTER).await;
+        // The next resolution comes from the endpoints changing, not from a deletion.
+        cp.set([xds::endpoints("orders-eds", &healthy(&[&b[1]]))]);
+        assert_eq!(
+            addrs_of(next_resolution(&mut resolver).await),
+            [b[1].addr()].into()
+        );
+    })
+    .await;
+}
