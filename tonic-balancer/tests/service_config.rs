@@ -256,3 +256,81 @@ async fn outlier_detection_from_an_update_ejects_and_its_removal_restores() {
     })
     .await;
 }
+
+/// A resolver that hands the channel address sets, each with the service config a
+/// test gives it (as the xDS resolver does).
+struct WithConfig {
+    updates:
+        tokio::sync::mpsc::UnboundedReceiver<(Vec<std::net::SocketAddr>, Option<&'static str>)>,
+    config: Option<tonic_balancer::config::ServiceConfig>,
+}
+
+impl tonic_balancer::resolver::Resolve for WithConfig {
+    fn poll_resolve(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<tonic_balancer::resolver::Resolution>> {
+        self.updates.poll_recv(cx).map(|update| {
+            update.map(|(addrs, json)| {
+                self.config = json
+                    .map(|json| tonic_balancer::config::ServiceConfig::from_json(json).unwrap());
+                Ok(addrs.into_iter().map(Into::into).collect())
+            })
+        })
+    }
+
+    fn take_service_config(&mut self) -> Option<tonic_balancer::config::ServiceConfig> {
+        self.config.take()
+    }
+}
+
+/// A service config that comes from the resolver replaces the builder's, with the
+/// addresses it comes with; an address set without one keeps the config in force.
+/// Each step changes the addresses too, so that the test can wait for it to apply.
+#[tokio::test]
+async fn a_service_config_from_the_resolver_takes_effect_with_its_addresses() {
+    within(async {
+        let mut backends = Vec::new();
+        for name in ["slow0", "slow1"] {
+            let backend = Backend::builder(name)
+                .latency(Latency::Fixed(std::time::Duration::from_millis(300)))
+                .start()
+                .await
+                .unwrap();
+            backends.push(backend);
+        }
+        let slow: Vec<_> = backends.iter().map(Backend::addr).collect();
+        let (tx, updates) = tokio::sync::mpsc::unbounded_channel();
+        let channel = BalancedChannel::builder_with_resolver(WithConfig {
+            updates,
+            config: None,
+        })
+        .service_config_json(r#"{"methodConfig": [{"name": [{}], "timeout": "10s"}]}"#)
+        .unwrap()
+        .build()
+        .unwrap();
+        let mut client = Client::new(channel.clone());
+        let count = |n: usize| {
+            let channel = channel.clone();
+            async move { channel.wait_for(|subs| subs.len() == n).await }
+        };
+
+        let timeout = r#"{"methodConfig": [{"name": [{}], "timeout": "0.05s"}]}"#;
+        tx.send((vec![slow[0]], Some(timeout))).unwrap();
+        wait_ready(&channel, 1).await;
+        let status = call(&mut client).await.unwrap_err();
+        assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+
+        // Another address, no config: the resolver's timeout stays.
+        tx.send((slow.clone(), None)).unwrap();
+        count(2).await;
+        let status = call(&mut client).await.unwrap_err();
+        assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+
+        // A config without the timeout replaces it (and the builder's 10 s is gone too).
+        tx.send((vec![slow[1]], Some("{}"))).unwrap();
+        count(1).await;
+        assert_eq!(call(&mut client).await.unwrap(), "slow1");
+    })
+    .await;
+}

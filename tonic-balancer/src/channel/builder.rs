@@ -13,7 +13,6 @@ use crate::load::{Accounting, CodeSet};
 use crate::resolver::{Address, Resolve, StaticList, Target};
 use crate::retry::{Budget, DEFAULT_REPLAY_BUFFER, RetryBudget, Throttle};
 use crate::subchannel::{ConnSettings, ConnectSettings, EndpointMaker, Liveness, TcpOptions};
-use arc_swap::ArcSwap;
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
@@ -711,7 +710,7 @@ impl Builder {
         let telemetry = Some(self.opentelemetry.build(&self.name));
         #[cfg(not(feature = "opentelemetry"))]
         let telemetry = None;
-        let shared = Arc::new(Shared::new());
+
         // The keepalive time of new connections, which a `too_many_pings` GOAWAY doubles.
         let keepalive_time = conn.keepalive.map(|k| {
             Arc::new(std::sync::atomic::AtomicU64::new(
@@ -728,6 +727,7 @@ impl Builder {
             subset_size,
         } = control_config.clone();
         let (updates_tx, updates_rx) = watch::channel(control_config);
+        let shared = Arc::new(Shared::new(call_config, updates_tx, policies));
         let (health_tx, health_rx) = watch::channel(health_service);
         let control = Control {
             shared: shared.clone(),
@@ -771,7 +771,6 @@ impl Builder {
             inner: Arc::new(Inner {
                 shared,
                 target: self.name,
-                config: ArcSwap::from_pointee(call_config),
                 wait_for_ready: self.wait_for_ready,
                 budget,
                 replay_limit: self.replay_limit,
@@ -781,8 +780,6 @@ impl Builder {
                 seed,
                 calls: Default::default(),
                 stats: crate::stats::Stats::new(self.stats_method_limit, telemetry),
-                mode: updates_tx,
-                policies,
                 credentials_allowed,
                 keepalive_time,
                 _stop: stop_tx,

@@ -5,9 +5,13 @@
 //! state changes, and after each batch of changes publishes a new [`Snapshot`] that calls
 //! read without a lock.
 
+use super::CallConfig;
+use super::builder::Policies;
 use crate::balance::ReadySubchannel;
 use crate::balance::subset::SubsetFilter;
+use crate::config::ServiceConfig;
 use crate::connectivity::ConnectivityState;
+use crate::error::Error;
 use crate::health::{self, Ejection, Host, OutlierDetection};
 use crate::load::EwmaParams;
 use crate::resolver::{Address, Resolve};
@@ -62,6 +66,14 @@ impl Snapshot {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) snapshot: ArcSwap<Snapshot>,
+    /// What calls consult per method; replaced whole by a service config update, from
+    /// the application or the resolver.
+    pub(crate) config: ArcSwap<CallConfig>,
+    /// Hands each service config update to the control task (how to connect, outlier
+    /// detection, health checking).
+    mode: watch::Sender<ControlConfig>,
+    /// The builder's policies, under each service config update.
+    policies: Policies,
     /// Bumped after every publish; queued calls and observers wait on it.
     pub(crate) published: watch::Sender<()>,
     /// Set by calls, cleared by the control task's idle check: whether a call started
@@ -74,14 +86,31 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(
+        config: CallConfig,
+        mode: watch::Sender<ControlConfig>,
+        policies: Policies,
+    ) -> Self {
         Self {
             snapshot: ArcSwap::from_pointee(Snapshot::initial()),
+            config: ArcSwap::from_pointee(config),
+            mode,
+            policies,
             published: watch::Sender::new(()),
             active: AtomicBool::new(false),
             wake_requested: AtomicBool::new(false),
             wake: Notify::new(),
         }
+    }
+
+    /// Replaces the service config: calls started from now on use its per-method
+    /// settings, policies and throttling, and the control task applies the rest. An
+    /// invalid config changes nothing (gRFC A21).
+    pub(crate) fn apply_service_config(&self, config: &ServiceConfig) -> Result<(), Error> {
+        let (call_config, control) = self.policies.call_config(Some(config))?;
+        self.config.store(Arc::new(call_config));
+        self.mode.send_replace(control);
+        Ok(())
     }
 
     /// Notes that a call started: the channel is not idle.
@@ -284,7 +313,17 @@ impl Control {
                 }
                 next = std::future::poll_fn(|cx| self.resolver.poll_resolve(cx)), if !resolver_done && !state.idle => {
                     match next {
-                        Some(Ok(addrs)) => self.apply(&mut state, addrs, &events_tx, &mut rng).await,
+                        Some(Ok(addrs)) => {
+                            // The service config that comes with these addresses, if
+                            // the resolver has one (xDS), goes first: it may change how
+                            // they are used.
+                            if let Some(config) = self.resolver.take_service_config()
+                                && let Err(error) = self.shared.apply_service_config(&config)
+                            {
+                                tracing::warn!(target = %self.target, %error, "the resolver's service config is invalid; keeping the previous one");
+                            }
+                            self.apply(&mut state, addrs, &events_tx, &mut rng).await
+                        }
                         Some(Err(error)) => {
                             tracing::debug!(target = %self.target, %error, "resolution failed");
                             state.resolver_error = Some(error.to_string());

@@ -29,15 +29,13 @@ use crate::deadline;
 use crate::retry::{Budget, MessageLimit, Replay, Throttle};
 use crate::stats::{CallRecord, ChannelStats, Stats};
 use crate::subchannel::{ReadyConn, SubchannelInfo};
-use arc_swap::ArcSwap;
-use builder::Policies;
-use control::{ControlConfig, Shared, Snapshot};
+use control::{Shared, Snapshot};
 use future::CallBody;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tonic::Status;
 use tonic::body::Body;
@@ -86,8 +84,6 @@ pub struct BalancedChannel {
 struct Inner {
     shared: Arc<Shared>,
     target: String,
-    /// What calls consult per method; replaced whole by a service config update.
-    config: ArcSwap<CallConfig>,
     wait_for_ready: bool,
     budget: Option<Budget>,
     replay_limit: usize,
@@ -101,11 +97,6 @@ struct Inner {
     calls: AtomicU64,
     /// Golden signals per method.
     stats: Stats,
-    /// Hands each service config update to the control task (how to connect, outlier
-    /// detection, health checking).
-    mode: watch::Sender<ControlConfig>,
-    /// The builder's policies, under each service config update.
-    policies: Policies,
     /// Whether bearer credentials may be sent: TLS, or the user's explicit opt-in.
     credentials_allowed: bool,
     /// The keepalive time of new connections (gRFC A8), if keepalive is on.
@@ -181,10 +172,7 @@ impl BalancedChannel {
     /// # Errors
     /// [`ErrorKind::InvalidConfig`](crate::ErrorKind::InvalidConfig) naming the bad field.
     pub fn update_service_config(&self, config: &ServiceConfig) -> Result<(), crate::Error> {
-        let (call_config, control) = self.inner.policies.call_config(Some(config))?;
-        self.inner.config.store(Arc::new(call_config));
-        self.inner.mode.send_replace(control);
-        Ok(())
+        self.inner.shared.apply_service_config(config)
     }
 
     /// Waits until a backend is READY, for at most `timeout`: what tonic users do with
@@ -260,7 +248,7 @@ impl fmt::Debug for BalancedChannel {
         f.debug_struct("BalancedChannel")
             .field("target", &self.inner.target)
             .field("state", &self.state())
-            .field("policy", self.inner.config.load().pickers.get(""))
+            .field("policy", self.inner.shared.config.load().pickers.get(""))
             .finish()
     }
 }
@@ -317,7 +305,7 @@ impl Inner {
             )));
         }
         mark_sensitive(request.headers_mut(), &self.sensitive);
-        let config = self.config.load_full();
+        let config = self.shared.config.load_full();
         let path = request.uri().path();
         let picker = &**config.pickers.get(path);
         let method = config.methods.get(path).clone();

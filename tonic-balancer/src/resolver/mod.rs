@@ -124,6 +124,16 @@ pub trait Resolve: Send + 'static {
     /// Resolvers that look things up should rate-limit these requests. The default
     /// ignores them.
     fn re_resolve(&mut self) {}
+
+    /// The service config that goes with the address set just returned, if this
+    /// resolver has one (gRPC resolvers return the two together; the xDS resolver
+    /// builds one from its routes and clusters). The channel takes it after every
+    /// address set, before using the addresses; `None` keeps the config in force. A
+    /// config from the resolver replaces the one given to the builder, as in gRPC; an
+    /// invalid one is logged and changes nothing (gRFC A21). The default has none.
+    fn take_service_config(&mut self) -> Option<crate::config::ServiceConfig> {
+        None
+    }
 }
 
 impl<R: Resolve + ?Sized> Resolve for Box<R> {
@@ -132,6 +142,9 @@ impl<R: Resolve + ?Sized> Resolve for Box<R> {
     }
     fn re_resolve(&mut self) {
         (**self).re_resolve()
+    }
+    fn take_service_config(&mut self) -> Option<crate::config::ServiceConfig> {
+        (**self).take_service_config()
     }
 }
 
