@@ -73,6 +73,41 @@ async fn a_panicking_subchannel_worker_fails_calls_naming_the_panic() {
     .await;
 }
 
+/// A worker that panicked is replaced after the connection backoff: a panic once (here
+/// in the application's endpoint function) does not take its backend away for good.
+#[tokio::test]
+async fn a_panicked_subchannel_worker_is_restarted_after_the_backoff() {
+    within(async {
+        let backends = fleet(1, Latency::None).await;
+        let first = std::sync::atomic::AtomicBool::new(true);
+        let channel = BalancedChannel::builder(&target(backends.iter().map(|b| b.addr())))
+            .connection_backoff(fast_backoff())
+            .endpoint(move |address| {
+                if first.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                    panic!("endpoint bug, once");
+                }
+                tonic::transport::Endpoint::from_shared(format!("http://{}", address.addr))
+                    .expect("a valid URI")
+            })
+            .build()
+            .unwrap();
+        let mut client = Client::new(channel.clone());
+        let status = client.empty_call(Empty {}).await.unwrap_err();
+        assert!(
+            status.message().contains("endpoint bug, once"),
+            "{status:?}"
+        );
+        // Wait-for-ready: queued until the new worker has connected.
+        let request = wait_for_ready_call();
+        client
+            .unary_call(request)
+            .await
+            .expect("served once restarted");
+        assert_eq!(channel.stats().endpoints[0].connections, 1);
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_panicking_token_source_fails_the_fetch_and_the_task_lives_on() {
     within(async {

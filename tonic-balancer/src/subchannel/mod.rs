@@ -248,30 +248,41 @@ pub(crate) fn spawn(
     seed: u64,
     events: mpsc::UnboundedSender<Event>,
 ) -> WorkerHandle {
-    let (stop_tx, stop_rx) = oneshot::channel();
+    let (stop_tx, mut stop_rx) = oneshot::channel();
     let (want_tx, want_rx) = watch::channel(wanted);
-    let worker = Worker {
-        rng: SmallRng::seed_from_u64(seed ^ subchannel.id),
-        backoff: Backoff::new(settings.backoff),
-        subchannel,
-        settings,
-        events,
-        want: want_rx,
-    };
-    let (subchannel, events) = (worker.subchannel.clone(), worker.events.clone());
     tokio::spawn(async move {
-        // A panicking worker leaves its subchannel in TRANSIENT_FAILURE naming the
-        // panic, so calls fail with it (as for any unreachable backend) instead of
-        // queueing behind a CONNECTING state that will never change.
-        if let Err(why) = crate::error::catch_panic(worker.run(stop_rx)).await {
+        // A worker that panics (a bug, or the application's endpoint function) leaves
+        // its subchannel in TRANSIENT_FAILURE naming the panic, so calls fail with it
+        // (as for any unreachable backend) instead of queueing behind a state that will
+        // never change; then a new worker takes over after the connection backoff.
+        let mut restarts = Backoff::new(settings.backoff);
+        let mut rng = SmallRng::seed_from_u64(seed ^ subchannel.id);
+        loop {
+            let worker = Worker {
+                rng: SmallRng::seed_from_u64(rand::Rng::random(&mut rng)),
+                backoff: Backoff::new(settings.backoff),
+                subchannel: subchannel.clone(),
+                settings: settings.clone(),
+                events: events.clone(),
+                want: want_rx.clone(),
+            };
+            let Err(why) = crate::error::catch_panic(worker.run(&mut stop_rx)).await else {
+                return;
+            };
             let why = format!("the worker of subchannel {} {why}", subchannel.address);
-            tracing::error!(error = %why, "subchannel worker stopped");
+            let delay = restarts.next_delay(&mut rng);
+            tracing::error!(error = %why, restart_in = ?delay, "subchannel worker stopped");
             subchannel.set_state(ConnectivityState::TransientFailure);
             let update = Update::Failed(why);
             let _ = events.send(Event {
                 id: subchannel.id,
                 update,
             });
+            tokio::select! {
+                biased;
+                _ = &mut stop_rx => return,
+                () = tokio::time::sleep(delay) => {}
+            }
         }
     });
     WorkerHandle {
@@ -315,7 +326,7 @@ enum Wake {
 }
 
 impl Worker {
-    async fn run(mut self, mut stop: oneshot::Receiver<()>) {
+    async fn run(mut self, stop: &mut oneshot::Receiver<()>) {
         loop {
             if !*self.want.borrow_and_update() {
                 if self.subchannel.state() != ConnectivityState::Idle {
@@ -323,7 +334,7 @@ impl Worker {
                 }
                 tokio::select! {
                     biased;
-                    _ = &mut stop => break,
+                    _ = &mut *stop => break,
                     changed = self.want.changed() => if changed.is_err() { break },
                 }
                 continue;
@@ -331,7 +342,7 @@ impl Worker {
             let mut want = self.want.clone();
             let attempt = tokio::select! {
                 biased;
-                _ = &mut stop => break,
+                _ = &mut *stop => break,
                 _ = want.wait_for(|w| !*w) => continue,
                 // Boxed: a connection attempt (TCP, TLS, the HTTP/2 preface) is the
                 // largest state of this future, and only lives while connecting. Kept
@@ -379,7 +390,7 @@ impl Worker {
                     let mut want = self.want.clone();
                     let wake = tokio::select! {
                         biased;
-                        _ = &mut stop => Wake::Stop,
+                        _ = &mut *stop => Wake::Stop,
                         _ = want.wait_for(|w| !*w) => Wake::Unwanted,
                         () = closed => Wake::Done,
                     };
@@ -408,7 +419,7 @@ impl Worker {
                     tracing::debug!(address = %self.subchannel.address, "{why}");
                     self.report(ConnectivityState::TransientFailure, Update::Failed(why));
                     let delay = self.backoff.next_delay(&mut self.rng);
-                    if let Wake::Stop = self.wait(&mut stop, tokio::time::sleep(delay)).await {
+                    if let Wake::Stop = self.wait(stop, tokio::time::sleep(delay)).await {
                         break;
                     }
                 }
@@ -419,7 +430,7 @@ impl Worker {
                     }
                     self.report(ConnectivityState::TransientFailure, Update::Failed(error));
                     let delay = self.backoff.next_delay(&mut self.rng);
-                    if let Wake::Stop = self.wait(&mut stop, tokio::time::sleep(delay)).await {
+                    if let Wake::Stop = self.wait(stop, tokio::time::sleep(delay)).await {
                         break;
                     }
                 }
