@@ -107,11 +107,33 @@ pub fn observability_interpreter() -> Result<PathBuf, String> {
 /// UNAVAILABLE, through grpcio's OpenTelemetry plugin with an in-memory metric reader.
 /// Returns what the script prints: the exported metrics as JSON (see the script).
 pub fn run_otel_client(target: &str) -> Result<String, String> {
-    let python = observability_interpreter()?;
-    let script = python_dir().join("otel_client.py");
-    let output = Command::new(&python)
-        .arg(&script)
-        .arg(target)
+    run_script(
+        &observability_interpreter()?,
+        "otel_client.py",
+        &[target],
+        &[],
+    )
+}
+
+/// Runs `script` (in `testkit/python/`) with `python`, these arguments and these
+/// environment variables (`None`: removed); returns its stdout, or why it failed (with
+/// its stderr).
+fn run_script(
+    python: &Path,
+    script: &str,
+    args: &[&str],
+    env: &[(&str, Option<&str>)],
+) -> Result<String, String> {
+    let script = python_dir().join(script);
+    let mut command = Command::new(python);
+    command.arg(&script).args(args);
+    for (key, value) in env {
+        match value {
+            Some(value) => command.env(key, value),
+            None => command.env_remove(key),
+        };
+    }
+    let output = command
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .stdin(Stdio::null())
         .output()
@@ -132,27 +154,12 @@ pub fn run_otel_client(target: &str) -> Result<String, String> {
 /// UnaryCalls with the interpreter of [`interpreter`]. Returns the id of the server of
 /// each call, in order: gRPC's own xDS client as a check of a test control plane.
 pub fn run_xds_client(target: &str, bootstrap: &str, calls: usize) -> Result<Vec<String>, String> {
-    let python = interpreter()?;
-    let script = python_dir().join("xds_client.py");
-    let output = Command::new(&python)
-        .arg(&script)
-        .arg(target)
-        .arg(calls.to_string())
-        .env("GRPC_XDS_BOOTSTRAP_CONFIG", bootstrap)
-        .env_remove("GRPC_XDS_BOOTSTRAP")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {} ({e})", python.display()))?;
-    if !output.status.success() {
-        return Err(format!(
-            "{} exited with {}: {}",
-            script.display(),
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        ));
-    }
-    let stdout = String::from_utf8(output.stdout).map_err(|e| format!("output not UTF-8: {e}"))?;
+    let env = [
+        ("GRPC_XDS_BOOTSTRAP_CONFIG", Some(bootstrap)),
+        ("GRPC_XDS_BOOTSTRAP", None),
+    ];
+    let calls = calls.to_string();
+    let stdout = run_script(&interpreter()?, "xds_client.py", &[target, &calls], &env)?;
     Ok(stdout.lines().map(str::to_owned).collect())
 }
 
