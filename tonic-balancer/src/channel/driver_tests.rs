@@ -439,3 +439,110 @@ async fn a_cancelled_fast_call_releases_its_load_and_counts_as_cancelled() {
     assert_eq!(stats.methods[0].errors.get("CANCELLED"), Some(&1));
     assert_eq!(server.streams(), 1);
 }
+
+/// A request body that is not ready when the call starts: a streaming call.
+struct Later {
+    polled: bool,
+    sent: bool,
+}
+
+impl http_body::Body for Later {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, tonic::Status>>> {
+        if !std::mem::replace(&mut self.polled, true) {
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        if std::mem::replace(&mut self.sent, true) {
+            return std::task::Poll::Ready(None);
+        }
+        let message = http_body::Frame::data(Bytes::from_static(&[0, 0, 0, 0, 0]));
+        std::task::Poll::Ready(Some(Ok(message)))
+    }
+}
+
+/// Streaming calls without a policy take the boxed path and are picked once each:
+/// round robin over two backends gives each half of them.
+#[tokio::test(start_paused = true)]
+async fn streaming_calls_are_picked_once_each() {
+    let servers = [Server::start(|_| Reply::Ok), Server::start(|_| Reply::Ok)];
+    let target = format!("ipv4:{},{}", servers[0].addr, servers[1].addr);
+    let channel = BalancedChannel::builder(&target)
+        .policy(crate::Policy::round_robin())
+        .build()
+        .unwrap();
+    channel
+        .wait_for(|subs| {
+            subs.iter()
+                .all(|s| s.state == crate::ConnectivityState::Ready)
+        })
+        .await;
+    for _ in 0..4 {
+        let mut request = request(None);
+        *request.body_mut() = Body::new(Later {
+            polled: false,
+            sent: false,
+        });
+        assert_eq!(call(&channel, request).await, Code::Ok);
+    }
+    assert_eq!([servers[0].streams(), servers[1].streams()], [2, 2]);
+}
+
+/// The deadline a call inherits is the one around its first poll: a tower user who
+/// wraps `call()`'s future in a scope gets it, as tonic's clients do.
+#[tokio::test(start_paused = true)]
+async fn the_inherited_deadline_is_read_when_the_call_is_polled() {
+    let server = Server::start(|_| Reply::Hang);
+    let channel = server.ready_channel(None).await;
+    let mut service = channel.clone();
+    let start = Instant::now();
+    let future = service.call(request(None));
+    let result = crate::deadline::scope(start + Duration::from_secs(2), future).await;
+    assert_eq!(result.unwrap_err().code(), Code::DeadlineExceeded);
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    assert_eq!(
+        server.header(0, "grpc-timeout").as_deref(),
+        Some("2000000u")
+    );
+}
+
+/// A call's future may be made outside the runtime (here with a deadline, whose timer
+/// needs one): it starts when polled.
+#[test]
+fn a_call_made_outside_the_runtime_starts_when_polled() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = runtime.block_on(async { Server::start(|_| Reply::Ok) });
+    let channel = runtime.block_on(server.ready_channel(None));
+    let mut service = channel.clone();
+    // Outside the runtime, with a deadline: no timer is made here.
+    let future = service.call(request(Some("1S")));
+    assert_eq!(
+        runtime.block_on(async { call_future(future).await }),
+        Code::Ok
+    );
+    assert_eq!(server.streams(), 1);
+}
+
+async fn call_future(future: super::ResponseFuture) -> Code {
+    match future.await {
+        Ok(response) => match super::trailers_only_status(response.headers()) {
+            Some(code) => code,
+            None => response
+                .into_body()
+                .collect()
+                .await
+                .ok()
+                .and_then(|c| c.trailers().and_then(super::grpc_status))
+                .unwrap_or(Code::Unknown),
+        },
+        Err(status) => status.code(),
+    }
+}

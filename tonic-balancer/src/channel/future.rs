@@ -1,5 +1,6 @@
 //! The channel's response future and the response body that carries a call's load guard.
 
+use super::Inner;
 use super::fast::{Completion, FastCall};
 use crate::load::CallGuard;
 use crate::retry::MessageLimit;
@@ -11,6 +12,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use tonic::Status;
 use tonic::body::Body;
@@ -34,6 +36,12 @@ pub struct ResponseFuture {
 // The fast path's state is inline on purpose: it is the box this future used to be.
 #[allow(clippy::large_enum_variant)]
 enum Kind {
+    /// Not polled yet: the call starts on the first poll.
+    Start {
+        inner: Arc<Inner>,
+        request: http::Request<Body>,
+        span: tracing::Span,
+    },
     /// Ended before anything was sent (a bad request, an expired deadline); `None`
     /// once taken.
     Ready(Option<Result<http::Response<Body>, Status>>),
@@ -44,6 +52,20 @@ enum Kind {
 }
 
 impl ResponseFuture {
+    pub(super) fn start(
+        inner: Arc<Inner>,
+        request: http::Request<Body>,
+        span: tracing::Span,
+    ) -> Self {
+        Self {
+            kind: Kind::Start {
+                inner,
+                request,
+                span,
+            },
+        }
+    }
+
     pub(crate) fn ready(result: Result<http::Response<Body>, Status>) -> Self {
         Self {
             kind: Kind::Ready(Some(result)),
@@ -73,6 +95,16 @@ impl Future for ResponseFuture {
         let this = &mut *self;
         loop {
             match &mut this.kind {
+                Kind::Start { .. } => {
+                    if let Kind::Start {
+                        inner,
+                        request,
+                        span,
+                    } = std::mem::replace(&mut this.kind, Kind::Ready(None))
+                    {
+                        *this = inner.start(request, span);
+                    }
+                }
                 Kind::Boxed(future) => return future.as_mut().poll(cx),
                 Kind::Ready(result) => {
                     return Poll::Ready(result.take().unwrap_or_else(|| {

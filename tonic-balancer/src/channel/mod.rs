@@ -276,7 +276,7 @@ impl Service<http::Request<Body>> for BalancedChannel {
             rpc.grpc.status_code = tracing::field::Empty,
             policy = tracing::field::Empty,
         );
-        self.inner.start(request, span)
+        ResponseFuture::start(self.inner.clone(), request, span)
     }
 }
 
@@ -287,7 +287,12 @@ impl Inner {
     /// method has no retry or hedging policy, whose request is whole, and which finds a
     /// READY subchannel at once is sent from here and returned as the fast path's
     /// unboxed state machine; every other call runs as [`Inner::run`].
-    fn start(
+    ///
+    /// It runs when the call's future is first polled, not in `Service::call`, so that
+    /// the deadline inherited from [`deadline::scope`] is the one around the poll (as
+    /// tonic's clients poll it), and so that nothing is sent or timed for a future that
+    /// is never polled or outside a runtime.
+    pub(super) fn start(
         self: &Arc<Self>,
         mut request: http::Request<Body>,
         span: tracing::Span,
@@ -377,7 +382,8 @@ impl Inner {
             record,
             start: attempt::Start::FIRST,
         };
-        if !has_policy && span.is_disabled() {
+        let whole = matches!(call.body, attempt::RequestBody::Whole { .. });
+        if whole && !has_policy && span.is_disabled() {
             let picker = &**call.config.pickers.get(call.parts.uri.path());
             self.shared.mark_active();
             let picked = self.try_pick(picker, &self.shared.snapshot.load());
