@@ -777,3 +777,41 @@ async fn ignore_resource_deletion_keeps_a_cluster_left_out() {
     })
     .await;
 }
+
+/// A cluster response whose resource cannot even be decoded (so nothing says which
+/// cluster it was) is NACKed, and no cached cluster is taken as deleted for being
+/// absent from it: a channel started afterwards still gets the last good one.
+#[tokio::test]
+async fn an_undecodable_resource_deletes_no_cached_one() {
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let b = fleet(1, Latency::None).await;
+        set_orders(&cp, &healthy(&[&b[0]]));
+        let xds_client = XdsClient::new(Bootstrap::new(cp.addr().to_string(), "test-node"));
+        let channel = BalancedChannel::builder_with_resolver(xds_client.resolver("orders"))
+            .build()
+            .unwrap();
+        wait_ready(&channel, 1).await;
+        cp.wait_for_ack(type_url::CLUSTER).await;
+
+        // Field 1 (a cluster's name, a string) as a varint: not a Cluster on the wire.
+        let garbage = envoy_types::pb::google::protobuf::Duration {
+            seconds: 5,
+            nanos: 0,
+        };
+        cp.set([XdsResource::raw(
+            type_url::CLUSTER,
+            "orders-cluster",
+            &garbage,
+        )]);
+        let nack = cp.wait_for_nack(type_url::CLUSTER).await;
+        assert!(nack.error.is_some(), "{nack:?}");
+
+        let late = BalancedChannel::builder_with_resolver(xds_client.resolver("orders"))
+            .build()
+            .unwrap();
+        wait_ready(&late, 1).await;
+        assert_eq!(call(&mut Client::new(late)).await.unwrap(), "b0");
+    })
+    .await;
+}

@@ -164,6 +164,8 @@ impl Bootstrap {
     /// [`from_env`](Self::from_env) reading variables through `var`, so it can be tested
     /// without touching the process's environment.
     fn from_vars(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> Result<Self, BootstrapError> {
+        // An empty variable is an unset one, as in grpc-go.
+        let var = |name: &str| var(name).filter(|value| !value.is_empty());
         if let Some(file) = var(BOOTSTRAP_FILE_ENV) {
             let path = Path::new(&file);
             let json = std::fs::read_to_string(path).map_err(|e| {
@@ -257,6 +259,44 @@ fn string(
     }
 }
 
+/// The `host:port` to dial for a `server_uri`, a gRPC target (gRFC A27): `host:port`,
+/// `dns:///host:port` or `dns:host:port`; or an `http://`/`https://` URI as given.
+/// Other schemes (`unix:`, `xds:`, a DNS authority) are refused by name rather than
+/// retried for ever.
+pub(crate) fn control_plane_address(uri: &str) -> Result<String, String> {
+    if uri.starts_with("http://") || uri.starts_with("https://") {
+        return Ok(uri.to_owned());
+    }
+    let host_port = if let Some(rest) = uri.strip_prefix("dns:///") {
+        rest
+    } else if let Some(rest) = uri.strip_prefix("dns://") {
+        return Err(format!(
+            "{uri:?}: a DNS server authority ({}) is not supported; use dns:///host:port",
+            rest.split('/').next().unwrap_or_default()
+        ));
+    } else if let Some(rest) = uri.strip_prefix("dns:") {
+        rest
+    } else if let Some((scheme, _)) = uri.split_once(':')
+        && !scheme.is_empty()
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphabetic() || c == '+' || c == '-')
+        && !uri.contains(']')
+        && uri[scheme.len() + 1..].parse::<u16>().is_err()
+    {
+        return Err(format!(
+            "{uri:?}: the scheme {scheme}: is not supported for the control plane; use \
+             host:port or dns:///host:port"
+        ));
+    } else {
+        uri
+    };
+    if host_port.is_empty() || host_port.contains('/') {
+        return Err(format!("{uri:?} names no host:port"));
+    }
+    Ok(host_port.to_owned())
+}
+
 fn parse_server(value: &Value, path: &str) -> Result<XdsServer, BootstrapError> {
     let map = object(value, path)?;
     let server_uri = match string(map, "server_uri", path)? {
@@ -268,6 +308,9 @@ fn parse_server(value: &Value, path: &str) -> Result<XdsServer, BootstrapError> 
             ));
         }
     };
+    if let Err(why) = control_plane_address(&server_uri) {
+        return Err(BootstrapError::new(format!("{path}.server_uri"), why));
+    }
     let creds_path = format!("{path}.channel_creds");
     let creds = match map.get("channel_creds") {
         Some(Value::Array(creds)) if !creds.is_empty() => creds,
@@ -613,6 +656,9 @@ mod tests {
         assert_eq!(both.server.server_uri, "from-file:1");
         let only_config = Bootstrap::from_vars(vars(None, Some(config))).unwrap();
         assert_eq!(only_config.server.server_uri, "from-config:1");
+        // An empty GRPC_XDS_BOOTSTRAP is unset, as in grpc-go.
+        let empty_file = Bootstrap::from_vars(vars(Some(Path::new("")), Some(config))).unwrap();
+        assert_eq!(empty_file.server.server_uri, "from-config:1");
         std::fs::remove_dir_all(&dir).unwrap();
         // The file named no longer exists: the error names the variable and the file.
         let gone = Bootstrap::from_vars(vars(Some(&file), Some(config))).unwrap_err();
@@ -658,5 +704,34 @@ mod tests {
         assert_eq!(b.server.channel_creds, ChannelCreds::Insecure);
         assert!(b.server.has_feature("xds_v3"));
         assert_eq!(b.node.id, "me");
+    }
+
+    #[test]
+    fn server_uri_is_a_grpc_target_of_a_host_and_port() {
+        for (uri, dialled) in [
+            ("127.0.0.1:18000", "127.0.0.1:18000"),
+            ("cp.mesh.local:443", "cp.mesh.local:443"),
+            ("[::1]:18000", "[::1]:18000"),
+            ("dns:///cp.mesh.local:443", "cp.mesh.local:443"),
+            ("dns:cp.mesh.local:443", "cp.mesh.local:443"),
+            ("https://cp.mesh.local", "https://cp.mesh.local"),
+        ] {
+            assert_eq!(control_plane_address(uri).as_deref(), Ok(dialled), "{uri}");
+        }
+        for uri in [
+            "unix:///etc/istio/proxy/XDS",
+            "unix-abstract:xds",
+            "xds:///cp",
+            "dns://8.8.8.8/cp:443",
+            "dns:///",
+        ] {
+            assert!(control_plane_address(uri).is_err(), "{uri}");
+        }
+        let error = Bootstrap::from_json(
+            r#"{"xds_servers": [{"server_uri": "unix:///x", "channel_creds": [{"type": "insecure"}]}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(error.path, "xds_servers[0].server_uri");
+        assert!(error.reason.contains("unix:"), "{error}");
     }
 }

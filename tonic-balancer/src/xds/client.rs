@@ -318,23 +318,30 @@ enum StreamEnd {
     Failed { heard: bool, error: String },
 }
 
-fn endpoint_uri(uri: &str, creds: &ChannelCreds) -> String {
-    if uri.contains("://") {
-        return uri.to_owned();
+fn endpoint_uri(uri: &str, creds: &ChannelCreds) -> Result<String, String> {
+    let address = super::bootstrap::control_plane_address(uri)?;
+    if address.contains("://") {
+        return Ok(address);
     }
-    match creds {
-        ChannelCreds::Insecure => format!("http://{uri}"),
-        ChannelCreds::Tls(_) => format!("https://{uri}"),
-    }
+    Ok(match creds {
+        ChannelCreds::Insecure => format!("http://{address}"),
+        ChannelCreds::Tls(_) => format!("https://{address}"),
+    })
 }
 
 /// The endpoint to the control plane, with TLS set up from the credential files.
 fn endpoint(bootstrap: &Bootstrap) -> Result<tonic::transport::Endpoint, String> {
     let server = &bootstrap.server;
-    let uri = endpoint_uri(&server.server_uri, &server.channel_creds);
+    let uri = endpoint_uri(&server.server_uri, &server.channel_creds)?;
+    // The ADS stream stays open for the client's life: HTTP/2 PINGs while it is open
+    // notice a control plane that went silent (a half-open connection) and reconnect.
+    // Every 5 minutes is what servers allow by default.
     let endpoint = tonic::transport::Endpoint::from_shared(uri.clone())
         .map_err(|e| format!("server_uri {uri:?}: {e}"))?
-        .connect_timeout(Duration::from_secs(20));
+        .connect_timeout(Duration::from_secs(20))
+        .http2_keep_alive_interval(Duration::from_secs(300))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(false);
     match &server.channel_creds {
         ChannelCreds::Insecure => Ok(endpoint),
         ChannelCreds::Tls(creds) => tls_endpoint(endpoint, creds),
@@ -531,8 +538,25 @@ fn handle_response(
         return;
     };
     let ty = &mut cache.types[kind.index()];
+    if !ty.requested {
+        // Not asked for on this stream: ACKing it with no names would subscribe to
+        // every resource of the type (the legacy wildcard).
+        let _ = tx.send(DiscoveryRequest {
+            type_url: response.type_url.clone(),
+            response_nonce: response.nonce,
+            error_detail: Some(invalid_argument(format!(
+                "type {} was not requested on this stream",
+                response.type_url
+            ))),
+            ..Default::default()
+        });
+        return;
+    }
     let mut errors = Vec::new();
     let mut seen = HashSet::new();
+    // A resource that could not be decoded far enough to name it might be any of the
+    // cached ones: none is taken as deleted by its absence then.
+    let mut unnamed = false;
     for any in &response.resources {
         match resource::decode(kind, any) {
             Ok((name, value)) => {
@@ -556,12 +580,15 @@ fn handle_response(
                         }
                         seen.insert(name.clone());
                     }
-                    None => errors.push(invalid.reason),
+                    None => {
+                        unnamed = true;
+                        errors.push(invalid.reason);
+                    }
                 }
             }
         }
     }
-    if kind.absence_deletes() && !server.has_feature("ignore_resource_deletion") {
+    if kind.absence_deletes() && !unnamed && !server.has_feature("ignore_resource_deletion") {
         for (name, entry) in &ty.entries {
             if !seen.contains(name) && entry.has_heard() {
                 entry.set(ResourceState::DoesNotExist);
