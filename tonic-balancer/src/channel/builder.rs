@@ -549,7 +549,7 @@ impl Builder {
     }
 
     /// Lets per-call credentials ([`BearerLayer`](crate::credentials::BearerLayer)) send
-    /// tokens on this channel although it has no [`Builder::tls`]: for traffic protected
+    /// tokens on this channel although it has no `Builder::tls` (feature `tls`): for traffic protected
     /// another way (a mesh sidecar on localhost, a tunnel), or an `https://` endpoint with
     /// tonic's own TLS, which the channel cannot see. Without it, wrapping the channel
     /// in a bearer layer is refused (gRPC's `RequireTransportSecurity`); see
