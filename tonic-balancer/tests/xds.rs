@@ -777,3 +777,67 @@ async fn ignore_resource_deletion_keeps_a_cluster_left_out() {
     })
     .await;
 }
+
+/// Two localities of priority 0: b0 and b1 in the first, b2 in the second.
+fn two_localities(b: &[Backend], w0: u32, w1: u32) -> Vec<LocalityEndpoints> {
+    let mut first = LocalityEndpoints::new([
+        (b[0].addr(), Health::Healthy),
+        (b[1].addr(), Health::Healthy),
+    ]);
+    first.weight = w0;
+    let mut second = LocalityEndpoints::new([(b[2].addr(), Health::Healthy)]);
+    second.weight = w1;
+    vec![first, second]
+}
+
+/// Calls per locality: (b0 + b1, b2).
+fn by_locality(served: &std::collections::BTreeMap<String, usize>) -> (usize, usize) {
+    let of = |id: &str| served.get(id).copied().unwrap_or(0);
+    (of("b0") + of("b1"), of("b2"))
+}
+
+#[tokio::test]
+async fn calls_are_split_by_locality_weight_and_follow_weight_changes() {
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let b = fleet(3, Latency::None).await;
+        // 3:1, though the first locality has two endpoints and the second one.
+        set_orders(&cp, &two_localities(&b, 3, 1));
+        let xds_client = XdsClient::new(Bootstrap::new(cp.addr().to_string(), "test-node"));
+        let channel = BalancedChannel::builder_with_resolver(xds_client.resolver("orders"))
+            .connection_backoff(fast_backoff())
+            .seed(17)
+            .build()
+            .unwrap();
+        let mut client = Client::new(channel.clone());
+        wait_ready(&channel, 3).await;
+        // 4 000 calls: 3 000 and 1 000 expected; the tolerance, ±150, is over 5
+        // standard deviations of a binomial count (27).
+        let served = support::shares(&mut client, 4_000).await;
+        let (first, second) = by_locality(&served);
+        assert!((2_850..=3_150).contains(&first), "{served:?}");
+        assert!((850..=1_150).contains(&second), "{served:?}");
+        // Within the first locality its two endpoints share alike.
+        assert!((1_350..=1_650).contains(&served["b0"]), "{served:?}");
+
+        // EDS turns the weights around: 1:3.
+        cp.set([xds::endpoints("orders-eds", &two_localities(&b, 1, 3))]);
+        cp.wait_for_ack(type_url::ENDPOINTS).await;
+        // The channel takes the new weights with the next address set: wait for a batch
+        // that shows them (b2 expected 75 of 100; the old weights gave it 25).
+        let mut batches = 0;
+        loop {
+            let (_, second) = by_locality(&support::shares(&mut client, 100).await);
+            if second >= 60 {
+                break;
+            }
+            batches += 1;
+            assert!(batches < 50, "the new weights were not taken");
+        }
+        let served = support::shares(&mut client, 4_000).await;
+        let (first, second) = by_locality(&served);
+        assert!((850..=1_150).contains(&first), "{served:?}");
+        assert!((2_850..=3_150).contains(&second), "{served:?}");
+    })
+    .await;
+}

@@ -6,10 +6,20 @@
 //! channels: a channel built for `xds:///orders` asks the control plane for the listener
 //! `orders`, follows it to its route configuration (inline or RDS), to the cluster of the
 //! default route of the virtual host matching `orders`, and to that cluster's endpoints
-//! (EDS), and balances over the endpoints that are HEALTHY or UNKNOWN, with the
-//! channel's own policy. Each locality's priority becomes the addresses' priority: the
-//! channel uses the lowest priority that has a usable backend (see
-//! [`Address::priority`](crate::resolver::Address::priority)).
+//! (EDS), and balances over the endpoints that are HEALTHY or UNKNOWN. Each locality's
+//! priority becomes the addresses' priority: the channel uses the lowest priority that
+//! has a usable backend (see [`Address::priority`](crate::resolver::Address::priority)).
+//!
+//! With each address set the resolver hands the channel a service config
+//! ([`Resolve::take_service_config`](crate::resolver::Resolve::take_service_config)) that
+//! says what the resources say: the
+//! [`locality_weighted`](crate::balance::locality_weighted) policy, which splits calls
+//! among the localities of the priority in use by their EDS weights, over the cluster's
+//! `lb_policy` (ROUND_ROBIN → round robin, LEAST_REQUEST → least request with its
+//! `choice_count`) within each locality. As in gRPC this config replaces the one given
+//! to the builder: an `xds:///` channel's policy and method configs come from the
+//! control plane, not from [`Builder::policy`](crate::Builder::policy) or
+//! [`Builder::service_config`](crate::Builder::service_config).
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
@@ -37,10 +47,7 @@
 //!
 //! # Not supported yet
 //! Weighted clusters, per-method routes (only the catch-all route is used), per-route
-//! timeouts and retries, the cluster's `lb_policy` (validated, ROUND_ROBIN or
-//! LEAST_REQUEST, but the channel's own policy is what balances: a resolver yields
-//! addresses only, and cannot hand the channel a policy), locality weights (priorities
-//! are honoured), endpoint weights, outlier detection and circuit breakers from CDS,
+//! timeouts and retries, endpoint weights, outlier detection and circuit breakers from CDS,
 //! TLS to the control plane without a `ca_certificate_file`, resource TTLs,
 //! federation (`xds://authority/name`), and the
 //! fallback control planes of gRFC A71. A listener or cluster that stops existing is a

@@ -2,8 +2,13 @@
 //! and produces the endpoints of the cluster its default route names.
 
 use super::client::{ResourceState, Watch, XdsClient};
-use super::resource::{Kind, ListenerUpdate, PathMatch, Resource, RouteConfig, RouteTarget};
+use super::resource::{
+    ClusterUpdate, EndpointsUpdate, Kind, LbPolicy, ListenerUpdate, PathMatch, Resource,
+    RouteConfig, RouteTarget,
+};
+use crate::config::{LoadBalancingConfig, LocalityWeight, LocalityWeightedConfig, ServiceConfig};
 use crate::resolver::{Address, Resolution, Resolve, ResolveError};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -14,9 +19,14 @@ use tokio::sync::mpsc;
 /// Made by [`XdsClient::resolver`]; the channel of an `xds:///name` target makes one
 /// itself. Dropping it ends its subscriptions.
 pub struct XdsResolver {
-    rx: mpsc::Receiver<Resolution>,
+    rx: mpsc::Receiver<Update>,
+    /// The service config of the address set `poll_resolve` returned last.
+    config: Option<ServiceConfig>,
     task: tokio::task::AbortHandle,
 }
+
+/// An address set and the service config that goes with it, or an error.
+type Update = Result<(Vec<Address>, ServiceConfig), ResolveError>;
 
 impl fmt::Debug for XdsResolver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -32,7 +42,18 @@ impl Drop for XdsResolver {
 
 impl Resolve for XdsResolver {
     fn poll_resolve(&mut self, cx: &mut Context<'_>) -> Poll<Option<Resolution>> {
-        self.rx.poll_recv(cx)
+        self.rx.poll_recv(cx).map(|update| {
+            update.map(|update| {
+                update.map(|(addrs, config)| {
+                    self.config = Some(config);
+                    addrs
+                })
+            })
+        })
+    }
+
+    fn take_service_config(&mut self) -> Option<ServiceConfig> {
+        self.config.take()
     }
 }
 
@@ -53,6 +74,7 @@ impl XdsClient {
         let task = tokio::spawn(follow(self.clone(), name.to_owned(), tx));
         XdsResolver {
             rx,
+            config: None,
             task: task.abort_handle(),
         }
     }
@@ -66,14 +88,14 @@ struct Chain {
     endpoints: Option<Watch>,
 }
 
-async fn follow(client: XdsClient, name: String, tx: mpsc::Sender<Resolution>) {
+async fn follow(client: XdsClient, name: String, tx: mpsc::Sender<Update>) {
     let mut chain = Chain {
         listener: client.watch(Kind::Listener, &name),
         route: None,
         cluster: None,
         endpoints: None,
     };
-    let mut last: Option<Resolution> = None;
+    let mut last: Option<Update> = None;
     loop {
         if let Some(resolution) = chain.resolve(&client, &name)
             && last.as_ref() != Some(&resolution)
@@ -135,8 +157,9 @@ fn read(watch: &mut Watch, what: &str) -> Result<Option<Arc<Resource>>, ResolveE
 }
 
 impl Chain {
-    /// The address set the chain yields now, or `None` while a resource is awaited.
-    fn resolve(&mut self, client: &XdsClient, name: &str) -> Option<Resolution> {
+    /// The address set and service config the chain yields now, or `None` while a
+    /// resource is awaited.
+    fn resolve(&mut self, client: &XdsClient, name: &str) -> Option<Update> {
         match self.try_resolve(client, name) {
             Ok(Some(addrs)) => Some(Ok(addrs)),
             Ok(None) => None,
@@ -148,7 +171,7 @@ impl Chain {
         &mut self,
         client: &XdsClient,
         name: &str,
-    ) -> Result<Option<Vec<Address>>, ResolveError> {
+    ) -> Result<Option<(Vec<Address>, ServiceConfig)>, ResolveError> {
         let Some(listener) = read(&mut self.listener, "listener")? else {
             return Ok(None);
         };
@@ -193,18 +216,51 @@ impl Chain {
         let Resource::Endpoints(endpoints) = &*endpoints else {
             return Ok(None);
         };
-        let mut addrs = Vec::new();
-        for locality in &endpoints.localities {
-            for endpoint in &locality.endpoints {
-                let mut address = Address::new(endpoint.addr);
-                address.priority = Some(u16::try_from(locality.priority).unwrap_or(u16::MAX));
-                if !addrs.contains(&address) {
-                    addrs.push(address);
-                }
-            }
-        }
-        Ok(Some(addrs))
+        let (addrs, localities) = addresses(endpoints);
+        let config = ServiceConfig {
+            load_balancing: Some(load_balancing(cluster, localities)),
+            ..ServiceConfig::default()
+        };
+        Ok(Some((addrs, config)))
     }
+}
+
+/// The endpoints that may get calls, each marked with its locality's priority and key
+/// (`PRIORITY:region/zone/sub_zone`), and each locality's weight and size. An address
+/// listed twice is kept in its first locality only.
+fn addresses(endpoints: &EndpointsUpdate) -> (Vec<Address>, Vec<LocalityWeight>) {
+    let mut addrs = Vec::new();
+    let mut seen = HashMap::new();
+    let mut localities = Vec::new();
+    for locality in &endpoints.localities {
+        let key: Arc<str> = Arc::from(format!("{}:{}", locality.priority, locality.name));
+        let mut count = 0u32;
+        for endpoint in &locality.endpoints {
+            if seen.insert(endpoint.addr, ()).is_some() {
+                continue;
+            }
+            let mut address = Address::new(endpoint.addr);
+            address.priority = Some(u16::try_from(locality.priority).unwrap_or(u16::MAX));
+            address.locality = Some(key.clone());
+            addrs.push(address);
+            count += 1;
+        }
+        if count > 0 {
+            localities.push(LocalityWeight::new(&*key, locality.weight, count));
+        }
+    }
+    (addrs, localities)
+}
+
+/// The channel's policy: locality weights over the cluster's `lb_policy`.
+fn load_balancing(cluster: &ClusterUpdate, localities: Vec<LocalityWeight>) -> LoadBalancingConfig {
+    let child = match cluster.lb_policy {
+        LbPolicy::RoundRobin => LoadBalancingConfig::RoundRobin,
+        LbPolicy::LeastRequest { choice_count } => LoadBalancingConfig::LeastRequest {
+            choice_count: choice_count as usize,
+        },
+    };
+    LoadBalancingConfig::LocalityWeighted(Box::new(LocalityWeightedConfig::new(localities, child)))
 }
 
 /// The cluster of the route every call of a channel takes: in the virtual host whose

@@ -126,7 +126,11 @@ pub(crate) struct ClusterUpdate {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum LbPolicy {
     RoundRobin,
-    LeastRequest,
+    /// `least_request_lb_config.choice_count`: 2 when unset, above 10 taken as 10
+    /// (gRFC A48).
+    LeastRequest {
+        choice_count: u32,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -136,6 +140,8 @@ pub(crate) struct EndpointsUpdate {
 
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct LocalityEndpoints {
+    /// `region/zone/sub_zone` (empty parts when the locality is absent).
+    pub(crate) name: String,
     pub(crate) weight: u32,
     pub(crate) priority: u32,
     /// The endpoints that may get calls: HEALTHY or UNKNOWN.
@@ -359,7 +365,23 @@ fn cluster(c: &cds::Cluster) -> Result<ClusterUpdate, String> {
         .map_err(|e| format!("eds_cluster_config.eds_config: {e}"))?;
     let lb_policy = match cluster::LbPolicy::try_from(c.lb_policy) {
         Ok(cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
-        Ok(cluster::LbPolicy::LeastRequest) => LbPolicy::LeastRequest,
+        Ok(cluster::LbPolicy::LeastRequest) => {
+            let config = match &c.lb_config {
+                Some(cluster::LbConfig::LeastRequestLbConfig(config)) => Some(config),
+                _ => None,
+            };
+            let choice_count = config
+                .and_then(|l| l.choice_count.as_ref())
+                .map_or(2, |c| c.value);
+            if choice_count < 2 {
+                return Err(format!(
+                    "least_request_lb_config.choice_count: must be at least 2, got {choice_count}"
+                ));
+            }
+            LbPolicy::LeastRequest {
+                choice_count: choice_count.min(crate::defaults::MAX_CHOICE_COUNT as u32),
+            }
+        }
         Ok(other) => {
             return Err(format!(
                 "lb_policy: {} is not supported (ROUND_ROBIN or LEAST_REQUEST)",
@@ -386,6 +408,24 @@ fn endpoints(cla: &eds::ClusterLoadAssignment) -> Result<EndpointsUpdate, String
         // gRFC A27: a locality of weight 0 (or none) gets no traffic.
         if weight == 0 {
             continue;
+        }
+        let name = loc.locality.as_ref().map_or_else(
+            || "//".to_owned(),
+            |l| format!("{}/{}/{}", l.region, l.zone, l.sub_zone),
+        );
+        // As grpc-go: a locality appears once per priority (its weight would be ambiguous).
+        if let Some(k) = cla.endpoints[..i].iter().position(|other| {
+            other.priority == loc.priority
+                && other.locality == loc.locality
+                && other
+                    .load_balancing_weight
+                    .as_ref()
+                    .is_some_and(|w| w.value > 0)
+        }) {
+            return Err(format!(
+                "endpoints[{i}].locality: {name:?} is also endpoints[{k}]'s, at the same priority {}",
+                loc.priority
+            ));
         }
         let mut endpoints = Vec::with_capacity(loc.lb_endpoints.len());
         for (j, lb) in loc.lb_endpoints.iter().enumerate() {
@@ -431,6 +471,7 @@ fn endpoints(cla: &eds::ClusterLoadAssignment) -> Result<EndpointsUpdate, String
             }
         }
         localities.push(LocalityEndpoints {
+            name,
             weight,
             priority: loc.priority,
             endpoints,
@@ -617,7 +658,7 @@ mod tests {
             res,
             Resource::Cluster(ClusterUpdate {
                 eds_service_name: "c".into(),
-                lb_policy: LbPolicy::LeastRequest,
+                lb_policy: LbPolicy::LeastRequest { choice_count: 2 },
             })
         );
         c.lb_policy = cluster::LbPolicy::Maglev as i32;
@@ -749,6 +790,19 @@ mod tests {
         assert!(
             reason(Kind::Endpoints, &with(lb_endpoint("10.0.0.1", 80, ok), 1))
                 .contains("priorities must run from 0")
+        );
+        // One locality twice at one priority: which weight would it have?
+        let twice = any(&eds::ClusterLoadAssignment {
+            cluster_name: "e".into(),
+            endpoints: vec![
+                locality(0, Some(1), vec![lb_endpoint("10.0.0.1", 80, ok)]),
+                locality(0, Some(2), vec![lb_endpoint("10.0.0.2", 80, ok)]),
+            ],
+            ..Default::default()
+        });
+        assert_eq!(
+            reason(Kind::Endpoints, &twice),
+            "endpoints[1].locality: \"//\" is also endpoints[0]'s, at the same priority 0"
         );
     }
 
