@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use envoy_types::pb::envoy::config::route::v3 as rds;
 use support::{Client, call, fast_backoff, fleet, wait_ready, within};
 use tonic_balancer::BalancedChannel;
 use tonic_balancer::resolver::Resolve;
@@ -838,6 +839,104 @@ async fn calls_are_split_by_locality_weight_and_follow_weight_changes() {
         let (first, second) = by_locality(&served);
         assert!((850..=1_150).contains(&first), "{served:?}");
         assert!((2_850..=3_150).contains(&second), "{served:?}");
+    })
+    .await;
+}
+
+/// `orders` with this route configuration for `orders-routes`.
+fn set_orders_routed(
+    cp: &ControlPlane,
+    eds: &[LocalityEndpoints],
+    routes: rds::RouteConfiguration,
+) {
+    set_orders(cp, eds);
+    cp.set([xds::route(routes)]);
+}
+
+/// The route action of route `i` of `orders-routes`' one virtual host.
+fn action(rc: &mut rds::RouteConfiguration, i: usize) -> &mut rds::RouteAction {
+    match &mut rc.virtual_hosts[0].routes[i].action {
+        Some(rds::route::Action::Route(action)) => action,
+        other => panic!("not a route action: {other:?}"),
+    }
+}
+
+fn millis(n: i64) -> envoy_types::pb::google::protobuf::Duration {
+    envoy_types::pb::google::protobuf::Duration {
+        seconds: n / 1000,
+        nanos: (n % 1000) as i32 * 1_000_000,
+    }
+}
+
+#[tokio::test]
+async fn route_timeouts_become_call_deadlines_per_method() {
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let b = fleet(1, Latency::Fixed(Duration::from_millis(500))).await;
+        // UnaryCall has its own route, with a 100 ms deadline (grpc_timeout_header_max
+        // over max_stream_duration, gRFC A31); the default route has none.
+        let mut rc = xds::route_config("orders-routes", &["orders"], "orders-cluster");
+        let mut unary = rc.virtual_hosts[0].routes[0].clone();
+        unary.r#match = Some(rds::RouteMatch {
+            path_specifier: Some(rds::route_match::PathSpecifier::Path(
+                "/grpc.testing.TestService/UnaryCall".into(),
+            )),
+            ..Default::default()
+        });
+        rc.virtual_hosts[0].routes.insert(0, unary);
+        action(&mut rc, 0).max_stream_duration = Some(rds::route_action::MaxStreamDuration {
+            max_stream_duration: Some(millis(60_000)),
+            grpc_timeout_header_max: Some(millis(100)),
+            ..Default::default()
+        });
+        set_orders_routed(&cp, &healthy(&[&b[0]]), rc);
+        let (channel, mut client) = orders_channel(&cp);
+        wait_ready(&channel, 1).await;
+        let status = call(&mut client).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+        // EmptyCall takes the default route: no deadline, so it waits out the 500 ms.
+        client
+            .empty_call(tonic_balancer_testkit::pb::Empty {})
+            .await
+            .expect("EmptyCall has no deadline");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_route_retry_policy_retries_failed_calls() {
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let b = fleet(1, Latency::None).await;
+        let mut rc = xds::route_config("orders-routes", &["orders"], "orders-cluster");
+        action(&mut rc, 0).retry_policy = Some(rds::RetryPolicy {
+            retry_on: "unavailable,5xx".into(),
+            num_retries: Some(envoy_types::pb::google::protobuf::UInt32Value { value: 2 }),
+            retry_back_off: Some(rds::retry_policy::RetryBackOff {
+                base_interval: Some(millis(10)),
+                max_interval: Some(millis(20)),
+            }),
+            ..Default::default()
+        });
+        set_orders_routed(&cp, &healthy(&[&b[0]]), rc);
+        let (channel, mut client) = orders_channel(&cp);
+        wait_ready(&channel, 1).await;
+        // Two failures, then success: num_retries 2 is three attempts.
+        b[0].fail_next(2, tonic::Code::Unavailable);
+        assert_eq!(call(&mut client).await.expect("retried to success"), "b0");
+        assert_eq!(b[0].calls(), 3);
+        // Three failures exhaust the attempts; the last status is the call's.
+        b[0].fail_next(3, tonic::Code::Unavailable);
+        let status = call(&mut client).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert_eq!(b[0].calls(), 6);
+        // INTERNAL is not in retry_on: no retry.
+        b[0].fail_next(1, tonic::Code::Internal);
+        assert_eq!(
+            call(&mut client).await.unwrap_err().code(),
+            tonic::Code::Internal
+        );
+        assert_eq!(b[0].calls(), 7);
     })
     .await;
 }

@@ -21,6 +21,18 @@
 //! control plane, not from [`Builder::policy`](crate::Builder::policy) or
 //! [`Builder::service_config`](crate::Builder::service_config).
 //!
+//! The same config carries the routes' deadlines and retries as method configs: the
+//! default route's as the default (`{}`), and those of the routes before it that match
+//! a whole service (prefix `/pkg.Svc/`) or one method (path `/pkg.Svc/Method`) and
+//! forward to the same cluster, under that name. A route's deadline is
+//! `max_stream_duration.grpc_timeout_header_max`, else `max_stream_duration.max_stream_duration`
+//! (gRFC A31; zero is none); its retry policy (else its virtual host's) becomes an A6
+//! retry policy as gRFC A44 says: `retry_on`'s `cancelled`, `deadline-exceeded`,
+//! `internal`, `resource-exhausted` and `unavailable` are the retryable codes (other
+//! conditions are ignored, and none left is no retries), `num_retries` + 1 the attempts
+//! (default 1 retry; at most 5 attempts), `retry_back_off` the backoff (default 25 ms
+//! up to 10 × the base), multiplier 2.
+//!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 //! // With GRPC_XDS_BOOTSTRAP (a file) or GRPC_XDS_BOOTSTRAP_CONFIG (JSON) set:
@@ -46,8 +58,11 @@
 //! (1 s, ×1.6, up to 120 s, ±20 %) and the channels keep the last good endpoints.
 //!
 //! # Not supported yet
-//! Weighted clusters, per-method routes (only the catch-all route is used), per-route
-//! timeouts and retries, endpoint weights, outlier detection and circuit breakers from CDS,
+//! Weighted clusters, routes to other clusters than the default route's and routes that
+//! match on headers, regexes, other prefixes or case-insensitively (they are passed
+//! over: their calls follow the later routes), the HttpConnectionManager's
+//! `common_http_protocol_options.max_stream_duration` (only the route's is read),
+//! `per_try_timeout` and hedging, endpoint weights, outlier detection and circuit breakers from CDS,
 //! TLS to the control plane without a `ca_certificate_file`, resource TTLs,
 //! federation (`xds://authority/name`), and the
 //! fallback control planes of gRFC A71. A listener or cluster that stops existing is a

@@ -6,7 +6,11 @@ use super::resource::{
     ClusterUpdate, EndpointsUpdate, Kind, LbPolicy, ListenerUpdate, PathMatch, Resource,
     RouteConfig, RouteTarget,
 };
-use crate::config::{LoadBalancingConfig, LocalityWeight, LocalityWeightedConfig, ServiceConfig};
+use super::resource::{Route, VirtualHost};
+use crate::config::{
+    LoadBalancingConfig, LocalityWeight, LocalityWeightedConfig, MethodConfig, MethodPattern,
+    ServiceConfig,
+};
 use crate::resolver::{Address, Resolution, Resolve, ResolveError};
 use std::collections::HashMap;
 use std::fmt;
@@ -196,7 +200,9 @@ impl Chain {
                 }
             }
         };
-        let cluster_name = default_cluster(routes, name)?;
+        let (vh, default) = default_route(routes, name)?;
+        let cluster_name = route_cluster(&vh.routes[default], name)?;
+        let method_configs = method_configs(vh, default, &cluster_name);
         let watch = ensure(&mut self.cluster, client, Kind::Cluster, &cluster_name);
         let Some(cluster) = read(watch, "cluster")? else {
             return Ok(None);
@@ -219,6 +225,7 @@ impl Chain {
         let (addrs, localities) = addresses(endpoints);
         let config = ServiceConfig {
             load_balancing: Some(load_balancing(cluster, localities)),
+            method_configs,
             ..ServiceConfig::default()
         };
         Ok(Some((addrs, config)))
@@ -263,27 +270,36 @@ fn load_balancing(cluster: &ClusterUpdate, localities: Vec<LocalityWeight>) -> L
     LoadBalancingConfig::LocalityWeighted(Box::new(LocalityWeightedConfig::new(localities, child)))
 }
 
-/// The cluster of the route every call of a channel takes: in the virtual host whose
-/// domains best match `name` (gRFC A27), the first route that matches every path with
-/// no other condition.
-fn default_cluster(rc: &RouteConfig, name: &str) -> Result<String, ResolveError> {
+/// The route every call of a channel takes unless a per-method route says otherwise:
+/// in the virtual host whose domains best match `name` (gRFC A27), the first route that
+/// matches every path with no other condition. Returns the host and the route's index.
+fn default_route<'a>(
+    rc: &'a RouteConfig,
+    name: &str,
+) -> Result<(&'a VirtualHost, usize), ResolveError> {
     let vh = best_virtual_host(rc, name).ok_or_else(|| {
         ResolveError::new(format!(
             "xDS: no virtual host has a domain matching {name:?}"
         ))
     })?;
-    let route = vh
+    let index = vh
         .routes
         .iter()
-        .find(|r| {
+        .position(|r| {
             !r.conditional && matches!(&r.path, PathMatch::Prefix(p) if p.is_empty() || p == "/")
         })
         .ok_or_else(|| {
             ResolveError::new(format!(
                 "xDS: the virtual host for {name:?} has no default route (prefix \"\" or \"/\" \
-                 with no other match); per-method routes are not supported yet"
+                 with no other match); routes that match some methods only are used for \
+                 their timeouts and retries, not on their own"
             ))
         })?;
+    Ok((vh, index))
+}
+
+/// The cluster a route forwards to, when it names one.
+fn route_cluster(route: &Route, name: &str) -> Result<String, ResolveError> {
     match &route.action {
         RouteTarget::Cluster(cluster) => Ok(cluster.clone()),
         RouteTarget::Weighted(_) => Err(ResolveError::new(format!(
@@ -296,14 +312,80 @@ fn default_cluster(rc: &RouteConfig, name: &str) -> Result<String, ResolveError>
     }
 }
 
+#[cfg(test)]
+fn default_cluster(rc: &RouteConfig, name: &str) -> Result<String, ResolveError> {
+    let (vh, i) = default_route(rc, name)?;
+    route_cluster(&vh.routes[i], name)
+}
+
+/// The method configs that say what the routes say about timeouts and retries: one per
+/// route before the default that matches a whole service (prefix `/pkg.Svc/`) or one
+/// method (path `/pkg.Svc/Method`) and forwards to the default route's cluster, then the
+/// default route's as the default config (`{}`).
+///
+/// A route before the default that cannot be expressed so (a regex, header or other
+/// conditions, a case-insensitive match, any other prefix, another cluster or weighted
+/// clusters) is passed over, as before: the calls it would take follow the routes
+/// after it. A method route that an earlier route of its service hides is dropped, as
+/// the earlier one takes its calls in xDS's first-match order.
+fn method_configs(vh: &VirtualHost, default: usize, cluster: &str) -> Vec<MethodConfig> {
+    let mut configs = Vec::new();
+    let mut services: Vec<&str> = Vec::new();
+    let mut methods: Vec<(&str, &str)> = Vec::new();
+    let config = |names: Vec<MethodPattern>, route: &Route| MethodConfig {
+        names,
+        timeout: route.timeout,
+        retry_policy: route.retry.clone(),
+        ..MethodConfig::default()
+    };
+    for route in &vh.routes[..default] {
+        if route.conditional || route.case_insensitive {
+            continue;
+        }
+        let pattern = match &route.path {
+            PathMatch::Prefix(p) => match p
+                .strip_prefix('/')
+                .and_then(|p| p.strip_suffix('/'))
+                .filter(|s| !s.is_empty() && !s.contains('/'))
+            {
+                Some(service) if !services.contains(&service) => {
+                    services.push(service);
+                    MethodPattern::service(service)
+                }
+                _ => continue,
+            },
+            PathMatch::Exact(p) => match p
+                .strip_prefix('/')
+                .and_then(|p| p.split_once('/'))
+                .filter(|(s, m)| !s.is_empty() && !m.is_empty() && !m.contains('/'))
+            {
+                Some((service, method))
+                    if !services.contains(&service) && !methods.contains(&(service, method)) =>
+                {
+                    methods.push((service, method));
+                    MethodPattern::method(service, method)
+                }
+                _ => continue,
+            },
+            PathMatch::Regex => continue,
+        };
+        // A route to another cluster still hides the later routes of its methods.
+        if matches!(&route.action, RouteTarget::Cluster(c) if c == cluster) {
+            configs.push(config(vec![pattern], route));
+        }
+    }
+    configs.push(config(
+        vec![MethodPattern::default_all()],
+        &vh.routes[default],
+    ));
+    configs
+}
+
 /// gRFC A27's domain matching: an exact match beats a suffix wildcard (`*.foo.com`),
 /// which beats a prefix wildcard (`foo.*`), which beats `*`; longer patterns first.
-fn best_virtual_host<'a>(
-    rc: &'a RouteConfig,
-    name: &str,
-) -> Option<&'a super::resource::VirtualHost> {
+fn best_virtual_host<'a>(rc: &'a RouteConfig, name: &str) -> Option<&'a VirtualHost> {
     let name = name.to_ascii_lowercase();
-    let mut best: Option<((u8, usize), &super::resource::VirtualHost)> = None;
+    let mut best: Option<((u8, usize), &VirtualHost)> = None;
     for vh in &rc.virtual_hosts {
         for domain in &vh.domains {
             let domain = domain.to_ascii_lowercase();
@@ -329,17 +411,23 @@ fn best_virtual_host<'a>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::resource::{Route, VirtualHost};
     use super::*;
+
+    fn route(path: PathMatch, conditional: bool, cluster: &str) -> Route {
+        Route {
+            path,
+            conditional,
+            case_insensitive: false,
+            action: RouteTarget::Cluster(cluster.to_owned()),
+            timeout: None,
+            retry: None,
+        }
+    }
 
     fn vh(domains: &[&str], cluster: &str) -> VirtualHost {
         VirtualHost {
             domains: domains.iter().map(|d| d.to_string()).collect(),
-            routes: vec![Route {
-                path: PathMatch::Prefix(String::new()),
-                conditional: false,
-                action: RouteTarget::Cluster(cluster.to_owned()),
-            }],
+            routes: vec![route(PathMatch::Prefix(String::new()), false, cluster)],
         }
     }
 
@@ -369,21 +457,9 @@ mod tests {
     fn only_an_unconditional_catch_all_route_is_the_default() {
         let mut host = vh(&["*"], "unused");
         host.routes = vec![
-            Route {
-                path: PathMatch::Prefix("/pkg.Svc/".into()),
-                conditional: false,
-                action: RouteTarget::Cluster("method".into()),
-            },
-            Route {
-                path: PathMatch::Prefix("/".into()),
-                conditional: true,
-                action: RouteTarget::Cluster("header".into()),
-            },
-            Route {
-                path: PathMatch::Prefix("/".into()),
-                conditional: false,
-                action: RouteTarget::Cluster("default".into()),
-            },
+            route(PathMatch::Prefix("/pkg.Svc/".into()), false, "method"),
+            route(PathMatch::Prefix("/".into()), true, "header"),
+            route(PathMatch::Prefix("/".into()), false, "default"),
         ];
         let rc = RouteConfig {
             virtual_hosts: vec![host],
@@ -397,5 +473,59 @@ mod tests {
         weighted.virtual_hosts[0].routes.pop();
         let e = default_cluster(&weighted, "x").unwrap_err();
         assert!(e.to_string().contains("no default route"), "{e}");
+    }
+
+    #[test]
+    fn routes_before_the_default_become_method_configs() {
+        let timed = |path: PathMatch, conditional: bool, cluster: &str, secs: u64| {
+            let mut r = route(path, conditional, cluster);
+            r.timeout = Some(std::time::Duration::from_secs(secs));
+            r
+        };
+        let mut insensitive = timed(PathMatch::Prefix("/f.S/".into()), false, "c", 10);
+        insensitive.case_insensitive = true;
+        let host = VirtualHost {
+            domains: vec!["*".into()],
+            routes: vec![
+                timed(PathMatch::Exact("/a.S/Get".into()), false, "c", 1),
+                timed(PathMatch::Prefix("/a.S/".into()), false, "c", 2),
+                // Hidden by the service route before it.
+                timed(PathMatch::Exact("/a.S/Put".into()), false, "c", 3),
+                // Another cluster: not expressible, but it hides b.S's later routes.
+                timed(PathMatch::Prefix("/b.S/".into()), false, "other", 4),
+                timed(PathMatch::Exact("/b.S/Get".into()), false, "c", 5),
+                // Not a whole service, a regex, a header condition, any case.
+                timed(PathMatch::Prefix("/c.".into()), false, "c", 6),
+                timed(PathMatch::Regex, false, "c", 7),
+                timed(PathMatch::Prefix("/d.S/".into()), true, "c", 8),
+                insensitive,
+                timed(PathMatch::Prefix(String::new()), false, "c", 9),
+                // After the default: never matched.
+                timed(PathMatch::Prefix("/e.S/".into()), false, "c", 11),
+            ],
+        };
+        let rc = RouteConfig {
+            virtual_hosts: vec![host],
+        };
+        let (vh, default) = default_route(&rc, "x").unwrap();
+        assert_eq!(default, 9);
+        let configs = method_configs(vh, default, "c");
+        let got: Vec<(Vec<MethodPattern>, Option<u64>)> = configs
+            .iter()
+            .map(|c| (c.names.clone(), c.timeout.map(|t| t.as_secs())))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (vec![MethodPattern::method("a.S", "Get")], Some(1)),
+                (vec![MethodPattern::service("a.S")], Some(2)),
+                (vec![MethodPattern::default_all()], Some(9)),
+            ]
+        );
+        let config = ServiceConfig {
+            method_configs: configs,
+            ..ServiceConfig::default()
+        };
+        assert_eq!(config.validate(), Ok(()));
     }
 }

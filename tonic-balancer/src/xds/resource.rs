@@ -4,6 +4,7 @@
 //! A resource that fails validation is NACKed by the client with the message built
 //! here; the message starts with the field at fault (`api_listener`, `virtual_hosts[0]`).
 
+use crate::config::RetryPolicy;
 use envoy_types::pb::envoy::config::cluster::v3::{self as cds, cluster};
 use envoy_types::pb::envoy::config::core::v3::{self as core, config_source};
 use envoy_types::pb::envoy::config::endpoint::v3 as eds;
@@ -16,6 +17,8 @@ use envoy_types::pb::envoy::service::discovery::v3::Resource as DiscoveryResourc
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+use tonic::Code;
 
 /// The type of the router HTTP filter, which gRPC requires last in the filter chain.
 const ROUTER_FILTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
@@ -95,7 +98,15 @@ pub(crate) struct Route {
     pub(crate) path: PathMatch,
     /// Whether the route has header matchers or other conditions beyond the path.
     pub(crate) conditional: bool,
+    /// Whether the path matches whatever its case (`case_sensitive: false`).
+    pub(crate) case_insensitive: bool,
     pub(crate) action: RouteTarget,
+    /// The deadline the route gives calls (gRFC A31: `max_stream_duration`'s
+    /// `grpc_timeout_header_max`, else its `max_stream_duration`); `None` when unset or 0.
+    pub(crate) timeout: Option<Duration>,
+    /// The route's retry policy, else its virtual host's (gRFC A44); `None` when neither
+    /// has one or it names no status code gRPC retries on.
+    pub(crate) retry: Option<RetryPolicy>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -283,6 +294,12 @@ fn route_config(rc: &rds::RouteConfiguration) -> Result<RouteConfig, String> {
         if vh.domains.is_empty() {
             return Err(format!("virtual_hosts[{i}].domains: empty"));
         }
+        let vh_retry = match &vh.retry_policy {
+            Some(rp) => {
+                retry_policy(rp).map_err(|e| format!("virtual_hosts[{i}].retry_policy.{e}"))?
+            }
+            None => None,
+        };
         let mut routes = Vec::with_capacity(vh.routes.len());
         for (j, r) in vh.routes.iter().enumerate() {
             let at = format!("virtual_hosts[{i}].routes[{j}]");
@@ -299,6 +316,25 @@ fn route_config(rc: &rds::RouteConfiguration) -> Result<RouteConfig, String> {
             let conditional = !m.headers.is_empty()
                 || m.runtime_fraction.is_some()
                 || !m.query_parameters.is_empty();
+            let case_insensitive = m.case_sensitive.as_ref().is_some_and(|c| !c.value);
+            let (timeout, route_retry) = match &r.action {
+                Some(route::Action::Route(a)) => (
+                    route_timeout(a.max_stream_duration.as_ref())
+                        .map_err(|e| format!("{at}.route.max_stream_duration.{e}"))?,
+                    a.retry_policy
+                        .as_ref()
+                        .map(|rp| {
+                            retry_policy(rp).map_err(|e| format!("{at}.route.retry_policy.{e}"))
+                        })
+                        .transpose()?,
+                ),
+                _ => (None, None),
+            };
+            // A44: the route's policy, else the virtual host's.
+            let retry = match route_retry {
+                Some(policy) => policy,
+                None => vh_retry.clone(),
+            };
             let action = match &r.action {
                 Some(route::Action::Route(a)) => match &a.cluster_specifier {
                     Some(route_action::ClusterSpecifier::Cluster(c)) if !c.is_empty() => {
@@ -329,7 +365,10 @@ fn route_config(rc: &rds::RouteConfiguration) -> Result<RouteConfig, String> {
             routes.push(Route {
                 path,
                 conditional,
+                case_insensitive,
                 action,
+                timeout,
+                retry,
             });
         }
         virtual_hosts.push(VirtualHost {
@@ -338,6 +377,97 @@ fn route_config(rc: &rds::RouteConfiguration) -> Result<RouteConfig, String> {
         });
     }
     Ok(RouteConfig { virtual_hosts })
+}
+
+/// A proto3 Duration as a `Duration`; `field` names it in the error.
+fn duration(
+    d: &envoy_types::pb::google::protobuf::Duration,
+    field: &str,
+) -> Result<Duration, String> {
+    // proto3's range: 10 000 years, nanos within a second, no sign.
+    if d.seconds < 0 || d.seconds > 315_576_000_000 || !(0..1_000_000_000).contains(&d.nanos) {
+        return Err(format!(
+            "{field}: not a valid duration ({}s {}ns)",
+            d.seconds, d.nanos
+        ));
+    }
+    Ok(Duration::new(d.seconds as u64, d.nanos as u32))
+}
+
+/// gRFC A31: the deadline of a route's calls is `grpc_timeout_header_max` if set, else
+/// `max_stream_duration`; zero (or neither) is no deadline.
+fn route_timeout(
+    msd: Option<&route_action::MaxStreamDuration>,
+) -> Result<Option<Duration>, String> {
+    let Some(msd) = msd else {
+        return Ok(None);
+    };
+    let chosen = match (&msd.grpc_timeout_header_max, &msd.max_stream_duration) {
+        (Some(d), _) => duration(d, "grpc_timeout_header_max")?,
+        (None, Some(d)) => duration(d, "max_stream_duration")?,
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(chosen).filter(|d| !d.is_zero()))
+}
+
+/// gRFC A44's default backoff: a base of 25 ms, and a maximum of 10 × the base.
+const DEFAULT_RETRY_BASE_INTERVAL: Duration = Duration::from_millis(25);
+
+/// gRFC A44: an Envoy retry policy as an A6 one. `retry_on`'s gRPC conditions become the
+/// retryable codes (others are ignored; none left means no retries), `num_retries + 1`
+/// the attempts (at most 5, A6's limit), `retry_back_off` the backoff, multiplier 2.
+fn retry_policy(rp: &rds::RetryPolicy) -> Result<Option<RetryPolicy>, String> {
+    let mut codes = Vec::new();
+    for condition in rp.retry_on.split(',') {
+        let code = match condition.trim().to_ascii_lowercase().as_str() {
+            "cancelled" => Code::Cancelled,
+            "deadline-exceeded" => Code::DeadlineExceeded,
+            "internal" => Code::Internal,
+            "resource-exhausted" => Code::ResourceExhausted,
+            "unavailable" => Code::Unavailable,
+            _ => continue,
+        };
+        if !codes.contains(&code) {
+            codes.push(code);
+        }
+    }
+    let num_retries = match &rp.num_retries {
+        Some(n) if n.value == 0 => return Err("num_retries: must be at least 1, got 0".into()),
+        Some(n) => n.value,
+        None => 1,
+    };
+    let (base, max) = match &rp.retry_back_off {
+        None => (
+            DEFAULT_RETRY_BASE_INTERVAL,
+            DEFAULT_RETRY_BASE_INTERVAL * 10,
+        ),
+        Some(b) => {
+            let base = match &b.base_interval {
+                Some(d) => duration(d, "retry_back_off.base_interval")?,
+                None => return Err("retry_back_off.base_interval: missing".into()),
+            };
+            if base.is_zero() {
+                return Err("retry_back_off.base_interval: must be > 0".into());
+            }
+            let max = match &b.max_interval {
+                Some(d) => duration(d, "retry_back_off.max_interval")?,
+                None => base.saturating_mul(10),
+            };
+            if max < base {
+                return Err(format!(
+                    "retry_back_off.max_interval: {max:?} is less than base_interval ({base:?})"
+                ));
+            }
+            (base, max)
+        }
+    };
+    if codes.is_empty() {
+        return Ok(None);
+    }
+    let attempts = num_retries
+        .saturating_add(1)
+        .min(crate::defaults::MAX_ATTEMPTS);
+    Ok(Some(RetryPolicy::new(attempts, base, max, 2.0, codes)))
 }
 
 fn cluster(c: &cds::Cluster) -> Result<ClusterUpdate, String> {
@@ -875,6 +1005,177 @@ mod tests {
         assert_eq!(
             reason(Kind::RouteConfig, &any(&no_match)),
             "virtual_hosts[0].routes[0].match: missing"
+        );
+    }
+
+    fn proto_duration(millis: i64) -> envoy_types::pb::google::protobuf::Duration {
+        envoy_types::pb::google::protobuf::Duration {
+            seconds: millis / 1000,
+            nanos: (millis % 1000) as i32 * 1_000_000,
+        }
+    }
+
+    /// A route configuration whose one catch-all route has this action, and whose
+    /// virtual host has `vh_retry`.
+    fn routes_with(
+        action: rds::RouteAction,
+        vh_retry: Option<rds::RetryPolicy>,
+    ) -> Result<Route, String> {
+        let rc = rds::RouteConfiguration {
+            name: "r".into(),
+            virtual_hosts: vec![rds::VirtualHost {
+                domains: vec!["*".into()],
+                retry_policy: vh_retry,
+                routes: vec![rds::Route {
+                    r#match: Some(rds::RouteMatch {
+                        path_specifier: Some(route_match::PathSpecifier::Prefix(String::new())),
+                        ..Default::default()
+                    }),
+                    action: Some(route::Action::Route(rds::RouteAction {
+                        cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
+                            "c".into(),
+                        )),
+                        ..action
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        match decode(Kind::RouteConfig, &any(&rc)) {
+            Ok((_, Resource::RouteConfig(mut rc))) => Ok(rc.virtual_hosts[0].routes.remove(0)),
+            Ok((_, other)) => panic!("{other:?}"),
+            Err(invalid) => Err(invalid.reason),
+        }
+    }
+
+    #[test]
+    fn a_route_timeout_is_grpc_timeout_header_max_else_max_stream_duration() {
+        let with = |max: Option<i64>, header_max: Option<i64>| {
+            routes_with(
+                rds::RouteAction {
+                    max_stream_duration: Some(route_action::MaxStreamDuration {
+                        max_stream_duration: max.map(proto_duration),
+                        grpc_timeout_header_max: header_max.map(proto_duration),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                None,
+            )
+            .map(|r| r.timeout)
+        };
+        let ms = |n| Some(Duration::from_millis(n));
+        assert_eq!(with(Some(1500), None), Ok(ms(1500)));
+        assert_eq!(with(Some(1500), Some(200)), Ok(ms(200)));
+        // Zero is no deadline, as unset is.
+        assert_eq!(with(Some(1500), Some(0)), Ok(None));
+        assert_eq!(with(None, None), Ok(None));
+        assert_eq!(
+            with(Some(-1000), None),
+            Err(
+                "virtual_hosts[0].routes[0].route.max_stream_duration.max_stream_duration: \
+                 not a valid duration (-1s 0ns)"
+                    .to_owned()
+            )
+        );
+    }
+
+    #[test]
+    fn a_route_retry_policy_maps_onto_grpc_retries() {
+        let policy =
+            |retry_on: &str, num_retries: Option<u32>, backoff: Option<(i64, Option<i64>)>| {
+                rds::RetryPolicy {
+                    retry_on: retry_on.into(),
+                    num_retries: num_retries.map(|value| UInt32Value { value }),
+                    retry_back_off: backoff.map(|(base, max)| rds::retry_policy::RetryBackOff {
+                        base_interval: Some(proto_duration(base)),
+                        max_interval: max.map(proto_duration),
+                    }),
+                    ..Default::default()
+                }
+            };
+        let on_route = |p: rds::RetryPolicy| {
+            routes_with(
+                rds::RouteAction {
+                    retry_policy: Some(p),
+                    ..Default::default()
+                },
+                None,
+            )
+            .map(|r| r.retry)
+        };
+        // gRPC's conditions only; num_retries 7 is 8 attempts, A6 allows 5; A44's
+        // default backoff is 25 ms up to 250 ms, multiplier 2.
+        let got = on_route(policy(
+            "unavailable, Cancelled,5xx,internal,unavailable",
+            Some(7),
+            None,
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            got,
+            RetryPolicy::new(
+                5,
+                Duration::from_millis(25),
+                Duration::from_millis(250),
+                2.0,
+                vec![Code::Unavailable, Code::Cancelled, Code::Internal],
+            )
+        );
+        // Unset num_retries is one retry; a base alone gives a maximum of 10 × it.
+        let got = on_route(policy("deadline-exceeded", None, Some((10, None))))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (got.max_attempts, got.initial_backoff, got.max_backoff),
+            (2, Duration::from_millis(10), Duration::from_millis(100))
+        );
+        // No gRPC condition: no retries.
+        assert_eq!(on_route(policy("5xx,reset", Some(3), None)), Ok(None));
+        let at = "virtual_hosts[0].routes[0].route.retry_policy";
+        assert_eq!(
+            on_route(policy("unavailable", Some(0), None)),
+            Err(format!("{at}.num_retries: must be at least 1, got 0"))
+        );
+        assert_eq!(
+            on_route(policy("unavailable", None, Some((0, None)))),
+            Err(format!("{at}.retry_back_off.base_interval: must be > 0"))
+        );
+        assert_eq!(
+            on_route(policy("unavailable", None, Some((100, Some(50))))),
+            Err(format!(
+                "{at}.retry_back_off.max_interval: 50ms is less than base_interval (100ms)"
+            ))
+        );
+        // The virtual host's policy serves routes that have none, and only those.
+        let vh = policy("resource-exhausted", Some(2), None);
+        let inherited = routes_with(rds::RouteAction::default(), Some(vh.clone()))
+            .unwrap()
+            .retry
+            .unwrap();
+        assert_eq!(
+            inherited.retryable_status_codes,
+            vec![Code::ResourceExhausted]
+        );
+        let own = routes_with(
+            rds::RouteAction {
+                retry_policy: Some(policy("unavailable", Some(1), None)),
+                ..Default::default()
+            },
+            Some(vh.clone()),
+        )
+        .unwrap()
+        .retry
+        .unwrap();
+        assert_eq!(own.retryable_status_codes, vec![Code::Unavailable]);
+        let mut bad = vh;
+        bad.num_retries = Some(UInt32Value { value: 0 });
+        assert_eq!(
+            routes_with(rds::RouteAction::default(), Some(bad)).map(|r| r.retry),
+            Err("virtual_hosts[0].retry_policy.num_retries: must be at least 1, got 0".into())
         );
     }
 }
