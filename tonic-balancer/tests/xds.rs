@@ -940,3 +940,104 @@ async fn a_route_retry_policy_retries_failed_calls() {
     })
     .await;
 }
+
+/// `orders-cluster` replaced by this Cluster message.
+fn set_cluster(cp: &ControlPlane, cluster: envoy_types::pb::envoy::config::cluster::v3::Cluster) {
+    cp.set([XdsResource::raw(
+        type_url::CLUSTER,
+        "orders-cluster",
+        &cluster,
+    )]);
+}
+
+#[tokio::test]
+async fn a_least_request_cluster_sends_calls_away_from_busy_endpoints() {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::LbPolicy;
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let slow = Backend::builder("slow")
+            .latency(Latency::Fixed(Duration::from_secs(30)))
+            .start()
+            .await
+            .unwrap();
+        let fast = Backend::start("fast").await.unwrap();
+        set_orders(&cp, &healthy(&[&slow, &fast]));
+        let mut cluster = xds::cluster_proto("orders-cluster", "orders-eds");
+        cluster.lb_policy = LbPolicy::LeastRequest as i32;
+        set_cluster(&cp, cluster);
+        let (channel, client) = orders_channel(&cp);
+        wait_ready(&channel, 2).await;
+        // Twenty calls one after the other; a call the slow endpoint takes stays there.
+        let mut stuck = Vec::new();
+        for _ in 0..20 {
+            let mut client = client.clone();
+            let mut handle = tokio::spawn(async move { call(&mut client).await });
+            let held = slow.in_flight();
+            tokio::select! {
+                served = &mut handle => assert_eq!(served.unwrap().unwrap(), "fast"),
+                () = slow.wait_in_flight(held + 1) => stuck.push(handle),
+            }
+        }
+        // Least request sees the slow endpoint's call in flight and goes to the idle
+        // one: at most the first call (a tie) is stuck. Round robin would strand ten.
+        assert!(
+            stuck.len() <= 1,
+            "{} calls went to the busy endpoint",
+            stuck.len()
+        );
+        assert_eq!(fast.calls() as usize, 20 - stuck.len());
+        for handle in stuck {
+            handle.abort();
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_clusters_outlier_detection_ejects_a_failing_endpoint() {
+    use envoy_types::pb::envoy::config::cluster::v3::OutlierDetection;
+    use envoy_types::pb::google::protobuf::UInt32Value;
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let b = fleet(3, Latency::None).await;
+        set_orders(&cp, &healthy(&[&b[0], &b[1], &b[2]]));
+        let value = |value| Some(UInt32Value { value });
+        let mut cluster = xds::cluster_proto("orders-cluster", "orders-eds");
+        // Failure percentage only (A50: on when enforcing_failure_percentage > 0;
+        // success rate off when enforcing_success_rate is 0).
+        cluster.outlier_detection = Some(OutlierDetection {
+            interval: Some(millis(50)),
+            base_ejection_time: Some(millis(300_000)),
+            max_ejection_percent: value(50),
+            enforcing_success_rate: value(0),
+            enforcing_failure_percentage: value(100),
+            failure_percentage_threshold: value(50),
+            failure_percentage_minimum_hosts: value(3),
+            failure_percentage_request_volume: value(5),
+            ..Default::default()
+        });
+        set_cluster(&cp, cluster);
+        let (channel, mut client) = orders_channel(&cp);
+        wait_ready(&channel, 3).await;
+        b[0].set_failure(1.0, tonic::Code::Unavailable);
+        let ejected = |channel: &BalancedChannel| {
+            channel
+                .stats()
+                .endpoints
+                .iter()
+                .any(|e| e.address.addr == b[0].addr() && e.ejected)
+        };
+        // Calls drive the counts; each 50 ms interval decides.
+        let mut calls = 0;
+        while !ejected(&channel) {
+            let _ = call(&mut client).await;
+            calls += 1;
+            assert!(calls < 20_000, "b0 was never ejected");
+        }
+        let before = b[0].calls();
+        let served = support::shares(&mut client, 30).await;
+        assert_eq!(served.get("b0"), None, "{served:?}");
+        assert_eq!(b[0].calls(), before);
+    })
+    .await;
+}

@@ -16,7 +16,10 @@
 //! [`locality_weighted`](crate::balance::locality_weighted) policy, which splits calls
 //! among the localities of the priority in use by their EDS weights, over the cluster's
 //! `lb_policy` (ROUND_ROBIN → round robin, LEAST_REQUEST → least request with its
-//! `choice_count`) within each locality. As in gRPC this config replaces the one given
+//! `choice_count`) within each locality, under the cluster's `outlier_detection` when it
+//! has one (gRFC A50: unset fields take A50's defaults, success-rate ejection is on
+//! unless `enforcing_success_rate` is 0, failure-percentage ejection only when
+//! `enforcing_failure_percentage` is above 0). As in gRPC this config replaces the one given
 //! to the builder: an `xds:///` channel's policy and method configs come from the
 //! control plane, not from [`Builder::policy`](crate::Builder::policy) or
 //! [`Builder::service_config`](crate::Builder::service_config).
@@ -62,7 +65,8 @@
 //! match on headers, regexes, other prefixes or case-insensitively (they are passed
 //! over: their calls follow the later routes), the HttpConnectionManager's
 //! `common_http_protocol_options.max_stream_duration` (only the route's is read),
-//! `per_try_timeout` and hedging, endpoint weights, outlier detection and circuit breakers from CDS,
+//! `per_try_timeout` and hedging, endpoint weights, Envoy's consecutive-failure
+//! ejection, circuit breakers,
 //! TLS to the control plane without a `ca_certificate_file`, resource TTLs,
 //! federation (`xds://authority/name`), and the
 //! fallback control planes of gRFC A71. A listener or cluster that stops existing is a

@@ -259,7 +259,8 @@ fn addresses(endpoints: &EndpointsUpdate) -> (Vec<Address>, Vec<LocalityWeight>)
     (addrs, localities)
 }
 
-/// The channel's policy: locality weights over the cluster's `lb_policy`.
+/// The channel's policy: the cluster's outlier detection, if any, over locality weights
+/// over the cluster's `lb_policy`.
 fn load_balancing(cluster: &ClusterUpdate, localities: Vec<LocalityWeight>) -> LoadBalancingConfig {
     let child = match cluster.lb_policy {
         LbPolicy::RoundRobin => LoadBalancingConfig::RoundRobin,
@@ -267,7 +268,17 @@ fn load_balancing(cluster: &ClusterUpdate, localities: Vec<LocalityWeight>) -> L
             choice_count: choice_count as usize,
         },
     };
-    LoadBalancingConfig::LocalityWeighted(Box::new(LocalityWeightedConfig::new(localities, child)))
+    let weighted = LoadBalancingConfig::LocalityWeighted(Box::new(LocalityWeightedConfig::new(
+        localities, child,
+    )));
+    match &cluster.outlier_detection {
+        Some(od) => {
+            let mut od = od.clone();
+            od.child_policy = weighted;
+            LoadBalancingConfig::OutlierDetection(Box::new(od))
+        }
+        None => weighted,
+    }
 }
 
 /// The route every call of a channel takes unless a per-method route says otherwise:

@@ -4,7 +4,10 @@
 //! A resource that fails validation is NACKed by the client with the message built
 //! here; the message starts with the field at fault (`api_listener`, `virtual_hosts[0]`).
 
-use crate::config::RetryPolicy;
+use crate::config::{
+    FailurePercentageEjectionConfig, LoadBalancingConfig, OutlierDetectionConfig, RetryPolicy,
+    SuccessRateEjectionConfig,
+};
 use envoy_types::pb::envoy::config::cluster::v3::{self as cds, cluster};
 use envoy_types::pb::envoy::config::core::v3::{self as core, config_source};
 use envoy_types::pb::envoy::config::endpoint::v3 as eds;
@@ -132,6 +135,9 @@ pub(crate) struct ClusterUpdate {
     /// own name when that is empty.
     pub(crate) eds_service_name: String,
     pub(crate) lb_policy: LbPolicy,
+    /// `outlier_detection` as gRFC A50 maps it; its child policy is a placeholder the
+    /// resolver replaces. `None` when the cluster has none.
+    pub(crate) outlier_detection: Option<OutlierDetectionConfig>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -525,10 +531,105 @@ fn cluster(c: &cds::Cluster) -> Result<ClusterUpdate, String> {
     } else {
         eds.service_name.clone()
     };
+    let outlier_detection = c
+        .outlier_detection
+        .as_ref()
+        .map(|od| outlier_detection(od).map_err(|e| format!("outlier_detection.{e}")))
+        .transpose()?;
     Ok(ClusterUpdate {
         eds_service_name,
         lb_policy,
+        outlier_detection,
     })
+}
+
+/// gRFC A50: a cluster's outlier detection as `outlier_detection_experimental`. Unset
+/// fields take A50's defaults; success-rate ejection is on unless
+/// `enforcing_success_rate` is 0 (default 100), failure-percentage ejection only when
+/// `enforcing_failure_percentage` is above 0 (default 0). The consecutive-failure and
+/// local-origin fields are Envoy's only and are ignored.
+fn outlier_detection(od: &cds::OutlierDetection) -> Result<OutlierDetectionConfig, String> {
+    let u32_or = |v: &Option<envoy_types::pb::google::protobuf::UInt32Value>, default: u32| {
+        v.as_ref().map_or(default, |v| v.value)
+    };
+    let percent =
+        |v: &Option<envoy_types::pb::google::protobuf::UInt32Value>, default: u32, field: &str| {
+            let value = u32_or(v, default);
+            if value > 100 {
+                Err(format!(
+                    "{field}: must be a percentage (at most 100), got {value}"
+                ))
+            } else {
+                Ok(value)
+            }
+        };
+    let duration_or =
+        |d: &Option<envoy_types::pb::google::protobuf::Duration>,
+         default: Duration,
+         field: &str| { d.as_ref().map_or(Ok(default), |d| duration(d, field)) };
+    let mut config = OutlierDetectionConfig::new(LoadBalancingConfig::RoundRobin);
+    config.interval = duration_or(
+        &od.interval,
+        crate::defaults::DEFAULT_EJECTION_INTERVAL,
+        "interval",
+    )?;
+    config.base_ejection_time = duration_or(
+        &od.base_ejection_time,
+        crate::defaults::DEFAULT_BASE_EJECTION_TIME,
+        "base_ejection_time",
+    )?;
+    config.max_ejection_time = duration_or(
+        &od.max_ejection_time,
+        crate::defaults::DEFAULT_MAX_EJECTION_TIME.max(config.base_ejection_time),
+        "max_ejection_time",
+    )?;
+    // Zero would make the channel's timers spin; A50's JSON forbids it too.
+    if config.interval.is_zero() {
+        return Err("interval: must be > 0".into());
+    }
+    if config.base_ejection_time.is_zero() {
+        return Err("base_ejection_time: must be > 0".into());
+    }
+    config.max_ejection_percent = percent(
+        &od.max_ejection_percent,
+        crate::defaults::DEFAULT_MAX_EJECTION_PERCENT,
+        "max_ejection_percent",
+    )?;
+    let enforcing_success_rate =
+        percent(&od.enforcing_success_rate, 100, "enforcing_success_rate")?;
+    if enforcing_success_rate > 0 {
+        let defaults = SuccessRateEjectionConfig::default();
+        let sr = SuccessRateEjectionConfig {
+            enforcement_percentage: enforcing_success_rate,
+            stdev_factor: u32_or(&od.success_rate_stdev_factor, defaults.stdev_factor),
+            minimum_hosts: u32_or(&od.success_rate_minimum_hosts, defaults.minimum_hosts),
+            request_volume: u32_or(&od.success_rate_request_volume, defaults.request_volume),
+        };
+        config.success_rate_ejection = Some(sr);
+    }
+    let enforcing_failure_percentage = percent(
+        &od.enforcing_failure_percentage,
+        0,
+        "enforcing_failure_percentage",
+    )?;
+    if enforcing_failure_percentage > 0 {
+        let defaults = FailurePercentageEjectionConfig::default();
+        let fp = FailurePercentageEjectionConfig {
+            enforcement_percentage: enforcing_failure_percentage,
+            threshold: percent(
+                &od.failure_percentage_threshold,
+                defaults.threshold,
+                "failure_percentage_threshold",
+            )?,
+            minimum_hosts: u32_or(&od.failure_percentage_minimum_hosts, defaults.minimum_hosts),
+            request_volume: u32_or(
+                &od.failure_percentage_request_volume,
+                defaults.request_volume,
+            ),
+        };
+        config.failure_percentage_ejection = Some(fp);
+    }
+    Ok(config)
 }
 
 fn endpoints(cla: &eds::ClusterLoadAssignment) -> Result<EndpointsUpdate, String> {
@@ -789,6 +890,7 @@ mod tests {
             Resource::Cluster(ClusterUpdate {
                 eds_service_name: "c".into(),
                 lb_policy: LbPolicy::LeastRequest { choice_count: 2 },
+                outlier_detection: None,
             })
         );
         c.lb_policy = cluster::LbPolicy::Maglev as i32;
@@ -1176,6 +1278,122 @@ mod tests {
         assert_eq!(
             routes_with(rds::RouteAction::default(), Some(bad)).map(|r| r.retry),
             Err("virtual_hosts[0].retry_policy.num_retries: must be at least 1, got 0".into())
+        );
+    }
+
+    fn eds_cluster() -> cds::Cluster {
+        cds::Cluster {
+            name: "c".into(),
+            cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+                cluster::DiscoveryType::Eds as i32,
+            )),
+            eds_cluster_config: Some(cluster::EdsClusterConfig {
+                eds_config: Some(ads()),
+                service_name: String::new(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn cluster_update(c: &cds::Cluster) -> Result<ClusterUpdate, String> {
+        match decode(Kind::Cluster, &any(c)) {
+            Ok((_, Resource::Cluster(update))) => Ok(update),
+            Ok((_, other)) => panic!("{other:?}"),
+            Err(invalid) => Err(invalid.reason),
+        }
+    }
+
+    #[test]
+    fn least_request_takes_its_choice_count() {
+        let mut c = eds_cluster();
+        c.lb_policy = cluster::LbPolicy::LeastRequest as i32;
+        let with = |c: &mut cds::Cluster, n: u32| {
+            c.lb_config = Some(cluster::LbConfig::LeastRequestLbConfig(
+                cluster::LeastRequestLbConfig {
+                    choice_count: Some(UInt32Value { value: n }),
+                    ..Default::default()
+                },
+            ));
+            cluster_update(c).map(|u| u.lb_policy)
+        };
+        assert_eq!(
+            with(&mut c, 3),
+            Ok(LbPolicy::LeastRequest { choice_count: 3 })
+        );
+        // A48: above 10 is 10.
+        assert_eq!(
+            with(&mut c, 50),
+            Ok(LbPolicy::LeastRequest { choice_count: 10 })
+        );
+        assert_eq!(
+            with(&mut c, 1),
+            Err("least_request_lb_config.choice_count: must be at least 2, got 1".into())
+        );
+    }
+
+    #[test]
+    fn outlier_detection_maps_as_a50_says() {
+        let mut c = eds_cluster();
+        assert_eq!(cluster_update(&c).unwrap().outlier_detection, None);
+        // All defaults: success rate on (enforcing 100), failure percentage off.
+        c.outlier_detection = Some(cds::OutlierDetection::default());
+        let od = cluster_update(&c).unwrap().outlier_detection.unwrap();
+        assert_eq!(od.interval, Duration::from_secs(10));
+        assert_eq!(od.base_ejection_time, Duration::from_secs(30));
+        assert_eq!(od.max_ejection_time, Duration::from_secs(300));
+        assert_eq!(od.max_ejection_percent, 10);
+        assert_eq!(
+            od.success_rate_ejection,
+            Some(SuccessRateEjectionConfig::default())
+        );
+        assert_eq!(od.failure_percentage_ejection, None);
+        let value = |value| Some(UInt32Value { value });
+        c.outlier_detection = Some(cds::OutlierDetection {
+            interval: Some(proto_duration(500)),
+            base_ejection_time: Some(proto_duration(400_000)),
+            max_ejection_percent: value(50),
+            enforcing_success_rate: value(0),
+            enforcing_failure_percentage: value(80),
+            failure_percentage_threshold: value(60),
+            failure_percentage_minimum_hosts: value(3),
+            failure_percentage_request_volume: value(7),
+            ..Default::default()
+        });
+        let od = cluster_update(&c).unwrap().outlier_detection.unwrap();
+        assert_eq!(od.interval, Duration::from_millis(500));
+        // No max_ejection_time: 300 s, or the base when longer.
+        assert_eq!(od.max_ejection_time, Duration::from_secs(400));
+        assert_eq!(od.max_ejection_percent, 50);
+        assert_eq!(od.success_rate_ejection, None);
+        let fp = od.failure_percentage_ejection.unwrap();
+        assert_eq!(
+            (
+                fp.enforcement_percentage,
+                fp.threshold,
+                fp.minimum_hosts,
+                fp.request_volume
+            ),
+            (80, 60, 3, 7)
+        );
+        c.outlier_detection = Some(cds::OutlierDetection {
+            max_ejection_percent: value(101),
+            ..Default::default()
+        });
+        assert_eq!(
+            cluster_update(&c),
+            Err(
+                "outlier_detection.max_ejection_percent: must be a percentage (at most 100), \
+                 got 101"
+                    .into()
+            )
+        );
+        c.outlier_detection = Some(cds::OutlierDetection {
+            interval: Some(proto_duration(0)),
+            ..Default::default()
+        });
+        assert_eq!(
+            cluster_update(&c),
+            Err("outlier_detection.interval: must be > 0".into())
         );
     }
 }
