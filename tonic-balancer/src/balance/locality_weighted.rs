@@ -5,7 +5,7 @@
 //! `weighted_target`, one child policy per locality) and its endpoints share that part
 //! through the child policy. The xDS resolver marks each address with its locality
 //! ([`Address::locality`](crate::resolver::Address::locality)) and hands the channel a
-//! [`LocalityWeightedConfig`](crate::config::LocalityWeightedConfig) naming each
+//! [`LocalityWeightedConfig`] naming each
 //! locality's weight and number of endpoints.
 //!
 //! # How it picks
