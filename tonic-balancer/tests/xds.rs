@@ -1041,3 +1041,26 @@ async fn a_clusters_outlier_detection_ejects_a_failing_endpoint() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_listener_max_stream_duration_is_the_deadline_of_routes_without_one() {
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let b = fleet(1, Latency::Fixed(Duration::from_millis(500))).await;
+        set_orders(&cp, &healthy(&[&b[0]]));
+        // The listener says 100 ms; the default route says nothing (gRFC A31).
+        let mut manager = xds::http_connection_manager(Routes::Rds("orders-routes".into()));
+        manager.common_http_protocol_options = Some(
+            envoy_types::pb::envoy::config::core::v3::HttpProtocolOptions {
+                max_stream_duration: Some(millis(100)),
+                ..Default::default()
+            },
+        );
+        cp.set([xds::listener_with("orders", &manager)]);
+        let (channel, mut client) = orders_channel(&cp);
+        wait_ready(&channel, 1).await;
+        let status = call(&mut client).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    })
+    .await;
+}

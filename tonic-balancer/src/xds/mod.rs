@@ -28,8 +28,9 @@
 //! default route's as the default (`{}`), and those of the routes before it that match
 //! a whole service (prefix `/pkg.Svc/`) or one method (path `/pkg.Svc/Method`) and
 //! forward to the same cluster, under that name. A route's deadline is
-//! `max_stream_duration.grpc_timeout_header_max`, else `max_stream_duration.max_stream_duration`
-//! (gRFC A31; zero is none); its retry policy (else its virtual host's) becomes an A6
+//! `max_stream_duration.grpc_timeout_header_max`, else `max_stream_duration.max_stream_duration`,
+//! else the listener's `common_http_protocol_options.max_stream_duration` (gRFC A31;
+//! zero is none); its retry policy (else its virtual host's) becomes an A6
 //! retry policy as gRFC A44 says: `retry_on`'s `cancelled`, `deadline-exceeded`,
 //! `internal`, `resource-exhausted` and `unavailable` are the retryable codes (other
 //! conditions are ignored, and none left is no retries), `num_retries` + 1 the attempts
@@ -63,9 +64,7 @@
 //! # Not supported yet
 //! Weighted clusters, routes to other clusters than the default route's and routes that
 //! match on headers, regexes, other prefixes or case-insensitively (they are passed
-//! over: their calls follow the later routes), the HttpConnectionManager's
-//! `common_http_protocol_options.max_stream_duration` (only the route's is read),
-//! `per_try_timeout` and hedging, endpoint weights, Envoy's consecutive-failure
+//! over: their calls follow the later routes), `per_try_timeout` and hedging, endpoint weights, Envoy's consecutive-failure
 //! ejection, circuit breakers,
 //! TLS to the control plane without a `ca_certificate_file`, resource TTLs,
 //! federation (`xds://authority/name`), and the

@@ -3,7 +3,7 @@
 
 use super::client::{ResourceState, Watch, XdsClient};
 use super::resource::{
-    ClusterUpdate, EndpointsUpdate, Kind, LbPolicy, ListenerUpdate, PathMatch, Resource,
+    ClusterUpdate, EndpointsUpdate, Kind, LbPolicy, ListenerRoutes, PathMatch, Resource,
     RouteConfig, RouteTarget,
 };
 use super::resource::{Route, VirtualHost};
@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// A [`Resolve`] fed by an [`XdsClient`]: the address set of one `xds:///` target.
@@ -183,12 +184,12 @@ impl Chain {
             return Ok(None);
         };
         let route_config: Arc<Resource>;
-        let routes = match listener {
-            ListenerUpdate::Inline(rc) => {
+        let routes = match &listener.routes {
+            ListenerRoutes::Inline(rc) => {
                 self.route = None;
                 rc
             }
-            ListenerUpdate::Rds(rds) => {
+            ListenerRoutes::Rds(rds) => {
                 let watch = ensure(&mut self.route, client, Kind::RouteConfig, rds);
                 let Some(rc) = read(watch, "route configuration")? else {
                     return Ok(None);
@@ -202,7 +203,8 @@ impl Chain {
         };
         let (vh, default) = default_route(routes, name)?;
         let cluster_name = route_cluster(&vh.routes[default], name)?;
-        let method_configs = method_configs(vh, default, &cluster_name);
+        let method_configs =
+            method_configs(vh, default, &cluster_name, listener.max_stream_duration);
         let watch = ensure(&mut self.cluster, client, Kind::Cluster, &cluster_name);
         let Some(cluster) = read(watch, "cluster")? else {
             return Ok(None);
@@ -332,20 +334,30 @@ fn default_cluster(rc: &RouteConfig, name: &str) -> Result<String, ResolveError>
 /// The method configs that say what the routes say about timeouts and retries: one per
 /// route before the default that matches a whole service (prefix `/pkg.Svc/`) or one
 /// method (path `/pkg.Svc/Method`) and forwards to the default route's cluster, then the
-/// default route's as the default config (`{}`).
+/// default route's as the default config (`{}`). A route without a deadline takes the
+/// listener's (`listener_timeout`).
 ///
 /// A route before the default that cannot be expressed so (a regex, header or other
 /// conditions, a case-insensitive match, any other prefix, another cluster or weighted
 /// clusters) is passed over, as before: the calls it would take follow the routes
 /// after it. A method route that an earlier route of its service hides is dropped, as
 /// the earlier one takes its calls in xDS's first-match order.
-fn method_configs(vh: &VirtualHost, default: usize, cluster: &str) -> Vec<MethodConfig> {
+fn method_configs(
+    vh: &VirtualHost,
+    default: usize,
+    cluster: &str,
+    listener_timeout: Option<Duration>,
+) -> Vec<MethodConfig> {
     let mut configs = Vec::new();
     let mut services: Vec<&str> = Vec::new();
     let mut methods: Vec<(&str, &str)> = Vec::new();
+    // gRFC A31: the route's deadline, else the listener's; zero is none.
     let config = |names: Vec<MethodPattern>, route: &Route| MethodConfig {
         names,
-        timeout: route.timeout,
+        timeout: route
+            .max_stream_duration
+            .or(listener_timeout)
+            .filter(|t| !t.is_zero()),
         retry_policy: route.retry.clone(),
         ..MethodConfig::default()
     };
@@ -430,7 +442,7 @@ mod tests {
             conditional,
             case_insensitive: false,
             action: RouteTarget::Cluster(cluster.to_owned()),
-            timeout: None,
+            max_stream_duration: None,
             retry: None,
         }
     }
@@ -490,7 +502,7 @@ mod tests {
     fn routes_before_the_default_become_method_configs() {
         let timed = |path: PathMatch, conditional: bool, cluster: &str, secs: u64| {
             let mut r = route(path, conditional, cluster);
-            r.timeout = Some(std::time::Duration::from_secs(secs));
+            r.max_stream_duration = Some(Duration::from_secs(secs));
             r
         };
         let mut insensitive = timed(PathMatch::Prefix("/f.S/".into()), false, "c", 10);
@@ -520,7 +532,7 @@ mod tests {
         };
         let (vh, default) = default_route(&rc, "x").unwrap();
         assert_eq!(default, 9);
-        let configs = method_configs(vh, default, "c");
+        let configs = method_configs(vh, default, "c", None);
         let got: Vec<(Vec<MethodPattern>, Option<u64>)> = configs
             .iter()
             .map(|c| (c.names.clone(), c.timeout.map(|t| t.as_secs())))
@@ -538,5 +550,29 @@ mod tests {
             ..ServiceConfig::default()
         };
         assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_route_without_a_deadline_takes_the_listeners() {
+        let mut with = route(PathMatch::Exact("/a.S/Get".into()), false, "c");
+        with.max_stream_duration = Some(Duration::from_secs(1));
+        let mut zero = route(PathMatch::Exact("/a.S/Put".into()), false, "c");
+        zero.max_stream_duration = Some(Duration::ZERO);
+        let host = VirtualHost {
+            domains: vec!["*".into()],
+            routes: vec![with, zero, route(PathMatch::Prefix("/".into()), false, "c")],
+        };
+        let timeouts = |listener| -> Vec<Option<u64>> {
+            method_configs(&host, 2, "c", listener)
+                .iter()
+                .map(|c| c.timeout.map(|t| t.as_secs()))
+                .collect()
+        };
+        // Its own, none (an explicit zero), the listener's.
+        assert_eq!(
+            timeouts(Some(Duration::from_secs(7))),
+            vec![Some(1), None, Some(7)]
+        );
+        assert_eq!(timeouts(None), vec![Some(1), None, None]);
     }
 }

@@ -76,9 +76,19 @@ pub(crate) enum Resource {
     Endpoints(EndpointsUpdate),
 }
 
-/// What a channel needs from an LDS resource: where its routes are.
+/// What a channel needs from an LDS resource.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) enum ListenerUpdate {
+pub(crate) struct ListenerUpdate {
+    /// Where its routes are.
+    pub(crate) routes: ListenerRoutes,
+    /// The HttpConnectionManager's `common_http_protocol_options.max_stream_duration`:
+    /// the deadline of calls whose route sets none (gRFC A31).
+    pub(crate) max_stream_duration: Option<Duration>,
+}
+
+/// Where a listener's routes are.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum ListenerRoutes {
     /// The route configuration inside the listener.
     Inline(RouteConfig),
     /// The name of an RDS resource.
@@ -105,8 +115,9 @@ pub(crate) struct Route {
     pub(crate) case_insensitive: bool,
     pub(crate) action: RouteTarget,
     /// The deadline the route gives calls (gRFC A31: `max_stream_duration`'s
-    /// `grpc_timeout_header_max`, else its `max_stream_duration`); `None` when unset or 0.
-    pub(crate) timeout: Option<Duration>,
+    /// `grpc_timeout_header_max`, else its `max_stream_duration`); zero is none, and
+    /// `None` (unset) leaves it to the listener's.
+    pub(crate) max_stream_duration: Option<Duration>,
     /// The route's retry policy, else its virtual host's (gRFC A44); `None` when neither
     /// has one or it names no status code gRPC retries on.
     pub(crate) retry: Option<RetryPolicy>,
@@ -266,9 +277,18 @@ fn listener(l: &lds::Listener) -> Result<ListenerUpdate, String> {
             }
         }
     }
-    match hcm.route_specifier {
+    let max_stream_duration = hcm
+        .common_http_protocol_options
+        .as_ref()
+        .and_then(|o| o.max_stream_duration.as_ref())
+        .map(|d| {
+            duration(d, "max_stream_duration")
+                .map_err(|e| format!("api_listener.common_http_protocol_options.{e}"))
+        })
+        .transpose()?;
+    let routes = match hcm.route_specifier {
         Some(RouteSpecifier::RouteConfig(rc)) => route_config(&rc)
-            .map(ListenerUpdate::Inline)
+            .map(ListenerRoutes::Inline)
             .map_err(|e| format!("api_listener.route_config.{e}")),
         Some(RouteSpecifier::Rds(rds)) => {
             ads_source(rds.config_source.as_ref())
@@ -276,13 +296,17 @@ fn listener(l: &lds::Listener) -> Result<ListenerUpdate, String> {
             if rds.route_config_name.is_empty() {
                 return Err("api_listener.rds.route_config_name: empty".into());
             }
-            Ok(ListenerUpdate::Rds(rds.route_config_name))
+            Ok(ListenerRoutes::Rds(rds.route_config_name))
         }
         Some(RouteSpecifier::ScopedRoutes(_)) => {
             Err("api_listener: scoped_routes is not supported".into())
         }
         None => Err("api_listener: neither route_config nor rds is set".into()),
-    }
+    }?;
+    Ok(ListenerUpdate {
+        routes,
+        max_stream_duration,
+    })
 }
 
 /// gRPC clients take resources from the ADS stream only: `ads` or `self`.
@@ -323,7 +347,7 @@ fn route_config(rc: &rds::RouteConfiguration) -> Result<RouteConfig, String> {
                 || m.runtime_fraction.is_some()
                 || !m.query_parameters.is_empty();
             let case_insensitive = m.case_sensitive.as_ref().is_some_and(|c| !c.value);
-            let (timeout, route_retry) = match &r.action {
+            let (max_stream_duration, route_retry) = match &r.action {
                 Some(route::Action::Route(a)) => (
                     route_timeout(a.max_stream_duration.as_ref())
                         .map_err(|e| format!("{at}.route.max_stream_duration.{e}"))?,
@@ -373,7 +397,7 @@ fn route_config(rc: &rds::RouteConfiguration) -> Result<RouteConfig, String> {
                 conditional,
                 case_insensitive,
                 action,
-                timeout,
+                max_stream_duration,
                 retry,
             });
         }
@@ -401,7 +425,7 @@ fn duration(
 }
 
 /// gRFC A31: the deadline of a route's calls is `grpc_timeout_header_max` if set, else
-/// `max_stream_duration`; zero (or neither) is no deadline.
+/// `max_stream_duration`; neither is `None`.
 fn route_timeout(
     msd: Option<&route_action::MaxStreamDuration>,
 ) -> Result<Option<Duration>, String> {
@@ -413,7 +437,7 @@ fn route_timeout(
         (None, Some(d)) => duration(d, "max_stream_duration")?,
         (None, None) => return Ok(None),
     };
-    Ok(Some(chosen).filter(|d| !d.is_zero()))
+    Ok(Some(chosen))
 }
 
 /// gRFC A44's default backoff: a base of 25 ms, and a maximum of 10 × the base.
@@ -786,7 +810,10 @@ mod tests {
         assert_eq!(name, "l");
         assert_eq!(
             res,
-            Resource::Listener(ListenerUpdate::Rds("routes".into()))
+            Resource::Listener(ListenerUpdate {
+                routes: ListenerRoutes::Rds("routes".into()),
+                max_stream_duration: None,
+            })
         );
     }
 
@@ -858,7 +885,10 @@ mod tests {
         assert_eq!(name, "l");
         assert_eq!(
             res,
-            Resource::Listener(ListenerUpdate::Rds("routes".into()))
+            Resource::Listener(ListenerUpdate {
+                routes: ListenerRoutes::Rds("routes".into()),
+                max_stream_duration: None,
+            })
         );
         let empty = any(&DiscoveryResource {
             name: "l".into(),
@@ -1166,13 +1196,13 @@ mod tests {
                 },
                 None,
             )
-            .map(|r| r.timeout)
+            .map(|r| r.max_stream_duration)
         };
         let ms = |n| Some(Duration::from_millis(n));
         assert_eq!(with(Some(1500), None), Ok(ms(1500)));
         assert_eq!(with(Some(1500), Some(200)), Ok(ms(200)));
-        // Zero is no deadline, as unset is.
-        assert_eq!(with(Some(1500), Some(0)), Ok(None));
+        // Zero is kept: it means no deadline, where unset defers to the listener.
+        assert_eq!(with(Some(1500), Some(0)), Ok(ms(0)));
         assert_eq!(with(None, None), Ok(None));
         assert_eq!(
             with(Some(-1000), None),
