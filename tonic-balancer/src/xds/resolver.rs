@@ -575,4 +575,69 @@ mod tests {
         );
         assert_eq!(timeouts(None), vec![Some(1), None, None]);
     }
+
+    #[test]
+    fn each_address_carries_its_locality_and_each_locality_its_weight_and_size() {
+        use super::super::resource::{Endpoint, LocalityEndpoints};
+        let ep = |port: u16| Endpoint {
+            addr: std::net::SocketAddr::from(([10, 0, 0, 1], port)),
+            weight: 1,
+        };
+        let locality = |name: &str, priority, weight, endpoints| LocalityEndpoints {
+            name: name.into(),
+            priority,
+            weight,
+            endpoints,
+        };
+        let update = EndpointsUpdate {
+            localities: vec![
+                locality("r/a/", 0, 3, vec![ep(1), ep(2)]),
+                // Port 2 again: it stays in its first locality.
+                locality("r/b/", 0, 1, vec![ep(2), ep(3)]),
+                // The same locality at another priority is another key.
+                locality("r/a/", 1, 5, vec![ep(4)]),
+                locality("r/c/", 0, 2, vec![]),
+            ],
+        };
+        let (addrs, localities) = addresses(&update);
+        let got: Vec<(u16, Option<u16>, Option<&str>)> = addrs
+            .iter()
+            .map(|a| (a.addr.port(), a.priority, a.locality.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, Some(0), Some("0:r/a/")),
+                (2, Some(0), Some("0:r/a/")),
+                (3, Some(0), Some("0:r/b/")),
+                (4, Some(1), Some("1:r/a/")),
+            ]
+        );
+        // A locality with no endpoint left is not listed.
+        assert_eq!(
+            localities,
+            vec![
+                LocalityWeight::new("0:r/a/", 3, 2),
+                LocalityWeight::new("0:r/b/", 1, 1),
+                LocalityWeight::new("1:r/a/", 5, 1),
+            ]
+        );
+        let cluster = ClusterUpdate {
+            eds_service_name: "e".into(),
+            lb_policy: LbPolicy::LeastRequest { choice_count: 3 },
+            outlier_detection: None,
+        };
+        let config = ServiceConfig {
+            load_balancing: Some(load_balancing(&cluster, localities)),
+            ..ServiceConfig::default()
+        };
+        assert_eq!(config.validate(), Ok(()));
+        let Some(LoadBalancingConfig::LocalityWeighted(lw)) = &config.load_balancing else {
+            panic!("{config:?}")
+        };
+        assert_eq!(
+            lw.child_policy,
+            LoadBalancingConfig::LeastRequest { choice_count: 3 }
+        );
+    }
 }
