@@ -512,6 +512,12 @@ pub enum Routes {
 /// An LDS resource: an API listener with an HttpConnectionManager whose only filter
 /// is the router.
 pub fn listener(name: &str, routes: Routes) -> XdsResource {
+    listener_with(name, &http_connection_manager(routes))
+}
+
+/// The HttpConnectionManager [`listener`] puts in its API listener (the router filter
+/// only), for tests that change fields before [`listener_with`].
+pub fn http_connection_manager(routes: Routes) -> hcm::HttpConnectionManager {
     let route_specifier = match routes {
         Routes::Inline(rc) => hcm::http_connection_manager::RouteSpecifier::RouteConfig(*rc),
         Routes::Rds(route_config_name) => {
@@ -521,7 +527,7 @@ pub fn listener(name: &str, routes: Routes) -> XdsResource {
             })
         }
     };
-    let manager = hcm::HttpConnectionManager {
+    hcm::HttpConnectionManager {
         route_specifier: Some(route_specifier),
         http_filters: vec![hcm::HttpFilter {
             name: "envoy.filters.http.router".to_owned(),
@@ -531,11 +537,15 @@ pub fn listener(name: &str, routes: Routes) -> XdsResource {
             ..Default::default()
         }],
         ..Default::default()
-    };
+    }
+}
+
+/// An LDS resource: an API listener holding this HttpConnectionManager.
+pub fn listener_with(name: &str, manager: &hcm::HttpConnectionManager) -> XdsResource {
     let listener = lds::Listener {
         name: name.to_owned(),
         api_listener: Some(lds::ApiListener {
-            api_listener: Some(any_of(&manager)),
+            api_listener: Some(any_of(manager)),
         }),
         ..Default::default()
     };

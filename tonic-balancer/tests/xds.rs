@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use envoy_types::pb::envoy::config::route::v3 as rds;
 use support::{Client, call, fast_backoff, fleet, wait_ready, within};
 use tonic_balancer::BalancedChannel;
 use tonic_balancer::resolver::Resolve;
@@ -812,6 +813,292 @@ async fn an_undecodable_resource_deletes_no_cached_one() {
             .unwrap();
         wait_ready(&late, 1).await;
         assert_eq!(call(&mut Client::new(late)).await.unwrap(), "b0");
+    })
+    .await;
+}
+
+/// Two localities of priority 0: b0 and b1 in the first, b2 in the second.
+fn two_localities(b: &[Backend], w0: u32, w1: u32) -> Vec<LocalityEndpoints> {
+    let mut first = LocalityEndpoints::new([
+        (b[0].addr(), Health::Healthy),
+        (b[1].addr(), Health::Healthy),
+    ]);
+    first.weight = w0;
+    let mut second = LocalityEndpoints::new([(b[2].addr(), Health::Healthy)]);
+    second.weight = w1;
+    vec![first, second]
+}
+
+/// Calls per locality: (b0 + b1, b2).
+fn by_locality(served: &std::collections::BTreeMap<String, usize>) -> (usize, usize) {
+    let of = |id: &str| served.get(id).copied().unwrap_or(0);
+    (of("b0") + of("b1"), of("b2"))
+}
+
+#[tokio::test]
+async fn calls_are_split_by_locality_weight_and_follow_weight_changes() {
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let b = fleet(3, Latency::None).await;
+        // 3:1, though the first locality has two endpoints and the second one.
+        set_orders(&cp, &two_localities(&b, 3, 1));
+        let xds_client = XdsClient::new(Bootstrap::new(cp.addr().to_string(), "test-node"));
+        let channel = BalancedChannel::builder_with_resolver(xds_client.resolver("orders"))
+            .connection_backoff(fast_backoff())
+            .seed(17)
+            .build()
+            .unwrap();
+        let mut client = Client::new(channel.clone());
+        wait_ready(&channel, 3).await;
+        // 4 000 calls: 3 000 and 1 000 expected; the tolerance, ±150, is over 5
+        // standard deviations of a binomial count (27).
+        let served = support::shares(&mut client, 4_000).await;
+        let (first, second) = by_locality(&served);
+        assert!((2_850..=3_150).contains(&first), "{served:?}");
+        assert!((850..=1_150).contains(&second), "{served:?}");
+        // Within the first locality its two endpoints share alike.
+        assert!((1_350..=1_650).contains(&served["b0"]), "{served:?}");
+
+        // EDS turns the weights around: 1:3.
+        cp.set([xds::endpoints("orders-eds", &two_localities(&b, 1, 3))]);
+        cp.wait_for_ack(type_url::ENDPOINTS).await;
+        // The channel takes the new weights with the next address set: wait for a batch
+        // that shows them (b2 expected 75 of 100; the old weights gave it 25).
+        let mut batches = 0;
+        loop {
+            let (_, second) = by_locality(&support::shares(&mut client, 100).await);
+            if second >= 60 {
+                break;
+            }
+            batches += 1;
+            assert!(batches < 50, "the new weights were not taken");
+        }
+        let served = support::shares(&mut client, 4_000).await;
+        let (first, second) = by_locality(&served);
+        assert!((850..=1_150).contains(&first), "{served:?}");
+        assert!((2_850..=3_150).contains(&second), "{served:?}");
+    })
+    .await;
+}
+
+/// `orders` with this route configuration for `orders-routes`.
+fn set_orders_routed(
+    cp: &ControlPlane,
+    eds: &[LocalityEndpoints],
+    routes: rds::RouteConfiguration,
+) {
+    set_orders(cp, eds);
+    cp.set([xds::route(routes)]);
+}
+
+/// The route action of route `i` of `orders-routes`' one virtual host.
+fn action(rc: &mut rds::RouteConfiguration, i: usize) -> &mut rds::RouteAction {
+    match &mut rc.virtual_hosts[0].routes[i].action {
+        Some(rds::route::Action::Route(action)) => action,
+        other => panic!("not a route action: {other:?}"),
+    }
+}
+
+fn millis(n: i64) -> envoy_types::pb::google::protobuf::Duration {
+    envoy_types::pb::google::protobuf::Duration {
+        seconds: n / 1000,
+        nanos: (n % 1000) as i32 * 1_000_000,
+    }
+}
+
+#[tokio::test]
+async fn route_timeouts_become_call_deadlines_per_method() {
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let b = fleet(1, Latency::Fixed(Duration::from_millis(500))).await;
+        // UnaryCall has its own route, with a 100 ms deadline (grpc_timeout_header_max
+        // over max_stream_duration, gRFC A31); the default route has none.
+        let mut rc = xds::route_config("orders-routes", &["orders"], "orders-cluster");
+        let mut unary = rc.virtual_hosts[0].routes[0].clone();
+        unary.r#match = Some(rds::RouteMatch {
+            path_specifier: Some(rds::route_match::PathSpecifier::Path(
+                "/grpc.testing.TestService/UnaryCall".into(),
+            )),
+            ..Default::default()
+        });
+        rc.virtual_hosts[0].routes.insert(0, unary);
+        action(&mut rc, 0).max_stream_duration = Some(rds::route_action::MaxStreamDuration {
+            max_stream_duration: Some(millis(60_000)),
+            grpc_timeout_header_max: Some(millis(100)),
+            ..Default::default()
+        });
+        set_orders_routed(&cp, &healthy(&[&b[0]]), rc);
+        let (channel, mut client) = orders_channel(&cp);
+        wait_ready(&channel, 1).await;
+        let status = call(&mut client).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+        // EmptyCall takes the default route: no deadline, so it waits out the 500 ms.
+        client
+            .empty_call(tonic_balancer_testkit::pb::Empty {})
+            .await
+            .expect("EmptyCall has no deadline");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_route_retry_policy_retries_failed_calls() {
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let b = fleet(1, Latency::None).await;
+        let mut rc = xds::route_config("orders-routes", &["orders"], "orders-cluster");
+        action(&mut rc, 0).retry_policy = Some(rds::RetryPolicy {
+            retry_on: "unavailable,5xx".into(),
+            num_retries: Some(envoy_types::pb::google::protobuf::UInt32Value { value: 2 }),
+            retry_back_off: Some(rds::retry_policy::RetryBackOff {
+                base_interval: Some(millis(10)),
+                max_interval: Some(millis(20)),
+            }),
+            ..Default::default()
+        });
+        set_orders_routed(&cp, &healthy(&[&b[0]]), rc);
+        let (channel, mut client) = orders_channel(&cp);
+        wait_ready(&channel, 1).await;
+        // Two failures, then success: num_retries 2 is three attempts.
+        b[0].fail_next(2, tonic::Code::Unavailable);
+        assert_eq!(call(&mut client).await.expect("retried to success"), "b0");
+        assert_eq!(b[0].calls(), 3);
+        // Three failures exhaust the attempts; the last status is the call's.
+        b[0].fail_next(3, tonic::Code::Unavailable);
+        let status = call(&mut client).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert_eq!(b[0].calls(), 6);
+        // INTERNAL is not in retry_on: no retry.
+        b[0].fail_next(1, tonic::Code::Internal);
+        assert_eq!(
+            call(&mut client).await.unwrap_err().code(),
+            tonic::Code::Internal
+        );
+        assert_eq!(b[0].calls(), 7);
+    })
+    .await;
+}
+
+/// `orders-cluster` replaced by this Cluster message.
+fn set_cluster(cp: &ControlPlane, cluster: envoy_types::pb::envoy::config::cluster::v3::Cluster) {
+    cp.set([XdsResource::raw(
+        type_url::CLUSTER,
+        "orders-cluster",
+        &cluster,
+    )]);
+}
+
+#[tokio::test]
+async fn a_least_request_cluster_sends_calls_away_from_busy_endpoints() {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::LbPolicy;
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let slow = Backend::builder("slow")
+            .latency(Latency::Fixed(Duration::from_secs(30)))
+            .start()
+            .await
+            .unwrap();
+        let fast = Backend::start("fast").await.unwrap();
+        set_orders(&cp, &healthy(&[&slow, &fast]));
+        let mut cluster = xds::cluster_proto("orders-cluster", "orders-eds");
+        cluster.lb_policy = LbPolicy::LeastRequest as i32;
+        set_cluster(&cp, cluster);
+        let (channel, client) = orders_channel(&cp);
+        wait_ready(&channel, 2).await;
+        // Twenty calls one after the other; a call the slow endpoint takes stays there.
+        let mut stuck = Vec::new();
+        for _ in 0..20 {
+            let mut client = client.clone();
+            let mut handle = tokio::spawn(async move { call(&mut client).await });
+            let held = slow.in_flight();
+            tokio::select! {
+                served = &mut handle => assert_eq!(served.unwrap().unwrap(), "fast"),
+                () = slow.wait_in_flight(held + 1) => stuck.push(handle),
+            }
+        }
+        // Least request sees the slow endpoint's call in flight and goes to the idle
+        // one: at most the first call (a tie) is stuck. Round robin would strand ten.
+        assert!(
+            stuck.len() <= 1,
+            "{} calls went to the busy endpoint",
+            stuck.len()
+        );
+        assert_eq!(fast.calls() as usize, 20 - stuck.len());
+        for handle in stuck {
+            handle.abort();
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_clusters_outlier_detection_ejects_a_failing_endpoint() {
+    use envoy_types::pb::envoy::config::cluster::v3::OutlierDetection;
+    use envoy_types::pb::google::protobuf::UInt32Value;
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let b = fleet(3, Latency::None).await;
+        set_orders(&cp, &healthy(&[&b[0], &b[1], &b[2]]));
+        let value = |value| Some(UInt32Value { value });
+        let mut cluster = xds::cluster_proto("orders-cluster", "orders-eds");
+        // Failure percentage only (A50: on when enforcing_failure_percentage > 0;
+        // success rate off when enforcing_success_rate is 0).
+        cluster.outlier_detection = Some(OutlierDetection {
+            interval: Some(millis(50)),
+            base_ejection_time: Some(millis(300_000)),
+            max_ejection_percent: value(50),
+            enforcing_success_rate: value(0),
+            enforcing_failure_percentage: value(100),
+            failure_percentage_threshold: value(50),
+            failure_percentage_minimum_hosts: value(3),
+            failure_percentage_request_volume: value(5),
+            ..Default::default()
+        });
+        set_cluster(&cp, cluster);
+        let (channel, mut client) = orders_channel(&cp);
+        wait_ready(&channel, 3).await;
+        b[0].set_failure(1.0, tonic::Code::Unavailable);
+        let ejected = |channel: &BalancedChannel| {
+            channel
+                .stats()
+                .endpoints
+                .iter()
+                .any(|e| e.address.addr == b[0].addr() && e.ejected)
+        };
+        // Calls drive the counts; each 50 ms interval decides.
+        let mut calls = 0;
+        while !ejected(&channel) {
+            let _ = call(&mut client).await;
+            calls += 1;
+            assert!(calls < 20_000, "b0 was never ejected");
+        }
+        let before = b[0].calls();
+        let served = support::shares(&mut client, 30).await;
+        assert_eq!(served.get("b0"), None, "{served:?}");
+        assert_eq!(b[0].calls(), before);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_listener_max_stream_duration_is_the_deadline_of_routes_without_one() {
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let b = fleet(1, Latency::Fixed(Duration::from_millis(500))).await;
+        set_orders(&cp, &healthy(&[&b[0]]));
+        // The listener says 100 ms; the default route says nothing (gRFC A31).
+        let mut manager = xds::http_connection_manager(Routes::Rds("orders-routes".into()));
+        manager.common_http_protocol_options = Some(
+            envoy_types::pb::envoy::config::core::v3::HttpProtocolOptions {
+                max_stream_duration: Some(millis(100)),
+                ..Default::default()
+            },
+        );
+        cp.set([xds::listener_with("orders", &manager)]);
+        let (channel, mut client) = orders_channel(&cp);
+        wait_ready(&channel, 1).await;
+        let status = call(&mut client).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
     })
     .await;
 }

@@ -12,8 +12,10 @@
 //! | [`pick_first`](Policy::pick_first) | the first READY address in resolver order | one backend at a time, others as fail-over (gRPC's default) |
 //! | [`least_request`](Policy::least_request) | the fewest calls in flight among `choice_count` random ones | call costs vary; backends alike |
 //! | [`peak_ewma`](Policy::peak_ewma) | the lower `rtt × (in_flight + 1)` of two random ones | backends differ or degrade: latency-aware |
+//! | [`locality_weighted`](LocalityWeighted) | by locality weight, then round robin or least request | `xds:///` targets (the xDS resolver configures it from EDS) |
 
 mod least_request;
+pub mod locality_weighted;
 mod peak_ewma;
 mod pick_first;
 mod rng;
@@ -21,6 +23,7 @@ mod round_robin;
 pub mod subset;
 
 pub use least_request::LeastRequest;
+pub use locality_weighted::LocalityWeighted;
 pub use peak_ewma::PeakEwma;
 pub use pick_first::PickFirst;
 pub use round_robin::RoundRobin;
@@ -136,8 +139,15 @@ pub struct Policy {
 enum Kind {
     RoundRobin,
     PickFirst,
-    LeastRequest { choice_count: usize },
+    LeastRequest {
+        choice_count: usize,
+    },
     PeakEwma(EwmaParams),
+    LocalityWeighted {
+        table: Arc<locality_weighted::LocalityTable>,
+        /// least_request's within a locality; `None`: round robin.
+        choice_count: Option<usize>,
+    },
 }
 
 impl Policy {
@@ -228,6 +238,7 @@ impl Policy {
             Kind::PickFirst => "pick_first",
             Kind::LeastRequest { .. } => "least_request",
             Kind::PeakEwma(_) => "peak_ewma",
+            Kind::LocalityWeighted { .. } => "locality_weighted",
         }
     }
 
@@ -275,6 +286,14 @@ impl Policy {
             Kind::PickFirst => Arc::new(PickFirst),
             Kind::LeastRequest { choice_count } => Arc::new(LeastRequest::new(choice_count, seed)),
             Kind::PeakEwma(_) => Arc::new(PeakEwma::new(seed)),
+            Kind::LocalityWeighted {
+                ref table,
+                choice_count,
+            } => Arc::new(LocalityWeighted::from_table(
+                table.clone(),
+                choice_count,
+                seed,
+            )),
         }
     }
 }
@@ -301,6 +320,13 @@ impl From<&LoadBalancingConfig> for Policy {
             LoadBalancingConfig::OutlierDetection(od) => Policy::from(&od.child_policy),
             // Subsetting chooses the addresses; its child picks.
             LoadBalancingConfig::RandomSubsetting(rs) => Policy::from(&rs.child_policy),
+            LoadBalancingConfig::LocalityWeighted(lw) => Policy::of(Kind::LocalityWeighted {
+                table: Arc::new(locality_weighted::LocalityTable::new(lw)),
+                choice_count: match lw.child_policy {
+                    LoadBalancingConfig::LeastRequest { choice_count } => Some(choice_count),
+                    _ => None,
+                },
+            }),
             // A policy added to the config format later: the default.
             #[allow(unreachable_patterns)]
             _ => Policy::default(),

@@ -14,8 +14,9 @@ mod service_config_tests;
 pub(crate) use json::code_name;
 pub use service_config::{
     FailurePercentageEjectionConfig, HealthCheckConfig, HedgingPolicy, InvalidConfig,
-    LoadBalancingConfig, MethodConfig, MethodPattern, OutlierDetectionConfig,
-    RandomSubsettingConfig, RetryPolicy, RetryThrottling, ServiceConfig, SuccessRateEjectionConfig,
+    LoadBalancingConfig, LocalityWeight, LocalityWeightedConfig, MethodConfig, MethodPattern,
+    OutlierDetectionConfig, RandomSubsettingConfig, RetryPolicy, RetryThrottling, ServiceConfig,
+    SuccessRateEjectionConfig,
 };
 
 /// A method name as configuration writes it: a whole service (`pkg.Svc`) or one method

@@ -75,6 +75,89 @@ pub enum LoadBalancingConfig {
     /// chosen by rendezvous hashing (see [`subset`](crate::balance::subset)); the child
     /// policy picks among them.
     RandomSubsetting(Box<RandomSubsettingConfig>),
+    /// Locality-weighted balancing, meant for the xDS resolver, which builds it from EDS
+    /// (gRFC A27's `weighted_target` over localities): each locality gets its weight's
+    /// share of the calls, and its endpoints share that part through the child policy.
+    /// Addresses name their locality in [`Address::locality`](crate::resolver::Address::locality).
+    /// Not a gRPC policy name: a JSON service config cannot ask for it (its
+    /// [`name`](Self::name) is `locality_weighted`). See
+    /// [`LocalityWeighted`](crate::balance::LocalityWeighted) for how it picks and where
+    /// it differs from gRPC.
+    LocalityWeighted(Box<LocalityWeightedConfig>),
+}
+
+/// `locality_weighted`'s settings: each locality's weight and size.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct LocalityWeightedConfig {
+    /// One entry per locality; each name once.
+    pub localities: Vec<LocalityWeight>,
+    /// How a locality's endpoints share its calls: `round_robin` or `least_request`.
+    pub child_policy: LoadBalancingConfig,
+}
+
+impl LocalityWeightedConfig {
+    /// These localities, `child_policy` (round_robin or least_request) within each.
+    pub fn new(localities: Vec<LocalityWeight>, child_policy: LoadBalancingConfig) -> Self {
+        Self {
+            localities,
+            child_policy,
+        }
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), InvalidConfig> {
+        let mut seen = HashMap::new();
+        for (i, locality) in self.localities.iter().enumerate() {
+            let here = path.key("localities").index(i);
+            if let Some(first) = seen.insert(locality.name.as_str(), i) {
+                return Err(here.key("name").error(format!(
+                    "duplicate locality {:?}, also at localities[{first}]",
+                    locality.name
+                )));
+            }
+            if locality.weight == 0 {
+                return Err(here.key("weight").error("must be > 0, got 0"));
+            }
+            if locality.endpoints == 0 {
+                return Err(here.key("endpoints").error("must be > 0, got 0"));
+            }
+        }
+        let child = &self.child_policy;
+        let child_path = path.key("childPolicy").index(0).key(child.name());
+        match child {
+            LoadBalancingConfig::RoundRobin | LoadBalancingConfig::LeastRequest { .. } => {
+                child.validate(&child_path)
+            }
+            other => Err(child_path.error(format!(
+                "{} cannot pick within a locality (round_robin or least_request)",
+                other.name()
+            ))),
+        }
+    }
+}
+
+/// One locality of a [`LocalityWeightedConfig`].
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct LocalityWeight {
+    /// The key its addresses carry in [`Address::locality`](crate::resolver::Address::locality).
+    pub name: String,
+    /// Its weight (EDS `load_balancing_weight`), > 0.
+    pub weight: u32,
+    /// How many endpoints it has in the address set, > 0: each of its endpoints stands
+    /// for `weight / endpoints` of it.
+    pub endpoints: u32,
+}
+
+impl LocalityWeight {
+    /// The locality `name` of `weight` (> 0) with `endpoints` (> 0) endpoints.
+    pub fn new(name: impl Into<String>, weight: u32, endpoints: u32) -> Self {
+        Self {
+            name: name.into(),
+            weight,
+            endpoints,
+        }
+    }
 }
 
 /// `random_subsetting_experimental`'s settings (gRFC A68).
@@ -462,6 +545,7 @@ impl LoadBalancingConfig {
             Self::PeakEwma { .. } => "peak_ewma",
             Self::OutlierDetection(_) => "outlier_detection_experimental",
             Self::RandomSubsetting(_) => "random_subsetting_experimental",
+            Self::LocalityWeighted(_) => "locality_weighted",
         }
     }
 
@@ -501,6 +585,7 @@ impl LoadBalancingConfig {
             Self::PickFirst { .. } | Self::RoundRobin => Ok(()),
             Self::OutlierDetection(od) => od.validate(path),
             Self::RandomSubsetting(rs) => rs.validate(path),
+            Self::LocalityWeighted(lw) => lw.validate(path),
             Self::LeastRequest { choice_count } => {
                 let count = u64::try_from(*choice_count).unwrap_or(u64::MAX);
                 check_count(

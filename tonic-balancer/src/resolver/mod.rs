@@ -56,6 +56,15 @@ pub struct Address {
     /// has failed (see [`resolver::dns`](crate::resolver::dns)). Addresses without one
     /// form a single group.
     pub priority: Option<u16>,
+    /// The locality this address is in, as a key the resolver chooses (the xDS resolver
+    /// writes `PRIORITY:region/zone/sub_zone`), if any.
+    ///
+    /// Read by the [`locality_weighted`](crate::config::LoadBalancingConfig::LocalityWeighted)
+    /// policy, which gives each locality its weight's share of the calls; every other
+    /// policy ignores it. As with the other attributes, a running subchannel keeps the
+    /// `Address` it was created with: an address that moves to another locality keeps
+    /// its first one until it leaves the address set.
+    pub locality: Option<Arc<str>>,
 }
 
 impl Address {
@@ -66,6 +75,7 @@ impl Address {
             unix: None,
             weight: None,
             priority: None,
+            locality: None,
         }
     }
 
@@ -76,6 +86,7 @@ impl Address {
             unix: Some(Arc::from(path.as_ref())),
             weight: None,
             priority: None,
+            locality: None,
         }
     }
 }

@@ -6,10 +6,36 @@
 //! channels: a channel built for `xds:///orders` asks the control plane for the listener
 //! `orders`, follows it to its route configuration (inline or RDS), to the cluster of the
 //! default route of the virtual host matching `orders`, and to that cluster's endpoints
-//! (EDS), and balances over the endpoints that are HEALTHY or UNKNOWN, with the
-//! channel's own policy. Each locality's priority becomes the addresses' priority: the
-//! channel uses the lowest priority that has a usable backend (see
-//! [`Address::priority`](crate::resolver::Address::priority)).
+//! (EDS), and balances over the endpoints that are HEALTHY or UNKNOWN. Each locality's
+//! priority becomes the addresses' priority: the channel uses the lowest priority that
+//! has a usable backend (see [`Address::priority`](crate::resolver::Address::priority)).
+//!
+//! With each address set the resolver hands the channel a service config
+//! ([`Resolve::take_service_config`](crate::resolver::Resolve::take_service_config)) that
+//! says what the resources say: the
+//! [`locality_weighted`](crate::balance::locality_weighted) policy, which splits calls
+//! among the localities of the priority in use by their EDS weights, over the cluster's
+//! `lb_policy` (ROUND_ROBIN → round robin, LEAST_REQUEST → least request with its
+//! `choice_count`) within each locality, under the cluster's `outlier_detection` when it
+//! has one (gRFC A50: unset fields take A50's defaults, success-rate ejection is on
+//! unless `enforcing_success_rate` is 0, failure-percentage ejection only when
+//! `enforcing_failure_percentage` is above 0). As in gRPC this config replaces the one given
+//! to the builder: an `xds:///` channel's policy and method configs come from the
+//! control plane, not from [`Builder::policy`](crate::Builder::policy) or
+//! [`Builder::service_config`](crate::Builder::service_config).
+//!
+//! The same config carries the routes' deadlines and retries as method configs: the
+//! default route's as the default (`{}`), and those of the routes before it that match
+//! a whole service (prefix `/pkg.Svc/`) or one method (path `/pkg.Svc/Method`) and
+//! forward to the same cluster, under that name. A route's deadline is
+//! `max_stream_duration.grpc_timeout_header_max`, else `max_stream_duration.max_stream_duration`,
+//! else the listener's `common_http_protocol_options.max_stream_duration` (gRFC A31;
+//! zero is none); its retry policy (else its virtual host's) becomes an A6
+//! retry policy as gRFC A44 says: `retry_on`'s `cancelled`, `deadline-exceeded`,
+//! `internal`, `resource-exhausted` and `unavailable` are the retryable codes (other
+//! conditions are ignored, and none left is no retries), `num_retries` + 1 the attempts
+//! (default 1 retry; at most 5 attempts), `retry_back_off` the backoff (default 25 ms
+//! up to 10 × the base), multiplier 2.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
@@ -36,11 +62,10 @@
 //! (1 s, ×1.6, up to 120 s, ±20 %) and the channels keep the last good endpoints.
 //!
 //! # Not supported yet
-//! Weighted clusters, per-method routes (only the catch-all route is used), per-route
-//! timeouts and retries, the cluster's `lb_policy` (validated, ROUND_ROBIN or
-//! LEAST_REQUEST, but the channel's own policy is what balances: a resolver yields
-//! addresses only, and cannot hand the channel a policy), locality weights (priorities
-//! are honoured), endpoint weights, outlier detection and circuit breakers from CDS,
+//! Weighted clusters, routes to other clusters than the default route's and routes that
+//! match on headers, regexes, other prefixes or case-insensitively (they are passed
+//! over: their calls follow the later routes), `per_try_timeout` and hedging, endpoint weights, Envoy's consecutive-failure
+//! ejection, circuit breakers,
 //! TLS to the control plane without a `ca_certificate_file`, resource TTLs,
 //! federation (`xds://authority/name`), and the
 //! fallback control planes of gRFC A71. A listener or cluster that stops existing is a

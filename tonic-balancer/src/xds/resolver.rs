@@ -2,11 +2,21 @@
 //! and produces the endpoints of the cluster its default route names.
 
 use super::client::{ResourceState, Watch, XdsClient};
-use super::resource::{Kind, ListenerUpdate, PathMatch, Resource, RouteConfig, RouteTarget};
+use super::resource::{
+    ClusterUpdate, EndpointsUpdate, Kind, LbPolicy, ListenerRoutes, PathMatch, Resource,
+    RouteConfig, RouteTarget,
+};
+use super::resource::{Route, VirtualHost};
+use crate::config::{
+    LoadBalancingConfig, LocalityWeight, LocalityWeightedConfig, MethodConfig, MethodPattern,
+    ServiceConfig,
+};
 use crate::resolver::{Address, Resolution, Resolve, ResolveError};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// A [`Resolve`] fed by an [`XdsClient`]: the address set of one `xds:///` target.
@@ -14,9 +24,14 @@ use tokio::sync::mpsc;
 /// Made by [`XdsClient::resolver`]; the channel of an `xds:///name` target makes one
 /// itself. Dropping it ends its subscriptions.
 pub struct XdsResolver {
-    rx: mpsc::Receiver<Resolution>,
+    rx: mpsc::Receiver<Update>,
+    /// The service config of the address set `poll_resolve` returned last.
+    config: Option<ServiceConfig>,
     task: tokio::task::AbortHandle,
 }
+
+/// An address set and the service config that goes with it, or an error.
+type Update = Result<(Vec<Address>, ServiceConfig), ResolveError>;
 
 impl fmt::Debug for XdsResolver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -32,7 +47,18 @@ impl Drop for XdsResolver {
 
 impl Resolve for XdsResolver {
     fn poll_resolve(&mut self, cx: &mut Context<'_>) -> Poll<Option<Resolution>> {
-        self.rx.poll_recv(cx)
+        self.rx.poll_recv(cx).map(|update| {
+            update.map(|update| {
+                update.map(|(addrs, config)| {
+                    self.config = Some(config);
+                    addrs
+                })
+            })
+        })
+    }
+
+    fn take_service_config(&mut self) -> Option<ServiceConfig> {
+        self.config.take()
     }
 }
 
@@ -53,6 +79,7 @@ impl XdsClient {
         let task = tokio::spawn(follow(self.clone(), name.to_owned(), tx));
         XdsResolver {
             rx,
+            config: None,
             task: task.abort_handle(),
         }
     }
@@ -66,14 +93,14 @@ struct Chain {
     endpoints: Option<Watch>,
 }
 
-async fn follow(client: XdsClient, name: String, tx: mpsc::Sender<Resolution>) {
+async fn follow(client: XdsClient, name: String, tx: mpsc::Sender<Update>) {
     let mut chain = Chain {
         listener: client.watch(Kind::Listener, &name),
         route: None,
         cluster: None,
         endpoints: None,
     };
-    let mut last: Option<Resolution> = None;
+    let mut last: Option<Update> = None;
     loop {
         if let Some(resolution) = chain.resolve(&client, &name)
             && last.as_ref() != Some(&resolution)
@@ -135,8 +162,9 @@ fn read(watch: &mut Watch, what: &str) -> Result<Option<Arc<Resource>>, ResolveE
 }
 
 impl Chain {
-    /// The address set the chain yields now, or `None` while a resource is awaited.
-    fn resolve(&mut self, client: &XdsClient, name: &str) -> Option<Resolution> {
+    /// The address set and service config the chain yields now, or `None` while a
+    /// resource is awaited.
+    fn resolve(&mut self, client: &XdsClient, name: &str) -> Option<Update> {
         match self.try_resolve(client, name) {
             Ok(Some(addrs)) => Some(Ok(addrs)),
             Ok(None) => None,
@@ -148,7 +176,7 @@ impl Chain {
         &mut self,
         client: &XdsClient,
         name: &str,
-    ) -> Result<Option<Vec<Address>>, ResolveError> {
+    ) -> Result<Option<(Vec<Address>, ServiceConfig)>, ResolveError> {
         let Some(listener) = read(&mut self.listener, "listener")? else {
             return Ok(None);
         };
@@ -156,12 +184,12 @@ impl Chain {
             return Ok(None);
         };
         let route_config: Arc<Resource>;
-        let routes = match listener {
-            ListenerUpdate::Inline(rc) => {
+        let routes = match &listener.routes {
+            ListenerRoutes::Inline(rc) => {
                 self.route = None;
                 rc
             }
-            ListenerUpdate::Rds(rds) => {
+            ListenerRoutes::Rds(rds) => {
                 let watch = ensure(&mut self.route, client, Kind::RouteConfig, rds);
                 let Some(rc) = read(watch, "route configuration")? else {
                     return Ok(None);
@@ -173,7 +201,10 @@ impl Chain {
                 }
             }
         };
-        let cluster_name = default_cluster(routes, name)?;
+        let (vh, default) = default_route(routes, name)?;
+        let cluster_name = route_cluster(&vh.routes[default], name)?;
+        let method_configs =
+            method_configs(vh, default, &cluster_name, listener.max_stream_duration);
         let watch = ensure(&mut self.cluster, client, Kind::Cluster, &cluster_name);
         let Some(cluster) = read(watch, "cluster")? else {
             return Ok(None);
@@ -193,41 +224,95 @@ impl Chain {
         let Resource::Endpoints(endpoints) = &*endpoints else {
             return Ok(None);
         };
-        let mut addrs = Vec::new();
-        for locality in &endpoints.localities {
-            for endpoint in &locality.endpoints {
-                let mut address = Address::new(endpoint.addr);
-                address.priority = Some(u16::try_from(locality.priority).unwrap_or(u16::MAX));
-                if !addrs.contains(&address) {
-                    addrs.push(address);
-                }
-            }
-        }
-        Ok(Some(addrs))
+        let (addrs, localities) = addresses(endpoints);
+        let config = ServiceConfig {
+            load_balancing: Some(load_balancing(cluster, localities)),
+            method_configs,
+            ..ServiceConfig::default()
+        };
+        Ok(Some((addrs, config)))
     }
 }
 
-/// The cluster of the route every call of a channel takes: in the virtual host whose
-/// domains best match `name` (gRFC A27), the first route that matches every path with
-/// no other condition.
-fn default_cluster(rc: &RouteConfig, name: &str) -> Result<String, ResolveError> {
+/// The endpoints that may get calls, each marked with its locality's priority and key
+/// (`PRIORITY:region/zone/sub_zone`), and each locality's weight and size. An address
+/// listed twice is kept in its first locality only.
+fn addresses(endpoints: &EndpointsUpdate) -> (Vec<Address>, Vec<LocalityWeight>) {
+    let mut addrs = Vec::new();
+    let mut seen = HashMap::new();
+    let mut localities = Vec::new();
+    for locality in &endpoints.localities {
+        let key: Arc<str> = Arc::from(format!("{}:{}", locality.priority, locality.name));
+        let mut count = 0u32;
+        for endpoint in &locality.endpoints {
+            if seen.insert(endpoint.addr, ()).is_some() {
+                continue;
+            }
+            let mut address = Address::new(endpoint.addr);
+            address.priority = Some(u16::try_from(locality.priority).unwrap_or(u16::MAX));
+            address.locality = Some(key.clone());
+            addrs.push(address);
+            count += 1;
+        }
+        if count > 0 {
+            localities.push(LocalityWeight::new(&*key, locality.weight, count));
+        }
+    }
+    (addrs, localities)
+}
+
+/// The channel's policy: the cluster's outlier detection, if any, over locality weights
+/// over the cluster's `lb_policy`.
+fn load_balancing(cluster: &ClusterUpdate, localities: Vec<LocalityWeight>) -> LoadBalancingConfig {
+    let child = match cluster.lb_policy {
+        LbPolicy::RoundRobin => LoadBalancingConfig::RoundRobin,
+        LbPolicy::LeastRequest { choice_count } => LoadBalancingConfig::LeastRequest {
+            choice_count: choice_count as usize,
+        },
+    };
+    let weighted = LoadBalancingConfig::LocalityWeighted(Box::new(LocalityWeightedConfig::new(
+        localities, child,
+    )));
+    match &cluster.outlier_detection {
+        Some(od) => {
+            let mut od = od.clone();
+            od.child_policy = weighted;
+            LoadBalancingConfig::OutlierDetection(Box::new(od))
+        }
+        None => weighted,
+    }
+}
+
+/// The route every call of a channel takes unless a per-method route says otherwise:
+/// in the virtual host whose domains best match `name` (gRFC A27), the first route that
+/// matches every path with no other condition. Returns the host and the route's index.
+fn default_route<'a>(
+    rc: &'a RouteConfig,
+    name: &str,
+) -> Result<(&'a VirtualHost, usize), ResolveError> {
     let vh = best_virtual_host(rc, name).ok_or_else(|| {
         ResolveError::new(format!(
             "xDS: no virtual host has a domain matching {name:?}"
         ))
     })?;
-    let route = vh
+    let index = vh
         .routes
         .iter()
-        .find(|r| {
+        .position(|r| {
             !r.conditional && matches!(&r.path, PathMatch::Prefix(p) if p.is_empty() || p == "/")
         })
         .ok_or_else(|| {
             ResolveError::new(format!(
                 "xDS: the virtual host for {name:?} has no default route (prefix \"\" or \"/\" \
-                 with no other match); per-method routes are not supported yet"
+                 with no other match); routes that match some methods only are used for \
+                 their timeouts and retries, not on their own"
             ))
         })?;
+    Ok((vh, index))
+}
+
+/// The cluster a route forwards to, when it names one.
+fn route_cluster(route: &Route, name: &str) -> Result<String, ResolveError> {
     match &route.action {
         RouteTarget::Cluster(cluster) => Ok(cluster.clone()),
         RouteTarget::Weighted(_) => Err(ResolveError::new(format!(
@@ -240,14 +325,90 @@ fn default_cluster(rc: &RouteConfig, name: &str) -> Result<String, ResolveError>
     }
 }
 
+#[cfg(test)]
+fn default_cluster(rc: &RouteConfig, name: &str) -> Result<String, ResolveError> {
+    let (vh, i) = default_route(rc, name)?;
+    route_cluster(&vh.routes[i], name)
+}
+
+/// The method configs that say what the routes say about timeouts and retries: one per
+/// route before the default that matches a whole service (prefix `/pkg.Svc/`) or one
+/// method (path `/pkg.Svc/Method`) and forwards to the default route's cluster, then the
+/// default route's as the default config (`{}`). A route without a deadline takes the
+/// listener's (`listener_timeout`).
+///
+/// A route before the default that cannot be expressed so (a regex, header or other
+/// conditions, a case-insensitive match, any other prefix, another cluster or weighted
+/// clusters) is passed over, as before: the calls it would take follow the routes
+/// after it. A method route that an earlier route of its service hides is dropped, as
+/// the earlier one takes its calls in xDS's first-match order.
+fn method_configs(
+    vh: &VirtualHost,
+    default: usize,
+    cluster: &str,
+    listener_timeout: Option<Duration>,
+) -> Vec<MethodConfig> {
+    let mut configs = Vec::new();
+    let mut services: Vec<&str> = Vec::new();
+    let mut methods: Vec<(&str, &str)> = Vec::new();
+    // gRFC A31: the route's deadline, else the listener's; zero is none.
+    let config = |names: Vec<MethodPattern>, route: &Route| MethodConfig {
+        names,
+        timeout: route
+            .max_stream_duration
+            .or(listener_timeout)
+            .filter(|t| !t.is_zero()),
+        retry_policy: route.retry.clone(),
+        ..MethodConfig::default()
+    };
+    for route in &vh.routes[..default] {
+        if route.conditional || route.case_insensitive {
+            continue;
+        }
+        let pattern = match &route.path {
+            PathMatch::Prefix(p) => match p
+                .strip_prefix('/')
+                .and_then(|p| p.strip_suffix('/'))
+                .filter(|s| !s.is_empty() && !s.contains('/'))
+            {
+                Some(service) if !services.contains(&service) => {
+                    services.push(service);
+                    MethodPattern::service(service)
+                }
+                _ => continue,
+            },
+            PathMatch::Exact(p) => match p
+                .strip_prefix('/')
+                .and_then(|p| p.split_once('/'))
+                .filter(|(s, m)| !s.is_empty() && !m.is_empty() && !m.contains('/'))
+            {
+                Some((service, method))
+                    if !services.contains(&service) && !methods.contains(&(service, method)) =>
+                {
+                    methods.push((service, method));
+                    MethodPattern::method(service, method)
+                }
+                _ => continue,
+            },
+            PathMatch::Regex => continue,
+        };
+        // A route to another cluster still hides the later routes of its methods.
+        if matches!(&route.action, RouteTarget::Cluster(c) if c == cluster) {
+            configs.push(config(vec![pattern], route));
+        }
+    }
+    configs.push(config(
+        vec![MethodPattern::default_all()],
+        &vh.routes[default],
+    ));
+    configs
+}
+
 /// gRFC A27's domain matching: an exact match beats a suffix wildcard (`*.foo.com`),
 /// which beats a prefix wildcard (`foo.*`), which beats `*`; longer patterns first.
-fn best_virtual_host<'a>(
-    rc: &'a RouteConfig,
-    name: &str,
-) -> Option<&'a super::resource::VirtualHost> {
+fn best_virtual_host<'a>(rc: &'a RouteConfig, name: &str) -> Option<&'a VirtualHost> {
     let name = name.to_ascii_lowercase();
-    let mut best: Option<((u8, usize), &super::resource::VirtualHost)> = None;
+    let mut best: Option<((u8, usize), &VirtualHost)> = None;
     for vh in &rc.virtual_hosts {
         for domain in &vh.domains {
             let domain = domain.to_ascii_lowercase();
@@ -273,17 +434,23 @@ fn best_virtual_host<'a>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::resource::{Route, VirtualHost};
     use super::*;
+
+    fn route(path: PathMatch, conditional: bool, cluster: &str) -> Route {
+        Route {
+            path,
+            conditional,
+            case_insensitive: false,
+            action: RouteTarget::Cluster(cluster.to_owned()),
+            max_stream_duration: None,
+            retry: None,
+        }
+    }
 
     fn vh(domains: &[&str], cluster: &str) -> VirtualHost {
         VirtualHost {
             domains: domains.iter().map(|d| d.to_string()).collect(),
-            routes: vec![Route {
-                path: PathMatch::Prefix(String::new()),
-                conditional: false,
-                action: RouteTarget::Cluster(cluster.to_owned()),
-            }],
+            routes: vec![route(PathMatch::Prefix(String::new()), false, cluster)],
         }
     }
 
@@ -313,21 +480,9 @@ mod tests {
     fn only_an_unconditional_catch_all_route_is_the_default() {
         let mut host = vh(&["*"], "unused");
         host.routes = vec![
-            Route {
-                path: PathMatch::Prefix("/pkg.Svc/".into()),
-                conditional: false,
-                action: RouteTarget::Cluster("method".into()),
-            },
-            Route {
-                path: PathMatch::Prefix("/".into()),
-                conditional: true,
-                action: RouteTarget::Cluster("header".into()),
-            },
-            Route {
-                path: PathMatch::Prefix("/".into()),
-                conditional: false,
-                action: RouteTarget::Cluster("default".into()),
-            },
+            route(PathMatch::Prefix("/pkg.Svc/".into()), false, "method"),
+            route(PathMatch::Prefix("/".into()), true, "header"),
+            route(PathMatch::Prefix("/".into()), false, "default"),
         ];
         let rc = RouteConfig {
             virtual_hosts: vec![host],
@@ -341,5 +496,148 @@ mod tests {
         weighted.virtual_hosts[0].routes.pop();
         let e = default_cluster(&weighted, "x").unwrap_err();
         assert!(e.to_string().contains("no default route"), "{e}");
+    }
+
+    #[test]
+    fn routes_before_the_default_become_method_configs() {
+        let timed = |path: PathMatch, conditional: bool, cluster: &str, secs: u64| {
+            let mut r = route(path, conditional, cluster);
+            r.max_stream_duration = Some(Duration::from_secs(secs));
+            r
+        };
+        let mut insensitive = timed(PathMatch::Prefix("/f.S/".into()), false, "c", 10);
+        insensitive.case_insensitive = true;
+        let host = VirtualHost {
+            domains: vec!["*".into()],
+            routes: vec![
+                timed(PathMatch::Exact("/a.S/Get".into()), false, "c", 1),
+                timed(PathMatch::Prefix("/a.S/".into()), false, "c", 2),
+                // Hidden by the service route before it.
+                timed(PathMatch::Exact("/a.S/Put".into()), false, "c", 3),
+                // Another cluster: not expressible, but it hides b.S's later routes.
+                timed(PathMatch::Prefix("/b.S/".into()), false, "other", 4),
+                timed(PathMatch::Exact("/b.S/Get".into()), false, "c", 5),
+                // Not a whole service, a regex, a header condition, any case.
+                timed(PathMatch::Prefix("/c.".into()), false, "c", 6),
+                timed(PathMatch::Regex, false, "c", 7),
+                timed(PathMatch::Prefix("/d.S/".into()), true, "c", 8),
+                insensitive,
+                timed(PathMatch::Prefix(String::new()), false, "c", 9),
+                // After the default: never matched.
+                timed(PathMatch::Prefix("/e.S/".into()), false, "c", 11),
+            ],
+        };
+        let rc = RouteConfig {
+            virtual_hosts: vec![host],
+        };
+        let (vh, default) = default_route(&rc, "x").unwrap();
+        assert_eq!(default, 9);
+        let configs = method_configs(vh, default, "c", None);
+        let got: Vec<(Vec<MethodPattern>, Option<u64>)> = configs
+            .iter()
+            .map(|c| (c.names.clone(), c.timeout.map(|t| t.as_secs())))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (vec![MethodPattern::method("a.S", "Get")], Some(1)),
+                (vec![MethodPattern::service("a.S")], Some(2)),
+                (vec![MethodPattern::default_all()], Some(9)),
+            ]
+        );
+        let config = ServiceConfig {
+            method_configs: configs,
+            ..ServiceConfig::default()
+        };
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_route_without_a_deadline_takes_the_listeners() {
+        let mut with = route(PathMatch::Exact("/a.S/Get".into()), false, "c");
+        with.max_stream_duration = Some(Duration::from_secs(1));
+        let mut zero = route(PathMatch::Exact("/a.S/Put".into()), false, "c");
+        zero.max_stream_duration = Some(Duration::ZERO);
+        let host = VirtualHost {
+            domains: vec!["*".into()],
+            routes: vec![with, zero, route(PathMatch::Prefix("/".into()), false, "c")],
+        };
+        let timeouts = |listener| -> Vec<Option<u64>> {
+            method_configs(&host, 2, "c", listener)
+                .iter()
+                .map(|c| c.timeout.map(|t| t.as_secs()))
+                .collect()
+        };
+        // Its own, none (an explicit zero), the listener's.
+        assert_eq!(
+            timeouts(Some(Duration::from_secs(7))),
+            vec![Some(1), None, Some(7)]
+        );
+        assert_eq!(timeouts(None), vec![Some(1), None, None]);
+    }
+
+    #[test]
+    fn each_address_carries_its_locality_and_each_locality_its_weight_and_size() {
+        use super::super::resource::{Endpoint, LocalityEndpoints};
+        let ep = |port: u16| Endpoint {
+            addr: std::net::SocketAddr::from(([10, 0, 0, 1], port)),
+            weight: 1,
+        };
+        let locality = |name: &str, priority, weight, endpoints| LocalityEndpoints {
+            name: name.into(),
+            priority,
+            weight,
+            endpoints,
+        };
+        let update = EndpointsUpdate {
+            localities: vec![
+                locality("r/a/", 0, 3, vec![ep(1), ep(2)]),
+                // Port 2 again: it stays in its first locality.
+                locality("r/b/", 0, 1, vec![ep(2), ep(3)]),
+                // The same locality at another priority is another key.
+                locality("r/a/", 1, 5, vec![ep(4)]),
+                locality("r/c/", 0, 2, vec![]),
+            ],
+        };
+        let (addrs, localities) = addresses(&update);
+        let got: Vec<(u16, Option<u16>, Option<&str>)> = addrs
+            .iter()
+            .map(|a| (a.addr.port(), a.priority, a.locality.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, Some(0), Some("0:r/a/")),
+                (2, Some(0), Some("0:r/a/")),
+                (3, Some(0), Some("0:r/b/")),
+                (4, Some(1), Some("1:r/a/")),
+            ]
+        );
+        // A locality with no endpoint left is not listed.
+        assert_eq!(
+            localities,
+            vec![
+                LocalityWeight::new("0:r/a/", 3, 2),
+                LocalityWeight::new("0:r/b/", 1, 1),
+                LocalityWeight::new("1:r/a/", 5, 1),
+            ]
+        );
+        let cluster = ClusterUpdate {
+            eds_service_name: "e".into(),
+            lb_policy: LbPolicy::LeastRequest { choice_count: 3 },
+            outlier_detection: None,
+        };
+        let config = ServiceConfig {
+            load_balancing: Some(load_balancing(&cluster, localities)),
+            ..ServiceConfig::default()
+        };
+        assert_eq!(config.validate(), Ok(()));
+        let Some(LoadBalancingConfig::LocalityWeighted(lw)) = &config.load_balancing else {
+            panic!("{config:?}")
+        };
+        assert_eq!(
+            lw.child_policy,
+            LoadBalancingConfig::LeastRequest { choice_count: 3 }
+        );
     }
 }

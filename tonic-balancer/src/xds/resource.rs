@@ -4,6 +4,10 @@
 //! A resource that fails validation is NACKed by the client with the message built
 //! here; the message starts with the field at fault (`api_listener`, `virtual_hosts[0]`).
 
+use crate::config::{
+    FailurePercentageEjectionConfig, LoadBalancingConfig, OutlierDetectionConfig, RetryPolicy,
+    SuccessRateEjectionConfig,
+};
 use envoy_types::pb::envoy::config::cluster::v3::{self as cds, cluster};
 use envoy_types::pb::envoy::config::core::v3::{self as core, config_source};
 use envoy_types::pb::envoy::config::endpoint::v3 as eds;
@@ -16,6 +20,8 @@ use envoy_types::pb::envoy::service::discovery::v3::Resource as DiscoveryResourc
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+use tonic::Code;
 
 /// The type of the router HTTP filter, which gRPC requires last in the filter chain.
 const ROUTER_FILTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
@@ -70,9 +76,19 @@ pub(crate) enum Resource {
     Endpoints(EndpointsUpdate),
 }
 
-/// What a channel needs from an LDS resource: where its routes are.
+/// What a channel needs from an LDS resource.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) enum ListenerUpdate {
+pub(crate) struct ListenerUpdate {
+    /// Where its routes are.
+    pub(crate) routes: ListenerRoutes,
+    /// The HttpConnectionManager's `common_http_protocol_options.max_stream_duration`:
+    /// the deadline of calls whose route sets none (gRFC A31).
+    pub(crate) max_stream_duration: Option<Duration>,
+}
+
+/// Where a listener's routes are.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum ListenerRoutes {
     /// The route configuration inside the listener.
     Inline(RouteConfig),
     /// The name of an RDS resource.
@@ -95,7 +111,16 @@ pub(crate) struct Route {
     pub(crate) path: PathMatch,
     /// Whether the route has header matchers or other conditions beyond the path.
     pub(crate) conditional: bool,
+    /// Whether the path matches whatever its case (`case_sensitive: false`).
+    pub(crate) case_insensitive: bool,
     pub(crate) action: RouteTarget,
+    /// The deadline the route gives calls (gRFC A31: `max_stream_duration`'s
+    /// `grpc_timeout_header_max`, else its `max_stream_duration`); zero is none, and
+    /// `None` (unset) leaves it to the listener's.
+    pub(crate) max_stream_duration: Option<Duration>,
+    /// The route's retry policy, else its virtual host's (gRFC A44); `None` when neither
+    /// has one or it names no status code gRPC retries on.
+    pub(crate) retry: Option<RetryPolicy>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -121,12 +146,19 @@ pub(crate) struct ClusterUpdate {
     /// own name when that is empty.
     pub(crate) eds_service_name: String,
     pub(crate) lb_policy: LbPolicy,
+    /// `outlier_detection` as gRFC A50 maps it; its child policy is a placeholder the
+    /// resolver replaces. `None` when the cluster has none.
+    pub(crate) outlier_detection: Option<OutlierDetectionConfig>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum LbPolicy {
     RoundRobin,
-    LeastRequest,
+    /// `least_request_lb_config.choice_count`: 2 when unset, above 10 taken as 10
+    /// (gRFC A48).
+    LeastRequest {
+        choice_count: u32,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -136,6 +168,8 @@ pub(crate) struct EndpointsUpdate {
 
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct LocalityEndpoints {
+    /// `region/zone/sub_zone` (empty parts when the locality is absent).
+    pub(crate) name: String,
     pub(crate) weight: u32,
     pub(crate) priority: u32,
     /// The endpoints that may get calls: HEALTHY or UNKNOWN.
@@ -243,9 +277,18 @@ fn listener(l: &lds::Listener) -> Result<ListenerUpdate, String> {
             }
         }
     }
-    match hcm.route_specifier {
+    let max_stream_duration = hcm
+        .common_http_protocol_options
+        .as_ref()
+        .and_then(|o| o.max_stream_duration.as_ref())
+        .map(|d| {
+            duration(d, "max_stream_duration")
+                .map_err(|e| format!("api_listener.common_http_protocol_options.{e}"))
+        })
+        .transpose()?;
+    let routes = match hcm.route_specifier {
         Some(RouteSpecifier::RouteConfig(rc)) => route_config(&rc)
-            .map(ListenerUpdate::Inline)
+            .map(ListenerRoutes::Inline)
             .map_err(|e| format!("api_listener.route_config.{e}")),
         Some(RouteSpecifier::Rds(rds)) => {
             ads_source(rds.config_source.as_ref())
@@ -253,13 +296,17 @@ fn listener(l: &lds::Listener) -> Result<ListenerUpdate, String> {
             if rds.route_config_name.is_empty() {
                 return Err("api_listener.rds.route_config_name: empty".into());
             }
-            Ok(ListenerUpdate::Rds(rds.route_config_name))
+            Ok(ListenerRoutes::Rds(rds.route_config_name))
         }
         Some(RouteSpecifier::ScopedRoutes(_)) => {
             Err("api_listener: scoped_routes is not supported".into())
         }
         None => Err("api_listener: neither route_config nor rds is set".into()),
-    }
+    }?;
+    Ok(ListenerUpdate {
+        routes,
+        max_stream_duration,
+    })
 }
 
 /// gRPC clients take resources from the ADS stream only: `ads` or `self`.
@@ -277,6 +324,12 @@ fn route_config(rc: &rds::RouteConfiguration) -> Result<RouteConfig, String> {
         if vh.domains.is_empty() {
             return Err(format!("virtual_hosts[{i}].domains: empty"));
         }
+        let vh_retry = match &vh.retry_policy {
+            Some(rp) => {
+                retry_policy(rp).map_err(|e| format!("virtual_hosts[{i}].retry_policy.{e}"))?
+            }
+            None => None,
+        };
         let mut routes = Vec::with_capacity(vh.routes.len());
         for (j, r) in vh.routes.iter().enumerate() {
             let at = format!("virtual_hosts[{i}].routes[{j}]");
@@ -293,6 +346,25 @@ fn route_config(rc: &rds::RouteConfiguration) -> Result<RouteConfig, String> {
             let conditional = !m.headers.is_empty()
                 || m.runtime_fraction.is_some()
                 || !m.query_parameters.is_empty();
+            let case_insensitive = m.case_sensitive.as_ref().is_some_and(|c| !c.value);
+            let (max_stream_duration, route_retry) = match &r.action {
+                Some(route::Action::Route(a)) => (
+                    route_timeout(a.max_stream_duration.as_ref())
+                        .map_err(|e| format!("{at}.route.max_stream_duration.{e}"))?,
+                    a.retry_policy
+                        .as_ref()
+                        .map(|rp| {
+                            retry_policy(rp).map_err(|e| format!("{at}.route.retry_policy.{e}"))
+                        })
+                        .transpose()?,
+                ),
+                _ => (None, None),
+            };
+            // A44: the route's policy, else the virtual host's.
+            let retry = match route_retry {
+                Some(policy) => policy,
+                None => vh_retry.clone(),
+            };
             let action = match &r.action {
                 Some(route::Action::Route(a)) => match &a.cluster_specifier {
                     Some(route_action::ClusterSpecifier::Cluster(c)) if !c.is_empty() => {
@@ -323,7 +395,10 @@ fn route_config(rc: &rds::RouteConfiguration) -> Result<RouteConfig, String> {
             routes.push(Route {
                 path,
                 conditional,
+                case_insensitive,
                 action,
+                max_stream_duration,
+                retry,
             });
         }
         virtual_hosts.push(VirtualHost {
@@ -332,6 +407,97 @@ fn route_config(rc: &rds::RouteConfiguration) -> Result<RouteConfig, String> {
         });
     }
     Ok(RouteConfig { virtual_hosts })
+}
+
+/// A proto3 Duration as a `Duration`; `field` names it in the error.
+fn duration(
+    d: &envoy_types::pb::google::protobuf::Duration,
+    field: &str,
+) -> Result<Duration, String> {
+    // proto3's range: 10 000 years, nanos within a second, no sign.
+    if d.seconds < 0 || d.seconds > 315_576_000_000 || !(0..1_000_000_000).contains(&d.nanos) {
+        return Err(format!(
+            "{field}: not a valid duration ({}s {}ns)",
+            d.seconds, d.nanos
+        ));
+    }
+    Ok(Duration::new(d.seconds as u64, d.nanos as u32))
+}
+
+/// gRFC A31: the deadline of a route's calls is `grpc_timeout_header_max` if set, else
+/// `max_stream_duration`; neither is `None`.
+fn route_timeout(
+    msd: Option<&route_action::MaxStreamDuration>,
+) -> Result<Option<Duration>, String> {
+    let Some(msd) = msd else {
+        return Ok(None);
+    };
+    let chosen = match (&msd.grpc_timeout_header_max, &msd.max_stream_duration) {
+        (Some(d), _) => duration(d, "grpc_timeout_header_max")?,
+        (None, Some(d)) => duration(d, "max_stream_duration")?,
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(chosen))
+}
+
+/// gRFC A44's default backoff: a base of 25 ms, and a maximum of 10 × the base.
+const DEFAULT_RETRY_BASE_INTERVAL: Duration = Duration::from_millis(25);
+
+/// gRFC A44: an Envoy retry policy as an A6 one. `retry_on`'s gRPC conditions become the
+/// retryable codes (others are ignored; none left means no retries), `num_retries + 1`
+/// the attempts (at most 5, A6's limit), `retry_back_off` the backoff, multiplier 2.
+fn retry_policy(rp: &rds::RetryPolicy) -> Result<Option<RetryPolicy>, String> {
+    let mut codes = Vec::new();
+    for condition in rp.retry_on.split(',') {
+        let code = match condition.trim().to_ascii_lowercase().as_str() {
+            "cancelled" => Code::Cancelled,
+            "deadline-exceeded" => Code::DeadlineExceeded,
+            "internal" => Code::Internal,
+            "resource-exhausted" => Code::ResourceExhausted,
+            "unavailable" => Code::Unavailable,
+            _ => continue,
+        };
+        if !codes.contains(&code) {
+            codes.push(code);
+        }
+    }
+    let num_retries = match &rp.num_retries {
+        Some(n) if n.value == 0 => return Err("num_retries: must be at least 1, got 0".into()),
+        Some(n) => n.value,
+        None => 1,
+    };
+    let (base, max) = match &rp.retry_back_off {
+        None => (
+            DEFAULT_RETRY_BASE_INTERVAL,
+            DEFAULT_RETRY_BASE_INTERVAL * 10,
+        ),
+        Some(b) => {
+            let base = match &b.base_interval {
+                Some(d) => duration(d, "retry_back_off.base_interval")?,
+                None => return Err("retry_back_off.base_interval: missing".into()),
+            };
+            if base.is_zero() {
+                return Err("retry_back_off.base_interval: must be > 0".into());
+            }
+            let max = match &b.max_interval {
+                Some(d) => duration(d, "retry_back_off.max_interval")?,
+                None => base.saturating_mul(10),
+            };
+            if max < base {
+                return Err(format!(
+                    "retry_back_off.max_interval: {max:?} is less than base_interval ({base:?})"
+                ));
+            }
+            (base, max)
+        }
+    };
+    if codes.is_empty() {
+        return Ok(None);
+    }
+    let attempts = num_retries
+        .saturating_add(1)
+        .min(crate::defaults::MAX_ATTEMPTS);
+    Ok(Some(RetryPolicy::new(attempts, base, max, 2.0, codes)))
 }
 
 fn cluster(c: &cds::Cluster) -> Result<ClusterUpdate, String> {
@@ -359,7 +525,23 @@ fn cluster(c: &cds::Cluster) -> Result<ClusterUpdate, String> {
         .map_err(|e| format!("eds_cluster_config.eds_config: {e}"))?;
     let lb_policy = match cluster::LbPolicy::try_from(c.lb_policy) {
         Ok(cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
-        Ok(cluster::LbPolicy::LeastRequest) => LbPolicy::LeastRequest,
+        Ok(cluster::LbPolicy::LeastRequest) => {
+            let config = match &c.lb_config {
+                Some(cluster::LbConfig::LeastRequestLbConfig(config)) => Some(config),
+                _ => None,
+            };
+            let choice_count = config
+                .and_then(|l| l.choice_count.as_ref())
+                .map_or(2, |c| c.value);
+            if choice_count < 2 {
+                return Err(format!(
+                    "least_request_lb_config.choice_count: must be at least 2, got {choice_count}"
+                ));
+            }
+            LbPolicy::LeastRequest {
+                choice_count: choice_count.min(crate::defaults::MAX_CHOICE_COUNT as u32),
+            }
+        }
         Ok(other) => {
             return Err(format!(
                 "lb_policy: {} is not supported (ROUND_ROBIN or LEAST_REQUEST)",
@@ -373,10 +555,105 @@ fn cluster(c: &cds::Cluster) -> Result<ClusterUpdate, String> {
     } else {
         eds.service_name.clone()
     };
+    let outlier_detection = c
+        .outlier_detection
+        .as_ref()
+        .map(|od| outlier_detection(od).map_err(|e| format!("outlier_detection.{e}")))
+        .transpose()?;
     Ok(ClusterUpdate {
         eds_service_name,
         lb_policy,
+        outlier_detection,
     })
+}
+
+/// gRFC A50: a cluster's outlier detection as `outlier_detection_experimental`. Unset
+/// fields take A50's defaults; success-rate ejection is on unless
+/// `enforcing_success_rate` is 0 (default 100), failure-percentage ejection only when
+/// `enforcing_failure_percentage` is above 0 (default 0). The consecutive-failure and
+/// local-origin fields are Envoy's only and are ignored.
+fn outlier_detection(od: &cds::OutlierDetection) -> Result<OutlierDetectionConfig, String> {
+    let u32_or = |v: &Option<envoy_types::pb::google::protobuf::UInt32Value>, default: u32| {
+        v.as_ref().map_or(default, |v| v.value)
+    };
+    let percent =
+        |v: &Option<envoy_types::pb::google::protobuf::UInt32Value>, default: u32, field: &str| {
+            let value = u32_or(v, default);
+            if value > 100 {
+                Err(format!(
+                    "{field}: must be a percentage (at most 100), got {value}"
+                ))
+            } else {
+                Ok(value)
+            }
+        };
+    let duration_or =
+        |d: &Option<envoy_types::pb::google::protobuf::Duration>,
+         default: Duration,
+         field: &str| { d.as_ref().map_or(Ok(default), |d| duration(d, field)) };
+    let mut config = OutlierDetectionConfig::new(LoadBalancingConfig::RoundRobin);
+    config.interval = duration_or(
+        &od.interval,
+        crate::defaults::DEFAULT_EJECTION_INTERVAL,
+        "interval",
+    )?;
+    config.base_ejection_time = duration_or(
+        &od.base_ejection_time,
+        crate::defaults::DEFAULT_BASE_EJECTION_TIME,
+        "base_ejection_time",
+    )?;
+    config.max_ejection_time = duration_or(
+        &od.max_ejection_time,
+        crate::defaults::DEFAULT_MAX_EJECTION_TIME.max(config.base_ejection_time),
+        "max_ejection_time",
+    )?;
+    // Zero would make the channel's timers spin; A50's JSON forbids it too.
+    if config.interval.is_zero() {
+        return Err("interval: must be > 0".into());
+    }
+    if config.base_ejection_time.is_zero() {
+        return Err("base_ejection_time: must be > 0".into());
+    }
+    config.max_ejection_percent = percent(
+        &od.max_ejection_percent,
+        crate::defaults::DEFAULT_MAX_EJECTION_PERCENT,
+        "max_ejection_percent",
+    )?;
+    let enforcing_success_rate =
+        percent(&od.enforcing_success_rate, 100, "enforcing_success_rate")?;
+    if enforcing_success_rate > 0 {
+        let defaults = SuccessRateEjectionConfig::default();
+        let sr = SuccessRateEjectionConfig {
+            enforcement_percentage: enforcing_success_rate,
+            stdev_factor: u32_or(&od.success_rate_stdev_factor, defaults.stdev_factor),
+            minimum_hosts: u32_or(&od.success_rate_minimum_hosts, defaults.minimum_hosts),
+            request_volume: u32_or(&od.success_rate_request_volume, defaults.request_volume),
+        };
+        config.success_rate_ejection = Some(sr);
+    }
+    let enforcing_failure_percentage = percent(
+        &od.enforcing_failure_percentage,
+        0,
+        "enforcing_failure_percentage",
+    )?;
+    if enforcing_failure_percentage > 0 {
+        let defaults = FailurePercentageEjectionConfig::default();
+        let fp = FailurePercentageEjectionConfig {
+            enforcement_percentage: enforcing_failure_percentage,
+            threshold: percent(
+                &od.failure_percentage_threshold,
+                defaults.threshold,
+                "failure_percentage_threshold",
+            )?,
+            minimum_hosts: u32_or(&od.failure_percentage_minimum_hosts, defaults.minimum_hosts),
+            request_volume: u32_or(
+                &od.failure_percentage_request_volume,
+                defaults.request_volume,
+            ),
+        };
+        config.failure_percentage_ejection = Some(fp);
+    }
+    Ok(config)
 }
 
 fn endpoints(cla: &eds::ClusterLoadAssignment) -> Result<EndpointsUpdate, String> {
@@ -386,6 +663,24 @@ fn endpoints(cla: &eds::ClusterLoadAssignment) -> Result<EndpointsUpdate, String
         // gRFC A27: a locality of weight 0 (or none) gets no traffic.
         if weight == 0 {
             continue;
+        }
+        let name = loc.locality.as_ref().map_or_else(
+            || "//".to_owned(),
+            |l| format!("{}/{}/{}", l.region, l.zone, l.sub_zone),
+        );
+        // As grpc-go: a locality appears once per priority (its weight would be ambiguous).
+        if let Some(k) = cla.endpoints[..i].iter().position(|other| {
+            other.priority == loc.priority
+                && other.locality == loc.locality
+                && other
+                    .load_balancing_weight
+                    .as_ref()
+                    .is_some_and(|w| w.value > 0)
+        }) {
+            return Err(format!(
+                "endpoints[{i}].locality: {name:?} is also endpoints[{k}]'s, at the same priority {}",
+                loc.priority
+            ));
         }
         let mut endpoints = Vec::with_capacity(loc.lb_endpoints.len());
         for (j, lb) in loc.lb_endpoints.iter().enumerate() {
@@ -431,6 +726,7 @@ fn endpoints(cla: &eds::ClusterLoadAssignment) -> Result<EndpointsUpdate, String
             }
         }
         localities.push(LocalityEndpoints {
+            name,
             weight,
             priority: loc.priority,
             endpoints,
@@ -514,7 +810,10 @@ mod tests {
         assert_eq!(name, "l");
         assert_eq!(
             res,
-            Resource::Listener(ListenerUpdate::Rds("routes".into()))
+            Resource::Listener(ListenerUpdate {
+                routes: ListenerRoutes::Rds("routes".into()),
+                max_stream_duration: None,
+            })
         );
     }
 
@@ -586,7 +885,10 @@ mod tests {
         assert_eq!(name, "l");
         assert_eq!(
             res,
-            Resource::Listener(ListenerUpdate::Rds("routes".into()))
+            Resource::Listener(ListenerUpdate {
+                routes: ListenerRoutes::Rds("routes".into()),
+                max_stream_duration: None,
+            })
         );
         let empty = any(&DiscoveryResource {
             name: "l".into(),
@@ -617,7 +919,8 @@ mod tests {
             res,
             Resource::Cluster(ClusterUpdate {
                 eds_service_name: "c".into(),
-                lb_policy: LbPolicy::LeastRequest,
+                lb_policy: LbPolicy::LeastRequest { choice_count: 2 },
+                outlier_detection: None,
             })
         );
         c.lb_policy = cluster::LbPolicy::Maglev as i32;
@@ -750,6 +1053,19 @@ mod tests {
             reason(Kind::Endpoints, &with(lb_endpoint("10.0.0.1", 80, ok), 1))
                 .contains("priorities must run from 0")
         );
+        // One locality twice at one priority: which weight would it have?
+        let twice = any(&eds::ClusterLoadAssignment {
+            cluster_name: "e".into(),
+            endpoints: vec![
+                locality(0, Some(1), vec![lb_endpoint("10.0.0.1", 80, ok)]),
+                locality(0, Some(2), vec![lb_endpoint("10.0.0.2", 80, ok)]),
+            ],
+            ..Default::default()
+        });
+        assert_eq!(
+            reason(Kind::Endpoints, &twice),
+            "endpoints[1].locality: \"//\" is also endpoints[0]'s, at the same priority 0"
+        );
     }
 
     #[test]
@@ -821,6 +1137,293 @@ mod tests {
         assert_eq!(
             reason(Kind::RouteConfig, &any(&no_match)),
             "virtual_hosts[0].routes[0].match: missing"
+        );
+    }
+
+    fn proto_duration(millis: i64) -> envoy_types::pb::google::protobuf::Duration {
+        envoy_types::pb::google::protobuf::Duration {
+            seconds: millis / 1000,
+            nanos: (millis % 1000) as i32 * 1_000_000,
+        }
+    }
+
+    /// A route configuration whose one catch-all route has this action, and whose
+    /// virtual host has `vh_retry`.
+    fn routes_with(
+        action: rds::RouteAction,
+        vh_retry: Option<rds::RetryPolicy>,
+    ) -> Result<Route, String> {
+        let rc = rds::RouteConfiguration {
+            name: "r".into(),
+            virtual_hosts: vec![rds::VirtualHost {
+                domains: vec!["*".into()],
+                retry_policy: vh_retry,
+                routes: vec![rds::Route {
+                    r#match: Some(rds::RouteMatch {
+                        path_specifier: Some(route_match::PathSpecifier::Prefix(String::new())),
+                        ..Default::default()
+                    }),
+                    action: Some(route::Action::Route(rds::RouteAction {
+                        cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
+                            "c".into(),
+                        )),
+                        ..action
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        match decode(Kind::RouteConfig, &any(&rc)) {
+            Ok((_, Resource::RouteConfig(mut rc))) => Ok(rc.virtual_hosts[0].routes.remove(0)),
+            Ok((_, other)) => panic!("{other:?}"),
+            Err(invalid) => Err(invalid.reason),
+        }
+    }
+
+    #[test]
+    fn a_route_timeout_is_grpc_timeout_header_max_else_max_stream_duration() {
+        let with = |max: Option<i64>, header_max: Option<i64>| {
+            routes_with(
+                rds::RouteAction {
+                    max_stream_duration: Some(route_action::MaxStreamDuration {
+                        max_stream_duration: max.map(proto_duration),
+                        grpc_timeout_header_max: header_max.map(proto_duration),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                None,
+            )
+            .map(|r| r.max_stream_duration)
+        };
+        let ms = |n| Some(Duration::from_millis(n));
+        assert_eq!(with(Some(1500), None), Ok(ms(1500)));
+        assert_eq!(with(Some(1500), Some(200)), Ok(ms(200)));
+        // Zero is kept: it means no deadline, where unset defers to the listener.
+        assert_eq!(with(Some(1500), Some(0)), Ok(ms(0)));
+        assert_eq!(with(None, None), Ok(None));
+        assert_eq!(
+            with(Some(-1000), None),
+            Err(
+                "virtual_hosts[0].routes[0].route.max_stream_duration.max_stream_duration: \
+                 not a valid duration (-1s 0ns)"
+                    .to_owned()
+            )
+        );
+    }
+
+    #[test]
+    fn a_route_retry_policy_maps_onto_grpc_retries() {
+        let policy =
+            |retry_on: &str, num_retries: Option<u32>, backoff: Option<(i64, Option<i64>)>| {
+                rds::RetryPolicy {
+                    retry_on: retry_on.into(),
+                    num_retries: num_retries.map(|value| UInt32Value { value }),
+                    retry_back_off: backoff.map(|(base, max)| rds::retry_policy::RetryBackOff {
+                        base_interval: Some(proto_duration(base)),
+                        max_interval: max.map(proto_duration),
+                    }),
+                    ..Default::default()
+                }
+            };
+        let on_route = |p: rds::RetryPolicy| {
+            routes_with(
+                rds::RouteAction {
+                    retry_policy: Some(p),
+                    ..Default::default()
+                },
+                None,
+            )
+            .map(|r| r.retry)
+        };
+        // gRPC's conditions only; num_retries 7 is 8 attempts, A6 allows 5; A44's
+        // default backoff is 25 ms up to 250 ms, multiplier 2.
+        let got = on_route(policy(
+            "unavailable, Cancelled,5xx,internal,unavailable",
+            Some(7),
+            None,
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            got,
+            RetryPolicy::new(
+                5,
+                Duration::from_millis(25),
+                Duration::from_millis(250),
+                2.0,
+                vec![Code::Unavailable, Code::Cancelled, Code::Internal],
+            )
+        );
+        // Unset num_retries is one retry; a base alone gives a maximum of 10 × it.
+        let got = on_route(policy("deadline-exceeded", None, Some((10, None))))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (got.max_attempts, got.initial_backoff, got.max_backoff),
+            (2, Duration::from_millis(10), Duration::from_millis(100))
+        );
+        // No gRPC condition: no retries.
+        assert_eq!(on_route(policy("5xx,reset", Some(3), None)), Ok(None));
+        let at = "virtual_hosts[0].routes[0].route.retry_policy";
+        assert_eq!(
+            on_route(policy("unavailable", Some(0), None)),
+            Err(format!("{at}.num_retries: must be at least 1, got 0"))
+        );
+        assert_eq!(
+            on_route(policy("unavailable", None, Some((0, None)))),
+            Err(format!("{at}.retry_back_off.base_interval: must be > 0"))
+        );
+        assert_eq!(
+            on_route(policy("unavailable", None, Some((100, Some(50))))),
+            Err(format!(
+                "{at}.retry_back_off.max_interval: 50ms is less than base_interval (100ms)"
+            ))
+        );
+        // The virtual host's policy serves routes that have none, and only those.
+        let vh = policy("resource-exhausted", Some(2), None);
+        let inherited = routes_with(rds::RouteAction::default(), Some(vh.clone()))
+            .unwrap()
+            .retry
+            .unwrap();
+        assert_eq!(
+            inherited.retryable_status_codes,
+            vec![Code::ResourceExhausted]
+        );
+        let own = routes_with(
+            rds::RouteAction {
+                retry_policy: Some(policy("unavailable", Some(1), None)),
+                ..Default::default()
+            },
+            Some(vh.clone()),
+        )
+        .unwrap()
+        .retry
+        .unwrap();
+        assert_eq!(own.retryable_status_codes, vec![Code::Unavailable]);
+        let mut bad = vh;
+        bad.num_retries = Some(UInt32Value { value: 0 });
+        assert_eq!(
+            routes_with(rds::RouteAction::default(), Some(bad)).map(|r| r.retry),
+            Err("virtual_hosts[0].retry_policy.num_retries: must be at least 1, got 0".into())
+        );
+    }
+
+    fn eds_cluster() -> cds::Cluster {
+        cds::Cluster {
+            name: "c".into(),
+            cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+                cluster::DiscoveryType::Eds as i32,
+            )),
+            eds_cluster_config: Some(cluster::EdsClusterConfig {
+                eds_config: Some(ads()),
+                service_name: String::new(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn cluster_update(c: &cds::Cluster) -> Result<ClusterUpdate, String> {
+        match decode(Kind::Cluster, &any(c)) {
+            Ok((_, Resource::Cluster(update))) => Ok(update),
+            Ok((_, other)) => panic!("{other:?}"),
+            Err(invalid) => Err(invalid.reason),
+        }
+    }
+
+    #[test]
+    fn least_request_takes_its_choice_count() {
+        let mut c = eds_cluster();
+        c.lb_policy = cluster::LbPolicy::LeastRequest as i32;
+        let with = |c: &mut cds::Cluster, n: u32| {
+            c.lb_config = Some(cluster::LbConfig::LeastRequestLbConfig(
+                cluster::LeastRequestLbConfig {
+                    choice_count: Some(UInt32Value { value: n }),
+                    ..Default::default()
+                },
+            ));
+            cluster_update(c).map(|u| u.lb_policy)
+        };
+        assert_eq!(
+            with(&mut c, 3),
+            Ok(LbPolicy::LeastRequest { choice_count: 3 })
+        );
+        // A48: above 10 is 10.
+        assert_eq!(
+            with(&mut c, 50),
+            Ok(LbPolicy::LeastRequest { choice_count: 10 })
+        );
+        assert_eq!(
+            with(&mut c, 1),
+            Err("least_request_lb_config.choice_count: must be at least 2, got 1".into())
+        );
+    }
+
+    #[test]
+    fn outlier_detection_maps_as_a50_says() {
+        let mut c = eds_cluster();
+        assert_eq!(cluster_update(&c).unwrap().outlier_detection, None);
+        // All defaults: success rate on (enforcing 100), failure percentage off.
+        c.outlier_detection = Some(cds::OutlierDetection::default());
+        let od = cluster_update(&c).unwrap().outlier_detection.unwrap();
+        assert_eq!(od.interval, Duration::from_secs(10));
+        assert_eq!(od.base_ejection_time, Duration::from_secs(30));
+        assert_eq!(od.max_ejection_time, Duration::from_secs(300));
+        assert_eq!(od.max_ejection_percent, 10);
+        assert_eq!(
+            od.success_rate_ejection,
+            Some(SuccessRateEjectionConfig::default())
+        );
+        assert_eq!(od.failure_percentage_ejection, None);
+        let value = |value| Some(UInt32Value { value });
+        c.outlier_detection = Some(cds::OutlierDetection {
+            interval: Some(proto_duration(500)),
+            base_ejection_time: Some(proto_duration(400_000)),
+            max_ejection_percent: value(50),
+            enforcing_success_rate: value(0),
+            enforcing_failure_percentage: value(80),
+            failure_percentage_threshold: value(60),
+            failure_percentage_minimum_hosts: value(3),
+            failure_percentage_request_volume: value(7),
+            ..Default::default()
+        });
+        let od = cluster_update(&c).unwrap().outlier_detection.unwrap();
+        assert_eq!(od.interval, Duration::from_millis(500));
+        // No max_ejection_time: 300 s, or the base when longer.
+        assert_eq!(od.max_ejection_time, Duration::from_secs(400));
+        assert_eq!(od.max_ejection_percent, 50);
+        assert_eq!(od.success_rate_ejection, None);
+        let fp = od.failure_percentage_ejection.unwrap();
+        assert_eq!(
+            (
+                fp.enforcement_percentage,
+                fp.threshold,
+                fp.minimum_hosts,
+                fp.request_volume
+            ),
+            (80, 60, 3, 7)
+        );
+        c.outlier_detection = Some(cds::OutlierDetection {
+            max_ejection_percent: value(101),
+            ..Default::default()
+        });
+        assert_eq!(
+            cluster_update(&c),
+            Err(
+                "outlier_detection.max_ejection_percent: must be a percentage (at most 100), \
+                 got 101"
+                    .into()
+            )
+        );
+        c.outlier_detection = Some(cds::OutlierDetection {
+            interval: Some(proto_duration(0)),
+            ..Default::default()
+        });
+        assert_eq!(
+            cluster_update(&c),
+            Err("outlier_detection.interval: must be > 0".into())
         );
     }
 }
