@@ -1102,3 +1102,60 @@ async fn a_listener_max_stream_duration_is_the_deadline_of_routes_without_one() 
     })
     .await;
 }
+
+/// gRFC A32: a cluster's `max_requests` caps the calls in flight; a call beyond it
+/// fails at once with UNAVAILABLE, and once calls end there is room again.
+#[tokio::test]
+async fn a_clusters_max_requests_fails_calls_beyond_it() {
+    use envoy_types::pb::envoy::config::cluster::v3::{CircuitBreakers, circuit_breakers};
+    use envoy_types::pb::google::protobuf::UInt32Value;
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let slow = Backend::builder("slow")
+            .latency(Latency::Fixed(Duration::from_secs(30)))
+            .start()
+            .await
+            .unwrap();
+        set_orders(&cp, &healthy(&[&slow]));
+        let mut cluster = xds::cluster_proto("orders-cluster", "orders-eds");
+        cluster.circuit_breakers = Some(CircuitBreakers {
+            thresholds: vec![circuit_breakers::Thresholds {
+                max_requests: Some(UInt32Value { value: 2 }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        set_cluster(&cp, cluster);
+        let (channel, client) = orders_channel(&cp);
+        wait_ready(&channel, 1).await;
+        cp.wait_for_ack(type_url::CLUSTER).await;
+        let held: Vec<_> = (0..2)
+            .map(|_| {
+                let mut client = client.clone();
+                tokio::spawn(async move { call(&mut client).await })
+            })
+            .collect();
+        slow.wait_in_flight(2).await;
+
+        let status = call(&mut client.clone()).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert!(status.message().contains("max_requests"), "{status:?}");
+        assert_eq!(slow.calls(), 2, "the third call never left the client");
+
+        // Both held calls end (cancelled): their places are free again.
+        for handle in held {
+            handle.abort();
+            let _ = handle.await;
+        }
+        slow.wait_in_flight(0).await;
+        let mut request = tonic::Request::new(tonic_balancer_testkit::pb::Empty {});
+        request.set_timeout(Duration::from_millis(100));
+        let status = client.clone().empty_call(request).await.unwrap_err();
+        assert_eq!(
+            status.code(),
+            tonic::Code::DeadlineExceeded,
+            "admitted, then too slow: {status:?}"
+        );
+    })
+    .await;
+}

@@ -907,6 +907,7 @@ impl Policies {
                 .map(|t| Arc::new(Throttle::new(t.max_tokens, t.token_ratio))),
             max_attempts: self.max_attempts,
             default_timeout: self.default_timeout,
+            max_concurrent: service_config.and_then(|c| c.max_concurrent_requests),
         };
         let control = ControlConfig {
             mode,

@@ -74,6 +74,8 @@ pub(crate) struct Shared {
     mode: watch::Sender<ControlConfig>,
     /// The builder's policies, under each service config update.
     policies: Policies,
+    /// Calls in flight, counted only while the config limits them (circuit breaking).
+    pub(crate) calls_in_flight: Arc<std::sync::atomic::AtomicUsize>,
     /// Bumped after every publish; queued calls and observers wait on it.
     pub(crate) published: watch::Sender<()>,
     /// Set by calls, cleared by the control task's idle check: whether a call started
@@ -96,6 +98,7 @@ impl Shared {
             config: ArcSwap::from_pointee(config),
             mode,
             policies,
+            calls_in_flight: Arc::default(),
             published: watch::Sender::new(()),
             active: AtomicBool::new(false),
             wake_requested: AtomicBool::new(false),

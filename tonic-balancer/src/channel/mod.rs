@@ -27,7 +27,7 @@ use crate::config::{MethodConfig, MethodMap, ServiceConfig};
 use crate::connectivity::ConnectivityState;
 use crate::deadline;
 use crate::retry::{Budget, MessageLimit, Replay, Throttle};
-use crate::stats::{CallRecord, ChannelStats, Stats};
+use crate::stats::{CallRecord, ChannelStats, InFlightPermit, Stats};
 use crate::subchannel::{ReadyConn, SubchannelInfo};
 use control::{Shared, Snapshot};
 use future::CallBody;
@@ -51,6 +51,8 @@ struct CallConfig {
     max_attempts: u32,
     /// The deadline of calls that have none, from the builder.
     default_timeout: Option<std::time::Duration>,
+    /// The most calls in flight at once (xDS circuit breaking), if limited.
+    max_concurrent: Option<u32>,
 }
 
 /// A per-call wait-for-ready flag, set as a request extension.
@@ -317,7 +319,20 @@ impl Inner {
         if !span.is_disabled() {
             span.record("policy", tracing::field::debug(picker));
         }
-        let record = CallRecord::start(self.stats.method(path), span.clone(), path);
+        let mut record = CallRecord::start(self.stats.method(path), span.clone(), path);
+        if let Some(max) = config.max_concurrent {
+            match InFlightPermit::take(&self.shared.calls_in_flight, max) {
+                Some(permit) => record.hold(permit),
+                None => {
+                    record.finish(tonic::Code::Unavailable);
+                    return ResponseFuture::ready(Err(Status::unavailable(format!(
+                        "{max} calls are in flight on the channel to {}, its limit \
+                         (circuit breaking: the cluster's max_requests)",
+                        self.target
+                    ))));
+                }
+            }
+        }
 
         // The earliest of: inherited, set on the request, configured for the method.
         let requested = match deadline::request_timeout(request.headers()) {

@@ -98,6 +98,7 @@ fn parse(json: &str) -> Result<ServiceConfig> {
             .unwrap_or_default(),
         retry_throttling: root.optional("retryThrottling", retry_throttling)?,
         health_check: root.optional("healthCheckConfig", health_check)?,
+        max_concurrent_requests: None,
     })
 }
 

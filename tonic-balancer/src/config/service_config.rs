@@ -33,6 +33,13 @@ pub struct ServiceConfig {
     pub retry_throttling: Option<RetryThrottling>,
     /// Client-side health checking (`healthCheckConfig`). `None`: disabled.
     pub health_check: Option<HealthCheckConfig>,
+    /// The most calls the channel has in flight at once: a call started beyond it fails
+    /// at once with UNAVAILABLE. This is xDS circuit breaking (gRFC A32: the cluster's
+    /// `circuit_breakers.thresholds` of DEFAULT priority, `max_requests`, 1024 when
+    /// unset), which the xDS resolver sets; it has no name in gRPC's JSON service
+    /// config. A call counts from its start until its response stream ends, waiting
+    /// for a READY backend included. `None`: no limit.
+    pub max_concurrent_requests: Option<u32>,
 }
 
 /// A load balancing policy and its settings, as `loadBalancingConfig` names it.

@@ -80,6 +80,7 @@ fn expected() -> ServiceConfig {
         method_configs: vec![default, service, exact],
         retry_throttling: Some(RetryThrottling::new(10.0, 0.1)),
         health_check: Some(HealthCheckConfig::default()),
+        max_concurrent_requests: None,
     }
 }
 

@@ -243,6 +243,31 @@ pub(crate) struct CallRecord {
     /// The call's OpenTelemetry span and counts.
     trace: Option<CallTrace>,
     done: bool,
+    /// The call's place under the channel's limit on calls in flight, if it has one.
+    _permit: Option<InFlightPermit>,
+}
+
+/// A call counted against the channel's limit on calls in flight; counted out when
+/// dropped (with the call's record, when the call ends).
+#[derive(Debug)]
+pub(crate) struct InFlightPermit(Arc<std::sync::atomic::AtomicUsize>);
+
+impl InFlightPermit {
+    /// Counts a call in, unless `max` are in flight already.
+    pub(crate) fn take(count: &Arc<std::sync::atomic::AtomicUsize>, max: u32) -> Option<Self> {
+        let before = count.fetch_add(1, Ordering::Relaxed);
+        if before >= max as usize {
+            count.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Self(count.clone()))
+    }
+}
+
+impl Drop for InFlightPermit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl CallRecord {
@@ -267,7 +292,14 @@ impl CallRecord {
             span,
             trace,
             done: false,
+            _permit: None,
         }
+    }
+
+    /// Holds the call's place under the channel's limit on calls in flight until the
+    /// call ends.
+    pub(crate) fn hold(&mut self, permit: InFlightPermit) {
+        self._permit = Some(permit);
     }
 
     pub(crate) fn method(&self) -> &MethodStats {

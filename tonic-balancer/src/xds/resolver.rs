@@ -228,6 +228,7 @@ impl Chain {
         let config = ServiceConfig {
             load_balancing: Some(load_balancing(cluster, localities)),
             method_configs,
+            max_concurrent_requests: Some(cluster.max_requests),
             ..ServiceConfig::default()
         };
         Ok(Some((addrs, config)))
@@ -626,6 +627,7 @@ mod tests {
             eds_service_name: "e".into(),
             lb_policy: LbPolicy::LeastRequest { choice_count: 3 },
             outlier_detection: None,
+            max_requests: crate::xds::resource::DEFAULT_MAX_REQUESTS,
         };
         let config = ServiceConfig {
             load_balancing: Some(load_balancing(&cluster, localities)),

@@ -149,7 +149,13 @@ pub(crate) struct ClusterUpdate {
     /// `outlier_detection` as gRFC A50 maps it; its child policy is a placeholder the
     /// resolver replaces. `None` when the cluster has none.
     pub(crate) outlier_detection: Option<OutlierDetectionConfig>,
+    /// gRFC A32: `circuit_breakers.thresholds` of DEFAULT priority (the first such),
+    /// `max_requests`; [`DEFAULT_MAX_REQUESTS`] when unset.
+    pub(crate) max_requests: u32,
 }
+
+/// The most calls in flight to a cluster whose circuit breakers set none (gRFC A32).
+pub(crate) const DEFAULT_MAX_REQUESTS: u32 = 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum LbPolicy {
@@ -560,10 +566,22 @@ fn cluster(c: &cds::Cluster) -> Result<ClusterUpdate, String> {
         .as_ref()
         .map(|od| outlier_detection(od).map_err(|e| format!("outlier_detection.{e}")))
         .transpose()?;
+    let max_requests = c
+        .circuit_breakers
+        .as_ref()
+        .and_then(|breakers| {
+            breakers
+                .thresholds
+                .iter()
+                .find(|t| t.priority == core::RoutingPriority::Default as i32)
+        })
+        .and_then(|threshold| threshold.max_requests.as_ref())
+        .map_or(DEFAULT_MAX_REQUESTS, |max| max.value);
     Ok(ClusterUpdate {
         eds_service_name,
         lb_policy,
         outlier_detection,
+        max_requests,
     })
 }
 
@@ -921,6 +939,7 @@ mod tests {
                 eds_service_name: "c".into(),
                 lb_policy: LbPolicy::LeastRequest { choice_count: 2 },
                 outlier_detection: None,
+                max_requests: DEFAULT_MAX_REQUESTS,
             })
         );
         c.lb_policy = cluster::LbPolicy::Maglev as i32;
@@ -1358,6 +1377,41 @@ mod tests {
         assert_eq!(
             with(&mut c, 1),
             Err("least_request_lb_config.choice_count: must be at least 2, got 1".into())
+        );
+    }
+
+    #[test]
+    fn max_requests_comes_from_the_default_priority_threshold_as_a32_says() {
+        let mut c = eds_cluster();
+        assert_eq!(cluster_update(&c).unwrap().max_requests, 1024, "unset");
+        let threshold =
+            |priority: core::RoutingPriority, max: Option<u32>| cds::circuit_breakers::Thresholds {
+                priority: priority as i32,
+                max_requests: max
+                    .map(|value| envoy_types::pb::google::protobuf::UInt32Value { value }),
+                ..Default::default()
+            };
+        c.circuit_breakers = Some(cds::CircuitBreakers {
+            thresholds: vec![
+                threshold(core::RoutingPriority::High, Some(7)),
+                threshold(core::RoutingPriority::Default, Some(3)),
+                threshold(core::RoutingPriority::Default, Some(9)),
+            ],
+            ..Default::default()
+        });
+        assert_eq!(
+            cluster_update(&c).unwrap().max_requests,
+            3,
+            "the first DEFAULT one"
+        );
+        c.circuit_breakers = Some(cds::CircuitBreakers {
+            thresholds: vec![threshold(core::RoutingPriority::Default, None)],
+            ..Default::default()
+        });
+        assert_eq!(
+            cluster_update(&c).unwrap().max_requests,
+            1024,
+            "DEFAULT without it"
         );
     }
 
