@@ -38,11 +38,16 @@ fn healthy(backends: &[&Backend]) -> Vec<LocalityEndpoints> {
 /// A channel over the listener `orders` of this control plane, with its own client.
 fn orders_channel(cp: &ControlPlane) -> (BalancedChannel, Client) {
     let client = XdsClient::new(Bootstrap::new(cp.addr().to_string(), "test-node"));
-    let channel = BalancedChannel::builder_with_resolver(client.resolver("orders"))
+    let channel = orders_on(&client);
+    (channel.clone(), Client::new(channel))
+}
+
+/// A channel over the listener `orders`, on this (shared) xDS client.
+fn orders_on(client: &XdsClient) -> BalancedChannel {
+    BalancedChannel::builder_with_resolver(client.resolver("orders"))
         .connection_backoff(fast_backoff())
         .build()
-        .expect("channel");
-    (channel.clone(), Client::new(channel))
+        .expect("channel")
 }
 
 fn addresses(channel: &BalancedChannel) -> BTreeSet<SocketAddr> {
@@ -244,9 +249,7 @@ async fn an_invalid_resource_is_nacked_and_the_last_good_one_kept() {
         let b = fleet(2, Latency::None).await;
         set_orders(&cp, &healthy(&[&b[0], &b[1]]));
         let xds_client = XdsClient::new(Bootstrap::new(cp.addr().to_string(), "test-node"));
-        let channel = BalancedChannel::builder_with_resolver(xds_client.resolver("orders"))
-            .build()
-            .unwrap();
+        let channel = orders_on(&xds_client);
         let mut client = Client::new(channel.clone());
         wait_ready(&channel, 2).await;
         let acked = cp.wait_for_ack(type_url::ENDPOINTS).await;
@@ -298,9 +301,7 @@ async fn an_invalid_resource_is_nacked_and_the_last_good_one_kept() {
         assert_eq!(addresses(&channel), [b[0].addr(), b[1].addr()].into());
         // The client itself kept the last good cluster and endpoints: a channel started
         // now, on the same client, gets them (not the rejected versions).
-        let late = BalancedChannel::builder_with_resolver(xds_client.resolver("orders"))
-            .build()
-            .unwrap();
+        let late = orders_on(&xds_client);
         wait_ready(&late, 2).await;
         assert_eq!(addresses(&late), [b[0].addr(), b[1].addr()].into());
 
@@ -789,9 +790,7 @@ async fn an_undecodable_resource_deletes_no_cached_one() {
         let b = fleet(1, Latency::None).await;
         set_orders(&cp, &healthy(&[&b[0]]));
         let xds_client = XdsClient::new(Bootstrap::new(cp.addr().to_string(), "test-node"));
-        let channel = BalancedChannel::builder_with_resolver(xds_client.resolver("orders"))
-            .build()
-            .unwrap();
+        let channel = orders_on(&xds_client);
         wait_ready(&channel, 1).await;
         cp.wait_for_ack(type_url::CLUSTER).await;
 
@@ -808,9 +807,7 @@ async fn an_undecodable_resource_deletes_no_cached_one() {
         let nack = cp.wait_for_nack(type_url::CLUSTER).await;
         assert!(nack.error.is_some(), "{nack:?}");
 
-        let late = BalancedChannel::builder_with_resolver(xds_client.resolver("orders"))
-            .build()
-            .unwrap();
+        let late = orders_on(&xds_client);
         wait_ready(&late, 1).await;
         assert_eq!(call(&mut Client::new(late)).await.unwrap(), "b0");
     })
