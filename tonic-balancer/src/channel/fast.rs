@@ -194,9 +194,7 @@ impl FastCall {
                     trace,
                 };
                 let limit = call
-                    .method
-                    .as_ref()
-                    .and_then(|m| m.max_response_message_bytes)
+                    .response_limit
                     .map(|limit| MessageLimit::new(limit, "response"));
                 return Completion::Done(finish(Ok(answer), call.record, limit, call.deadline));
             }

@@ -315,7 +315,7 @@ impl Inner {
         let config = self.shared.config.load_full();
         let path = request.uri().path();
         let picker = &**config.pickers.get(path);
-        let method = config.methods.get(path).clone();
+        let method = config.methods.get(path).as_deref();
         if !span.is_disabled() {
             span.record("policy", tracing::field::debug(picker));
         }
@@ -349,7 +349,7 @@ impl Inner {
         let deadline = [
             deadline::current(),
             requested.map(|t| now + t),
-            method.as_ref().and_then(|m| m.timeout).map(|t| now + t),
+            method.and_then(|m| m.timeout).map(|t| now + t),
         ]
         .into_iter()
         .flatten()
@@ -366,20 +366,19 @@ impl Inner {
             .extensions()
             .get::<WaitForReady>()
             .map(|w| w.0)
-            .or_else(|| method.as_ref().and_then(|m| m.wait_for_ready))
+            .or_else(|| method.and_then(|m| m.wait_for_ready))
             .unwrap_or(self.wait_for_ready);
         if let Some(budget) = &self.budget {
             budget.deposit();
         }
 
         let (parts, body) = request.into_parts();
-        let has_policy = method
-            .as_ref()
-            .is_some_and(|m| m.retry_policy.is_some() || m.hedging_policy.is_some());
+        let has_policy =
+            method.is_some_and(|m| m.retry_policy.is_some() || m.hedging_policy.is_some());
         let request_limit = method
-            .as_ref()
             .and_then(|m| m.max_request_message_bytes)
             .map(|limit| MessageLimit::new(limit, "request"));
+        let response_limit = method.and_then(|m| m.max_response_message_bytes);
         let body = match self.request_body(body, request_limit, has_policy) {
             Ok(body) => body,
             Err(status) => {
@@ -389,7 +388,7 @@ impl Inner {
         };
         let mut call = Prepared {
             config,
-            method,
+            response_limit,
             parts,
             body,
             wait_for_ready,
@@ -422,7 +421,7 @@ impl Inner {
     async fn run(self: Arc<Self>, call: Prepared) -> Result<http::Response<Body>, Status> {
         let Prepared {
             config,
-            method,
+            response_limit,
             parts,
             body,
             wait_for_ready,
@@ -432,7 +431,7 @@ impl Inner {
         } = call;
         let path = parts.uri.path();
         let picker = &**config.pickers.get(path);
-        let method = method.as_deref();
+        let method = config.methods.get(path).as_deref();
         let retry = method.and_then(|m| m.retry_policy.as_ref());
         let hedging = method.and_then(|m| m.hedging_policy.as_ref());
         // A streaming body's record, kept to be dropped once the call commits: the
@@ -460,9 +459,7 @@ impl Inner {
         if let Some(replay) = record_of_body {
             replay.commit();
         }
-        let limit = method
-            .and_then(|m| m.max_response_message_bytes)
-            .map(|limit| MessageLimit::new(limit, "response"));
+        let limit = response_limit.map(|limit| MessageLimit::new(limit, "response"));
         finish(result, record, limit, deadline)
     }
 
@@ -629,7 +626,8 @@ impl Inner {
 /// A call's inputs once [`Inner::start`] has checked them.
 pub(super) struct Prepared {
     config: Arc<CallConfig>,
-    method: Option<Arc<MethodConfig>>,
+    /// The method's `maxResponseMessageBytes`.
+    response_limit: Option<u64>,
     parts: http::request::Parts,
     body: attempt::RequestBody,
     wait_for_ready: bool,
