@@ -314,10 +314,9 @@ impl Inner {
         mark_sensitive(request.headers_mut(), &self.sensitive);
         let config = self.shared.config.load_full();
         let path = request.uri().path();
-        let picker = &**config.pickers.get(path);
         let method = config.methods.get(path).as_deref();
         if !span.is_disabled() {
-            span.record("policy", tracing::field::debug(picker));
+            span.record("policy", tracing::field::debug(config.pickers.get(path)));
         }
         let mut record = CallRecord::start(self.stats.method(path), span.clone(), path);
         if let Some(max) = config.max_concurrent {
