@@ -634,6 +634,8 @@ pub struct LocalityEndpoints {
     pub weight: u32,
     /// The endpoints and their health.
     pub endpoints: Vec<(SocketAddr, Health)>,
+    /// Endpoints' `load_balancing_weight`, where set (unset elsewhere).
+    pub endpoint_weights: Vec<(SocketAddr, u32)>,
 }
 
 impl LocalityEndpoints {
@@ -643,6 +645,7 @@ impl LocalityEndpoints {
             priority: 0,
             weight: 1,
             endpoints: endpoints.into_iter().collect(),
+            endpoint_weights: Vec::new(),
         }
     }
 }
@@ -673,6 +676,11 @@ pub fn endpoints_proto(name: &str, localities: &[LocalityEndpoints]) -> eds::Clu
                 .endpoints
                 .iter()
                 .map(|(addr, health)| eds::LbEndpoint {
+                    load_balancing_weight: loc
+                        .endpoint_weights
+                        .iter()
+                        .find(|(a, _)| a == addr)
+                        .map(|(_, value)| UInt32Value { value: *value }),
                     health_status: match health {
                         Health::Unknown => core::HealthStatus::Unknown,
                         Health::Healthy => core::HealthStatus::Healthy,

@@ -355,10 +355,10 @@ async fn calls_go_to_the_next_priority_while_the_first_has_no_usable_endpoint() 
     within(async {
         let cp = ControlPlane::start().await.unwrap();
         let b = fleet(2, Latency::None).await;
-        let locality = |priority: u32, addr: SocketAddr| LocalityEndpoints {
-            priority,
-            weight: 1,
-            endpoints: vec![(addr, Health::Healthy)],
+        let locality = |priority: u32, addr: SocketAddr| {
+            let mut locality = LocalityEndpoints::new([(addr, Health::Healthy)]);
+            locality.priority = priority;
+            locality
         };
         // Priority 0 lists only an address that refuses connections.
         set_orders(
@@ -1153,6 +1153,28 @@ async fn a_clusters_max_requests_fails_calls_beyond_it() {
             tonic::Code::DeadlineExceeded,
             "admitted, then too slow: {status:?}"
         );
+    })
+    .await;
+}
+
+/// EDS endpoint weights split a locality's share among its endpoints: 3:1 here.
+#[tokio::test]
+async fn endpoint_weights_split_their_localitys_calls() {
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let b = fleet(2, Latency::None).await;
+        let mut locality = LocalityEndpoints::new([
+            (b[0].addr(), Health::Healthy),
+            (b[1].addr(), Health::Healthy),
+        ]);
+        locality.endpoint_weights = vec![(b[0].addr(), 3), (b[1].addr(), 1)];
+        set_orders(&cp, &[locality]);
+        let (channel, mut client) = orders_channel(&cp);
+        wait_ready(&channel, 2).await;
+        // 2 000 calls: 1 500 and 500 expected; ±150 is over 7 standard deviations (19).
+        let served = support::shares(&mut client, 2_000).await;
+        assert!((1_350..=1_650).contains(&served["b0"]), "{served:?}");
+        assert!((350..=650).contains(&served["b1"]), "{served:?}");
     })
     .await;
 }

@@ -11,7 +11,8 @@
 //! # How it picks
 //! A picker sees only the READY subchannels of one snapshot, and must pick in time that
 //! does not grow with the fleet, so it keeps no per-snapshot index of localities.
-//! Instead each endpoint stands for `weight / endpoints` of its locality, and a pick is
+//! Instead each endpoint stands for its share of its locality's weight (by endpoint
+//! weight, equal without them), and a pick is
 //! rejection sampling over those per-endpoint weights: take a candidate, accept it with
 //! probability `its weight / the largest weight`, else take another. With
 //! [`round_robin`](crate::config::LoadBalancingConfig::RoundRobin) as the child the
@@ -30,8 +31,10 @@
 //!   localities more. gRPC gives the whole share to the locality's READY endpoints.
 //! - Within a locality the endpoints are interleaved with the others', in turn or at
 //!   random, rather than each locality running its own round robin.
-//! - Endpoint weights (EDS `load_balancing_weight` of an endpoint) are not used; gRPC
-//!   uses them only with weighted round robin children.
+//! - Endpoint weights (EDS `load_balancing_weight` of an endpoint, carried as
+//!   [`Address::weight`](crate::resolver::Address::weight)) split a locality's share
+//!   among its endpoints; gRPC's round_robin and least_request children ignore them
+//!   (only its ring hash and weighted round robin read them).
 //! - An address whose locality the config does not list (none, or one that appeared
 //!   after the config) is taken as the heaviest, so a mismatch degrades to plain round
 //!   robin rather than starving it.
@@ -67,37 +70,41 @@ pub(crate) struct LocalityTable {
 
 impl LocalityTable {
     pub(crate) fn new(config: &LocalityWeightedConfig) -> Self {
-        let per_endpoint =
-            |weight: u32, endpoints: u32| f64::from(weight) / f64::from(endpoints.max(1));
+        // An endpoint of weight w in locality l stands for weight_l × w / Σw_l.
+        let per_weight =
+            |l: &crate::config::LocalityWeight| f64::from(l.weight) / f64::from(l.endpoints.max(1));
         let largest = config
             .localities
             .iter()
-            .map(|l| per_endpoint(l.weight, l.endpoints))
+            .map(|l| per_weight(l) * f64::from(l.heaviest_endpoint.max(1)))
             .fold(0.0, f64::max);
         let localities = config
             .localities
             .iter()
             .map(|l| {
-                let acceptance = if largest > 0.0 {
-                    per_endpoint(l.weight, l.endpoints) / largest
+                let factor = if largest > 0.0 {
+                    per_weight(l) / largest
                 } else {
                     1.0
                 };
-                (Arc::from(l.name.as_str()), acceptance)
+                (Arc::from(l.name.as_str()), factor)
             })
             .collect();
         Self { localities }
     }
 
-    /// The acceptance probability of an address in `locality`.
-    fn acceptance(&self, locality: Option<&Arc<str>>) -> f64 {
-        let Some(locality) = locality else {
+    /// The acceptance probability of `address`: its locality's factor times its own
+    /// weight (1 where unset).
+    fn acceptance(&self, address: &crate::resolver::Address) -> f64 {
+        let Some(locality) = address.locality.as_ref() else {
             return 1.0;
         };
         self.localities
             .iter()
             .find(|(name, _)| Arc::ptr_eq(name, locality) || **name == **locality)
-            .map_or(1.0, |(_, a)| *a)
+            .map_or(1.0, |(_, factor)| {
+                factor * f64::from(address.weight.unwrap_or(1).max(1))
+            })
     }
 }
 
@@ -132,7 +139,7 @@ impl LocalityWeighted {
         let mut heaviest = (0, -1.0);
         for _ in 0..MAX_DRAWS {
             let i = next() % ready.len();
-            let acceptance = self.table.acceptance(ready[i].address().locality.as_ref());
+            let acceptance = self.table.acceptance(ready[i].address());
             if acceptance >= 1.0 || self.unit() < acceptance {
                 return i;
             }
@@ -243,6 +250,27 @@ mod tests {
             );
             assert!((14_000..=16_000).contains(&counts[0]), "{counts:?}");
         }
+    }
+
+    #[test]
+    fn endpoint_weights_split_their_localitys_share() {
+        // One locality of weights 3 and 1, another of one endpoint, localities 1:1:
+        // 37.5 %, 12.5 %, 50 %.
+        let mut ready = fleet(&[2, 1]);
+        let weighted = |ready: &ReadySubchannel, w: u32| {
+            let mut address = ready.address().clone();
+            address.weight = Some(w);
+            ReadySubchannel::new(address, ready.load().clone())
+        };
+        ready[0] = weighted(&ready[0], 3);
+        ready[1] = weighted(&ready[1], 1);
+        let mut config = config(&[(1, 4), (1, 1)]);
+        config.localities[0] = config.localities[0].clone().with_heaviest_endpoint(3);
+        let picker = LocalityWeighted::new(&config, None, 7);
+        let counts = shares(&picker, &ready, 40_000);
+        assert!((14_000..=16_000).contains(&counts[0]), "{counts:?}");
+        assert!((4_200..=5_800).contains(&counts[1]), "{counts:?}");
+        assert!((19_000..=21_000).contains(&counts[2]), "{counts:?}");
     }
 
     #[test]

@@ -128,6 +128,12 @@ impl LocalityWeightedConfig {
             if locality.endpoints == 0 {
                 return Err(here.key("endpoints").error("must be > 0, got 0"));
             }
+            if locality.heaviest_endpoint == 0 || locality.heaviest_endpoint > locality.endpoints {
+                return Err(here.key("heaviestEndpoint").error(format!(
+                    "must be from 1 to endpoints ({}), got {}",
+                    locality.endpoints, locality.heaviest_endpoint
+                )));
+            }
         }
         let child = &self.child_policy;
         let child_path = path.key("childPolicy").index(0).key(child.name());
@@ -151,19 +157,32 @@ pub struct LocalityWeight {
     pub name: String,
     /// Its weight (EDS `load_balancing_weight`), > 0.
     pub weight: u32,
-    /// How many endpoints it has in the address set, > 0: each of its endpoints stands
-    /// for `weight / endpoints` of it.
+    /// The sum of its endpoints' weights in the address set, > 0: each endpoint's
+    /// [`Address::weight`](crate::resolver::Address::weight), 1 where unset, so without
+    /// endpoint weights it is the number of endpoints. An endpoint of weight `w` stands
+    /// for `weight × w / endpoints` of the calls' share.
     pub endpoints: u32,
+    /// The largest of its endpoints' weights, from 1 to `endpoints` (default 1).
+    pub heaviest_endpoint: u32,
 }
 
 impl LocalityWeight {
-    /// The locality `name` of `weight` (> 0) with `endpoints` (> 0) endpoints.
+    /// The locality `name` of `weight` (> 0) with `endpoints` (> 0) endpoints of equal
+    /// weight.
     pub fn new(name: impl Into<String>, weight: u32, endpoints: u32) -> Self {
         Self {
             name: name.into(),
             weight,
             endpoints,
+            heaviest_endpoint: 1,
         }
+    }
+
+    /// The same with endpoint weights: `endpoints` is their sum and `heaviest` the
+    /// largest of them.
+    pub fn with_heaviest_endpoint(mut self, heaviest: u32) -> Self {
+        self.heaviest_endpoint = heaviest;
+        self
     }
 }
 

@@ -43,12 +43,13 @@ pub struct Address {
     pub addr: SocketAddr,
     /// The path of a Unix domain socket to connect to instead of `addr` (Unix only).
     pub unix: Option<Arc<Path>>,
-    /// The weight of the DNS SRV record this address came from (RFC 2782), if any.
+    /// The address's weight, if its resolver gives one: the weight of the DNS SRV
+    /// record it came from (RFC 2782), or its xDS endpoint's `load_balancing_weight`.
     ///
-    /// Carried so it can be seen ([`BalancedChannel::subchannels`](crate::BalancedChannel::subchannels))
-    /// and used by a weighted policy later; **no current policy reads it**. A running
-    /// subchannel keeps the `Address` it was created with, so a change of weight alone
-    /// does not show there.
+    /// The [`locality_weighted`](crate::balance::LocalityWeighted) policy (which the xDS
+    /// resolver chooses) splits a locality's share of the calls by it; the other
+    /// policies do not read it. A running subchannel keeps the `Address` it was created
+    /// with, so a change of weight alone does not show there.
     pub weight: Option<u32>,
     /// The priority of the DNS SRV record this address came from (RFC 2782: lower is
     /// preferred), if any. The channel sends calls to the lowest priority that has a

@@ -64,7 +64,7 @@
 //! # Not supported yet
 //! Weighted clusters, routes to other clusters than the default route's and routes that
 //! match on headers, regexes, other prefixes or case-insensitively (they are passed
-//! over: their calls follow the later routes), `per_try_timeout` and hedging, endpoint weights, Envoy's consecutive-failure
+//! over: their calls follow the later routes), `per_try_timeout` and hedging, Envoy's consecutive-failure
 //! ejection, circuit breakers other than `max_requests`,
 //! TLS to the control plane without a `ca_certificate_file`, resource TTLs,
 //! federation (`xds://authority/name`), and the

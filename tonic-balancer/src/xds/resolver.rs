@@ -244,7 +244,7 @@ fn addresses(endpoints: &EndpointsUpdate) -> (Vec<Address>, Vec<LocalityWeight>)
     let mut localities = Vec::new();
     for locality in &endpoints.localities {
         let key: Arc<str> = Arc::from(format!("{}:{}", locality.priority, locality.name));
-        let mut count = 0u32;
+        let (mut total, mut heaviest) = (0u32, 0u32);
         for endpoint in &locality.endpoints {
             if seen.insert(endpoint.addr, ()).is_some() {
                 continue;
@@ -252,11 +252,15 @@ fn addresses(endpoints: &EndpointsUpdate) -> (Vec<Address>, Vec<LocalityWeight>)
             let mut address = Address::new(endpoint.addr);
             address.priority = Some(u16::try_from(locality.priority).unwrap_or(u16::MAX));
             address.locality = Some(key.clone());
+            address.weight = Some(endpoint.weight.max(1));
             addrs.push(address);
-            count += 1;
+            total = total.saturating_add(endpoint.weight.max(1));
+            heaviest = heaviest.max(endpoint.weight.max(1));
         }
-        if count > 0 {
-            localities.push(LocalityWeight::new(&*key, locality.weight, count));
+        if total > 0 {
+            localities.push(
+                LocalityWeight::new(&*key, locality.weight, total).with_heaviest_endpoint(heaviest),
+            );
         }
     }
     (addrs, localities)
