@@ -215,7 +215,7 @@ impl Resolve for StaticList {
 /// coalesced.
 #[derive(Debug)]
 pub struct Manual {
-    rx: tokio_stream_watch::WatchStream,
+    rx: tokio_stream_watch::WatchStream<Resolution>,
 }
 
 /// Pushes address sets into a [`Manual`] resolver. Cloneable.
@@ -261,49 +261,54 @@ impl Resolve for Manual {
     }
 }
 
-/// A minimal `watch` → poll adapter, so `Manual` needs no extra dependency.
-mod tokio_stream_watch {
-    use super::Resolution;
+/// A minimal `watch` → poll adapter (latest value wins), so `Manual` and the xDS
+/// resolver need no extra dependency.
+pub(crate) mod tokio_stream_watch {
     use std::future::Future;
     use std::pin::Pin;
     use std::task::{Context, Poll};
     use tokio::sync::watch;
 
-    type Changed =
-        Pin<Box<dyn Future<Output = (watch::Receiver<Option<Resolution>>, bool)> + Send>>;
+    type Changed<T> = Pin<Box<dyn Future<Output = (watch::Receiver<Option<T>>, bool)> + Send>>;
 
-    pub(super) struct WatchStream {
-        pending: Changed,
+    pub(crate) struct WatchStream<T> {
+        pending: Changed<T>,
     }
 
-    impl WatchStream {
-        pub(super) fn new(rx: watch::Receiver<Option<Resolution>>) -> Self {
+    impl<T: Clone + Send + Sync + 'static> WatchStream<T> {
+        pub(crate) fn new(rx: watch::Receiver<Option<T>>) -> Self {
             Self { pending: wait(rx) }
         }
 
-        pub(super) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Resolution>> {
-            let (mut rx, changed) = std::task::ready!(self.pending.as_mut().poll(cx));
-            if !changed {
-                // Every handle is gone and nothing new was sent: the resolver is finished.
-                return Poll::Ready(None);
+        /// The latest value not seen yet (values sent in between are skipped); `None`
+        /// once every sender is gone with nothing new.
+        pub(crate) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
+            loop {
+                let (mut rx, changed) = std::task::ready!(self.pending.as_mut().poll(cx));
+                if !changed {
+                    // Every sender is gone and nothing new was sent: finished.
+                    return Poll::Ready(None);
+                }
+                let value = rx.borrow_and_update().clone();
+                self.pending = wait(rx);
+                // Senders only ever send `Some`; a `None` is the initial value.
+                if value.is_some() {
+                    return Poll::Ready(value);
+                }
             }
-            let value = rx.borrow_and_update().clone();
-            self.pending = wait(rx);
-            // Only `update` and `fail` send, and both send `Some`.
-            Poll::Ready(value)
         }
     }
 
     /// Resolves once the receiver has a value it has not seen (true), or once every
     /// sender is gone with nothing new (false).
-    fn wait(mut rx: watch::Receiver<Option<Resolution>>) -> Changed {
+    fn wait<T: Send + Sync + 'static>(mut rx: watch::Receiver<Option<T>>) -> Changed<T> {
         Box::pin(async move {
             let changed = rx.changed().await.is_ok();
             (rx, changed)
         })
     }
 
-    impl std::fmt::Debug for WatchStream {
+    impl<T> std::fmt::Debug for WatchStream<T> {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.debug_struct("WatchStream").finish_non_exhaustive()
         }

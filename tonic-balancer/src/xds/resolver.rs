@@ -17,14 +17,17 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use crate::resolver::tokio_stream_watch::WatchStream;
+use tokio::sync::watch;
 
 /// A [`Resolve`] fed by an [`XdsClient`]: the address set of one `xds:///` target.
 ///
 /// Made by [`XdsClient::resolver`]; the channel of an `xds:///name` target makes one
 /// itself. Dropping it ends its subscriptions.
 pub struct XdsResolver {
-    rx: mpsc::Receiver<Update>,
+    /// The latest update: one the channel has not read yet is replaced, not queued
+    /// (the channel does not read while it is IDLE).
+    rx: WatchStream<Update>,
     /// The service config of the address set `poll_resolve` returned last.
     config: Option<ServiceConfig>,
     task: tokio::task::AbortHandle,
@@ -47,7 +50,7 @@ impl Drop for XdsResolver {
 
 impl Resolve for XdsResolver {
     fn poll_resolve(&mut self, cx: &mut Context<'_>) -> Poll<Option<Resolution>> {
-        self.rx.poll_recv(cx).map(|update| {
+        self.rx.poll_next(cx).map(|update| {
             update.map(|update| {
                 update.map(|(addrs, config)| {
                     self.config = Some(config);
@@ -75,10 +78,10 @@ impl XdsClient {
     /// # Panics
     /// Outside a tokio runtime (as `tokio::spawn`).
     pub fn resolver(&self, name: &str) -> XdsResolver {
-        let (tx, rx) = mpsc::channel(4);
+        let (tx, rx) = watch::channel(None);
         let task = tokio::spawn(follow(self.clone(), name.to_owned(), tx));
         XdsResolver {
-            rx,
+            rx: WatchStream::new(rx),
             config: None,
             task: task.abort_handle(),
         }
@@ -93,7 +96,7 @@ struct Chain {
     endpoints: Option<Watch>,
 }
 
-async fn follow(client: XdsClient, name: String, tx: mpsc::Sender<Update>) {
+async fn follow(client: XdsClient, name: String, tx: watch::Sender<Option<Update>>) {
     let mut chain = Chain {
         listener: client.watch(Kind::Listener, &name),
         route: None,
@@ -105,9 +108,10 @@ async fn follow(client: XdsClient, name: String, tx: mpsc::Sender<Update>) {
         if let Some(resolution) = chain.resolve(&client, &name)
             && last.as_ref() != Some(&resolution)
         {
-            if tx.send(resolution.clone()).await.is_err() {
+            if tx.is_closed() {
                 return;
             }
+            tx.send_replace(Some(resolution.clone()));
             last = Some(resolution);
         }
         tokio::select! {
