@@ -116,22 +116,27 @@ impl XdsClient {
     }
 
     /// The process's client for this bootstrap's control plane (URI, credentials,
-    /// features) and node id: the one already running if a channel still uses it, else
-    /// a new one. Its stream runs on the tokio runtime that started it.
+    /// features) and node: the one already running if a channel still uses it, else a
+    /// new one. Its stream runs on the tokio runtime that started it; if that runtime
+    /// has shut down, a new client is started on the current one.
     ///
     /// # Panics
     /// Outside a tokio runtime (as `tokio::spawn`), when a new client must be started.
     pub fn shared(bootstrap: Bootstrap) -> Self {
         let server = &bootstrap.server;
+        // The whole node (not only its id): a client says who it is once per stream.
         let key = (
             server.server_uri.clone(),
             format!("{:?} {:?}", server.channel_creds, server.server_features),
-            bootstrap.node.id.clone(),
+            format!("{:?}", bootstrap.node),
         );
         let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
         let pool = pool.get_or_insert_with(HashMap::new);
         pool.retain(|_, weak| weak.strong_count() > 0);
-        if let Some(shared) = pool.get(&key).and_then(Weak::upgrade) {
+        // A client whose stream task has ended (its runtime shut down) serves nobody:
+        // a new one replaces it.
+        let running = |shared: &Arc<Shared>| shared.task.get().is_none_or(|t| !t.is_finished());
+        if let Some(shared) = pool.get(&key).and_then(Weak::upgrade).filter(running) {
             return Self { shared };
         }
         let client = Self::new(bootstrap);
@@ -668,4 +673,54 @@ fn json_value(value: &serde_json::Value) -> pbuf::Value {
         J::Object(map) => K::StructValue(json_struct(map)),
     };
     pbuf::Value { kind: Some(kind) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// Channels of one process share a client per control plane and node; another
+    /// node (here, another cluster) gets its own.
+    #[test]
+    fn clients_are_shared_per_control_plane_and_node() {
+        let rt = runtime();
+        let _in = rt.enter();
+        let bootstrap = Bootstrap::new("127.0.0.1:1", "shared-node");
+        let first = XdsClient::shared(bootstrap.clone());
+        let again = XdsClient::shared(bootstrap.clone());
+        assert!(Arc::ptr_eq(&first.shared, &again.shared));
+        let mut other = bootstrap;
+        other.node.cluster = "another-cluster".into();
+        let other = XdsClient::shared(other);
+        assert!(!Arc::ptr_eq(&first.shared, &other.shared));
+    }
+
+    /// A client whose runtime has shut down (its stream task is gone) is not handed to
+    /// a channel on another runtime: a new one is started there.
+    #[test]
+    fn a_client_whose_runtime_is_gone_is_replaced() {
+        let bootstrap = Bootstrap::new("127.0.0.1:1", "runtime-node");
+        let old_runtime = runtime();
+        let old = {
+            let _in = old_runtime.enter();
+            XdsClient::shared(bootstrap.clone())
+        };
+        drop(old_runtime);
+        let rt = runtime();
+        let _in = rt.enter();
+        let new = XdsClient::shared(bootstrap);
+        assert!(!Arc::ptr_eq(&old.shared, &new.shared));
+        let again = XdsClient::shared(new.bootstrap().clone());
+        assert!(
+            Arc::ptr_eq(&new.shared, &again.shared),
+            "the live one is shared"
+        );
+    }
 }

@@ -11,13 +11,13 @@ use crate::config::{
     LoadBalancingConfig, LocalityWeight, LocalityWeightedConfig, MethodConfig, MethodPattern,
     ServiceConfig,
 };
+use crate::resolver::tokio_stream_watch::WatchStream;
 use crate::resolver::{Address, Resolution, Resolve, ResolveError};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use crate::resolver::tokio_stream_watch::WatchStream;
 use tokio::sync::watch;
 
 /// A [`Resolve`] fed by an [`XdsClient`]: the address set of one `xds:///` target.
