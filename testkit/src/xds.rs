@@ -120,6 +120,9 @@ struct StreamState {
     tx: mpsc::UnboundedSender<Result<DiscoveryResponse, Status>>,
     /// Subscribed names per type, as last requested.
     subscribed: HashMap<String, Vec<String>>,
+    /// The LDS/CDS types this stream subscribed to as a whole: its first request for
+    /// them named nothing (the legacy wildcard). Names given later end it.
+    wildcard: std::collections::HashSet<String>,
 }
 
 #[derive(Default)]
@@ -351,21 +354,25 @@ fn push(state: &mut State, type_url: &'static str) {
     } = state;
     let ty = types.entry(type_url).or_default();
     for stream in streams.iter() {
-        if let Some(names) = stream.subscribed.get(type_url) {
+        if stream.subscribed.contains_key(type_url) {
             *next_nonce += 1;
             let _ = stream
                 .tx
-                .send(Ok(response(type_url, ty, names, *next_nonce)));
+                .send(Ok(response(type_url, ty, stream, *next_nonce)));
         }
     }
 }
 
-fn response(type_url: &str, ty: &TypeState, names: &[String], nonce: u64) -> DiscoveryResponse {
-    // An empty list of names asks for every resource (the LDS/CDS wildcard).
+fn response(type_url: &str, ty: &TypeState, stream: &StreamState, nonce: u64) -> DiscoveryResponse {
+    let names = stream
+        .subscribed
+        .get(type_url)
+        .map_or(&[][..], Vec::as_slice);
+    let wildcard = stream.wildcard.contains(type_url);
     let resources = ty
         .resources
         .iter()
-        .filter(|(name, _)| names.is_empty() || names.contains(name))
+        .filter(|(name, _)| wildcard || names.contains(name))
         .map(|(_, any)| any.clone())
         .collect();
     DiscoveryResponse {
@@ -412,6 +419,7 @@ impl AggregatedDiscoveryService for Ads {
                 id,
                 tx,
                 subscribed: HashMap::new(),
+                wildcard: Default::default(),
             });
             id
         };
@@ -470,7 +478,16 @@ fn on_request(shared: &Shared, id: u64, req: DiscoveryRequest) {
         // An ACK or NACK of what was sent: nothing new to say.
         return;
     }
-    stream.subscribed.insert(type_url.to_owned(), names.clone());
+    // An empty first request for LDS or CDS subscribes to all of the type (the legacy
+    // wildcard); for RDS and EDS, or after names were given, it subscribes to nothing.
+    let first = !stream.subscribed.contains_key(type_url);
+    let wildcard_type = type_url == type_url::LISTENER || type_url == type_url::CLUSTER;
+    if names.is_empty() && first && wildcard_type {
+        stream.wildcard.insert(type_url.to_owned());
+    } else if !names.is_empty() {
+        stream.wildcard.remove(type_url);
+    }
+    stream.subscribed.insert(type_url.to_owned(), names);
     let ty = types.entry(type_url).or_default();
     if ty.version == 0 {
         // Nothing set for this type yet: the first `set` will push it.
@@ -479,7 +496,7 @@ fn on_request(shared: &Shared, id: u64, req: DiscoveryRequest) {
     *next_nonce += 1;
     let _ = stream
         .tx
-        .send(Ok(response(type_url, ty, &names, *next_nonce)));
+        .send(Ok(response(type_url, ty, stream, *next_nonce)));
 }
 
 // === resource helpers ===
