@@ -1175,6 +1175,30 @@ async fn endpoint_weights_split_their_localitys_calls() {
         let served = support::shares(&mut client, 2_000).await;
         assert!((1_350..=1_650).contains(&served["b0"]), "{served:?}");
         assert!((350..=650).contains(&served["b1"]), "{served:?}");
+
+        // EDS turns the weights around: the same connections, the new shares.
+        let mut locality = LocalityEndpoints::new([
+            (b[0].addr(), Health::Healthy),
+            (b[1].addr(), Health::Healthy),
+        ]);
+        locality.endpoint_weights = vec![(b[0].addr(), 1), (b[1].addr(), 3)];
+        cp.set([xds::endpoints("orders-eds", &[locality])]);
+        cp.wait_for_ack(type_url::ENDPOINTS).await;
+        let mut batches = 0;
+        while support::shares(&mut client, 100).await.get("b1").copied() < Some(60) {
+            batches += 1;
+            assert!(batches < 50, "the new weights were not taken");
+        }
+        let served = support::shares(&mut client, 2_000).await;
+        assert!((350..=650).contains(&served["b0"]), "{served:?}");
+        assert!((1_350..=1_650).contains(&served["b1"]), "{served:?}");
+        let connections: Vec<u64> = channel
+            .stats()
+            .endpoints
+            .iter()
+            .map(|e| e.connections)
+            .collect();
+        assert_eq!(connections, [1, 1], "no reconnection for a new weight");
     })
     .await;
 }

@@ -80,6 +80,11 @@ impl ReadySubchannel {
         }
     }
 
+    /// The same with an address already shared (a publish copies the pointer).
+    pub(crate) fn shared(address: Arc<Address>, load: Arc<Load>) -> Self {
+        Self { load, address }
+    }
+
     /// The backend's address.
     pub fn address(&self) -> &Address {
         &self.address

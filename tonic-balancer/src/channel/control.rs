@@ -135,6 +135,10 @@ impl Shared {
 
 struct Entry {
     subchannel: Arc<Subchannel>,
+    /// Its address as the resolver gave it last: the same key as the subchannel's, with
+    /// the attributes (weight, priority, locality) of the latest address set, which the
+    /// pickers and the priority tiers read.
+    address: Arc<Address>,
     /// READY by its connection and, with health checking, by its health, with the
     /// pickers' view of it made once when it became READY: a publish then only copies
     /// pointers.
@@ -149,6 +153,16 @@ struct Entry {
     /// Dropping it stops the worker. `None` for a moment after the address arrived:
     /// `apply` publishes the new address set first and starts the workers after.
     worker: Option<WorkerHandle>,
+}
+
+impl Entry {
+    /// Takes the attributes of `address` (same key) for the pickers and the tiers.
+    fn readdress(&mut self, address: Address) {
+        self.address = Arc::new(address);
+        for view in [&mut self.ready, &mut self.unhealthy].into_iter().flatten() {
+            view.1 = ReadySubchannel::shared(self.address.clone(), view.1.load().clone());
+        }
+    }
 }
 
 /// Which subchannels the control task keeps connected.
@@ -470,8 +484,13 @@ impl Control {
                 continue; // A duplicate in this set.
             }
             let entry = match old_index.remove(&key).and_then(|i| old[i].take()) {
-                Some(entry) => {
+                Some(mut entry) => {
                     kept += 1;
+                    if *entry.address != address {
+                        // Same backend, new attributes: the connection stays, and the
+                        // pickers' view of it takes them.
+                        entry.readdress(address);
+                    }
                     entry
                 }
                 None => {
@@ -540,10 +559,12 @@ impl Control {
     fn new_entry(&self, state: &mut State, address: Address) -> Entry {
         let id = state.next_id;
         state.next_id += 1;
+        let shared_address = Arc::new(address.clone());
         let subchannel = subchannel::new_subchannel(id, address, &self.settings.accounting);
         tracing::trace!(target = %self.target, address = %subchannel.address, "address added");
         Entry {
             subchannel,
+            address: shared_address,
             ready: None,
             unhealthy: None,
             ejection: Ejection::default(),
@@ -609,14 +630,18 @@ impl Control {
                 entry.unhealthy = None;
             }
             Update::Ready(ready) => {
-                let view = ready.entry();
+                let view =
+                    ReadySubchannel::shared(entry.address.clone(), ready.subchannel.load.clone());
                 entry.ready = Some((ready, view));
                 entry.unhealthy = None;
                 entry.failing = false;
             }
             Update::Unhealthy(connected, why) => {
                 entry.ready = None;
-                let view = connected.entry();
+                let view = ReadySubchannel::shared(
+                    entry.address.clone(),
+                    connected.subchannel.load.clone(),
+                );
                 entry.unhealthy = Some((connected, view));
                 entry.failing = true;
                 state.last_error = Some(why);
@@ -709,7 +734,7 @@ impl Control {
         let mut tiers: std::collections::BTreeMap<Option<u16>, Tier<'_>> =
             std::collections::BTreeMap::new();
         for entry in &state.entries {
-            let tier = tiers.entry(entry.subchannel.address.priority).or_default();
+            let tier = tiers.entry(entry.address.priority).or_default();
             tier.size += 1;
             if let Some(c) = entry.ready.as_ref().or(entry.unhealthy.as_ref()) {
                 tier.connected.push(c);

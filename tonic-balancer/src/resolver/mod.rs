@@ -48,8 +48,10 @@ pub struct Address {
     ///
     /// The [`locality_weighted`](crate::balance::LocalityWeighted) policy (which the xDS
     /// resolver chooses) splits a locality's share of the calls by it; the other
-    /// policies do not read it. A running subchannel keeps the `Address` it was created
-    /// with, so a change of weight alone does not show there.
+    /// policies do not read it. A new address set with the same address and another
+    /// weight (or priority, or locality) keeps the subchannel and its connection, and
+    /// the pickers take the new attributes; [`BalancedChannel::subchannels`](crate::BalancedChannel::subchannels) still shows
+    /// the address as first resolved.
     pub weight: Option<u32>,
     /// The priority of the DNS SRV record this address came from (RFC 2782: lower is
     /// preferred), if any. The channel sends calls to the lowest priority that has a

@@ -19,7 +19,6 @@ pub(crate) use conn::{
 pub(crate) use connector::TcpOptions;
 
 use crate::backoff::{Backoff, BackoffParams};
-use crate::balance::ReadySubchannel;
 use crate::connectivity::ConnectivityState;
 use crate::load::{Accounting, Load};
 use crate::resolver::Address;
@@ -140,14 +139,6 @@ pub(crate) struct ReadyConn {
 }
 
 impl ReadyConn {
-    /// What the pickers see of it.
-    pub(crate) fn entry(&self) -> ReadySubchannel {
-        ReadySubchannel::new(
-            self.subchannel.address.clone(),
-            self.subchannel.load.clone(),
-        )
-    }
-
     /// Whether the connection is still up. A picker may be a moment behind a connection
     /// that just ended; the channel skips such a subchannel.
     pub(crate) fn is_up(&self) -> bool {
