@@ -529,33 +529,26 @@ fn handle_response(
     tx: &mpsc::UnboundedSender<DiscoveryRequest>,
     server: &super::bootstrap::XdsServer,
 ) {
-    let Some(kind) = Kind::from_type_url(&response.type_url) else {
-        // A type nobody asked for: NACK it so the control plane sees the mistake.
+    // A type this client does not know, or did not request on this stream, is NACKed
+    // whole: ACKing it with no names would subscribe to every resource of the type
+    // (the legacy wildcard).
+    let nack_type = |why: &str| {
         let _ = tx.send(DiscoveryRequest {
             type_url: response.type_url.clone(),
-            response_nonce: response.nonce,
+            response_nonce: response.nonce.clone(),
             error_detail: Some(invalid_argument(format!(
-                "type {} is not one this client asked for",
+                "type {} {why}",
                 response.type_url
             ))),
             ..Default::default()
         });
-        return;
+    };
+    let Some(kind) = Kind::from_type_url(&response.type_url) else {
+        return nack_type("is not one this client asked for");
     };
     let ty = &mut cache.types[kind.index()];
     if !ty.requested {
-        // Not asked for on this stream: ACKing it with no names would subscribe to
-        // every resource of the type (the legacy wildcard).
-        let _ = tx.send(DiscoveryRequest {
-            type_url: response.type_url.clone(),
-            response_nonce: response.nonce,
-            error_detail: Some(invalid_argument(format!(
-                "type {} was not requested on this stream",
-                response.type_url
-            ))),
-            ..Default::default()
-        });
-        return;
+        return nack_type("was not requested on this stream");
     }
     let mut errors = Vec::new();
     let mut seen = HashSet::new();
