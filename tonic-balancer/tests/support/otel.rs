@@ -32,6 +32,13 @@ fn attributes<'a>(kvs: impl Iterator<Item = &'a KeyValue>) -> BTreeMap<String, S
 }
 
 fn read<T: Copy>(data: &MetricData<T>, f: impl Fn(T) -> f64) -> (&'static str, Vec<Point>) {
+    // A sum's or a gauge's point: one value.
+    let scalar = |attributes: BTreeMap<String, String>, value| Point {
+        attributes,
+        value: f(value),
+        sum: 0.0,
+        bounds: Vec::new(),
+    };
     match data {
         MetricData::Sum(sum) => (
             if sum.is_monotonic() {
@@ -40,24 +47,14 @@ fn read<T: Copy>(data: &MetricData<T>, f: impl Fn(T) -> f64) -> (&'static str, V
                 "up_down_counter"
             },
             sum.data_points()
-                .map(|p| Point {
-                    attributes: attributes(p.attributes()),
-                    value: f(p.value()),
-                    sum: 0.0,
-                    bounds: Vec::new(),
-                })
+                .map(|p| scalar(attributes(p.attributes()), p.value()))
                 .collect(),
         ),
         MetricData::Gauge(gauge) => (
             "gauge",
             gauge
                 .data_points()
-                .map(|p| Point {
-                    attributes: attributes(p.attributes()),
-                    value: f(p.value()),
-                    sum: 0.0,
-                    bounds: Vec::new(),
-                })
+                .map(|p| scalar(attributes(p.attributes()), p.value()))
                 .collect(),
         ),
         MetricData::Histogram(histogram) => (
