@@ -42,9 +42,10 @@ fn orders_channel(cp: &ControlPlane) -> (BalancedChannel, Client) {
     (channel.clone(), Client::new(channel))
 }
 
-/// A channel over the listener `orders`, on this (shared) xDS client.
+/// The channel of `xds:///orders`, on this (shared) xDS client.
 fn orders_on(client: &XdsClient) -> BalancedChannel {
-    BalancedChannel::builder_with_resolver(client.resolver("orders"))
+    BalancedChannel::builder("xds:///orders")
+        .xds_client(client)
         .connection_backoff(fast_backoff())
         .build()
         .expect("channel")

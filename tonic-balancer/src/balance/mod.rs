@@ -18,7 +18,7 @@ mod least_request;
 pub mod locality_weighted;
 mod peak_ewma;
 mod pick_first;
-mod rng;
+pub(crate) mod rng;
 mod round_robin;
 pub mod subset;
 

@@ -189,6 +189,8 @@ pub struct Builder {
     max_concurrent_connects: usize,
     #[cfg(feature = "opentelemetry")]
     opentelemetry: crate::stats::otel::OpenTelemetry,
+    #[cfg(feature = "xds")]
+    xds_client: Option<crate::xds::XdsClient>,
 }
 
 impl Builder {
@@ -233,6 +235,8 @@ impl Builder {
             max_concurrent_connects: crate::defaults::DEFAULT_MAX_CONCURRENT_CONNECTS,
             #[cfg(feature = "opentelemetry")]
             opentelemetry: Default::default(),
+            #[cfg(feature = "xds")]
+            xds_client: None,
         }
     }
 
@@ -559,6 +563,26 @@ impl Builder {
         self
     }
 
+    /// The xDS client an `xds:///name` target uses, in place of the process's shared
+    /// client for the default bootstrap (`GRPC_XDS_BOOTSTRAP`, `GRPC_XDS_BOOTSTRAP_CONFIG`
+    /// or [`set_default_bootstrap`](crate::xds::set_default_bootstrap)): for a bootstrap
+    /// made in code. Ignored for other targets.
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), tonic_balancer::Error> {
+    /// use tonic_balancer::xds::{Bootstrap, XdsClient};
+    /// let client = XdsClient::shared(Bootstrap::new("127.0.0.1:18000", "orders-client-1"));
+    /// let channel = tonic_balancer::BalancedChannel::builder("xds:///orders")
+    ///     .xds_client(&client)
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "xds")]
+    pub fn xds_client(mut self, client: &crate::xds::XdsClient) -> Self {
+        self.xds_client = Some(client.clone());
+        self
+    }
+
     /// Checks the settings, starts the channel's control task and returns the channel.
     /// Connections are made in the background; the first calls queue until a backend is
     /// READY (or all have failed).
@@ -620,25 +644,22 @@ impl Builder {
             max_attempts: self.max_attempts,
             default_timeout: self.default_timeout,
         };
-        let (call_config, control_config) = policies.call_config(self.service_config.as_ref())?;
+        // Checked here, so that a config error is the build's; each channel made from
+        // the blueprint makes its own.
+        policies.call_config(self.service_config.as_ref())?;
         let failure_codes = self
             .outlier_detection
             .as_ref()
             .map_or_else(CodeSet::default, |o| CodeSet::of(&o.failure_codes));
-        let outlier_signal = Arc::new(Notify::new());
         if self.panic_threshold.is_some_and(|p| p > 100) {
             return Err(Error::new(
                 ErrorKind::InvalidConfig,
                 "panic_threshold: must be a percentage, at most 100",
             ));
         }
-        let budget = match &self.budget {
-            Some(budget) => {
-                budget.validate()?;
-                Some(Budget::new(budget.clone()))
-            }
-            None => None,
-        };
+        if let Some(budget) = &self.budget {
+            budget.validate()?;
+        }
         let lookup = |target: &Target| {
             #[cfg(feature = "dns")]
             let resolver = dns_resolver(target, &self.name, &self.dns_options, seed);
@@ -648,13 +669,28 @@ impl Builder {
         };
         // An https:// target means TLS, with the default roots unless Builder::tls.
         let mut https = false;
-        let (resolver, authority): (Box<dyn Resolve>, Option<String>) = match self.source? {
-            Source::Resolver(resolver) => (resolver, None),
-            Source::Target(Target::Static(addrs)) => (Box::new(StaticList::new(addrs)), None),
-            Source::Target(target @ Target::Unix(_)) => unix_resolver(&target, &self.name)?,
-            Source::Target(Target::Xds { name }) => {
-                (crate::resolver::xds_target(&name, &self.name)?, Some(name))
+        let (resolver, authority): (Plan, Option<String>) = match self.source? {
+            Source::Resolver(resolver) => (Plan::Resolver(resolver), None),
+            Source::Target(Target::Static(addrs)) => {
+                (Plan::Resolver(Box::new(StaticList::new(addrs))), None)
             }
+            Source::Target(target @ Target::Unix(_)) => {
+                let (resolver, authority) = unix_resolver(&target, &self.name)?;
+                (Plan::Resolver(resolver), authority)
+            }
+            #[cfg(feature = "xds")]
+            Source::Target(Target::Xds { name }) => {
+                let client = match &self.xds_client {
+                    Some(client) => client.clone(),
+                    None => crate::xds::target_client(&self.name)?,
+                };
+                (Plan::Xds(client, name.clone()), Some(name))
+            }
+            #[cfg(not(feature = "xds"))]
+            Source::Target(Target::Xds { name }) => (
+                Plan::Resolver(crate::resolver::xds_target(&name, &self.name)?),
+                Some(name),
+            ),
             Source::Target(Target::Https { host, port }) => {
                 https = true;
                 let target = Target::Dns {
@@ -662,9 +698,12 @@ impl Builder {
                     host,
                     port,
                 };
-                (lookup(&target)?, Some(target.authority()))
+                (Plan::Resolver(lookup(&target)?), Some(target.authority()))
             }
-            Source::Target(target) => (lookup(&target)?, Some(target.authority())),
+            Source::Target(target) => (
+                Plan::Resolver(lookup(&target)?),
+                Some(target.authority()),
+            ),
         };
         #[cfg(not(feature = "tls"))]
         if https {
@@ -717,6 +756,124 @@ impl Builder {
                 u64::try_from(k.time.as_nanos()).unwrap_or(u64::MAX),
             ))
         });
+        let blueprint = Blueprint {
+            runtime,
+            name: self.name,
+            policies,
+            service_config: self.service_config,
+            failure_codes,
+            budget: self.budget,
+            backoff,
+            min_connect_timeout: self.backoff.min_connect_timeout,
+            endpoint,
+            #[cfg(feature = "tls")]
+            tls,
+            conn,
+            keepalive_time,
+            connects: Arc::new(tokio::sync::Semaphore::new(
+                self.max_concurrent_connects
+                    .min(tokio::sync::Semaphore::MAX_PERMITS),
+            )),
+            stats: Arc::new(crate::stats::Stats::new(
+                self.stats_method_limit,
+                telemetry.clone(),
+            )),
+            telemetry,
+            published: Arc::new(watch::Sender::new(())),
+            wait_for_ready: self.wait_for_ready,
+            replay_limit: self.replay_limit,
+            sensitive,
+            seed,
+            credentials_allowed,
+            panic_threshold: self.panic_threshold,
+            idle_timeout: (!self.idle_timeout.is_zero()).then_some(self.idle_timeout),
+        };
+        match resolver {
+            Plan::Resolver(resolver) => {
+                blueprint.spawn(resolver, blueprint.name.clone(), blueprint.seed)
+            }
+            #[cfg(feature = "xds")]
+            Plan::Xds(client, name) => crate::xds::routed_channel(client, name, blueprint),
+        }
+    }
+}
+
+/// Where a channel's addresses come from.
+enum Plan {
+    Resolver(Box<dyn Resolve>),
+    /// An `xds:///name` target: routes from the listener `name`, a channel per cluster.
+    #[cfg(feature = "xds")]
+    Xds(crate::xds::XdsClient, String),
+}
+
+/// A built channel's settings, checked: enough to start it, or (for an `xds:///`
+/// target) one channel per cluster its routes name, each with the same settings and
+/// its own resolver. Those share the target's golden signals, OpenTelemetry
+/// instruments, connection-attempt bound and keepalive time.
+#[derive(Clone)]
+pub(crate) struct Blueprint {
+    runtime: tokio::runtime::Handle,
+    name: String,
+    policies: Policies,
+    service_config: Option<ServiceConfig>,
+    failure_codes: CodeSet,
+    budget: Option<RetryBudget>,
+    backoff: BackoffParams,
+    min_connect_timeout: Duration,
+    endpoint: crate::subchannel::EndpointMaker,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::tls::TlsConnect>,
+    conn: ConnSettings,
+    keepalive_time: Option<Arc<std::sync::atomic::AtomicU64>>,
+    connects: Arc<tokio::sync::Semaphore>,
+    stats: Arc<crate::stats::Stats>,
+    telemetry: Option<Arc<crate::stats::Telemetry>>,
+    /// Bumped by every publish of every channel made from this blueprint.
+    pub(crate) published: Arc<watch::Sender<()>>,
+    wait_for_ready: bool,
+    replay_limit: usize,
+    sensitive: Arc<[http::HeaderName]>,
+    seed: u64,
+    credentials_allowed: bool,
+    panic_threshold: Option<u32>,
+    idle_timeout: Option<Duration>,
+}
+
+impl Blueprint {
+    /// The name the channel was built for.
+    #[cfg(feature = "xds")]
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The runtime the channel was built in.
+    #[cfg(feature = "xds")]
+    pub(crate) fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtime
+    }
+
+    /// The builder's seed, or a random one.
+    #[cfg(feature = "xds")]
+    pub(crate) fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Starts a channel over `resolver`'s addresses with these settings and `seed` for
+    /// its pickers and jitter; `target` names it in errors.
+    pub(crate) fn spawn(
+        &self,
+        resolver: Box<dyn Resolve>,
+        target: String,
+        seed: u64,
+    ) -> Result<BalancedChannel, Error> {
+        let policies = Policies {
+            seed,
+            ..self.policies.clone()
+        };
+        let (call_config, control_config) =
+            policies.call_config(self.service_config.as_ref())?;
+        let budget = self.budget.as_ref().map(|b| Budget::new(b.clone()));
+        let outlier_signal = Arc::new(Notify::new());
         let (stop_tx, stop_rx) = oneshot::channel();
         let ControlConfig {
             mode,
@@ -727,35 +884,37 @@ impl Builder {
             subset_size,
         } = control_config.clone();
         let (updates_tx, updates_rx) = watch::channel(control_config);
-        let shared = Arc::new(Shared::new(call_config, updates_tx, policies));
+        let shared = Arc::new(Shared::new(
+            call_config,
+            updates_tx,
+            policies,
+            self.published.clone(),
+        ));
         let (health_tx, health_rx) = watch::channel(health_service);
         let control = Control {
             shared: shared.clone(),
             resolver,
             settings: ConnectSettings {
-                backoff,
-                min_connect_timeout: self.backoff.min_connect_timeout,
-                endpoint,
+                backoff: self.backoff,
+                min_connect_timeout: self.min_connect_timeout,
+                endpoint: self.endpoint.clone(),
                 accounting: Accounting {
                     ewma,
-                    failure_codes,
+                    failure_codes: self.failure_codes,
                     outliers: outliers
                         .as_ref()
                         .map(|o| (outlier_signal.clone(), u64::from(o.consecutive_failures))),
                 },
                 health_service: health_rx,
                 #[cfg(feature = "tls")]
-                tls,
-                keepalive_time: keepalive_time.clone().unwrap_or_default(),
-                conn,
-                connects: Arc::new(tokio::sync::Semaphore::new(
-                    self.max_concurrent_connects
-                        .min(tokio::sync::Semaphore::MAX_PERMITS),
-                )),
-                telemetry: telemetry.clone(),
+                tls: self.tls.clone(),
+                keepalive_time: self.keepalive_time.clone().unwrap_or_default(),
+                conn: self.conn.clone(),
+                connects: self.connects.clone(),
+                telemetry: self.telemetry.clone(),
             },
             seed,
-            target: self.name.clone(),
+            target: target.clone(),
             mode,
             shuffle,
             updates: updates_rx,
@@ -763,28 +922,69 @@ impl Builder {
             outlier_signal,
             health: health_tx,
             panic_threshold: self.panic_threshold,
-            idle_timeout: (!self.idle_timeout.is_zero()).then_some(self.idle_timeout),
+            idle_timeout: self.idle_timeout,
             subset: SubsetFilter::new(subset_size, seed),
         };
-        runtime.spawn(control.supervise(stop_rx));
-        Ok(BalancedChannel {
+        self.runtime.spawn(control.supervise(stop_rx));
+        Ok(self.channel(shared, target, budget, stop_tx, seed))
+    }
+
+    /// A channel handle over `shared`, whose control task stops when `stop` is dropped.
+    pub(super) fn channel(
+        &self,
+        shared: Arc<Shared>,
+        target: String,
+        budget: Option<Budget>,
+        stop: oneshot::Sender<()>,
+        seed: u64,
+    ) -> BalancedChannel {
+        BalancedChannel {
             inner: Arc::new(Inner {
                 shared,
-                target: self.name,
+                target,
                 wait_for_ready: self.wait_for_ready,
                 budget,
                 replay_limit: self.replay_limit,
                 replay_held: Arc::default(),
                 channel_replay_limit: crate::defaults::DEFAULT_CHANNEL_REPLAY_BUFFER,
-                sensitive,
+                sensitive: self.sensitive.clone(),
                 seed,
                 calls: Default::default(),
-                stats: crate::stats::Stats::new(self.stats_method_limit, telemetry),
-                credentials_allowed,
-                keepalive_time,
-                _stop: stop_tx,
+                stats: self.stats.clone(),
+                credentials_allowed: self.credentials_allowed,
+                keepalive_time: self.keepalive_time.clone(),
+                #[cfg(feature = "xds")]
+                router: None,
+                _stop: stop,
             }),
-        })
+        }
+    }
+
+    /// The channel of an `xds:///` target: no subchannels of its own, every call routed
+    /// by `router` to a channel of this blueprint. The router's task stops when `stop`
+    /// is dropped, with the last handle.
+    ///
+    /// # Errors
+    /// None in practice: the builder's policies were checked by `build`.
+    #[cfg(feature = "xds")]
+    pub(crate) fn routed(
+        &self,
+        router: Arc<crate::xds::Router>,
+        stop: oneshot::Sender<()>,
+    ) -> Result<BalancedChannel, Error> {
+        let (call_config, control_config) = self.policies.call_config(None)?;
+        let (updates_tx, _) = watch::channel(control_config);
+        let shared = Arc::new(Shared::new(
+            call_config,
+            updates_tx,
+            self.policies.clone(),
+            self.published.clone(),
+        ));
+        let mut channel = self.channel(shared, self.name.clone(), None, stop, self.seed);
+        if let Some(inner) = Arc::get_mut(&mut channel.inner) {
+            inner.router = Some(router);
+        }
+        Ok(channel)
     }
 }
 

@@ -76,8 +76,9 @@ pub(crate) struct Shared {
     policies: Policies,
     /// Calls in flight, counted only while the config limits them (circuit breaking).
     pub(crate) calls_in_flight: Arc<std::sync::atomic::AtomicUsize>,
-    /// Bumped after every publish; queued calls and observers wait on it.
-    pub(crate) published: watch::Sender<()>,
+    /// Bumped after every publish; queued calls and observers wait on it. The channels
+    /// of one `xds:///` target share it, so their observers see every cluster's news.
+    pub(crate) published: Arc<watch::Sender<()>>,
     /// Set by calls, cleared by the control task's idle check: whether a call started
     /// since the last check. Calls only write it when it is clear, so the cache line
     /// stays shared between cores.
@@ -92,6 +93,7 @@ impl Shared {
         config: CallConfig,
         mode: watch::Sender<ControlConfig>,
         policies: Policies,
+        published: Arc<watch::Sender<()>>,
     ) -> Self {
         Self {
             snapshot: ArcSwap::from_pointee(Snapshot::initial()),
@@ -99,7 +101,7 @@ impl Shared {
             mode,
             policies,
             calls_in_flight: Arc::default(),
-            published: watch::Sender::new(()),
+            published,
             active: AtomicBool::new(false),
             wake_requested: AtomicBool::new(false),
             wake: Notify::new(),

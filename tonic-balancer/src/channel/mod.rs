@@ -21,6 +21,8 @@ pub use builder::{
     KeepaliveConfig,
 };
 pub use future::ResponseFuture;
+#[cfg(feature = "xds")]
+pub(crate) use builder::Blueprint;
 
 use crate::balance::Picker;
 use crate::config::{MethodConfig, MethodMap, ServiceConfig};
@@ -97,13 +99,17 @@ struct Inner {
     seed: u64,
     /// Calls that needed a backoff, to vary their jitter seeds.
     calls: AtomicU64,
-    /// Golden signals per method.
-    stats: Stats,
+    /// Golden signals per method; shared by the cluster channels of an `xds:///` target.
+    stats: Arc<Stats>,
     /// Whether bearer credentials may be sent: TLS, or the user's explicit opt-in.
     credentials_allowed: bool,
     /// The keepalive time of new connections (gRFC A8), if keepalive is on.
     keepalive_time: Option<Arc<AtomicU64>>,
-    /// Dropped with the last handle: stops the control task.
+    /// An `xds:///` target's routes: each call goes to the channel of the cluster its
+    /// route names, and this channel has no subchannels of its own.
+    #[cfg(feature = "xds")]
+    router: Option<Arc<crate::xds::Router>>,
+    /// Dropped with the last handle: stops the control task (or the router's).
     _stop: oneshot::Sender<()>,
 }
 
@@ -131,6 +137,10 @@ impl BalancedChannel {
     /// else CONNECTING while any is trying for the first time since it last worked;
     /// else TRANSIENT_FAILURE.
     pub fn state(&self) -> ConnectivityState {
+        #[cfg(feature = "xds")]
+        if let Some(router) = &self.inner.router {
+            return router.state();
+        }
         self.inner.shared.snapshot.load().state
     }
 
@@ -138,11 +148,21 @@ impl BalancedChannel {
     /// percentiles, saturation) and every endpoint's state and load; see
     /// [`stats`](crate::stats) for what each figure means.
     pub fn stats(&self) -> ChannelStats {
-        let snapshot = self.inner.shared.snapshot.load();
+        #[cfg(feature = "xds")]
+        let endpoints = match &self.inner.router {
+            Some(router) => router
+                .channels()
+                .iter()
+                .flat_map(|c| c.stats().endpoints)
+                .collect(),
+            None => self.endpoint_stats(),
+        };
+        #[cfg(not(feature = "xds"))]
+        let endpoints = self.endpoint_stats();
         ChannelStats {
             uptime: self.inner.stats.uptime(),
             methods: self.inner.stats.methods(),
-            endpoints: snapshot.subchannels.iter().map(|s| s.snapshot()).collect(),
+            endpoints,
             keepalive_time: self
                 .inner
                 .keepalive_time
@@ -151,8 +171,22 @@ impl BalancedChannel {
         }
     }
 
-    /// A view of every subchannel: address, state and load.
+    fn endpoint_stats(&self) -> Vec<crate::stats::EndpointSnapshot> {
+        let snapshot = self.inner.shared.snapshot.load();
+        snapshot.subchannels.iter().map(|s| s.snapshot()).collect()
+    }
+
+    /// A view of every subchannel: address, state and load. An `xds:///` channel lists
+    /// those of each cluster its routes name, cluster by cluster.
     pub fn subchannels(&self) -> Vec<SubchannelInfo> {
+        #[cfg(feature = "xds")]
+        if let Some(router) = &self.inner.router {
+            return router
+                .channels()
+                .iter()
+                .flat_map(|c| c.subchannels())
+                .collect();
+        }
         let snapshot = self.inner.shared.snapshot.load();
         snapshot.subchannels.iter().map(|s| s.info()).collect()
     }
@@ -173,7 +207,19 @@ impl BalancedChannel {
     ///
     /// # Errors
     /// [`ErrorKind::InvalidConfig`](crate::ErrorKind::InvalidConfig) naming the bad field.
+    /// An `xds:///` channel takes its config from the control plane only.
     pub fn update_service_config(&self, config: &ServiceConfig) -> Result<(), crate::Error> {
+        #[cfg(feature = "xds")]
+        if self.inner.router.is_some() {
+            return Err(crate::Error::new(
+                crate::ErrorKind::InvalidConfig,
+                format!(
+                    "the channel to {} takes its routes, policies and method configs from \
+                     its xDS control plane; a service config cannot replace them",
+                    self.inner.target
+                ),
+            ));
+        }
         self.inner.shared.apply_service_config(config)
     }
 
@@ -206,7 +252,6 @@ impl BalancedChannel {
             }
         };
         let outcome = tokio::time::timeout(timeout, wait).await;
-        let snapshot = self.inner.shared.snapshot.load();
         let why = match outcome {
             Ok(true) => return Ok(()),
             Ok(false) => "the channel shut down".to_owned(),
@@ -217,10 +262,34 @@ impl BalancedChannel {
             format!(
                 "no backend of {} is ready: {why} (channel {}: {})",
                 self.inner.target,
-                snapshot.state,
-                describe_error(&snapshot)
+                self.state(),
+                self.last_error()
             ),
         ))
+    }
+
+    /// The last error the channel (or, for `xds:///`, its routes or any of its
+    /// clusters) reported, described.
+    fn last_error(&self) -> String {
+        #[cfg(feature = "xds")]
+        if let Some(router) = &self.inner.router {
+            if let Some(why) = router.error() {
+                return format!("last error: {why}");
+            }
+            let errors: Vec<String> = router
+                .channels()
+                .iter()
+                .filter_map(|c| {
+                    let error = c.inner.shared.snapshot.load().error.clone()?;
+                    Some(format!("{}: {error}", c.inner.target))
+                })
+                .collect();
+            return match errors.is_empty() {
+                true => "no error reported yet".to_owned(),
+                false => format!("last errors: {}", errors.join("; ")),
+            };
+        }
+        describe_error(&self.inner.shared.snapshot.load())
     }
 
     /// Waits until `done` holds for the channel's subchannels, re-checking after every
@@ -299,6 +368,10 @@ impl Inner {
         mut request: http::Request<Body>,
         span: tracing::Span,
     ) -> ResponseFuture {
+        #[cfg(feature = "xds")]
+        if let Some(router) = &self.router {
+            return self.start_routed(router, request, span);
+        }
         let entered = span.enter();
         if !self.credentials_allowed
             && request
@@ -313,8 +386,19 @@ impl Inner {
         }
         mark_sensitive(request.headers_mut(), &self.sensitive);
         let config = self.shared.config.load_full();
+        // A call an `xds:///` channel routed here brings its route's method config.
+        #[cfg(feature = "xds")]
+        let route = request
+            .extensions_mut()
+            .remove::<crate::xds::RouteMethod>()
+            .map(|r| r.0);
+        #[cfg(not(feature = "xds"))]
+        let route: Option<Arc<MethodConfig>> = None;
         let path = request.uri().path();
-        let method = config.methods.get(path).as_deref();
+        let method = match &route {
+            Some(route) => Some(&**route),
+            None => config.methods.get(path).as_deref(),
+        };
         if !span.is_disabled() {
             span.record("policy", tracing::field::debug(config.pickers.get(path)));
         }
@@ -387,6 +471,7 @@ impl Inner {
         };
         let mut call = Prepared {
             config,
+            route,
             response_limit,
             parts,
             body,
@@ -415,11 +500,119 @@ impl Inner {
         ))
     }
 
+    /// Starts a call of an `xds:///` channel on the channel of the cluster its route
+    /// names, or waits for routes if there are none yet.
+    #[cfg(feature = "xds")]
+    fn start_routed(
+        self: &Arc<Self>,
+        router: &Arc<crate::xds::Router>,
+        mut request: http::Request<Body>,
+        span: tracing::Span,
+    ) -> ResponseFuture {
+        use crate::xds::Routed;
+        self.shared.mark_active();
+        match router.route(request.uri().path(), request.headers()) {
+            Routed::To(cluster, method) => {
+                request
+                    .extensions_mut()
+                    .insert(crate::xds::RouteMethod(method));
+                cluster.inner.start(request, span)
+            }
+            Routed::Fail(status) => {
+                self.refuse(request.uri().path(), &span, status.code());
+                ResponseFuture::ready(Err(status))
+            }
+            Routed::Unresolved(_) => ResponseFuture::boxed(tracing::Instrument::instrument(
+                self.clone().wait_for_routes(router.clone(), request, span.clone()),
+                span,
+            )),
+        }
+    }
+
+    /// A call made before the channel's routes are known: it waits for them within its
+    /// deadline (inherited or set on the request), fails as soon as they fail (unless
+    /// wait-for-ready), and is then started on its cluster's channel.
+    #[cfg(feature = "xds")]
+    async fn wait_for_routes(
+        self: Arc<Self>,
+        router: Arc<crate::xds::Router>,
+        mut request: http::Request<Body>,
+        span: tracing::Span,
+    ) -> Result<http::Response<Body>, Status> {
+        use crate::xds::Routed;
+        let path = request.uri().path().to_owned();
+        let requested = deadline::request_timeout(request.headers()).and_then(Result::ok);
+        let deadline = [
+            deadline::current(),
+            requested.map(|t| Instant::now() + t),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let wait_for_ready = request
+            .extensions()
+            .get::<WaitForReady>()
+            .map_or(self.wait_for_ready, |w| w.0);
+        let mut published = self.shared.published.subscribe();
+        loop {
+            let why = match router.route(&path, request.headers()) {
+                Routed::To(cluster, method) => {
+                    request
+                        .extensions_mut()
+                        .insert(crate::xds::RouteMethod(method));
+                    return cluster.inner.start(request, span).await;
+                }
+                Routed::Fail(status) => {
+                    self.refuse(&path, &span, status.code());
+                    return Err(status);
+                }
+                Routed::Unresolved(why) => why,
+            };
+            if let Some(why) = why.filter(|_| !wait_for_ready) {
+                self.refuse(&path, &span, tonic::Code::Unavailable);
+                return Err(Status::unavailable(format!(
+                    "no routes for {}: {why}",
+                    self.target
+                )));
+            }
+            let changed = published.changed();
+            let outcome = match deadline {
+                Some(deadline) => match tokio::time::timeout_at(deadline, changed).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => {
+                        self.refuse(&path, &span, tonic::Code::DeadlineExceeded);
+                        return Err(Status::deadline_exceeded(format!(
+                            "deadline exceeded waiting for the routes of {} ({})",
+                            self.target,
+                            router
+                                .error()
+                                .unwrap_or_else(|| "none received yet".to_owned())
+                        )));
+                    }
+                },
+                None => changed.await,
+            };
+            if outcome.is_err() {
+                return Err(Status::unavailable(format!(
+                    "channel to {} is shut down",
+                    self.target
+                )));
+            }
+        }
+    }
+
+    /// Counts a call that ended before any cluster took it.
+    #[cfg(feature = "xds")]
+    fn refuse(&self, path: &str, span: &tracing::Span, code: tonic::Code) {
+        CallRecord::start(self.stats.method(path), span.clone(), path).finish(code);
+    }
+
     /// Runs a call that may wait: for a READY subchannel, for retries or hedges, for a
     /// streaming request body; or one the fast path hands over for a transparent retry.
     async fn run(self: Arc<Self>, call: Prepared) -> Result<http::Response<Body>, Status> {
         let Prepared {
             config,
+            route,
             response_limit,
             parts,
             body,
@@ -430,7 +623,10 @@ impl Inner {
         } = call;
         let path = parts.uri.path();
         let picker = &**config.pickers.get(path);
-        let method = config.methods.get(path).as_deref();
+        let method = match &route {
+            Some(route) => Some(&**route),
+            None => config.methods.get(path).as_deref(),
+        };
         let retry = method.and_then(|m| m.retry_policy.as_ref());
         let hedging = method.and_then(|m| m.hedging_policy.as_ref());
         // A streaming body's record, kept to be dropped once the call commits: the
@@ -625,6 +821,8 @@ impl Inner {
 /// A call's inputs once [`Inner::start`] has checked them.
 pub(super) struct Prepared {
     config: Arc<CallConfig>,
+    /// The method config of the call's xDS route, in place of the channel's own.
+    route: Option<Arc<MethodConfig>>,
     /// The method's `maxResponseMessageBytes`.
     response_limit: Option<u64>,
     parts: http::request::Parts,

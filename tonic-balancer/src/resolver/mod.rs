@@ -162,12 +162,6 @@ impl<R: Resolve + ?Sized> Resolve for Box<R> {
     }
 }
 
-/// The resolver of an `xds:///name` target.
-#[cfg(feature = "xds")]
-pub(crate) fn xds_target(name: &str, target: &str) -> Result<Box<dyn Resolve>, crate::Error> {
-    Ok(Box::new(crate::xds::target_resolver(name, target)?))
-}
-
 /// Without the `xds` feature, an `xds:` target is an error that says how to get one.
 #[cfg(not(feature = "xds"))]
 pub(crate) fn xds_target(_name: &str, target: &str) -> Result<Box<dyn Resolve>, crate::Error> {

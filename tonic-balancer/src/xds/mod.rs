@@ -74,8 +74,10 @@
 
 mod bootstrap;
 mod client;
+mod matcher;
 mod resolver;
 mod resource;
+mod router;
 
 pub use bootstrap::{
     BOOTSTRAP_CONFIG_ENV, BOOTSTRAP_FILE_ENV, Bootstrap, BootstrapError, ChannelCreds, Locality,
@@ -83,6 +85,7 @@ pub use bootstrap::{
 };
 pub use client::XdsClient;
 pub use resolver::XdsResolver;
+pub(crate) use router::{RouteMethod, Routed, Router, routed_channel};
 
 use crate::error::{Error, ErrorKind};
 use std::sync::{Mutex, PoisonError};
@@ -99,8 +102,9 @@ pub fn set_default_bootstrap(bootstrap: Option<Bootstrap>) {
         .unwrap_or_else(PoisonError::into_inner) = bootstrap;
 }
 
-/// The resolver of the target `xds:///name`, on the process's shared client.
-pub(crate) fn target_resolver(name: &str, target: &str) -> Result<XdsResolver, Error> {
+/// The process's shared client for the default bootstrap, which `xds:///` targets use
+/// unless the builder was given one; `target` names the target in errors.
+pub(crate) fn target_client(target: &str) -> Result<XdsClient, Error> {
     let configured = DEFAULT_BOOTSTRAP
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -115,5 +119,5 @@ pub(crate) fn target_resolver(name: &str, target: &str) -> Result<XdsResolver, E
             )
         })?,
     };
-    Ok(XdsClient::shared(bootstrap).resolver(name))
+    Ok(XdsClient::shared(bootstrap))
 }

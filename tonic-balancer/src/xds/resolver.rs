@@ -1,10 +1,12 @@
-//! The resolver of an `xds:///name` target: follows LDS → RDS → CDS → EDS for `name`
-//! and produces the endpoints of the cluster its default route names.
+//! The resolvers of xDS resources: the chain LDS → RDS of a listener (which the router
+//! of an `xds:///` channel follows), the chain CDS → EDS of a cluster (each cluster
+//! channel's resolver), and [`XdsResolver`], both chains joined at the default route.
 
 use super::client::{ResourceState, Watch, XdsClient};
+use super::matcher::PathMatch;
 use super::resource::{
-    ClusterUpdate, EndpointsUpdate, Kind, LbPolicy, ListenerRoutes, PathMatch, Resource,
-    RouteConfig, RouteTarget,
+    ClusterUpdate, EndpointsUpdate, Kind, LbPolicy, ListenerRoutes, Resource, RouteConfig,
+    RouteTarget,
 };
 use super::resource::{Route, VirtualHost};
 use crate::config::{
@@ -20,10 +22,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// A [`Resolve`] fed by an [`XdsClient`]: the address set of one `xds:///` target.
+/// A [`Resolve`] fed by an [`XdsClient`]: the endpoints of one cluster.
 ///
-/// Made by [`XdsClient::resolver`]; the channel of an `xds:///name` target makes one
-/// itself. Dropping it ends its subscriptions.
+/// Made by [`XdsClient::resolver`] for a listener's default route. (The channel of an
+/// `xds:///` target routes each call instead, with one such resolver per cluster.)
+/// Dropping it ends its subscriptions.
 pub struct XdsResolver {
     /// The latest update: one the channel has not read yet is replaced, not queued
     /// (the channel does not read while it is IDLE).
@@ -65,21 +68,13 @@ impl Resolve for XdsResolver {
     }
 }
 
-impl XdsClient {
-    /// A resolver for the listener `name` (what `xds:///name` names), for
-    /// [`BalancedChannel::builder_with_resolver`](crate::BalancedChannel::builder_with_resolver)
-    /// when the bootstrap comes from code.
-    ///
-    /// It watches the listener, the route configuration it names (or holds), the cluster
-    /// of the default route of the virtual host whose domains match `name`, and that
-    /// cluster's endpoints; each change yields the endpoints that may get calls
-    /// (HEALTHY or UNKNOWN), each with its locality's priority.
-    ///
-    /// # Panics
-    /// Outside a tokio runtime (as `tokio::spawn`).
-    pub fn resolver(&self, name: &str) -> XdsResolver {
+impl XdsResolver {
+    fn spawn<F>(follow: impl FnOnce(watch::Sender<Option<Update>>) -> F) -> Self
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
         let (tx, rx) = watch::channel(None);
-        let task = tokio::spawn(follow(self.clone(), name.to_owned(), tx));
+        let task = tokio::spawn(follow(tx));
         XdsResolver {
             rx: WatchStream::new(rx),
             config: None,
@@ -88,39 +83,96 @@ impl XdsClient {
     }
 }
 
-/// The watches of one target, each started once the resource before it names it.
-struct Chain {
-    listener: Watch,
-    route: Option<Watch>,
-    cluster: Option<Watch>,
-    endpoints: Option<Watch>,
+impl XdsClient {
+    /// A resolver for the listener `name` that follows its default route only, for
+    /// [`BalancedChannel::builder_with_resolver`](crate::BalancedChannel::builder_with_resolver).
+    /// For a channel that routes each call as the route configuration says, build
+    /// `xds:///name` with [`Builder::xds_client`](crate::Builder::xds_client) instead.
+    ///
+    /// It watches the listener, the route configuration it names (or holds), the cluster
+    /// of the default route of the virtual host whose domains match `name`, and that
+    /// cluster's endpoints; each change yields the endpoints that may get calls
+    /// (HEALTHY or UNKNOWN), each with its locality's priority. Routes before the
+    /// default one that take a whole service or one method to the same cluster give
+    /// those methods their deadlines and retries.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime (as `tokio::spawn`).
+    pub fn resolver(&self, name: &str) -> XdsResolver {
+        let (client, name) = (self.clone(), name.to_owned());
+        XdsResolver::spawn(move |tx| follow_default_route(client, name, tx))
+    }
+
+    /// The resolver of one cluster: its endpoints and policy, from CDS and EDS.
+    pub(crate) fn cluster_resolver(&self, cluster: &str) -> XdsResolver {
+        let (client, cluster) = (self.clone(), cluster.to_owned());
+        XdsResolver::spawn(move |tx| follow_cluster(client, cluster, tx))
+    }
 }
 
-async fn follow(client: XdsClient, name: String, tx: watch::Sender<Option<Update>>) {
-    let mut chain = Chain {
-        listener: client.watch(Kind::Listener, &name),
-        route: None,
-        cluster: None,
-        endpoints: None,
-    };
-    let mut last: Option<Update> = None;
+/// Sends each new update; `false` once nobody listens.
+fn send(tx: &watch::Sender<Option<Update>>, last: &mut Option<Update>, update: Update) -> bool {
+    if last.as_ref() == Some(&update) {
+        return true;
+    }
+    if tx.is_closed() {
+        return false;
+    }
+    tx.send_replace(Some(update.clone()));
+    *last = Some(update);
+    true
+}
+
+async fn follow_cluster(client: XdsClient, name: String, tx: watch::Sender<Option<Update>>) {
+    let mut chain = ClusterChain::default();
+    let mut last = None;
     loop {
-        if let Some(resolution) = chain.resolve(&client, &name)
-            && last.as_ref() != Some(&resolution)
+        if let Some(update) = chain.read(&client, &name).transpose()
+            && !send(&tx, &mut last, update)
         {
-            if tx.is_closed() {
-                return;
-            }
-            tx.send_replace(Some(resolution.clone()));
-            last = Some(resolution);
+            return;
+        }
+        chain.changed().await;
+    }
+}
+
+async fn follow_default_route(client: XdsClient, name: String, tx: watch::Sender<Option<Update>>) {
+    let mut listener = ListenerChain::new(&client, &name);
+    let mut cluster = ClusterChain::default();
+    let mut last = None;
+    loop {
+        let update = default_route_update(&mut listener, &mut cluster, &client, &name);
+        if let Some(update) = update.transpose()
+            && !send(&tx, &mut last, update)
+        {
+            return;
         }
         tokio::select! {
-            r = chain.listener.rx.changed() => if r.is_err() { return },
-            () = changed(&mut chain.route) => {}
-            () = changed(&mut chain.cluster) => {}
-            () = changed(&mut chain.endpoints) => {}
+            open = listener.changed() => if !open { return },
+            () = cluster.changed() => {}
         }
     }
+}
+
+/// The endpoints and config of the cluster of the default route, `None` while a
+/// resource is awaited.
+fn default_route_update(
+    listener: &mut ListenerChain,
+    cluster: &mut ClusterChain,
+    client: &XdsClient,
+    name: &str,
+) -> Result<Option<(Vec<Address>, ServiceConfig)>, ResolveError> {
+    let Some(routes) = listener.read(client)? else {
+        return Ok(None);
+    };
+    let (vh, default) = default_route(&routes.config, name)?;
+    let cluster_name = route_cluster(&vh.routes[default], name)?;
+    let method_configs = method_configs(vh, default, &cluster_name, routes.listener_timeout);
+    let Some((addrs, mut config)) = cluster.read(client, &cluster_name)? else {
+        return Ok(None);
+    };
+    config.method_configs = method_configs;
+    Ok(Some((addrs, config)))
 }
 
 /// Resolves when the watch sees a new state; never when there is no watch.
@@ -165,51 +217,83 @@ fn read(watch: &mut Watch, what: &str) -> Result<Option<Arc<Resource>>, ResolveE
     }
 }
 
-impl Chain {
-    /// The address set and service config the chain yields now, or `None` while a
-    /// resource is awaited.
-    fn resolve(&mut self, client: &XdsClient, name: &str) -> Option<Update> {
-        match self.try_resolve(client, name) {
-            Ok(Some(addrs)) => Some(Ok(addrs)),
-            Ok(None) => None,
-            Err(e) => Some(Err(e)),
+/// The watches of a listener and of the route configuration it names.
+pub(super) struct ListenerChain {
+    listener: Watch,
+    route: Option<Watch>,
+}
+
+/// A listener's route configuration, and the deadline it gives routes without one.
+#[derive(Debug, PartialEq)]
+pub(super) struct Routes {
+    pub(super) config: RouteConfig,
+    pub(super) listener_timeout: Option<Duration>,
+}
+
+impl ListenerChain {
+    pub(super) fn new(client: &XdsClient, name: &str) -> Self {
+        Self {
+            listener: client.watch(Kind::Listener, name),
+            route: None,
         }
     }
 
-    fn try_resolve(
-        &mut self,
-        client: &XdsClient,
-        name: &str,
-    ) -> Result<Option<(Vec<Address>, ServiceConfig)>, ResolveError> {
+    /// The route configuration now, `None` while a resource is awaited.
+    pub(super) fn read(&mut self, client: &XdsClient) -> Result<Option<Routes>, ResolveError> {
         let Some(listener) = read(&mut self.listener, "listener")? else {
             return Ok(None);
         };
         let Resource::Listener(listener) = &*listener else {
             return Ok(None);
         };
-        let route_config: Arc<Resource>;
-        let routes = match &listener.routes {
+        let config = match &listener.routes {
             ListenerRoutes::Inline(rc) => {
                 self.route = None;
-                rc
+                rc.clone()
             }
             ListenerRoutes::Rds(rds) => {
                 let watch = ensure(&mut self.route, client, Kind::RouteConfig, rds);
                 let Some(rc) = read(watch, "route configuration")? else {
                     return Ok(None);
                 };
-                route_config = rc;
-                match &*route_config {
-                    Resource::RouteConfig(rc) => rc,
+                match &*rc {
+                    Resource::RouteConfig(rc) => rc.clone(),
                     _ => return Ok(None),
                 }
             }
         };
-        let (vh, default) = default_route(routes, name)?;
-        let cluster_name = route_cluster(&vh.routes[default], name)?;
-        let method_configs =
-            method_configs(vh, default, &cluster_name, listener.max_stream_duration);
-        let watch = ensure(&mut self.cluster, client, Kind::Cluster, &cluster_name);
+        Ok(Some(Routes {
+            config,
+            listener_timeout: listener.max_stream_duration,
+        }))
+    }
+
+    /// Resolves when either resource changes; `false` once the client is gone.
+    pub(super) async fn changed(&mut self) -> bool {
+        tokio::select! {
+            r = self.listener.rx.changed() => r.is_ok(),
+            () = changed(&mut self.route) => true,
+        }
+    }
+}
+
+/// The watches of a cluster and of its endpoints.
+#[derive(Default)]
+struct ClusterChain {
+    cluster: Option<Watch>,
+    endpoints: Option<Watch>,
+}
+
+impl ClusterChain {
+    /// The cluster's endpoints that may get calls and the service config that says
+    /// how (its policy, outlier detection and circuit breaker), `None` while a resource
+    /// is awaited.
+    fn read(
+        &mut self,
+        client: &XdsClient,
+        name: &str,
+    ) -> Result<Option<(Vec<Address>, ServiceConfig)>, ResolveError> {
+        let watch = ensure(&mut self.cluster, client, Kind::Cluster, name);
         let Some(cluster) = read(watch, "cluster")? else {
             return Ok(None);
         };
@@ -231,11 +315,17 @@ impl Chain {
         let (addrs, localities) = addresses(endpoints);
         let config = ServiceConfig {
             load_balancing: Some(load_balancing(cluster, localities)),
-            method_configs,
             max_concurrent_requests: Some(cluster.max_requests),
             ..ServiceConfig::default()
         };
         Ok(Some((addrs, config)))
+    }
+
+    async fn changed(&mut self) {
+        tokio::select! {
+            () = changed(&mut self.cluster) => {}
+            () = changed(&mut self.endpoints) => {}
+        }
     }
 }
 
@@ -308,7 +398,8 @@ fn default_route<'a>(
         .routes
         .iter()
         .position(|r| {
-            !r.conditional && matches!(&r.path, PathMatch::Prefix(p) if p.is_empty() || p == "/")
+            !r.matcher.conditional()
+                && matches!(&r.matcher.path, PathMatch::Prefix(p) if p.is_empty() || p == "/")
         })
         .ok_or_else(|| {
             ResolveError::new(format!(
@@ -360,21 +451,15 @@ fn method_configs(
     let mut configs = Vec::new();
     let mut services: Vec<&str> = Vec::new();
     let mut methods: Vec<(&str, &str)> = Vec::new();
-    // gRFC A31: the route's deadline, else the listener's; zero is none.
     let config = |names: Vec<MethodPattern>, route: &Route| MethodConfig {
         names,
-        timeout: route
-            .max_stream_duration
-            .or(listener_timeout)
-            .filter(|t| !t.is_zero()),
-        retry_policy: route.retry.clone(),
-        ..MethodConfig::default()
+        ..super::router::route_method(route, listener_timeout)
     };
     for route in &vh.routes[..default] {
-        if route.conditional || route.case_insensitive {
+        if route.matcher.conditional() || route.matcher.case_insensitive {
             continue;
         }
-        let pattern = match &route.path {
+        let pattern = match &route.matcher.path {
             PathMatch::Prefix(p) => match p
                 .strip_prefix('/')
                 .and_then(|p| p.strip_suffix('/'))
@@ -399,7 +484,7 @@ fn method_configs(
                 }
                 _ => continue,
             },
-            PathMatch::Regex => continue,
+            PathMatch::Regex(_) => continue,
         };
         // A route to another cluster still hides the later routes of its methods.
         if matches!(&route.action, RouteTarget::Cluster(c) if c == cluster) {
@@ -415,7 +500,7 @@ fn method_configs(
 
 /// gRFC A27's domain matching: an exact match beats a suffix wildcard (`*.foo.com`),
 /// which beats a prefix wildcard (`foo.*`), which beats `*`; longer patterns first.
-fn best_virtual_host<'a>(rc: &'a RouteConfig, name: &str) -> Option<&'a VirtualHost> {
+pub(super) fn best_virtual_host<'a>(rc: &'a RouteConfig, name: &str) -> Option<&'a VirtualHost> {
     let name = name.to_ascii_lowercase();
     let mut best: Option<((u8, usize), &VirtualHost)> = None;
     for vh in &rc.virtual_hosts {
@@ -447,9 +532,13 @@ mod tests {
 
     fn route(path: PathMatch, conditional: bool, cluster: &str) -> Route {
         Route {
-            path,
-            conditional,
-            case_insensitive: false,
+            matcher: super::super::matcher::RouteMatch {
+                path,
+                case_insensitive: false,
+                headers: Vec::new(),
+                per_million: conditional.then_some(500_000),
+                query_parameters: false,
+            },
             action: RouteTarget::Cluster(cluster.to_owned()),
             max_stream_duration: None,
             retry: None,
@@ -515,7 +604,7 @@ mod tests {
             r
         };
         let mut insensitive = timed(PathMatch::Prefix("/f.S/".into()), false, "c", 10);
-        insensitive.case_insensitive = true;
+        insensitive.matcher.case_insensitive = true;
         let host = VirtualHost {
             domains: vec!["*".into()],
             routes: vec![
@@ -528,7 +617,12 @@ mod tests {
                 timed(PathMatch::Exact("/b.S/Get".into()), false, "c", 5),
                 // Not a whole service, a regex, a header condition, any case.
                 timed(PathMatch::Prefix("/c.".into()), false, "c", 6),
-                timed(PathMatch::Regex, false, "c", 7),
+                timed(
+                    PathMatch::Regex(super::super::matcher::Pattern::new(".*").unwrap()),
+                    false,
+                    "c",
+                    7,
+                ),
                 timed(PathMatch::Prefix("/d.S/".into()), true, "c", 8),
                 insensitive,
                 timed(PathMatch::Prefix(String::new()), false, "c", 9),

@@ -4,6 +4,7 @@
 //! A resource that fails validation is NACKed by the client with the message built
 //! here; the message starts with the field at fault (`api_listener`, `virtual_hosts[0]`).
 
+use super::matcher::RouteMatch;
 use crate::config::{
     FailurePercentageEjectionConfig, LoadBalancingConfig, OutlierDetectionConfig, RetryPolicy,
     SuccessRateEjectionConfig,
@@ -12,7 +13,7 @@ use envoy_types::pb::envoy::config::cluster::v3::{self as cds, cluster};
 use envoy_types::pb::envoy::config::core::v3::{self as core, config_source};
 use envoy_types::pb::envoy::config::endpoint::v3 as eds;
 use envoy_types::pb::envoy::config::listener::v3 as lds;
-use envoy_types::pb::envoy::config::route::v3::{self as rds, route, route_action, route_match};
+use envoy_types::pb::envoy::config::route::v3::{self as rds, route, route_action};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager::RouteSpecifier,
 };
@@ -108,11 +109,8 @@ pub(crate) struct VirtualHost {
 
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Route {
-    pub(crate) path: PathMatch,
-    /// Whether the route has header matchers or other conditions beyond the path.
-    pub(crate) conditional: bool,
-    /// Whether the path matches whatever its case (`case_sensitive: false`).
-    pub(crate) case_insensitive: bool,
+    /// What a call must be for the route to take it (gRFC A28).
+    pub(crate) matcher: RouteMatch,
     pub(crate) action: RouteTarget,
     /// The deadline the route gives calls (gRFC A31: `max_stream_duration`'s
     /// `grpc_timeout_header_max`, else its `max_stream_duration`); zero is none, and
@@ -124,18 +122,13 @@ pub(crate) struct Route {
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) enum PathMatch {
-    Prefix(String),
-    Exact(String),
-    Regex,
-}
-
-#[derive(Clone, Debug, PartialEq)]
 pub(crate) enum RouteTarget {
     Cluster(String),
-    /// Weighted clusters: (name, weight).
+    /// Weighted clusters: (name, weight), those of weight 0 left out; the weights add
+    /// up to more than 0 and at most `u32::MAX`.
     Weighted(Vec<(String, u32)>),
-    /// A route gRPC does not forward (redirect, direct response, cluster header...).
+    /// An action gRPC does not forward on (a redirect, a direct response, a
+    /// non-forwarding action): calls that take the route fail with UNAVAILABLE.
     Other,
 }
 
@@ -340,19 +333,7 @@ fn route_config(rc: &rds::RouteConfiguration) -> Result<RouteConfig, String> {
         for (j, r) in vh.routes.iter().enumerate() {
             let at = format!("virtual_hosts[{i}].routes[{j}]");
             let m = r.r#match.as_ref().ok_or(format!("{at}.match: missing"))?;
-            let path = match &m.path_specifier {
-                Some(route_match::PathSpecifier::Prefix(p)) => PathMatch::Prefix(p.clone()),
-                Some(route_match::PathSpecifier::Path(p)) => PathMatch::Exact(p.clone()),
-                Some(route_match::PathSpecifier::SafeRegex(_)) => PathMatch::Regex,
-                Some(_) | None => {
-                    return Err(format!("{at}.match: no supported path specifier"));
-                }
-            };
-            // Case sensitivity does not narrow a match on "" or "/", so it is no condition.
-            let conditional = !m.headers.is_empty()
-                || m.runtime_fraction.is_some()
-                || !m.query_parameters.is_empty();
-            let case_insensitive = m.case_sensitive.as_ref().is_some_and(|c| !c.value);
+            let matcher = super::matcher::route_match(m).map_err(|e| format!("{at}.match.{e}"))?;
             let (max_stream_duration, route_retry) = match &r.action {
                 Some(route::Action::Route(a)) => (
                     route_timeout(a.max_stream_duration.as_ref())
@@ -380,28 +361,18 @@ fn route_config(rc: &rds::RouteConfiguration) -> Result<RouteConfig, String> {
                         return Err(format!("{at}.route.cluster: empty"));
                     }
                     Some(route_action::ClusterSpecifier::WeightedClusters(w)) => {
-                        let mut clusters = Vec::new();
-                        let mut total = 0u64;
-                        for c in &w.clusters {
-                            let weight = c.weight.as_ref().map_or(0, |w| w.value);
-                            total += u64::from(weight);
-                            clusters.push((c.name.clone(), weight));
-                        }
-                        if total == 0 {
-                            return Err(format!(
-                                "{at}.route.weighted_clusters: the weights add up to 0"
-                            ));
-                        }
-                        RouteTarget::Weighted(clusters)
+                        RouteTarget::Weighted(weighted_clusters(w).map_err(|e| {
+                            format!("{at}.route.weighted_clusters.{e}")
+                        })?)
                     }
-                    _ => RouteTarget::Other,
+                    // gRFC A28: a route that takes its cluster from a header (or a
+                    // plugin) is ignored, as if it were not there.
+                    _ => continue,
                 },
                 _ => RouteTarget::Other,
             };
             routes.push(Route {
-                path,
-                conditional,
-                case_insensitive,
+                matcher,
                 action,
                 max_stream_duration,
                 retry,
@@ -413,6 +384,30 @@ fn route_config(rc: &rds::RouteConfiguration) -> Result<RouteConfig, String> {
         });
     }
     Ok(RouteConfig { virtual_hosts })
+}
+
+/// The clusters of a `weighted_clusters` action with their weights, those of weight 0
+/// left out (gRFC A28: the weights must add up to more than 0, and at most `u32::MAX`).
+fn weighted_clusters(w: &rds::WeightedCluster) -> Result<Vec<(String, u32)>, String> {
+    let mut clusters = Vec::with_capacity(w.clusters.len());
+    let mut total = 0u64;
+    for (i, c) in w.clusters.iter().enumerate() {
+        if c.name.is_empty() {
+            return Err(format!("clusters[{i}].name: empty"));
+        }
+        let weight = c.weight.as_ref().map_or(0, |w| w.value);
+        total += u64::from(weight);
+        if weight > 0 {
+            clusters.push((c.name.clone(), weight));
+        }
+    }
+    if total == 0 {
+        return Err("clusters: the weights add up to 0".into());
+    }
+    if total > u64::from(u32::MAX) {
+        return Err(format!("clusters: the weights add up to {total}, above 2^32 - 1"));
+    }
+    Ok(clusters)
 }
 
 /// A proto3 Duration as a `Duration`; `field` names it in the error.
@@ -769,6 +764,7 @@ fn endpoints(cla: &eds::ClusterLoadAssignment) -> Result<EndpointsUpdate, String
 #[cfg(test)]
 mod tests {
     use super::*;
+    use envoy_types::pb::envoy::config::route::v3::route_match;
     use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
     use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
     use envoy_types::pb::google::protobuf::UInt32Value;
@@ -1116,8 +1112,8 @@ mod tests {
         };
         assert_eq!(update.virtual_hosts[0].domains, vec!["orders".to_string()]);
         assert_eq!(
-            update.virtual_hosts[0].routes[0].path,
-            PathMatch::Exact("/pkg.S/M".into())
+            update.virtual_hosts[0].routes[0].matcher.path,
+            super::super::matcher::PathMatch::Exact("/pkg.S/M".into())
         );
         assert_eq!(
             update.virtual_hosts[0].routes[0].action,
@@ -1135,7 +1131,7 @@ mod tests {
         let Resource::RouteConfig(update) = res else {
             panic!("{res:?}")
         };
-        assert!(update.virtual_hosts[0].routes[0].conditional);
+        assert!(update.virtual_hosts[0].routes[0].matcher.conditional());
         let mut insensitive = rc.clone();
         if let Some(m) = insensitive.virtual_hosts[0].routes[0].r#match.as_mut() {
             m.case_sensitive = Some(envoy_types::pb::google::protobuf::BoolValue { value: false });
@@ -1144,7 +1140,8 @@ mod tests {
         let Resource::RouteConfig(update) = res else {
             panic!("{res:?}")
         };
-        assert!(!update.virtual_hosts[0].routes[0].conditional);
+        assert!(!update.virtual_hosts[0].routes[0].matcher.conditional());
+        assert!(update.virtual_hosts[0].routes[0].matcher.case_insensitive);
         let mut no_domains = rc.clone();
         no_domains.virtual_hosts[0].domains.clear();
         assert_eq!(
@@ -1156,6 +1153,91 @@ mod tests {
         assert_eq!(
             reason(Kind::RouteConfig, &any(&no_match)),
             "virtual_hosts[0].routes[0].match: missing"
+        );
+    }
+
+    #[test]
+    fn weighted_clusters_drop_weight_zero_and_cluster_header_routes_are_ignored() {
+        let weighted = |weights: &[(&str, u32)]| rds::RouteAction {
+            cluster_specifier: Some(route_action::ClusterSpecifier::WeightedClusters(
+                rds::WeightedCluster {
+                    clusters: weights
+                        .iter()
+                        .map(|(name, w)| rds::weighted_cluster::ClusterWeight {
+                            name: (*name).into(),
+                            weight: Some(UInt32Value { value: *w }),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        };
+        let decoded = |actions: Vec<rds::RouteAction>| {
+            let rc = rds::RouteConfiguration {
+                name: "r".into(),
+                virtual_hosts: vec![rds::VirtualHost {
+                    domains: vec!["*".into()],
+                    routes: actions
+                        .into_iter()
+                        .map(|a| rds::Route {
+                            r#match: Some(rds::RouteMatch {
+                                path_specifier: Some(route_match::PathSpecifier::Prefix(
+                                    String::new(),
+                                )),
+                                ..Default::default()
+                            }),
+                            action: Some(route::Action::Route(a)),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            match decode(Kind::RouteConfig, &any(&rc)) {
+                Ok((_, Resource::RouteConfig(rc))) => Ok(rc.virtual_hosts[0]
+                    .routes
+                    .iter()
+                    .map(|r| r.action.clone())
+                    .collect::<Vec<_>>()),
+                Ok((_, other)) => panic!("{other:?}"),
+                Err(invalid) => Err(invalid.reason),
+            }
+        };
+        let by_header = rds::RouteAction {
+            cluster_specifier: Some(route_action::ClusterSpecifier::ClusterHeader(
+                "x-cluster".into(),
+            )),
+            ..Default::default()
+        };
+        assert_eq!(
+            decoded(vec![by_header, weighted(&[("a", 3), ("b", 0), ("c", 1)])]),
+            Ok(vec![RouteTarget::Weighted(vec![
+                ("a".into(), 3),
+                ("c".into(), 1)
+            ])])
+        );
+        assert_eq!(
+            decoded(vec![weighted(&[("a", 0)])]),
+            Err(
+                "virtual_hosts[0].routes[0].route.weighted_clusters.clusters: the weights add \
+                 up to 0"
+                    .into()
+            )
+        );
+        assert_eq!(
+            decoded(vec![weighted(&[("a", u32::MAX), ("b", 1)])]),
+            Err(
+                "virtual_hosts[0].routes[0].route.weighted_clusters.clusters: the weights add \
+                 up to 4294967296, above 2^32 - 1"
+                    .into()
+            )
+        );
+        assert_eq!(
+            decoded(vec![weighted(&[("", 1)])]),
+            Err("virtual_hosts[0].routes[0].route.weighted_clusters.clusters[0].name: empty".into())
         );
     }
 
