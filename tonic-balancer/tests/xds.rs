@@ -1203,3 +1203,270 @@ async fn endpoint_weights_split_their_localitys_calls() {
     })
     .await;
 }
+
+/// Cluster `name` (EDS `name-eds`) over these backends.
+fn set_cluster_of(cp: &ControlPlane, name: &str, backends: &[&Backend]) {
+    let eds = format!("{name}-eds");
+    cp.set([xds::cluster(name, &eds)]);
+    cp.set([xds::endpoints(&eds, &healthy(backends))]);
+}
+
+/// A copy of `orders-routes`' default route with this match and cluster specifier.
+fn route_of(
+    rc: &rds::RouteConfiguration,
+    matcher: rds::RouteMatch,
+    to: rds::route_action::ClusterSpecifier,
+) -> rds::Route {
+    let mut route = rc.virtual_hosts[0].routes[0].clone();
+    route.r#match = Some(matcher);
+    match &mut route.action {
+        Some(rds::route::Action::Route(action)) => action.cluster_specifier = Some(to),
+        other => panic!("not a route action: {other:?}"),
+    }
+    route
+}
+
+fn weighted(clusters: &[(&str, u32)]) -> rds::route_action::ClusterSpecifier {
+    rds::route_action::ClusterSpecifier::WeightedClusters(rds::WeightedCluster {
+        clusters: clusters
+            .iter()
+            .map(|(name, weight)| rds::weighted_cluster::ClusterWeight {
+                name: (*name).into(),
+                weight: Some(envoy_types::pb::google::protobuf::UInt32Value { value: *weight }),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    })
+}
+
+fn to_cluster(name: &str) -> rds::route_action::ClusterSpecifier {
+    rds::route_action::ClusterSpecifier::Cluster(name.into())
+}
+
+fn path_is(path: &str) -> rds::RouteMatch {
+    rds::RouteMatch {
+        path_specifier: Some(rds::route_match::PathSpecifier::Path(path.into())),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn weighted_clusters_split_calls_and_a_shift_fails_no_call() {
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let b = fleet(2, Latency::None).await;
+        set_orders(&cp, &healthy(&[&b[0]]));
+        set_cluster_of(&cp, "canary", &[&b[1]]);
+        // 3:1 between the stable cluster (b0) and the canary (b1).
+        let mut rc = xds::route_config("orders-routes", &["orders"], "orders-cluster");
+        action(&mut rc, 0).cluster_specifier =
+            Some(weighted(&[("orders-cluster", 3), ("canary", 1)]));
+        cp.set([xds::route(rc.clone())]);
+        let xds_client = XdsClient::new(Bootstrap::new(cp.addr().to_string(), "test-node"));
+        let channel = BalancedChannel::builder("xds:///orders")
+            .xds_client(&xds_client)
+            .connection_backoff(fast_backoff())
+            .seed(5)
+            .build()
+            .unwrap();
+        let mut client = Client::new(channel.clone());
+        wait_ready(&channel, 2).await;
+        // 3 000 and 1 000 expected of 4 000; ±150 is over 5 standard deviations (27).
+        let served = support::shares(&mut client, 4_000).await;
+        assert!((2_850..=3_150).contains(&served["b0"]), "{served:?}");
+        assert!((850..=1_150).contains(&served["b1"]), "{served:?}");
+
+        // The whole of the traffic moves to the canary: the stable cluster's weight
+        // becomes 0. Calls keep going meanwhile, and none may fail.
+        action(&mut rc, 0).cluster_specifier =
+            Some(weighted(&[("orders-cluster", 0), ("canary", 1)]));
+        cp.set([xds::route(rc)]);
+        let mut batches = 0;
+        loop {
+            let served = support::shares(&mut client, 50).await;
+            if served.get("b1") == Some(&50) {
+                break;
+            }
+            batches += 1;
+            assert!(batches < 100, "the shift was not taken: {served:?}");
+        }
+        // The stable cluster is named by no route: its channel and connections are gone.
+        let left: BTreeSet<SocketAddr> = addresses(&channel);
+        assert_eq!(left, BTreeSet::from([b[1].addr()]));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn header_and_path_routes_send_calls_to_their_clusters_with_their_deadlines() {
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let b = fleet(2, Latency::None).await;
+        let slow = Backend::builder("slow")
+            .latency(Latency::Fixed(Duration::from_millis(500)))
+            .start()
+            .await
+            .unwrap();
+        set_orders(&cp, &healthy(&[&b[0]]));
+        set_cluster_of(&cp, "canary", &[&b[1]]);
+        set_cluster_of(&cp, "empties", &[&slow]);
+        let mut rc = xds::route_config("orders-routes", &["orders"], "orders-cluster");
+        // 1. `x-canary: yes` on any method → canary.
+        let mut canary = rds::RouteMatch {
+            path_specifier: Some(rds::route_match::PathSpecifier::Prefix("/".into())),
+            ..Default::default()
+        };
+        canary.headers.push(rds::HeaderMatcher {
+            name: "x-canary".into(),
+            header_match_specifier: Some(rds::header_matcher::HeaderMatchSpecifier::StringMatch(
+                envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher {
+                    match_pattern: Some(
+                        envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern::Exact(
+                            "yes".into(),
+                        ),
+                    ),
+                    ignore_case: true,
+                },
+            )),
+            ..Default::default()
+        });
+        // 2. EmptyCall → empties, whose route gives calls 100 ms.
+        let mut empties = route_of(
+            &rc,
+            path_is("/grpc.testing.TestService/EmptyCall"),
+            to_cluster("empties"),
+        );
+        if let Some(rds::route::Action::Route(a)) = &mut empties.action {
+            a.max_stream_duration = Some(rds::route_action::MaxStreamDuration {
+                grpc_timeout_header_max: Some(millis(100)),
+                ..Default::default()
+            });
+        }
+        let canary = route_of(&rc, canary, to_cluster("canary"));
+        let routes = &mut rc.virtual_hosts[0].routes;
+        routes.insert(0, empties);
+        routes.insert(0, canary);
+        cp.set([xds::route(rc)]);
+        let (channel, mut client) = orders_channel(&cp);
+        wait_ready(&channel, 3).await;
+
+        let served = support::shares(&mut client, 20).await;
+        assert_eq!(served.get("b0"), Some(&20), "{served:?}");
+        for (value, expected) in [("yes", "b1"), ("YES", "b1"), ("no", "b0")] {
+            let mut request = tonic::Request::new(tonic_balancer_testkit::pb::SimpleRequest {
+                fill_server_id: true,
+                ..Default::default()
+            });
+            request
+                .metadata_mut()
+                .insert("x-canary", value.parse().unwrap());
+            let id = client.unary_call(request).await.unwrap().into_inner().server_id;
+            assert_eq!(id, expected, "x-canary: {value}");
+        }
+        // EmptyCall goes to the slow backend alone, and its route's 100 ms deadline
+        // ends it before the 500 ms the backend takes.
+        let before = [b[0].calls(), b[1].calls()];
+        let status = client
+            .empty_call(tonic_balancer_testkit::pb::Empty {})
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+        assert_eq!(slow.calls(), 1);
+        assert_eq!([b[0].calls(), b[1].calls()], before);
+        // One channel per cluster, each with its endpoint.
+        assert_eq!(
+            addresses(&channel),
+            BTreeSet::from([b[0].addr(), b[1].addr(), slow.addr()])
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_call_no_route_takes_or_a_non_forwarding_route_takes_fails_unavailable() {
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let b = fleet(1, Latency::None).await;
+        set_orders(&cp, &healthy(&[&b[0]]));
+        let mut rc = xds::route_config("orders-routes", &["orders"], "orders-cluster");
+        // No default route: UnaryCall goes to the cluster, EmptyCall to a route that
+        // does not forward, StreamingOutputCall to nothing.
+        let unary = route_of(
+            &rc,
+            path_is("/grpc.testing.TestService/UnaryCall"),
+            to_cluster("orders-cluster"),
+        );
+        let mut empty = unary.clone();
+        empty.r#match = Some(path_is("/grpc.testing.TestService/EmptyCall"));
+        empty.action = Some(rds::route::Action::NonForwardingAction(
+            rds::NonForwardingAction {},
+        ));
+        rc.virtual_hosts[0].routes = vec![empty, unary];
+        cp.set([xds::route(rc)]);
+        let (channel, mut client) = orders_channel(&cp);
+        wait_ready(&channel, 1).await;
+        call(&mut client).await.expect("UnaryCall has a route");
+        let status = client
+            .empty_call(tonic_balancer_testkit::pb::Empty {})
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert!(status.message().contains("does not forward"), "{status:?}");
+        let status = client
+            .streaming_output_call(
+                tonic_balancer_testkit::pb::StreamingOutputCallRequest::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert!(
+            status
+                .message()
+                .contains("no route of xds:///orders matches"),
+            "{status:?}"
+        );
+        // Both count in the channel's golden signals.
+        let stats = channel.stats();
+        let errors = |method: &str| {
+            stats
+                .methods
+                .iter()
+                .find(|m| m.method.ends_with(method))
+                .map_or(0, |m| m.errors.get("UNAVAILABLE").copied().unwrap_or(0))
+        };
+        assert_eq!(errors("EmptyCall"), 1, "{stats:?}");
+        assert_eq!(errors("StreamingOutputCall"), 1, "{stats:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn calls_made_before_the_routes_arrive_wait_for_them_within_their_deadline() {
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let b = fleet(1, Latency::None).await;
+        let (channel, client) = orders_channel(&cp);
+        assert_eq!(
+            channel.state(),
+            tonic_balancer::ConnectivityState::Connecting
+        );
+        let waiting = tokio::spawn({
+            let mut client = client.clone();
+            async move { call(&mut client).await }
+        });
+        // A call whose deadline passes first fails with DEADLINE_EXCEEDED.
+        let mut short = tonic::Request::new(tonic_balancer_testkit::pb::Empty {});
+        short.set_timeout(Duration::from_millis(50));
+        let status = client.clone().empty_call(short).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+        assert!(status.message().contains("routes"), "{status:?}");
+        assert!(!waiting.is_finished());
+        set_orders(&cp, &healthy(&[&b[0]]));
+        assert_eq!(
+            waiting.await.unwrap().expect("the waiting call succeeds"),
+            "b0"
+        );
+    })
+    .await;
+}

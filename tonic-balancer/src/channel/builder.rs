@@ -700,10 +700,7 @@ impl Builder {
                 };
                 (Plan::Resolver(lookup(&target)?), Some(target.authority()))
             }
-            Source::Target(target) => (
-                Plan::Resolver(lookup(&target)?),
-                Some(target.authority()),
-            ),
+            Source::Target(target) => (Plan::Resolver(lookup(&target)?), Some(target.authority())),
         };
         #[cfg(not(feature = "tls"))]
         if https {
@@ -870,8 +867,7 @@ impl Blueprint {
             seed,
             ..self.policies.clone()
         };
-        let (call_config, control_config) =
-            policies.call_config(self.service_config.as_ref())?;
+        let (call_config, control_config) = policies.call_config(self.service_config.as_ref())?;
         let budget = self.budget.as_ref().map(|b| Budget::new(b.clone()));
         let outlier_signal = Arc::new(Notify::new());
         let (stop_tx, stop_rx) = oneshot::channel();

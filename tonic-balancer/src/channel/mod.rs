@@ -15,14 +15,14 @@ mod driver_tests;
 mod fast;
 mod future;
 
+#[cfg(feature = "xds")]
+pub(crate) use builder::Blueprint;
 pub use builder::{
     Builder, ConnectionBackoff, DEFAULT_BACKOFF_BASE_DELAY, DEFAULT_BACKOFF_JITTER,
     DEFAULT_BACKOFF_MAX_DELAY, DEFAULT_BACKOFF_MULTIPLIER, DEFAULT_MIN_CONNECT_TIMEOUT,
     KeepaliveConfig,
 };
 pub use future::ResponseFuture;
-#[cfg(feature = "xds")]
-pub(crate) use builder::Blueprint;
 
 use crate::balance::Picker;
 use crate::config::{MethodConfig, MethodMap, ServiceConfig};
@@ -523,7 +523,8 @@ impl Inner {
                 ResponseFuture::ready(Err(status))
             }
             Routed::Unresolved(_) => ResponseFuture::boxed(tracing::Instrument::instrument(
-                self.clone().wait_for_routes(router.clone(), request, span.clone()),
+                self.clone()
+                    .wait_for_routes(router.clone(), request, span.clone()),
                 span,
             )),
         }
@@ -542,13 +543,10 @@ impl Inner {
         use crate::xds::Routed;
         let path = request.uri().path().to_owned();
         let requested = deadline::request_timeout(request.headers()).and_then(Result::ok);
-        let deadline = [
-            deadline::current(),
-            requested.map(|t| Instant::now() + t),
-        ]
-        .into_iter()
-        .flatten()
-        .min();
+        let deadline = [deadline::current(), requested.map(|t| Instant::now() + t)]
+            .into_iter()
+            .flatten()
+            .min();
         let wait_for_ready = request
             .extensions()
             .get::<WaitForReady>()

@@ -109,9 +109,9 @@ pub(crate) fn route_match(m: &rds::RouteMatch) -> Result<RouteMatch, String> {
     let path = match &m.path_specifier {
         Some(route_match::PathSpecifier::Prefix(p)) => PathMatch::Prefix(p.clone()),
         Some(route_match::PathSpecifier::Path(p)) => PathMatch::Exact(p.clone()),
-        Some(route_match::PathSpecifier::SafeRegex(r)) => PathMatch::Regex(
-            Pattern::from_proto(r).map_err(|e| format!("safe_regex.regex: {e}"))?,
-        ),
+        Some(route_match::PathSpecifier::SafeRegex(r)) => {
+            PathMatch::Regex(Pattern::from_proto(r).map_err(|e| format!("safe_regex.regex: {e}"))?)
+        }
         Some(_) | None => return Err("no supported path specifier".into()),
     };
     let mut headers = Vec::with_capacity(m.headers.len());
@@ -155,10 +155,12 @@ fn header_matcher(h: &rds::HeaderMatcher) -> Result<HeaderMatcher, String> {
     if h.name.is_empty() {
         return Err("name: empty".into());
     }
-    let text = |kind| HeaderRule::Text(TextMatch {
-        kind,
-        ignore_case: false,
-    });
+    let text = |kind| {
+        HeaderRule::Text(TextMatch {
+            kind,
+            ignore_case: false,
+        })
+    };
     let rule = match &h.header_match_specifier {
         Some(S::ExactMatch(s)) => text(TextKind::Exact(s.clone())),
         Some(S::SafeRegexMatch(r)) => text(TextKind::Regex(
@@ -259,9 +261,9 @@ impl HeaderMatcher {
         let matched = match (&self.rule, value) {
             (HeaderRule::Present(want), value) => value.is_some() == *want,
             (_, None) => false,
-            (HeaderRule::Range(start, end), Some(v)) => v
-                .parse::<i64>()
-                .is_ok_and(|n| (*start..*end).contains(&n)),
+            (HeaderRule::Range(start, end), Some(v)) => {
+                v.parse::<i64>().is_ok_and(|n| (*start..*end).contains(&n))
+            }
             (HeaderRule::Text(text), Some(v)) => text.matches(&v),
         };
         matched != self.invert
@@ -347,9 +349,8 @@ mod tests {
         assert!(!m.matches("/pkg.Other/Get", &headers(&[]), never));
         assert!(!m.matches("/PKG.svc/Get", &headers(&[]), never));
         let mut insensitive = prefix("/pkg.Svc/");
-        insensitive.case_sensitive = Some(envoy_types::pb::google::protobuf::BoolValue {
-            value: false,
-        });
+        insensitive.case_sensitive =
+            Some(envoy_types::pb::google::protobuf::BoolValue { value: false });
         let m = route_match(&insensitive).unwrap();
         assert!(m.matches("/PKG.svc/Get", &headers(&[]), never));
         assert!(!m.matches("/pkg", &headers(&[]), never));
@@ -379,7 +380,10 @@ mod tests {
             ..Default::default()
         };
         let e = route_match(&bad).unwrap_err();
-        assert!(e.starts_with("safe_regex.regex: \"(\" is not a valid RE2 regex"), "{e}");
+        assert!(
+            e.starts_with("safe_regex.regex: \"(\" is not a valid RE2 regex"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -423,11 +427,26 @@ mod tests {
             )
         };
         use string_matcher::MatchPattern as P;
-        assert!(check(string(P::Prefix("Ad".into()), false), &[("x-user", "Admin")]));
-        assert!(!check(string(P::Prefix("ad".into()), false), &[("x-user", "Admin")]));
-        assert!(check(string(P::Prefix("ad".into()), true), &[("x-user", "ADMIN")]));
-        assert!(check(string(P::Suffix("MIN".into()), true), &[("x-user", "admin")]));
-        assert!(check(string(P::Contains("dmi".into()), false), &[("x-user", "admin")]));
+        assert!(check(
+            string(P::Prefix("Ad".into()), false),
+            &[("x-user", "Admin")]
+        ));
+        assert!(!check(
+            string(P::Prefix("ad".into()), false),
+            &[("x-user", "Admin")]
+        ));
+        assert!(check(
+            string(P::Prefix("ad".into()), true),
+            &[("x-user", "ADMIN")]
+        ));
+        assert!(check(
+            string(P::Suffix("MIN".into()), true),
+            &[("x-user", "admin")]
+        ));
+        assert!(check(
+            string(P::Contains("dmi".into()), false),
+            &[("x-user", "admin")]
+        ));
         let regex = P::SafeRegex(RegexMatcher {
             regex: "[a-z]+-[0-9]+".into(),
             ..Default::default()
@@ -465,7 +484,11 @@ mod tests {
         query
             .query_parameters
             .push(rds::QueryParameterMatcher::default());
-        assert!(!route_match(&query).unwrap().matches("/a.S/M", &headers(&[]), never));
+        assert!(
+            !route_match(&query)
+                .unwrap()
+                .matches("/a.S/M", &headers(&[]), never)
+        );
     }
 
     #[test]

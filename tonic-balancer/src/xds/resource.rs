@@ -361,9 +361,10 @@ fn route_config(rc: &rds::RouteConfiguration) -> Result<RouteConfig, String> {
                         return Err(format!("{at}.route.cluster: empty"));
                     }
                     Some(route_action::ClusterSpecifier::WeightedClusters(w)) => {
-                        RouteTarget::Weighted(weighted_clusters(w).map_err(|e| {
-                            format!("{at}.route.weighted_clusters.{e}")
-                        })?)
+                        RouteTarget::Weighted(
+                            weighted_clusters(w)
+                                .map_err(|e| format!("{at}.route.weighted_clusters.{e}"))?,
+                        )
                     }
                     // gRFC A28: a route that takes its cluster from a header (or a
                     // plugin) is ignored, as if it were not there.
@@ -405,7 +406,9 @@ fn weighted_clusters(w: &rds::WeightedCluster) -> Result<Vec<(String, u32)>, Str
         return Err("clusters: the weights add up to 0".into());
     }
     if total > u64::from(u32::MAX) {
-        return Err(format!("clusters: the weights add up to {total}, above 2^32 - 1"));
+        return Err(format!(
+            "clusters: the weights add up to {total}, above 2^32 - 1"
+        ));
     }
     Ok(clusters)
 }
@@ -1237,7 +1240,9 @@ mod tests {
         );
         assert_eq!(
             decoded(vec![weighted(&[("", 1)])]),
-            Err("virtual_hosts[0].routes[0].route.weighted_clusters.clusters[0].name: empty".into())
+            Err(
+                "virtual_hosts[0].routes[0].route.weighted_clusters.clusters[0].name: empty".into()
+            )
         );
     }
 

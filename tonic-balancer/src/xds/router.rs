@@ -93,7 +93,10 @@ impl Router {
             Table::Ready { routes, .. } => routes,
         };
         let draw = || self.rng.below(1_000_000) as u32;
-        let Some(route) = routes.iter().find(|r| r.matcher.matches(path, headers, draw)) else {
+        let Some(route) = routes
+            .iter()
+            .find(|r| r.matcher.matches(path, headers, draw))
+        else {
             return Routed::Fail(Status::unavailable(format!(
                 "no route of {} matches the call to {path}",
                 self.target
@@ -210,8 +213,7 @@ async fn follow(
                         last = Some(routes);
                     }
                     None => {
-                        let why =
-                            format!("xDS: no virtual host has a domain matching {name:?}");
+                        let why = format!("xDS: no virtual host has a domain matching {name:?}");
                         fail(&router, installed, why);
                     }
                 }
