@@ -4,30 +4,37 @@
 //! xDS APIs; gRPC's own clients read them directly ("proxyless" mesh, gRFC A27) instead
 //! of sending every call through a sidecar. This module does the same for this crate's
 //! channels: a channel built for `xds:///orders` asks the control plane for the listener
-//! `orders`, follows it to its route configuration (inline or RDS), to the cluster of the
-//! default route of the virtual host matching `orders`, and to that cluster's endpoints
-//! (EDS), and balances over the endpoints that are HEALTHY or UNKNOWN. Each locality's
-//! priority becomes the addresses' priority: the channel uses the lowest priority that
-//! has a usable backend (see [`Address::priority`](crate::resolver::Address::priority)).
+//! `orders`, follows it to its route configuration (inline or RDS) and takes the virtual
+//! host whose domains best match `orders`.
 //!
-//! With each address set the resolver hands the channel a service config
-//! ([`Resolve::take_service_config`](crate::resolver::Resolve::take_service_config)) that
-//! says what the resources say: the
-//! [`locality_weighted`](crate::balance::locality_weighted) policy, which splits calls
-//! among the localities of the priority in use by their EDS weights, over the cluster's
-//! `lb_policy` (ROUND_ROBIN → round robin, LEAST_REQUEST → least request with its
-//! `choice_count`) within each locality, under the cluster's `outlier_detection` when it
-//! has one (gRFC A50: unset fields take A50's defaults, success-rate ejection is on
-//! unless `enforcing_success_rate` is 0, failure-percentage ejection only when
-//! `enforcing_failure_percentage` is above 0). As in gRPC this config replaces the one given
-//! to the builder: an `xds:///` channel's policy and method configs come from the
+//! # Routing (gRFC A28)
+//! Each call takes the first route of that virtual host whose matchers it meets: the
+//! path (prefix, exact or a whole-path RE2 regex, in any case when `case_sensitive` is
+//! false), every header matcher (on the call's metadata, values joined with `,`, `-bin`
+//! keys absent), and the route's `runtime_fraction` (its default value). The route names
+//! a cluster, or weighted clusters of which each call picks one at random by weight. A
+//! call no route takes, or that takes a route which does not forward (a redirect, a
+//! direct response), fails with UNAVAILABLE. A call made before the routes are known
+//! waits for them within its deadline.
+//!
+//! Every cluster the routes name is a channel of its own, built with the builder's
+//! settings, over the cluster's endpoints (EDS) that are HEALTHY or UNKNOWN. Each
+//! locality's priority becomes its addresses' priority: the cluster uses the lowest
+//! priority that has a usable backend (see
+//! [`Address::priority`](crate::resolver::Address::priority)). Its policy says what the
+//! resources say: the [`locality_weighted`](crate::balance::locality_weighted) policy,
+//! which splits calls among the localities of the priority in use by their EDS weights,
+//! over the cluster's `lb_policy` (ROUND_ROBIN → round robin, LEAST_REQUEST → least
+//! request with its `choice_count`) within each locality, under the cluster's
+//! `outlier_detection` when it has one (gRFC A50: unset fields take A50's defaults,
+//! success-rate ejection is on unless `enforcing_success_rate` is 0, failure-percentage
+//! ejection only when `enforcing_failure_percentage` is above 0), with its circuit
+//! breaker's `max_requests` (gRFC A32). As in gRPC this replaces the builder's policy
+//! and service config: an `xds:///` channel's policies and method configs come from the
 //! control plane, not from [`Builder::policy`](crate::Builder::policy) or
 //! [`Builder::service_config`](crate::Builder::service_config).
 //!
-//! The same config carries the routes' deadlines and retries as method configs: the
-//! default route's as the default (`{}`), and those of the routes before it that match
-//! a whole service (prefix `/pkg.Svc/`) or one method (path `/pkg.Svc/Method`) and
-//! forward to the same cluster, under that name. A route's deadline is
+//! A call carries its route's deadline and retries to its cluster. A route's deadline is
 //! `max_stream_duration.grpc_timeout_header_max`, else `max_stream_duration.max_stream_duration`,
 //! else the listener's `common_http_protocol_options.max_stream_duration` (gRFC A31;
 //! zero is none); its retry policy (else its virtual host's) becomes an A6
@@ -44,7 +51,8 @@
 //! // Or with a bootstrap from code:
 //! use tonic_balancer::xds::{Bootstrap, XdsClient};
 //! let client = XdsClient::shared(Bootstrap::new("127.0.0.1:18000", "orders-client-1"));
-//! let channel = tonic_balancer::BalancedChannel::builder_with_resolver(client.resolver("orders"))
+//! let channel = tonic_balancer::BalancedChannel::builder("xds:///orders")
+//!     .xds_client(&client)
 //!     .build()?;
 //! # Ok(()) }
 //! ```
@@ -62,15 +70,14 @@
 //! (1 s, ×1.6, up to 120 s, ±20 %) and the channels keep the last good endpoints.
 //!
 //! # Not supported yet
-//! Weighted clusters, routes to other clusters than the default route's and routes that
-//! match on headers, regexes, other prefixes or case-insensitively (they are passed
-//! over: their calls follow the later routes), `per_try_timeout` and hedging, Envoy's consecutive-failure
-//! ejection, circuit breakers other than `max_requests`,
+//! Ring hash (gRFC A42) and the routes' hash policies, `per_try_timeout` and hedging,
+//! Envoy's consecutive-failure ejection, circuit breakers other than `max_requests`,
 //! TLS to the control plane without a `ca_certificate_file`, resource TTLs,
-//! federation (`xds://authority/name`), and the
-//! fallback control planes of gRFC A71. A listener or cluster that stops existing is a
-//! resolution error, so the channel keeps its last endpoints where gRPC would fail its
-//! calls.
+//! federation (`xds://authority/name`), and the fallback control planes of gRFC A71. A
+//! listener or cluster that stops existing after it was used is a resolution error, so
+//! the channel keeps its last routes and endpoints where gRPC would fail its calls; a
+//! cluster that no route names any more is closed at once, where gRPC keeps it for 15
+//! minutes.
 
 mod bootstrap;
 mod client;
