@@ -1470,3 +1470,83 @@ async fn calls_made_before_the_routes_arrive_wait_for_them_within_their_deadline
     })
     .await;
 }
+
+/// grpcio's own xDS client takes the same routes as `xds:///orders` here: a header
+/// route and a regex route it does not match, and weighted clusters it splits its calls
+/// over. It ACKs them, so the test control plane's routing resources are ones gRPC
+/// accepts.
+#[tokio::test]
+async fn grpcio_xds_client_takes_the_same_routes_and_weighted_clusters() {
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let b = fleet(3, Latency::None).await;
+        set_orders(&cp, &healthy(&[&b[0]]));
+        set_cluster_of(&cp, "canary", &[&b[1]]);
+        set_cluster_of(&cp, "by-header", &[&b[2]]);
+        let mut rc = xds::route_config("orders-routes", &["orders"], "orders-cluster");
+        action(&mut rc, 0).cluster_specifier =
+            Some(weighted(&[("orders-cluster", 1), ("canary", 1)]));
+        let mut by_header = rds::RouteMatch {
+            path_specifier: Some(rds::route_match::PathSpecifier::Prefix("/".into())),
+            ..Default::default()
+        };
+        by_header.headers.push(rds::HeaderMatcher {
+            name: "x-canary".into(),
+            header_match_specifier: Some(rds::header_matcher::HeaderMatchSpecifier::PresentMatch(
+                true,
+            )),
+            ..Default::default()
+        });
+        let by_regex = rds::RouteMatch {
+            path_specifier: Some(rds::route_match::PathSpecifier::SafeRegex(
+                envoy_types::pb::envoy::r#type::matcher::v3::RegexMatcher {
+                    regex: "/other\\.Svc/.*".into(),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        };
+        let header_route = route_of(&rc, by_header, to_cluster("by-header"));
+        let regex_route = route_of(&rc, by_regex, to_cluster("by-header"));
+        rc.virtual_hosts[0].routes.insert(0, regex_route);
+        rc.virtual_hosts[0].routes.insert(0, header_route);
+        cp.set([xds::route(rc)]);
+        let bootstrap = cp.bootstrap_json("grpcio-node");
+        let served = tokio::task::spawn_blocking(move || {
+            tonic_balancer_testkit::python::run_xds_client("xds:///orders", &bootstrap, 40)
+        })
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("grpcio's xDS client: {e}"));
+        let ids: BTreeSet<&str> = served.iter().map(String::as_str).collect();
+        // 40 calls at 1:1: both clusters get some (all to one has odds 2^-39).
+        assert_eq!(ids, ["b0", "b1"].into(), "{served:?}");
+        let events = cp.events();
+        assert!(events.iter().all(|e| !e.is_nack()), "{events:#?}");
+
+        // This crate's channel on the same resources: the same split, and the header
+        // route taken by calls that carry the header.
+        let (channel, mut client) = orders_channel(&cp);
+        wait_ready(&channel, 3).await;
+        let served = support::shares(&mut client, 40).await;
+        assert_eq!(
+            served.keys().map(String::as_str).collect::<BTreeSet<_>>(),
+            ["b0", "b1"].into()
+        );
+        let mut request = tonic::Request::new(tonic_balancer_testkit::pb::SimpleRequest {
+            fill_server_id: true,
+            ..Default::default()
+        });
+        request
+            .metadata_mut()
+            .insert("x-canary", "".parse().unwrap());
+        let id = client
+            .unary_call(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .server_id;
+        assert_eq!(id, "b2");
+    })
+    .await;
+}
