@@ -1550,3 +1550,31 @@ async fn grpcio_xds_client_takes_the_same_routes_and_weighted_clusters() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_idle_cluster_is_woken_by_ready_and_by_a_call() {
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let b = fleet(1, Latency::None).await;
+        set_orders(&cp, &healthy(&[&b[0]]));
+        let xds_client = XdsClient::new(Bootstrap::new(cp.addr().to_string(), "test-node"));
+        let channel = BalancedChannel::builder("xds:///orders")
+            .xds_client(&xds_client)
+            .connection_backoff(fast_backoff())
+            .idle_timeout(Duration::from_millis(200))
+            .build()
+            .unwrap();
+        let mut client = Client::new(channel.clone());
+        call(&mut client).await.unwrap();
+        let idle = tonic_balancer::ConnectivityState::Idle;
+        // With no call, the cluster's channel goes IDLE, and so does the target's.
+        channel.wait_for(|_| channel.state() == idle).await;
+        assert!(channel.subchannels().is_empty());
+        // Waiting for READY wakes it.
+        channel.ready(Duration::from_secs(10)).await.unwrap();
+        channel.wait_for(|_| channel.state() == idle).await;
+        // So does a call.
+        assert_eq!(call(&mut client).await.unwrap(), "b0");
+    })
+    .await;
+}

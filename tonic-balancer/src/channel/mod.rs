@@ -243,7 +243,7 @@ impl BalancedChannel {
                     ConnectivityState::Ready => return true,
                     ConnectivityState::Shutdown => return false,
                     // Waiting for READY is a reason to leave IDLE (gRFC A62).
-                    ConnectivityState::Idle => self.inner.shared.request_wake(),
+                    ConnectivityState::Idle => self.request_wake(),
                     _ => {}
                 }
                 if published.changed().await.is_err() {
@@ -266,6 +266,20 @@ impl BalancedChannel {
                 self.last_error()
             ),
         ))
+    }
+
+    /// Asks an IDLE channel (for `xds:///`, each IDLE cluster) to connect again.
+    fn request_wake(&self) {
+        #[cfg(feature = "xds")]
+        if let Some(router) = &self.inner.router {
+            for cluster in router.channels() {
+                if cluster.state() == ConnectivityState::Idle {
+                    cluster.request_wake();
+                }
+            }
+            return;
+        }
+        self.inner.shared.request_wake();
     }
 
     /// The last error the channel (or, for `xds:///`, its routes or any of its
@@ -510,7 +524,6 @@ impl Inner {
         span: tracing::Span,
     ) -> ResponseFuture {
         use crate::xds::Routed;
-        self.shared.mark_active();
         match router.route(request.uri().path(), request.headers()) {
             Routed::To(cluster, method) => {
                 request

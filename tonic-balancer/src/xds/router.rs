@@ -103,6 +103,9 @@ impl Router {
             )));
         };
         match &route.action {
+            Action::Clusters(clusters) if clusters.len() == 1 => {
+                Routed::To(clusters[0].1.clone(), route.method.clone())
+            }
             Action::Clusters(clusters) => {
                 let total = clusters.last().map_or(0, |(w, _)| *w);
                 let point = self.rng.below(usize::try_from(total).unwrap_or(usize::MAX)) as u64;
