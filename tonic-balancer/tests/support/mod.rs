@@ -97,11 +97,11 @@ pub async fn advance_until_idle(channel: &BalancedChannel, limit: Duration) -> O
         if channel.state() == ConnectivityState::Idle {
             return Some(start.elapsed());
         }
-        tokio::time::advance(Duration::from_secs(1)).await;
-        // Let the control task run its check.
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
+        // A sleep, not `advance` and yields: the runtime then polls its timer driver,
+        // so the control task's idle check fires at its own instant (timers fire in
+        // order), where yields could leave the driver unpolled for several seconds of
+        // advanced time and the check would run late.
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     (channel.state() == ConnectivityState::Idle).then(|| start.elapsed())
 }
