@@ -1240,6 +1240,19 @@ fn weighted(clusters: &[(&str, u32)]) -> rds::route_action::ClusterSpecifier {
     })
 }
 
+/// One UnaryCall carrying `x-canary: value`; the id of the backend that served it.
+async fn canary_call(client: &mut Client, value: &str) -> String {
+    let mut request = tonic::Request::new(tonic_balancer_testkit::pb::SimpleRequest {
+        fill_server_id: true,
+        ..Default::default()
+    });
+    request
+        .metadata_mut()
+        .insert("x-canary", value.parse().unwrap());
+    let response = client.unary_call(request).await.expect("the call succeeds");
+    response.into_inner().server_id
+}
+
 fn to_cluster(name: &str) -> rds::route_action::ClusterSpecifier {
     rds::route_action::ClusterSpecifier::Cluster(name.into())
 }
@@ -1354,14 +1367,7 @@ async fn header_and_path_routes_send_calls_to_their_clusters_with_their_deadline
         let served = support::shares(&mut client, 20).await;
         assert_eq!(served.get("b0"), Some(&20), "{served:?}");
         for (value, expected) in [("yes", "b1"), ("YES", "b1"), ("no", "b0")] {
-            let mut request = tonic::Request::new(tonic_balancer_testkit::pb::SimpleRequest {
-                fill_server_id: true,
-                ..Default::default()
-            });
-            request
-                .metadata_mut()
-                .insert("x-canary", value.parse().unwrap());
-            let id = client.unary_call(request).await.unwrap().into_inner().server_id;
+            let id = canary_call(&mut client, value).await;
             assert_eq!(id, expected, "x-canary: {value}");
         }
         // EmptyCall goes to the slow backend alone, and its route's 100 ms deadline
@@ -1533,19 +1539,7 @@ async fn grpcio_xds_client_takes_the_same_routes_and_weighted_clusters() {
             served.keys().map(String::as_str).collect::<BTreeSet<_>>(),
             ["b0", "b1"].into()
         );
-        let mut request = tonic::Request::new(tonic_balancer_testkit::pb::SimpleRequest {
-            fill_server_id: true,
-            ..Default::default()
-        });
-        request
-            .metadata_mut()
-            .insert("x-canary", "".parse().unwrap());
-        let id = client
-            .unary_call(request)
-            .await
-            .unwrap()
-            .into_inner()
-            .server_id;
+        let id = canary_call(&mut client, "").await;
         assert_eq!(id, "b2");
     })
     .await;
