@@ -19,7 +19,8 @@ pub(crate) struct RouteMatch {
     /// `runtime_fraction.default_value` in parts per million: the share of calls the
     /// route is considered for (gRPC has no runtime, so the key is ignored).
     pub(crate) per_million: Option<u32>,
-    /// The route has `query_parameters`: gRPC calls have none, so it never matches.
+    /// The route has `query_parameters`: gRPC calls have none, so it never matches
+    /// (the RDS decoder leaves such routes out before reading them, as gRPC does).
     pub(crate) query_parameters: bool,
 }
 
@@ -121,20 +122,17 @@ pub(crate) fn route_match(m: &rds::RouteMatch) -> Result<RouteMatch, String> {
     let per_million = match m
         .runtime_fraction
         .as_ref()
-        .and_then(|f| f.default_value.as_ref())
+        .map(|f| f.default_value.as_ref())
     {
         None => None,
-        Some(f) => {
+        // A fraction with no default value is 0 of a million, as gRPC reads it.
+        Some(None) => Some(0),
+        Some(Some(f)) => {
+            // An unknown denominator counts as a million, as gRPC reads it.
             let scale = match DenominatorType::try_from(f.denominator) {
                 Ok(DenominatorType::Hundred) => 10_000,
                 Ok(DenominatorType::TenThousand) => 100,
-                Ok(DenominatorType::Million) => 1,
-                Err(_) => {
-                    return Err(format!(
-                        "runtime_fraction.default_value.denominator: unknown value {}",
-                        f.denominator
-                    ));
-                }
+                Ok(DenominatorType::Million) | Err(_) => 1,
             };
             // Above the denominator is the whole of it.
             Some(f.numerator.saturating_mul(scale).min(1_000_000))
@@ -152,9 +150,6 @@ pub(crate) fn route_match(m: &rds::RouteMatch) -> Result<RouteMatch, String> {
 #[allow(deprecated)] // exact/regex/prefix/suffix/contains_match: still sent, still read.
 fn header_matcher(h: &rds::HeaderMatcher) -> Result<HeaderMatcher, String> {
     use header_matcher::HeaderMatchSpecifier as S;
-    if h.name.is_empty() {
-        return Err("name: empty".into());
-    }
     let text = |kind| {
         HeaderRule::Text(TextMatch {
             kind,
@@ -168,14 +163,13 @@ fn header_matcher(h: &rds::HeaderMatcher) -> Result<HeaderMatcher, String> {
         )),
         Some(S::RangeMatch(r)) => HeaderRule::Range(r.start, r.end),
         Some(S::PresentMatch(p)) => HeaderRule::Present(*p),
-        Some(S::PrefixMatch(s)) => text(TextKind::Prefix(s.clone())),
-        Some(S::SuffixMatch(s)) => text(TextKind::Suffix(s.clone())),
-        Some(S::ContainsMatch(s)) => text(TextKind::Contains(s.clone())),
+        Some(S::PrefixMatch(s)) => text(TextKind::Prefix(non_empty(s, "prefix_match")?)),
+        Some(S::SuffixMatch(s)) => text(TextKind::Suffix(non_empty(s, "suffix_match")?)),
+        Some(S::ContainsMatch(s)) => text(TextKind::Contains(non_empty(s, "contains_match")?)),
         Some(S::StringMatch(m)) => {
             HeaderRule::Text(string_matcher(m).map_err(|e| format!("string_match.{e}"))?)
         }
-        // Envoy: no specifier means "present".
-        None => HeaderRule::Present(true),
+        None => return Err("header_match_specifier: missing".into()),
     };
     Ok(HeaderMatcher {
         name: h.name.to_ascii_lowercase(),
@@ -189,9 +183,9 @@ fn string_matcher(m: &StringMatcher) -> Result<TextMatch, String> {
     use string_matcher::MatchPattern as P;
     let kind = match &m.match_pattern {
         Some(P::Exact(s)) => TextKind::Exact(s.clone()),
-        Some(P::Prefix(s)) => TextKind::Prefix(s.clone()),
-        Some(P::Suffix(s)) => TextKind::Suffix(s.clone()),
-        Some(P::Contains(s)) => TextKind::Contains(s.clone()),
+        Some(P::Prefix(s)) => TextKind::Prefix(non_empty(s, "prefix")?),
+        Some(P::Suffix(s)) => TextKind::Suffix(non_empty(s, "suffix")?),
+        Some(P::Contains(s)) => TextKind::Contains(non_empty(s, "contains")?),
         Some(P::SafeRegex(r)) => {
             TextKind::Regex(Pattern::from_proto(r).map_err(|e| format!("safe_regex.regex: {e}"))?)
         }
@@ -207,6 +201,14 @@ fn string_matcher(m: &StringMatcher) -> Result<TextMatch, String> {
         kind => kind,
     };
     Ok(TextMatch { kind, ignore_case })
+}
+
+/// A prefix, suffix or contained string, which Envoy requires to be non-empty.
+fn non_empty(s: &str, field: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err(format!("{field}: empty (use present_match)"));
+    }
+    Ok(s.to_owned())
 }
 
 impl RouteMatch {
@@ -260,7 +262,8 @@ impl HeaderMatcher {
         };
         let matched = match (&self.rule, value) {
             (HeaderRule::Present(want), value) => value.is_some() == *want,
-            (_, None) => false,
+            // An absent header matches no value rule, inverted or not (as in gRPC).
+            (_, None) => return false,
             (HeaderRule::Range(start, end), Some(v)) => {
                 v.parse::<i64>().is_ok_and(|n| (*start..*end).contains(&n))
             }
@@ -293,7 +296,7 @@ impl TextMatch {
 /// metadata (`-bin`) is never matched on: it counts as absent, as in gRPC. A value that
 /// is not visible ASCII also counts as absent.
 fn header_value(headers: &http::HeaderMap, name: &str) -> Option<String> {
-    if name.ends_with("-bin") {
+    if name.is_empty() || name.ends_with("-bin") {
         return None;
     }
     let mut values = headers.get_all(name).iter();
@@ -407,7 +410,8 @@ mod tests {
         let mut inverted = exact.clone();
         inverted.invert_match = true;
         assert!(!check(inverted.clone(), &[("x-env", "canary")]));
-        assert!(check(inverted, &[]));
+        // An absent header matches no value rule, inverted or not.
+        assert!(!check(inverted, &[]));
         let range = header("x-shard", S::RangeMatch(Int64Range { start: 10, end: 20 }));
         assert!(check(range.clone(), &[("x-shard", "10")]));
         assert!(!check(range.clone(), &[("x-shard", "20")]));
@@ -480,6 +484,10 @@ mod tests {
         assert!(fraction.matches("/a.S/M", &headers(&[]), || 249_999));
         assert!(!fraction.matches("/a.S/M", &headers(&[]), || 250_000));
         assert!(!fraction.matches("/b.S/M", &headers(&[]), never));
+        // No default value: 0 of a million.
+        m.runtime_fraction.as_mut().unwrap().default_value = None;
+        let none = route_match(&m).unwrap();
+        assert!(!none.matches("/a.S/M", &headers(&[]), || 0));
         let mut query = prefix("/");
         query
             .query_parameters
@@ -492,10 +500,26 @@ mod tests {
     }
 
     #[test]
+    #[allow(deprecated)]
     fn matcher_errors_name_the_field() {
         let mut m = prefix("/");
-        m.headers.push(rds::HeaderMatcher::default());
-        assert_eq!(route_match(&m).unwrap_err(), "headers[0].name: empty");
+        m.headers.push(rds::HeaderMatcher {
+            name: "x".into(),
+            ..Default::default()
+        });
+        assert_eq!(
+            route_match(&m).unwrap_err(),
+            "headers[0].header_match_specifier: missing"
+        );
+        let mut m = prefix("/");
+        m.headers.push(header(
+            "x",
+            header_matcher::HeaderMatchSpecifier::PrefixMatch(String::new()),
+        ));
+        assert_eq!(
+            route_match(&m).unwrap_err(),
+            "headers[0].prefix_match: empty (use present_match)"
+        );
         let mut m = prefix("/");
         m.headers.push(header(
             "x",

@@ -333,6 +333,20 @@ fn route_config(rc: &rds::RouteConfiguration) -> Result<RouteConfig, String> {
         for (j, r) in vh.routes.iter().enumerate() {
             let at = format!("virtual_hosts[{i}].routes[{j}]");
             let m = r.r#match.as_ref().ok_or(format!("{at}.match: missing"))?;
+            // gRFC A28: a route with query parameters never matches a gRPC call, and one
+            // that takes its cluster from a header (or a plugin) is ignored; both are
+            // left out before anything else of theirs is read, as in gRPC.
+            let forwards_by_name = match &r.action {
+                Some(route::Action::Route(a)) => matches!(
+                    a.cluster_specifier,
+                    Some(route_action::ClusterSpecifier::Cluster(_))
+                        | Some(route_action::ClusterSpecifier::WeightedClusters(_))
+                ),
+                _ => true,
+            };
+            if !m.query_parameters.is_empty() || !forwards_by_name {
+                continue;
+            }
             let matcher = super::matcher::route_match(m).map_err(|e| format!("{at}.match.{e}"))?;
             let (max_stream_duration, route_retry) = match &r.action {
                 Some(route::Action::Route(a)) => (
@@ -366,8 +380,6 @@ fn route_config(rc: &rds::RouteConfiguration) -> Result<RouteConfig, String> {
                                 .map_err(|e| format!("{at}.route.weighted_clusters.{e}"))?,
                         )
                     }
-                    // gRFC A28: a route that takes its cluster from a header (or a
-                    // plugin) is ignored, as if it were not there.
                     _ => continue,
                 },
                 _ => RouteTarget::Other,
@@ -1126,6 +1138,9 @@ mod tests {
         if let Some(m) = headers.virtual_hosts[0].routes[0].r#match.as_mut() {
             m.headers.push(rds::HeaderMatcher {
                 name: "x-canary".into(),
+                header_match_specifier: Some(
+                    rds::header_matcher::HeaderMatchSpecifier::PresentMatch(true),
+                ),
                 ..Default::default()
             });
             m.case_sensitive = Some(envoy_types::pb::google::protobuf::BoolValue { value: false });
@@ -1243,6 +1258,52 @@ mod tests {
             Err(
                 "virtual_hosts[0].routes[0].route.weighted_clusters.clusters[0].name: empty".into()
             )
+        );
+    }
+
+    #[test]
+    fn a_route_with_query_parameters_is_left_out_unread() {
+        let mut rc = rds::RouteConfiguration {
+            name: "r".into(),
+            virtual_hosts: vec![rds::VirtualHost {
+                domains: vec!["*".into()],
+                routes: vec![rds::Route {
+                    r#match: Some(rds::RouteMatch {
+                        path_specifier: Some(route_match::PathSpecifier::SafeRegex(
+                            envoy_types::pb::envoy::r#type::matcher::v3::RegexMatcher {
+                                regex: "(".into(),
+                                ..Default::default()
+                            },
+                        )),
+                        query_parameters: vec![rds::QueryParameterMatcher::default()],
+                        ..Default::default()
+                    }),
+                    action: Some(route::Action::Route(rds::RouteAction {
+                        cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
+                            "c".into(),
+                        )),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        // Its invalid regex is never read: gRPC would not NACK it either.
+        let (_, res) = decode(Kind::RouteConfig, &any(&rc)).unwrap();
+        let Resource::RouteConfig(update) = res else {
+            panic!("{res:?}")
+        };
+        assert!(update.virtual_hosts[0].routes.is_empty());
+        // Without the query parameters the same route is read, and NACKed.
+        if let Some(m) = rc.virtual_hosts[0].routes[0].r#match.as_mut() {
+            m.query_parameters.clear();
+        }
+        let reason = reason(Kind::RouteConfig, &any(&rc));
+        assert!(
+            reason.starts_with("virtual_hosts[0].routes[0].match.safe_regex.regex"),
+            "{reason}"
         );
     }
 
