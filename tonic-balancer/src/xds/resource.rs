@@ -664,15 +664,17 @@ fn outlier_detection(od: &cds::OutlierDetection) -> Result<OutlierDetectionConfi
         0,
         "enforcing_failure_percentage",
     )?;
+    let defaults = FailurePercentageEjectionConfig::default();
+    // Checked even when failure-percentage ejection is off, as gRPC does.
+    let threshold = percent(
+        &od.failure_percentage_threshold,
+        defaults.threshold,
+        "failure_percentage_threshold",
+    )?;
     if enforcing_failure_percentage > 0 {
-        let defaults = FailurePercentageEjectionConfig::default();
         let fp = FailurePercentageEjectionConfig {
             enforcement_percentage: enforcing_failure_percentage,
-            threshold: percent(
-                &od.failure_percentage_threshold,
-                defaults.threshold,
-                "failure_percentage_threshold",
-            )?,
+            threshold,
             minimum_hosts: u32_or(&od.failure_percentage_minimum_hosts, defaults.minimum_hosts),
             request_volume: u32_or(
                 &od.failure_percentage_request_volume,
@@ -686,15 +688,34 @@ fn outlier_detection(od: &cds::OutlierDetection) -> Result<OutlierDetectionConfi
 
 fn endpoints(cla: &eds::ClusterLoadAssignment) -> Result<EndpointsUpdate, String> {
     let mut localities = Vec::with_capacity(cla.endpoints.len());
+    // Where each address was first seen: an address listed twice is NACKed (as gRPC),
+    // whatever its health and its locality's weight.
+    let mut seen: std::collections::HashMap<SocketAddr, (usize, usize)> =
+        std::collections::HashMap::new();
+    // The sum of the locality weights of each priority, which must fit in 32 bits.
+    let mut weight_sums: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
     for (i, loc) in cla.endpoints.iter().enumerate() {
+        let Some(locality) = loc.locality.as_ref() else {
+            return Err(format!("endpoints[{i}].locality: missing"));
+        };
         let weight = loc.load_balancing_weight.as_ref().map_or(0, |w| w.value);
-        // gRFC A27: a locality of weight 0 (or none) gets no traffic.
+        // gRFC A27: a locality of weight 0 (or none) gets no traffic; as in gRPC, its
+        // endpoints are not even read.
         if weight == 0 {
             continue;
         }
-        let name = loc.locality.as_ref().map_or_else(
-            || "//".to_owned(),
-            |l| format!("{}/{}/{}", l.region, l.zone, l.sub_zone),
+        let sum = weight_sums.entry(loc.priority).or_default();
+        *sum += u64::from(weight);
+        if *sum > u64::from(u32::MAX) {
+            return Err(format!(
+                "endpoints[{i}].load_balancing_weight: the localities of priority {} weigh \
+                 more than 2^32 - 1 together",
+                loc.priority
+            ));
+        }
+        let name = format!(
+            "{}/{}/{}",
+            locality.region, locality.zone, locality.sub_zone
         );
         // As grpc-go: a locality appears once per priority (its weight would be ambiguous).
         if let Some(k) = cla.endpoints[..i].iter().position(|other| {
@@ -711,6 +732,7 @@ fn endpoints(cla: &eds::ClusterLoadAssignment) -> Result<EndpointsUpdate, String
             ));
         }
         let mut endpoints = Vec::with_capacity(loc.lb_endpoints.len());
+        let mut endpoint_weights = 0u64;
         for (j, lb) in loc.lb_endpoints.iter().enumerate() {
             let at = format!("endpoints[{i}].lb_endpoints[{j}]");
             let healthy = matches!(
@@ -746,9 +768,22 @@ fn endpoints(cla: &eds::ClusterLoadAssignment) -> Result<EndpointsUpdate, String
                 Some(w) => w,
                 None => 1,
             };
+            endpoint_weights += u64::from(ep_weight);
+            if endpoint_weights > u64::from(u32::MAX) {
+                return Err(format!(
+                    "{at}.load_balancing_weight: the endpoints of endpoints[{i}] weigh more \
+                     than 2^32 - 1 together"
+                ));
+            }
+            let addr = SocketAddr::new(ip, port);
+            if let Some((k, l)) = seen.insert(addr, (i, j)) {
+                return Err(format!(
+                    "{at}.endpoint.address: {addr} is also endpoints[{k}].lb_endpoints[{l}]'s"
+                ));
+            }
             if healthy {
                 endpoints.push(Endpoint {
-                    addr: SocketAddr::new(ip, port),
+                    addr,
                     weight: ep_weight,
                 });
             }
@@ -993,6 +1028,11 @@ mod tests {
         lb: Vec<eds::LbEndpoint>,
     ) -> eds::LocalityLbEndpoints {
         eds::LocalityLbEndpoints {
+            locality: Some(core::Locality {
+                region: "r".into(),
+                zone: "z".into(),
+                ..Default::default()
+            }),
             priority,
             load_balancing_weight: weight.map(|value| UInt32Value { value }),
             lb_endpoints: lb,
@@ -1094,7 +1134,53 @@ mod tests {
         });
         assert_eq!(
             reason(Kind::Endpoints, &twice),
-            "endpoints[1].locality: \"//\" is also endpoints[0]'s, at the same priority 0"
+            "endpoints[1].locality: \"r/z/\" is also endpoints[0]'s, at the same priority 0"
+        );
+        let cla = |localities: Vec<eds::LocalityLbEndpoints>| {
+            any(&eds::ClusterLoadAssignment {
+                cluster_name: "e".into(),
+                endpoints: localities,
+                ..Default::default()
+            })
+        };
+        // A locality must say where it is.
+        let mut nowhere = locality(0, Some(1), vec![lb_endpoint("10.0.0.1", 80, ok)]);
+        nowhere.locality = None;
+        assert_eq!(
+            reason(Kind::Endpoints, &cla(vec![nowhere])),
+            "endpoints[0].locality: missing"
+        );
+        // An address listed twice, even once unhealthy and in another locality.
+        let mut other = locality(1, Some(1), vec![lb_endpoint("10.0.0.1", 80, ok)]);
+        other.locality.as_mut().unwrap().zone = "y".into();
+        let first = locality(
+            0,
+            Some(1),
+            vec![lb_endpoint("10.0.0.1", 80, core::HealthStatus::Unhealthy)],
+        );
+        assert_eq!(
+            reason(Kind::Endpoints, &cla(vec![first, other])),
+            "endpoints[1].lb_endpoints[0].endpoint.address: 10.0.0.1:80 is also \
+             endpoints[0].lb_endpoints[0]'s"
+        );
+        // Weights that do not fit in 32 bits together.
+        let mut heavy = locality(0, Some(u32::MAX), vec![lb_endpoint("10.0.0.1", 80, ok)]);
+        let mut light = locality(0, Some(1), vec![lb_endpoint("10.0.0.2", 80, ok)]);
+        light.locality.as_mut().unwrap().zone = "y".into();
+        assert!(
+            reason(Kind::Endpoints, &cla(vec![heavy.clone(), light]))
+                .starts_with("endpoints[1].load_balancing_weight: the localities of priority 0")
+        );
+        heavy.load_balancing_weight = Some(UInt32Value { value: 1 });
+        for lb in &mut heavy.lb_endpoints {
+            lb.load_balancing_weight = Some(UInt32Value { value: u32::MAX });
+        }
+        heavy
+            .lb_endpoints
+            .push(lb_endpoint("10.0.0.3", 80, core::HealthStatus::Unhealthy));
+        assert!(
+            reason(Kind::Endpoints, &cla(vec![heavy]))
+                .starts_with("endpoints[0].lb_endpoints[1].load_balancing_weight: the endpoints")
         );
     }
 
@@ -1616,6 +1702,19 @@ mod tests {
             Err(
                 "outlier_detection.max_ejection_percent: must be a percentage (at most 100), \
                  got 101"
+                    .into()
+            )
+        );
+        // Checked though failure-percentage ejection is off (enforcing 0, the default).
+        c.outlier_detection = Some(cds::OutlierDetection {
+            failure_percentage_threshold: value(101),
+            ..Default::default()
+        });
+        assert_eq!(
+            cluster_update(&c),
+            Err(
+                "outlier_detection.failure_percentage_threshold: must be a percentage (at most \
+                 100), got 101"
                     .into()
             )
         );
