@@ -369,9 +369,13 @@ fn load_balancing(cluster: &ClusterUpdate, localities: Vec<LocalityWeight>) -> L
             choice_count: choice_count as usize,
         },
     };
-    let weighted = LoadBalancingConfig::LocalityWeighted(Box::new(LocalityWeightedConfig::new(
-        localities, child,
-    )));
+    let weighted = if cluster.locality_weighted {
+        LoadBalancingConfig::LocalityWeighted(Box::new(LocalityWeightedConfig::new(
+            localities, child,
+        )))
+    } else {
+        child
+    };
     match &cluster.outlier_detection {
         Some(od) => {
             let mut od = od.clone();
@@ -728,6 +732,7 @@ mod tests {
         let cluster = ClusterUpdate {
             eds_service_name: "e".into(),
             lb_policy: LbPolicy::LeastRequest { choice_count: 3 },
+            locality_weighted: true,
             outlier_detection: None,
             max_requests: crate::xds::resource::DEFAULT_MAX_REQUESTS,
         };
@@ -741,6 +746,15 @@ mod tests {
         };
         assert_eq!(
             lw.child_policy,
+            LoadBalancingConfig::LeastRequest { choice_count: 3 }
+        );
+        // A bare policy from `load_balancing_policy` (gRFC A52) runs over every endpoint.
+        let bare = ClusterUpdate {
+            locality_weighted: false,
+            ..cluster
+        };
+        assert_eq!(
+            load_balancing(&bare, Vec::new()),
             LoadBalancingConfig::LeastRequest { choice_count: 3 }
         );
     }

@@ -139,6 +139,10 @@ pub(crate) struct ClusterUpdate {
     /// own name when that is empty.
     pub(crate) eds_service_name: String,
     pub(crate) lb_policy: LbPolicy,
+    /// Whether calls are split among localities by weight before `lb_policy` picks
+    /// within one: `lb_policy` and A52's `wrr_locality` do; a bare round_robin or
+    /// least_request in `load_balancing_policy` runs over all the priority's endpoints.
+    pub(crate) locality_weighted: bool,
     /// `outlier_detection` as gRFC A50 maps it; its child policy is a placeholder the
     /// resolver replaces. `None` when the cluster has none.
     pub(crate) outlier_detection: Option<OutlierDetectionConfig>,
@@ -539,32 +543,33 @@ fn cluster(c: &cds::Cluster) -> Result<ClusterUpdate, String> {
         .ok_or("eds_cluster_config: missing")?;
     ads_source(eds.eds_config.as_ref())
         .map_err(|e| format!("eds_cluster_config.eds_config: {e}"))?;
-    let lb_policy = match cluster::LbPolicy::try_from(c.lb_policy) {
-        Ok(cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
-        Ok(cluster::LbPolicy::LeastRequest) => {
-            let config = match &c.lb_config {
-                Some(cluster::LbConfig::LeastRequestLbConfig(config)) => Some(config),
-                _ => None,
+    // gRFC A52: `load_balancing_policy`, when set, is the policy, and `lb_policy` is
+    // not read; `lb_policy` alone weighs localities (as `wrr_locality` would).
+    let (lb_policy, locality_weighted) = match &c.load_balancing_policy {
+        Some(policy) => {
+            load_balancing_policy(policy, 0).map_err(|e| format!("load_balancing_policy.{e}"))?
+        }
+        None => {
+            let policy = match cluster::LbPolicy::try_from(c.lb_policy) {
+                Ok(cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
+                Ok(cluster::LbPolicy::LeastRequest) => {
+                    let config = match &c.lb_config {
+                        Some(cluster::LbConfig::LeastRequestLbConfig(config)) => Some(config),
+                        _ => None,
+                    };
+                    least_request(config.and_then(|l| l.choice_count.as_ref()))
+                        .map_err(|e| format!("least_request_lb_config.{e}"))?
+                }
+                Ok(other) => {
+                    return Err(format!(
+                        "lb_policy: {} is not supported (ROUND_ROBIN or LEAST_REQUEST)",
+                        other.as_str_name()
+                    ));
+                }
+                Err(_) => return Err(format!("lb_policy: unknown value {}", c.lb_policy)),
             };
-            let choice_count = config
-                .and_then(|l| l.choice_count.as_ref())
-                .map_or(2, |c| c.value);
-            if choice_count < 2 {
-                return Err(format!(
-                    "least_request_lb_config.choice_count: must be at least 2, got {choice_count}"
-                ));
-            }
-            LbPolicy::LeastRequest {
-                choice_count: choice_count.min(crate::defaults::MAX_CHOICE_COUNT as u32),
-            }
+            (policy, true)
         }
-        Ok(other) => {
-            return Err(format!(
-                "lb_policy: {} is not supported (ROUND_ROBIN or LEAST_REQUEST)",
-                other.as_str_name()
-            ));
-        }
-        Err(_) => return Err(format!("lb_policy: unknown value {}", c.lb_policy)),
     };
     let eds_service_name = if eds.service_name.is_empty() {
         c.name.clone()
@@ -590,9 +595,85 @@ fn cluster(c: &cds::Cluster) -> Result<ClusterUpdate, String> {
     Ok(ClusterUpdate {
         eds_service_name,
         lb_policy,
+        locality_weighted,
         outlier_detection,
         max_requests,
     })
+}
+
+/// gRFC A48: least request with `choice_count` (2 when unset, above 10 taken as 10).
+fn least_request(
+    choice_count: Option<&envoy_types::pb::google::protobuf::UInt32Value>,
+) -> Result<LbPolicy, String> {
+    let choice_count = choice_count.map_or(2, |c| c.value);
+    if choice_count < 2 {
+        return Err(format!(
+            "choice_count: must be at least 2, got {choice_count}"
+        ));
+    }
+    Ok(LbPolicy::LeastRequest {
+        choice_count: choice_count.min(crate::defaults::MAX_CHOICE_COUNT as u32),
+    })
+}
+
+/// The type URLs of the `load_balancing_policy` extensions this client runs.
+const ROUND_ROBIN_POLICY: &str =
+    "type.googleapis.com/envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin";
+const LEAST_REQUEST_POLICY: &str =
+    "type.googleapis.com/envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest";
+const WRR_LOCALITY_POLICY: &str =
+    "type.googleapis.com/envoy.extensions.load_balancing_policies.wrr_locality.v3.WrrLocality";
+
+/// gRFC A52: the first policy of the list this client supports (round_robin,
+/// least_request, or wrr_locality over one of them), and whether it weighs localities;
+/// an error when none is supported or a supported one is invalid. `depth` bounds the
+/// nesting of wrr_locality.
+fn load_balancing_policy(
+    policy: &cds::LoadBalancingPolicy,
+    depth: usize,
+) -> Result<(LbPolicy, bool), String> {
+    use envoy_types::pb::envoy::extensions::load_balancing_policies::{
+        least_request::v3::LeastRequest, wrr_locality::v3::WrrLocality,
+    };
+    let mut seen = Vec::new();
+    for (i, p) in policy.policies.iter().enumerate() {
+        let Some(any) = p
+            .typed_extension_config
+            .as_ref()
+            .and_then(|t| t.typed_config.as_ref())
+        else {
+            return Err(format!("policies[{i}].typed_extension_config: missing"));
+        };
+        let at = |e: String| format!("policies[{i}].typed_extension_config.typed_config.{e}");
+        match any.type_url.as_str() {
+            ROUND_ROBIN_POLICY => return Ok((LbPolicy::RoundRobin, false)),
+            LEAST_REQUEST_POLICY => {
+                let config = LeastRequest::decode(&any.value[..])
+                    .map_err(|e| at(format!("value: not a LeastRequest: {e}")))?;
+                return Ok((
+                    least_request(config.choice_count.as_ref()).map_err(at)?,
+                    false,
+                ));
+            }
+            WRR_LOCALITY_POLICY if depth == 0 => {
+                let config = WrrLocality::decode(&any.value[..])
+                    .map_err(|e| at(format!("value: not a WrrLocality: {e}")))?;
+                let child = config
+                    .endpoint_picking_policy
+                    .as_ref()
+                    .ok_or_else(|| at("endpoint_picking_policy: missing".into()))?;
+                let (child, _) = load_balancing_policy(child, depth + 1)
+                    .map_err(|e| at(format!("endpoint_picking_policy.{e}")))?;
+                return Ok((child, true));
+            }
+            other => seen.push(other.rsplit('.').next().unwrap_or(other).to_owned()),
+        }
+    }
+    Err(format!(
+        "policies: none is supported (round_robin, least_request, wrr_locality over one \
+         of them); got [{}]",
+        seen.join(", ")
+    ))
 }
 
 /// gRFC A50: a cluster's outlier detection as `outlier_detection_experimental`. Unset
@@ -984,6 +1065,7 @@ mod tests {
             Resource::Cluster(ClusterUpdate {
                 eds_service_name: "c".into(),
                 lb_policy: LbPolicy::LeastRequest { choice_count: 2 },
+                locality_weighted: true,
                 outlier_detection: None,
                 max_requests: DEFAULT_MAX_REQUESTS,
             })
@@ -1611,6 +1693,70 @@ mod tests {
         assert_eq!(
             with(&mut c, 1),
             Err("least_request_lb_config.choice_count: must be at least 2, got 1".into())
+        );
+    }
+
+    #[test]
+    fn a_load_balancing_policy_replaces_lb_policy_as_a52_says() {
+        use envoy_types::pb::envoy::extensions::load_balancing_policies as lbp;
+        let policy = |configs: Vec<Any>| cds::LoadBalancingPolicy {
+            policies: configs
+                .into_iter()
+                .map(|config| cds::load_balancing_policy::Policy {
+                    typed_extension_config: Some(core::TypedExtensionConfig {
+                        name: "p".into(),
+                        typed_config: Some(config),
+                    }),
+                })
+                .collect(),
+        };
+        let ring_hash = any(&lbp::ring_hash::v3::RingHash::default());
+        let least_request = |n: u32| {
+            any(&lbp::least_request::v3::LeastRequest {
+                choice_count: Some(UInt32Value { value: n }),
+                ..Default::default()
+            })
+        };
+        let mut c = eds_cluster();
+        c.lb_policy = cluster::LbPolicy::LeastRequest as i32;
+        // The first supported policy; lb_policy is not read.
+        c.load_balancing_policy = Some(policy(vec![
+            ring_hash.clone(),
+            any(&lbp::round_robin::v3::RoundRobin::default()),
+            least_request(3),
+        ]));
+        let update = cluster_update(&c).unwrap();
+        assert_eq!(
+            (update.lb_policy, update.locality_weighted),
+            (LbPolicy::RoundRobin, false)
+        );
+        // wrr_locality weighs localities and picks within one by its child.
+        let wrr = any(&lbp::wrr_locality::v3::WrrLocality {
+            endpoint_picking_policy: Some(policy(vec![least_request(3)])),
+        });
+        c.load_balancing_policy = Some(policy(vec![wrr]));
+        let update = cluster_update(&c).unwrap();
+        assert_eq!(
+            (update.lb_policy, update.locality_weighted),
+            (LbPolicy::LeastRequest { choice_count: 3 }, true)
+        );
+        c.load_balancing_policy = Some(policy(vec![ring_hash]));
+        assert_eq!(
+            cluster_update(&c),
+            Err(
+                "load_balancing_policy.policies: none is supported (round_robin, \
+                 least_request, wrr_locality over one of them); got [RingHash]"
+                    .into()
+            )
+        );
+        c.load_balancing_policy = Some(policy(vec![least_request(1)]));
+        assert_eq!(
+            cluster_update(&c),
+            Err(
+                "load_balancing_policy.policies[0].typed_extension_config.typed_config.\
+                 choice_count: must be at least 2, got 1"
+                    .into()
+            )
         );
     }
 
