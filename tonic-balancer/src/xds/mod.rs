@@ -25,7 +25,9 @@
 //! resources say: the [`locality_weighted`](crate::balance::locality_weighted) policy,
 //! which splits calls among the localities of the priority in use by their EDS weights,
 //! over the cluster's `lb_policy` (ROUND_ROBIN → round robin, LEAST_REQUEST → least
-//! request with its `choice_count`) within each locality, under the cluster's
+//! request with its `choice_count`) within each locality (or what its
+//! `load_balancing_policy` says, gRFC A52: `wrr_locality` over one of those, or one of
+//! them alone over all the endpoints of the priority), under the cluster's
 //! `outlier_detection` when it has one (gRFC A50: unset fields take A50's defaults,
 //! success-rate ejection is on unless `enforcing_success_rate` is 0, failure-percentage
 //! ejection only when `enforcing_failure_percentage` is above 0), with its circuit
