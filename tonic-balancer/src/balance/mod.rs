@@ -109,7 +109,7 @@ impl ReadySubchannel {
 impl fmt::Debug for ReadySubchannel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ReadySubchannel")
-            .field("address", &self.address.addr)
+            .field("address", &format_args!("{}", self.address))
             .field("in_flight", &self.in_flight())
             .finish()
     }

@@ -22,6 +22,7 @@ use crate::balance::Picker;
 use crate::config::{HedgingPolicy, RetryPolicy};
 use crate::deadline::{self, GRPC_TIMEOUT};
 use crate::load::CallGuard;
+use crate::resolver::Peer;
 use crate::retry::{Pushback, Replay, Throttle, pushback};
 use crate::stats::{AttemptKind, AttemptTrace, CallTrace, MethodStats};
 use crate::subchannel::{Outgoing, ReadyConn, SentMark, send_error};
@@ -324,9 +325,17 @@ impl Call<'_> {
         self.stats.attempt(kind);
         let span = tracing::Span::current();
         if !span.is_disabled() {
-            let addr = ready.subchannel.address.addr;
-            span.record("server.address", tracing::field::display(addr.ip()));
-            span.record("server.port", addr.port());
+            let address = &ready.subchannel.address;
+            match address.unix {
+                None => {
+                    span.record("server.address", tracing::field::display(address.addr.ip()));
+                    span.record("server.port", address.addr.port());
+                }
+                // A Unix socket: its path, and no port.
+                Some(_) => {
+                    span.record("server.address", tracing::field::display(address));
+                }
+            }
         }
         let mut head = self.parts.clone();
         // One clock read per attempt, shared by the timeout header and the RTT sample.
@@ -345,14 +354,14 @@ impl Call<'_> {
                 .insert("grpc-previous-rpc-attempts", HeaderValue::from(previous));
         }
         let (mut body, polled) = self.body.outgoing();
-        let addr = ready.subchannel.address.addr;
+        let addr = Peer::from(&ready.subchannel.address);
         if let Some(trace) = trace {
             let whole = match &body {
                 Outgoing::Empty => Some(&[][..]),
                 Outgoing::Message(message) => Some(&message[..]),
                 Outgoing::Stream(_) => None,
             };
-            trace.sent(addr, &mut head.headers, whole);
+            trace.sent(&addr, &mut head.headers, whole);
             if let Outgoing::Stream(stream) = body {
                 body = Outgoing::Stream(trace.count_sent(stream));
             }
@@ -361,7 +370,7 @@ impl Call<'_> {
             Ok(sent) => sent,
             Err(error) => {
                 return Attempt::Failed {
-                    status: send_error(&error, addr),
+                    status: send_error(&error, &addr),
                     reached: Reached::Nowhere,
                 };
             }
@@ -372,7 +381,7 @@ impl Call<'_> {
             None => CallGuard::new(load.clone()),
         }
         .with_deadline(self.deadline);
-        let response = sent.response(addr);
+        let response = sent.response(&addr);
         // The call's one timer: it bounds this wait, then the response body.
         let mut timer = self
             .deadline
@@ -414,7 +423,7 @@ impl Call<'_> {
                 }
                 let body_read = polled.is_none_or(|p| p.load(std::sync::atomic::Ordering::Relaxed));
                 Attempt::Failed {
-                    status: send_error(&error, addr),
+                    status: send_error(&error, &addr),
                     reached: reached(&ready, &error, mark, body_read),
                 }
             }

@@ -15,6 +15,7 @@ use super::future::Answer;
 use super::{Inner, Prepared, finish, trailers_only_status};
 use crate::deadline::{self, GRPC_TIMEOUT};
 use crate::load::CallGuard;
+use crate::resolver::Peer;
 use crate::retry::MessageLimit;
 use crate::stats::{AttemptKind, AttemptTrace};
 use crate::subchannel::{H2Body, Outgoing, ReadyConn, Sent, SentMark, send_error};
@@ -99,15 +100,17 @@ impl FastCall {
                 _ => &[][..],
             };
             trace.sent(
-                ready.subchannel.address.addr,
+                &Peer::from(&ready.subchannel.address),
                 &mut head.headers,
                 Some(whole),
             );
         }
-        let addr = ready.subchannel.address.addr;
         let sent = match ready.send(head, body) {
             Ok(sent) => sent,
-            Err(error) => return Err(transparent_after_send(call, trace, &error, addr)),
+            Err(error) => {
+                let addr = Peer::from(&ready.subchannel.address);
+                return Err(transparent_after_send(call, trace, &error, &addr));
+            }
         };
         let mark = sent.mark();
         let guard =
@@ -129,8 +132,8 @@ impl FastCall {
 
     /// Waits for the response head, or the deadline.
     pub(super) fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Head> {
-        let addr = self.ready.subchannel.address.addr;
-        if let Poll::Ready(result) = self.sent.poll_response(cx, addr) {
+        let addr = Peer::from(&self.ready.subchannel.address);
+        if let Poll::Ready(result) = self.sent.poll_response(cx, &addr) {
             return Poll::Ready(match result {
                 Ok(response) => Head::Response(response),
                 Err(error) => Head::Failed(error),
@@ -161,7 +164,7 @@ impl FastCall {
             mut trace,
         } = self;
         drop(sent);
-        let addr = ready.subchannel.address.addr;
+        let addr = Peer::from(&ready.subchannel.address);
         let status = match head {
             Head::Response(response) => {
                 let code = trailers_only_status(response.headers());
@@ -207,7 +210,7 @@ impl FastCall {
             }
             Head::Failed(error) => {
                 guard.failed();
-                let status = send_error(&error, addr);
+                let status = send_error(&error, &addr);
                 if let Some(trace) = trace.as_mut() {
                     trace.finish(status.code());
                 }
@@ -238,7 +241,7 @@ fn transparent_after_send(
     mut call: Prepared,
     trace: Option<AttemptTrace>,
     error: &h2::Error,
-    addr: std::net::SocketAddr,
+    addr: &Peer,
 ) -> Prepared {
     if let Some(mut trace) = trace {
         trace.finish(send_error(error, addr).code());

@@ -3,6 +3,7 @@
 use super::Inner;
 use super::fast::{Completion, FastCall};
 use crate::load::CallGuard;
+use crate::resolver::Peer;
 use crate::retry::MessageLimit;
 use crate::stats::{AttemptTrace, CallRecord};
 use crate::subchannel::H2Body;
@@ -10,7 +11,6 @@ use bytes::Bytes;
 use http_body::Frame;
 use std::fmt;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -140,7 +140,7 @@ pub(crate) struct Answer {
     pub(crate) response: http::Response<H2Body>,
     /// `None` once the attempt has ended (a Trailers-Only failure kept for the caller).
     pub(crate) guard: Option<CallGuard>,
-    pub(crate) addr: SocketAddr,
+    pub(crate) addr: Peer,
     /// The call's deadline timer, made by the attempt and kept for the response body:
     /// one timer per call.
     pub(crate) timer: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -159,7 +159,7 @@ pin_project_lite::pin_project! {
         // Before `record`: dropped first, so the attempt ends before its call.
         trace: Option<AttemptTrace>,
         record: Option<CallRecord>,
-        addr: SocketAddr,
+        addr: Peer,
         // The method's `maxResponseMessageBytes`.
         limit: Option<MessageLimit>,
         // The call's deadline: a stream does not outlive it.

@@ -94,6 +94,46 @@ impl Address {
     }
 }
 
+/// Where a connection or a call goes, as messages, logs and spans name it: an IP
+/// address and port, or a Unix socket's path. Cheap to clone for an IP address (a
+/// copy), one reference count for a path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Peer {
+    addr: SocketAddr,
+    unix: Option<Arc<Path>>,
+}
+
+impl Peer {
+    /// The IP address and port, `None` for a Unix socket.
+    pub(crate) fn socket(&self) -> Option<SocketAddr> {
+        self.unix.is_none().then_some(self.addr)
+    }
+}
+
+impl From<&Address> for Peer {
+    fn from(address: &Address) -> Self {
+        Self {
+            addr: address.addr,
+            unix: address.unix.clone(),
+        }
+    }
+}
+
+impl From<SocketAddr> for Peer {
+    fn from(addr: SocketAddr) -> Self {
+        Self { addr, unix: None }
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.unix {
+            Some(path) => write!(f, "unix:{}", path.display()),
+            None => self.addr.fmt(f),
+        }
+    }
+}
+
 impl From<SocketAddr> for Address {
     fn from(addr: SocketAddr) -> Self {
         Self::new(addr)

@@ -51,7 +51,7 @@ impl CallTrace {
 impl AttemptTrace {
     pub(crate) fn sent(
         &mut self,
-        _: std::net::SocketAddr,
+        _: &crate::resolver::Peer,
         _: &mut http::HeaderMap,
         _: Option<&[u8]>,
     ) {

@@ -701,7 +701,7 @@ impl AttemptTrace {
     /// headers.
     pub(crate) fn sent(
         &mut self,
-        addr: std::net::SocketAddr,
+        addr: &crate::resolver::Peer,
         headers: &mut http::HeaderMap,
         body: Option<&[u8]>,
     ) {
@@ -712,8 +712,17 @@ impl AttemptTrace {
         });
         let context = match &mut self.span {
             Some(span) => {
-                span.set_attribute(KeyValue::new("server.address", addr.ip().to_string()));
-                span.set_attribute(KeyValue::new("server.port", i64::from(addr.port())));
+                match addr.socket() {
+                    Some(addr) => {
+                        span.set_attribute(KeyValue::new("server.address", addr.ip().to_string()));
+                        span.set_attribute(KeyValue::new("server.port", i64::from(addr.port())));
+                    }
+                    // A Unix socket: its path, and no port (OpenTelemetry's conventions).
+                    None => {
+                        span.set_attribute(KeyValue::new("server.address", addr.to_string()));
+                        span.set_attribute(KeyValue::new("network.transport", "unix"));
+                    }
+                }
                 if let Some(size) = self.sent {
                     span.add_event(
                         "Outbound message",

@@ -13,13 +13,13 @@
 
 use super::connector::{self, GoAway, Link, PrefaceResult, Tap, TcpOptions, Watchers};
 use crate::load::Load;
+use crate::resolver::Peer;
 use bytes::Bytes;
 use h2::client::SendRequest;
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Uri};
 use http_body::{Body as _, Frame};
 use std::future::poll_fn;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -64,7 +64,7 @@ pub(crate) struct Conn {
     send: SendRequest<Bytes>,
     scheme: Scheme,
     authority: Authority,
-    pub(crate) addr: SocketAddr,
+    pub(crate) addr: Peer,
     pub(crate) link: Arc<Link>,
     pub(crate) tap: Arc<Tap>,
     /// When the connection became READY.
@@ -124,7 +124,7 @@ impl Sent {
     /// Waits for the response head. Its body keeps the pump alive.
     pub(crate) async fn response(
         mut self,
-        addr: SocketAddr,
+        addr: &Peer,
     ) -> Result<http::Response<H2Body>, h2::Error> {
         poll_fn(|cx| self.poll_response(cx, addr)).await
     }
@@ -133,14 +133,14 @@ impl Sent {
     pub(crate) fn poll_response(
         &mut self,
         cx: &mut Context<'_>,
-        addr: SocketAddr,
+        addr: &Peer,
     ) -> Poll<Result<http::Response<H2Body>, h2::Error>> {
         let response = std::task::ready!(Pin::new(&mut self.response).poll(cx))?;
         let pump = self.pump.take();
         Poll::Ready(Ok(response.map(|recv| H2Body {
             recv,
             data_done: false,
-            addr,
+            addr: addr.clone(),
             _pump: pump,
         })))
     }
@@ -360,7 +360,7 @@ pin_project_lite::pin_project! {
     pub(crate) struct H2Body {
         recv: h2::RecvStream,
         data_done: bool,
-        addr: SocketAddr,
+        addr: Peer,
         // Keeps a streaming request's pump going while the response is read.
         _pump: Option<oneshot::Sender<()>>,
     }
@@ -392,7 +392,7 @@ impl http_body::Body for H2Body {
                     if error.reason() == Some(h2::Reason::NO_ERROR) && error.is_remote() {
                         return Poll::Ready(None);
                     }
-                    return Poll::Ready(Some(Err(super::body_error(&error, *this.addr))));
+                    return Poll::Ready(Some(Err(super::body_error(&error, this.addr))));
                 }
                 Poll::Ready(None) => *this.data_done = true,
             }
@@ -404,7 +404,7 @@ impl http_body::Body for H2Body {
                 if error.reason() == Some(h2::Reason::NO_ERROR) && error.is_remote() {
                     return Poll::Ready(None);
                 }
-                Poll::Ready(Some(Err(super::body_error(&error, *this.addr))))
+                Poll::Ready(Some(Err(super::body_error(&error, this.addr))))
             }
         }
     }
@@ -436,7 +436,7 @@ impl tower::Service<http::Request<Body>> for ConnService {
         let conn = self.conn.clone();
         Box::pin(async move {
             let (head, body) = request.into_parts();
-            let addr = conn.addr;
+            let addr = &conn.addr;
             let sent = conn
                 .send(head, prefetch(body)?)
                 .map_err(|e| super::send_error(&e, addr))?;
@@ -478,7 +478,7 @@ pub(crate) async fn open(
         tap: tap.clone(),
         load: load.clone(),
     };
-    let addr = address.addr;
+    let addr = Peer::from(address);
     let io = connector::connect(
         address,
         settings.tcp,
@@ -509,7 +509,7 @@ pub(crate) async fn open(
             tap: tap.clone(),
             load,
             link: link.clone(),
-            addr,
+            addr: addr.clone(),
         },
     ));
     // READY only once the server has answered with HTTP/2 (see `ConnIo`).
@@ -558,7 +558,7 @@ struct Watched {
     tap: Arc<Tap>,
     load: Arc<Load>,
     link: Arc<Link>,
-    addr: SocketAddr,
+    addr: Peer,
 }
 
 /// Drives one connection until it ends, is declared dead, or is let go of (every send

@@ -171,19 +171,19 @@ impl ReadyConn {
 }
 
 /// The status a caller sees for an error sending to `addr`.
-pub(crate) fn send_error(error: &h2::Error, addr: std::net::SocketAddr) -> Status {
+pub(crate) fn send_error(error: &h2::Error, addr: &crate::resolver::Peer) -> Status {
     status::from_send_error(error, addr)
 }
 
 /// The status a caller sees for an error reading a response from `addr`.
-pub(crate) fn body_error(error: &h2::Error, addr: std::net::SocketAddr) -> Status {
+pub(crate) fn body_error(error: &h2::Error, addr: &crate::resolver::Peer) -> Status {
     status::from_send_error(error, addr)
 }
 
 impl fmt::Debug for ReadyConn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ReadyConn")
-            .field("address", &self.subchannel.address.addr)
+            .field("address", &format_args!("{}", self.subchannel.address))
             .field("in_flight", &self.subchannel.load.in_flight())
             .finish()
     }
@@ -289,7 +289,7 @@ pub(crate) fn new_subchannel(
 ) -> Arc<Subchannel> {
     let load = Load::with(accounting);
     #[cfg(feature = "metrics")]
-    let load = load.exported(&address.addr.to_string());
+    let load = load.exported(&address.to_string());
     Arc::new(Subchannel {
         id,
         address,

@@ -5,8 +5,8 @@
 //! maps as grpc/grpc's PROTOCOL-HTTP2.md says.
 
 use crate::error::chain;
+use crate::resolver::Peer;
 use std::error::Error as StdError;
-use std::net::SocketAddr;
 use tonic::{Code, Status};
 
 /// Every error in a chain, outermost first.
@@ -33,7 +33,7 @@ fn refused_by_goaway(e: &(dyn StdError + 'static)) -> bool {
 }
 
 /// The status for an error returned while sending a call to `addr`.
-pub(crate) fn from_send_error(err: &(dyn StdError + 'static), addr: SocketAddr) -> Status {
+pub(crate) fn from_send_error(err: &(dyn StdError + 'static), addr: &Peer) -> Status {
     for e in causes(err) {
         if let Some(status) = e.downcast_ref::<Status>() {
             return Status::new(status.code(), status.message());
@@ -77,32 +77,40 @@ fn code_from_h2(reason: h2::Reason) -> Option<Code> {
 mod tests {
     use super::*;
 
-    fn addr() -> SocketAddr {
-        "127.0.0.1:9".parse().unwrap()
+    fn addr() -> Peer {
+        Peer::from("127.0.0.1:9".parse::<std::net::SocketAddr>().unwrap())
     }
 
     #[test]
     fn h2_reasons_follow_the_protocol_table() {
         let refused = h2::Error::from(h2::Reason::REFUSED_STREAM);
-        assert_eq!(from_send_error(&refused, addr()).code(), Code::Unavailable);
+        assert_eq!(from_send_error(&refused, &addr()).code(), Code::Unavailable);
         let calm = h2::Error::from(h2::Reason::ENHANCE_YOUR_CALM);
         assert_eq!(
-            from_send_error(&calm, addr()).code(),
+            from_send_error(&calm, &addr()).code(),
             Code::ResourceExhausted
         );
         let proto = h2::Error::from(h2::Reason::PROTOCOL_ERROR);
-        assert_eq!(from_send_error(&proto, addr()).code(), Code::Internal);
+        assert_eq!(from_send_error(&proto, &addr()).code(), Code::Internal);
     }
 
     #[test]
     fn unknown_transport_errors_are_unavailable_and_statuses_pass_through() {
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
-        let status = from_send_error(&io, addr());
+        let status = from_send_error(&io, &addr());
         assert_eq!(status.code(), Code::Unavailable);
         assert!(status.message().contains("reset"));
+        assert!(status.message().contains("127.0.0.1:9"), "{status:?}");
+        // A Unix socket is named by its path.
+        let unix = Peer::from(&crate::resolver::Address::unix("/run/orders.sock"));
+        let status = from_send_error(&io, &unix);
+        assert!(
+            status.message().contains("unix:/run/orders.sock"),
+            "{status:?}"
+        );
         let inner = Status::permission_denied("no");
         assert_eq!(
-            from_send_error(&inner, addr()).code(),
+            from_send_error(&inner, &addr()).code(),
             Code::PermissionDenied
         );
     }
