@@ -1294,7 +1294,7 @@ async fn weighted_clusters_split_calls_and_a_shift_fails_no_call() {
         // becomes 0. Calls keep going meanwhile, and none may fail.
         action(&mut rc, 0).cluster_specifier =
             Some(weighted(&[("orders-cluster", 0), ("canary", 1)]));
-        cp.set([xds::route(rc)]);
+        cp.set([xds::route(rc.clone())]);
         let mut batches = 0;
         loop {
             let served = support::shares(&mut client, 50).await;
@@ -1304,9 +1304,31 @@ async fn weighted_clusters_split_calls_and_a_shift_fails_no_call() {
             batches += 1;
             assert!(batches < 100, "the shift was not taken: {served:?}");
         }
-        // The stable cluster is named by no route: its channel and connections are gone.
+        // The stable cluster is named by no route: its channel is no longer listed.
         let left: BTreeSet<SocketAddr> = addresses(&channel);
         assert_eq!(left, BTreeSet::from([b[1].addr()]));
+
+        // Back to 3:1 within 15 minutes: the stable cluster's channel was kept (gRFC
+        // A28), so b0's endpoint comes back with its count of calls.
+        let calls_on = |channel: &BalancedChannel, addr: SocketAddr| {
+            channel
+                .stats()
+                .endpoints
+                .iter()
+                .find(|e| e.address.addr == addr)
+                .map(|e| e.calls)
+        };
+        action(&mut rc, 0).cluster_specifier =
+            Some(weighted(&[("orders-cluster", 3), ("canary", 1)]));
+        cp.set([xds::route(rc)]);
+        let mut batches = 0;
+        while calls_on(&channel, b[0].addr()).is_none() {
+            support::shares(&mut client, 10).await;
+            batches += 1;
+            assert!(batches < 500, "the stable cluster did not come back");
+        }
+        let calls = calls_on(&channel, b[0].addr()).unwrap();
+        assert!(calls >= served["b0"] as u64, "{calls} calls: a new channel");
     })
     .await;
 }

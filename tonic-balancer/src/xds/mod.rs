@@ -18,7 +18,7 @@
 //! waits for them within its deadline.
 //!
 //! Every cluster the routes name is a channel of its own, built with the builder's
-//! settings, over the cluster's endpoints (EDS) that are HEALTHY or UNKNOWN. Each
+//! settings (kept for 15 minutes once no route names it, in case one does again), over the cluster's endpoints (EDS) that are HEALTHY or UNKNOWN. Each
 //! locality's priority becomes its addresses' priority: the cluster uses the lowest
 //! priority that has a usable backend (see
 //! [`Address::priority`](crate::resolver::Address::priority)). Its policy says what the
@@ -77,9 +77,7 @@
 //! TLS to the control plane without a `ca_certificate_file`, resource TTLs,
 //! federation (`xds://authority/name`), and the fallback control planes of gRFC A71. A
 //! listener or cluster that stops existing after it was used is a resolution error, so
-//! the channel keeps its last routes and endpoints where gRPC would fail its calls; a
-//! cluster that no route names any more is closed at once, where gRPC keeps it for 15
-//! minutes.
+//! the channel keeps its last routes and endpoints where gRPC would fail its calls.
 
 mod bootstrap;
 mod client;

@@ -21,6 +21,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
 use tonic::Status;
 
 /// The routes of one `xds:///` channel, read by every call.
@@ -195,7 +196,7 @@ async fn follow(
     mut stop: oneshot::Receiver<()>,
 ) {
     let mut chain = ListenerChain::new(&client, &name);
-    let mut clusters: HashMap<String, BalancedChannel> = HashMap::new();
+    let mut clusters = Clusters::default();
     let mut installed = false;
     let mut last = None;
     loop {
@@ -224,10 +225,87 @@ async fn follow(
             Ok(Some(_)) => {}
             Err(e) => fail(&router, installed, e.to_string()),
         }
+        let expiry = clusters.next_expiry();
         tokio::select! {
             _ = &mut stop => return,
             open = chain.changed() => if !open { return },
+            () = sleep_until(expiry), if expiry.is_some() => clusters.expire(Instant::now()),
         }
+    }
+}
+
+/// How long the channel of a cluster no route names any more is kept (gRFC A28's
+/// cache): a canary whose weight goes to 0 and back reconnects nothing.
+pub(crate) const RETAIN_UNUSED_CLUSTER: Duration = Duration::from_secs(15 * 60);
+
+/// The channels of the clusters the routes name, and of those they stopped naming
+/// less than [`RETAIN_UNUSED_CLUSTER`] ago.
+struct Clusters<C = BalancedChannel> {
+    named: HashMap<String, C>,
+    retired: HashMap<String, (C, Instant)>,
+}
+
+impl<C> Default for Clusters<C> {
+    fn default() -> Self {
+        Self {
+            named: HashMap::new(),
+            retired: HashMap::new(),
+        }
+    }
+}
+
+impl<C: Clone> Clusters<C> {
+    /// The channel of `cluster`: the one in use, one retired lately, or `spawn`'s.
+    fn get_or_spawn(
+        &mut self,
+        cluster: &str,
+        spawn: impl FnOnce() -> Result<C, String>,
+    ) -> Result<C, String> {
+        if let Some(channel) = self.named.get(cluster) {
+            return Ok(channel.clone());
+        }
+        let channel = match self.retired.remove(cluster) {
+            Some((channel, _)) => channel,
+            None => spawn()?,
+        };
+        self.named.insert(cluster.to_owned(), channel.clone());
+        Ok(channel)
+    }
+
+    /// Retires the channels of clusters not in `named`, as of `now`.
+    fn retire_all_but(&mut self, named: &[String], now: Instant) {
+        let unused: Vec<String> = self
+            .named
+            .keys()
+            .filter(|name| !named.contains(name))
+            .cloned()
+            .collect();
+        for name in unused {
+            if let Some(channel) = self.named.remove(&name) {
+                self.retired.insert(name, (channel, now));
+            }
+        }
+    }
+
+    fn next_expiry(&self) -> Option<Instant> {
+        self.retired
+            .values()
+            .map(|(_, since)| *since + RETAIN_UNUSED_CLUSTER)
+            .min()
+    }
+
+    /// Drops the retired channels whose time is up (their calls in flight finish).
+    fn expire(&mut self, now: Instant) {
+        self.retired
+            .retain(|_, (_, since)| now < *since + RETAIN_UNUSED_CLUSTER);
+    }
+}
+
+/// Sleeps until `deadline`; never when there is none.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -242,33 +320,29 @@ fn fail(router: &Router, installed: bool, why: String) {
 }
 
 /// The table for a virtual host's routes: a channel per cluster named, kept from the
-/// last table when it was already there; clusters no longer named are dropped (their
-/// calls in flight finish on them).
+/// last table (or from the retired ones) when it was already there; the channels of
+/// clusters no longer named are retired.
 fn table(
     routes: &[Route],
     listener_timeout: Option<Duration>,
-    clusters: &mut HashMap<String, BalancedChannel>,
+    clusters: &mut Clusters,
     client: &XdsClient,
     blueprint: &Blueprint,
 ) -> Table {
     let mut named: Vec<String> = Vec::new();
     let mut channels = Vec::new();
     let mut channel_of = |cluster: &str| -> Result<BalancedChannel, String> {
-        if let Some(channel) = clusters.get(cluster) {
-            if !named.iter().any(|n| n == cluster) {
-                named.push(cluster.to_owned());
-                channels.push(channel.clone());
-            }
-            return Ok(channel.clone());
+        let channel = clusters.get_or_spawn(cluster, || {
+            let target = format!("{} (cluster {cluster:?})", blueprint.name());
+            let seed = blueprint.seed() ^ xxhash_rust::xxh64::xxh64(cluster.as_bytes(), 0);
+            blueprint
+                .spawn(Box::new(client.cluster_resolver(cluster)), target, seed)
+                .map_err(|e| format!("the channel of cluster {cluster:?} could not start: {e}"))
+        })?;
+        if !named.iter().any(|n| n == cluster) {
+            named.push(cluster.to_owned());
+            channels.push(channel.clone());
         }
-        let target = format!("{} (cluster {cluster:?})", blueprint.name());
-        let seed = blueprint.seed() ^ xxhash_rust::xxh64::xxh64(cluster.as_bytes(), 0);
-        let channel = blueprint
-            .spawn(Box::new(client.cluster_resolver(cluster)), target, seed)
-            .map_err(|e| format!("the channel of cluster {cluster:?} could not start: {e}"))?;
-        clusters.insert(cluster.to_owned(), channel.clone());
-        named.push(cluster.to_owned());
-        channels.push(channel.clone());
         Ok(channel)
     };
     let mut entries = Vec::with_capacity(routes.len());
@@ -308,7 +382,9 @@ fn table(
             method: Arc::new(route_method(route, listener_timeout)),
         });
     }
-    clusters.retain(|name, _| named.contains(name));
+    let now = Instant::now();
+    clusters.retire_all_but(&named, now);
+    clusters.expire(now);
     Table::Ready {
         routes: entries,
         channels,
@@ -325,5 +401,42 @@ pub(super) fn route_method(route: &Route, listener_timeout: Option<Duration>) ->
             .filter(|t| !t.is_zero()),
         retry_policy: route.retry.clone(),
         ..MethodConfig::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_no_route_names_is_kept_15_minutes_then_dropped() {
+        let t0 = Instant::now();
+        let mut clusters: Clusters<u32> = Clusters::default();
+        let mut spawned = 0;
+        let mut get = |clusters: &mut Clusters<u32>, name: &str| {
+            clusters
+                .get_or_spawn(name, || {
+                    spawned += 1;
+                    Ok(spawned)
+                })
+                .unwrap()
+        };
+        assert_eq!(get(&mut clusters, "a"), 1);
+        assert_eq!(get(&mut clusters, "b"), 2);
+        assert_eq!(get(&mut clusters, "a"), 1);
+        // "b" leaves the routes: retired, not dropped.
+        clusters.retire_all_but(&["a".to_owned()], t0);
+        assert_eq!(clusters.next_expiry(), Some(t0 + RETAIN_UNUSED_CLUSTER));
+        clusters.expire(t0 + RETAIN_UNUSED_CLUSTER - Duration::from_secs(1));
+        // Named again within the 15 minutes: the same channel comes back.
+        assert_eq!(get(&mut clusters, "b"), 2);
+        assert_eq!(clusters.next_expiry(), None);
+        // Retired again, and this time the 15 minutes pass: a new channel.
+        let t1 = t0 + Duration::from_secs(60);
+        clusters.retire_all_but(&["a".to_owned()], t1);
+        clusters.expire(t1 + RETAIN_UNUSED_CLUSTER);
+        assert_eq!(clusters.next_expiry(), None);
+        assert_eq!(get(&mut clusters, "b"), 3);
+        assert_eq!(get(&mut clusters, "a"), 1);
     }
 }
