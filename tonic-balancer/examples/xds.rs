@@ -5,8 +5,10 @@
 //! (`tonic_balancer_testkit::xds::ControlPlane`, a real ADS server). The control plane
 //! serves the listener `orders` → route configuration → cluster → endpoints alpha and
 //! beta; then it marks beta UNHEALTHY and adds gamma, and the channel follows: beta
-//! gets no more calls, gamma starts getting them.
+//! gets no more calls, gamma starts getting them. Last, the route splits calls 90/10
+//! between the cluster and a canary cluster (RDS weighted clusters).
 
+use envoy_types::pb::envoy::config::route::v3 as rds;
 use std::collections::BTreeMap;
 use std::error::Error;
 use std::time::Duration;
@@ -85,6 +87,40 @@ async fn main() -> Result<(), Box<dyn Error>> {
     println!(
         "beta UNHEALTHY, gamma added: {:?}",
         spread(&mut client, 20).await?
+    );
+
+    // A canary: a second cluster takes 10 % of the calls.
+    let canary = Backend::start("canary").await?;
+    control_plane.set([cp::cluster("orders-canary", "orders-canary-eds")]);
+    control_plane.set([cp::endpoints(
+        "orders-canary-eds",
+        &[LocalityEndpoints::new([(canary.addr(), Health::Healthy)])],
+    )]);
+    let mut routes = cp::route_config("orders-routes", &["orders"], "orders-cluster");
+    if let Some(rds::route::Action::Route(action)) = &mut routes.virtual_hosts[0].routes[0].action {
+        let weight = |name: &str, value| rds::weighted_cluster::ClusterWeight {
+            name: name.into(),
+            weight: Some(envoy_types::pb::google::protobuf::UInt32Value { value }),
+            ..Default::default()
+        };
+        action.cluster_specifier = Some(rds::route_action::ClusterSpecifier::WeightedClusters(
+            rds::WeightedCluster {
+                clusters: vec![weight("orders-cluster", 90), weight("orders-canary", 10)],
+                ..Default::default()
+            },
+        ));
+    }
+    control_plane.set([cp::route(routes)]);
+    let canary_addr = canary.addr();
+    channel
+        .wait_for(|subs| {
+            subs.iter()
+                .any(|s| s.address.addr == canary_addr && s.state == ConnectivityState::Ready)
+        })
+        .await;
+    println!(
+        "90/10 with the canary: {:?}",
+        spread(&mut client, 100).await?
     );
     Ok(())
 }

@@ -325,15 +325,15 @@ impl Call<'_> {
         self.stats.attempt(kind);
         let span = tracing::Span::current();
         if !span.is_disabled() {
-            let address = &ready.subchannel.address;
-            match address.unix {
-                None => {
-                    span.record("server.address", tracing::field::display(address.addr.ip()));
-                    span.record("server.port", address.addr.port());
+            let peer = Peer::from(&ready.subchannel.address);
+            match peer.socket() {
+                Some(addr) => {
+                    span.record("server.address", tracing::field::display(addr.ip()));
+                    span.record("server.port", addr.port());
                 }
                 // A Unix socket: its path, and no port.
-                Some(_) => {
-                    span.record("server.address", tracing::field::display(address));
+                None => {
+                    span.record("server.address", tracing::field::display(&peer));
                 }
             }
         }
