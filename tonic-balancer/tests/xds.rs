@@ -1407,6 +1407,10 @@ async fn header_and_path_routes_send_calls_to_their_clusters_with_their_deadline
             addresses(&channel),
             BTreeSet::from([b[0].addr(), b[1].addr(), slow.addr()])
         );
+        // The control plane owns the config: a service config is refused.
+        let err = channel.update_service_config_json("{}").unwrap_err();
+        assert_eq!(err.kind(), tonic_balancer::ErrorKind::InvalidConfig);
+        assert!(err.to_string().contains("xDS control plane"), "{err}");
     })
     .await;
 }

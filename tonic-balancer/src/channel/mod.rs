@@ -153,7 +153,7 @@ impl BalancedChannel {
             Some(router) => router
                 .channels()
                 .iter()
-                .flat_map(|c| c.stats().endpoints)
+                .flat_map(|c| c.endpoint_stats())
                 .collect(),
             None => self.endpoint_stats(),
         };
