@@ -1598,3 +1598,54 @@ async fn an_idle_cluster_is_woken_by_ready_and_by_a_call() {
     })
     .await;
 }
+
+/// The default route flips between two clusters ten times while four callers keep
+/// calling: every call succeeds, and after each flip calls reach the new cluster.
+#[tokio::test]
+async fn route_flips_between_clusters_under_concurrent_calls_fail_no_call() {
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let b = fleet(2, Latency::Fixed(Duration::from_millis(1))).await;
+        set_orders(&cp, &healthy(&[&b[0]]));
+        set_cluster_of(&cp, "canary", &[&b[1]]);
+        let (channel, client) = orders_channel(&cp);
+        wait_ready(&channel, 1).await;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut workers = Vec::new();
+        for _ in 0..4 {
+            let (mut client, stop) = (client.clone(), stop.clone());
+            workers.push(tokio::spawn(async move {
+                let mut calls = 0u32;
+                // Bounded: at most 50 000 calls per worker, whatever happens.
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && calls < 50_000 {
+                    call(&mut client).await.expect("no call may fail");
+                    calls += 1;
+                }
+                calls
+            }));
+        }
+        for flip in 0..10 {
+            let (to, backend) = match flip % 2 {
+                0 => ("canary", &b[1]),
+                _ => ("orders-cluster", &b[0]),
+            };
+            let before = backend.calls();
+            cp.set([xds::route(xds::route_config(
+                "orders-routes",
+                &["orders"],
+                to,
+            ))]);
+            // Calls reach the new cluster (its backend's count moves on by 20).
+            while backend.calls() < before + 20 {
+                tokio::task::yield_now().await;
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut total = 0;
+        for worker in workers {
+            total += worker.await.expect("a worker panicked: a call failed");
+        }
+        assert!(total >= 200, "{total} calls");
+    })
+    .await;
+}
