@@ -1649,3 +1649,69 @@ async fn route_flips_between_clusters_under_concurrent_calls_fail_no_call() {
     })
     .await;
 }
+
+/// EDS `policy.drop_overloads`: the share of calls the control plane sheds fails with
+/// UNAVAILABLE before any pick, naming the category; without it, no call is dropped.
+#[tokio::test]
+async fn calls_are_dropped_as_eds_drop_overloads_says() {
+    use envoy_types::pb::envoy::config::endpoint::v3 as eds;
+    use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, fractional_percent};
+    within(async {
+        let cp = ControlPlane::start().await.unwrap();
+        let b = fleet(1, Latency::None).await;
+        set_orders(&cp, &healthy(&[&b[0]]));
+        let (channel, mut client) = orders_channel(&cp);
+        wait_ready(&channel, 1).await;
+        call(&mut client).await.unwrap();
+        let mut cla = xds::endpoints_proto("orders-eds", &healthy(&[&b[0]]));
+        cla.policy = Some(eds::cluster_load_assignment::Policy {
+            drop_overloads: vec![eds::cluster_load_assignment::policy::DropOverload {
+                category: "throttle".into(),
+                drop_percentage: Some(FractionalPercent {
+                    numerator: 100,
+                    denominator: fractional_percent::DenominatorType::Hundred as i32,
+                }),
+            }],
+            ..Default::default()
+        });
+        cp.set([XdsResource::raw(type_url::ENDPOINTS, "orders-eds", &cla)]);
+        cp.wait_for_ack(type_url::ENDPOINTS).await;
+        // The channel takes the new config with the endpoints' next update: wait for
+        // the first dropped call (all are dropped once it has).
+        let before = b[0].calls();
+        let mut tries = 0;
+        let status = loop {
+            match call(&mut client).await {
+                Ok(_) => {}
+                Err(status) => break status,
+            }
+            tries += 1;
+            assert!(tries < 1_000, "no call was dropped");
+        };
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert!(
+            status
+                .message()
+                .contains("drop_overloads category \"throttle\""),
+            "{status:?}"
+        );
+        let reached = b[0].calls();
+        for _ in 0..20 {
+            assert!(call(&mut client).await.is_err());
+        }
+        // Dropped calls never reach the backend.
+        assert_eq!(b[0].calls(), reached);
+        assert!(reached >= before);
+        // The policy removed: calls go through again. A dropped call ends without
+        // waiting on anything, so the loop yields for the update to come through.
+        cp.set([xds::endpoints("orders-eds", &healthy(&[&b[0]]))]);
+        cp.wait_for_ack(type_url::ENDPOINTS).await;
+        let mut tries = 0;
+        while call(&mut client).await.is_err() {
+            tokio::task::yield_now().await;
+            tries += 1;
+            assert!(tries < 100_000, "calls are still dropped");
+        }
+    })
+    .await;
+}

@@ -1104,6 +1104,8 @@ impl Policies {
             max_attempts: self.max_attempts,
             default_timeout: self.default_timeout,
             max_concurrent: service_config.and_then(|c| c.max_concurrent_requests),
+            drops: service_config.map_or_else(Vec::new, |c| c.drop_overloads.clone()),
+            drop_rng: crate::balance::rng::AtomicRng::new(self.seed ^ 0xD509),
         };
         let control = ControlConfig {
             mode,

@@ -55,6 +55,9 @@ struct CallConfig {
     default_timeout: Option<std::time::Duration>,
     /// The most calls in flight at once (xDS circuit breaking), if limited.
     max_concurrent: Option<u32>,
+    /// Shares of calls failed before picking (xDS `drop_overloads`), and the draws.
+    drops: Vec<crate::config::DropOverload>,
+    drop_rng: crate::balance::rng::AtomicRng,
 }
 
 /// A per-call wait-for-ready flag, set as a request extension.
@@ -417,6 +420,18 @@ impl Inner {
             span.record("policy", tracing::field::debug(config.pickers.get(path)));
         }
         let mut record = CallRecord::start(self.stats.method(path), span.clone(), path);
+        // xDS load shedding, before circuit breaking (as gRPC's cluster_impl does).
+        if let Some(drop) = config
+            .drops
+            .iter()
+            .find(|d| (config.drop_rng.below(1_000_000) as u32) < d.per_million)
+        {
+            record.finish(tonic::Code::Unavailable);
+            return ResponseFuture::ready(Err(Status::unavailable(format!(
+                "dropped by {}'s control plane (drop_overloads category {:?})",
+                self.target, drop.category
+            ))));
+        }
         if let Some(max) = config.max_concurrent {
             match InFlightPermit::take(&self.shared.calls_in_flight, max) {
                 Some(permit) => record.hold(permit),

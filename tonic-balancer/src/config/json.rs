@@ -99,6 +99,7 @@ fn parse(json: &str) -> Result<ServiceConfig> {
         retry_throttling: root.optional("retryThrottling", retry_throttling)?,
         health_check: root.optional("healthCheckConfig", health_check)?,
         max_concurrent_requests: None,
+        drop_overloads: Vec::new(),
     })
 }
 

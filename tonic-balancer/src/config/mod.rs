@@ -13,7 +13,7 @@ mod service_config_tests;
 
 pub(crate) use json::code_name;
 pub use service_config::{
-    FailurePercentageEjectionConfig, HealthCheckConfig, HedgingPolicy, InvalidConfig,
+    DropOverload, FailurePercentageEjectionConfig, HealthCheckConfig, HedgingPolicy, InvalidConfig,
     LoadBalancingConfig, LocalityWeight, LocalityWeightedConfig, MethodConfig, MethodPattern,
     OutlierDetectionConfig, RandomSubsettingConfig, RetryPolicy, RetryThrottling, ServiceConfig,
     SuccessRateEjectionConfig,

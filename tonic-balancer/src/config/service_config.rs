@@ -40,6 +40,32 @@ pub struct ServiceConfig {
     /// config. A call counts from its start until its response stream ends, waiting
     /// for a READY backend included. `None`: no limit.
     pub max_concurrent_requests: Option<u32>,
+    /// Shares of calls the channel fails at once, before picking, with UNAVAILABLE:
+    /// an xDS control plane's load shedding (EDS `policy.drop_overloads`, which the xDS
+    /// resolver sets; no name in gRPC's JSON service config). Each category draws on
+    /// its own, in order. Default: none.
+    pub drop_overloads: Vec<DropOverload>,
+}
+
+/// One category of calls an xDS control plane has the channel drop; see
+/// [`ServiceConfig::drop_overloads`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DropOverload {
+    /// The control plane's name for it (`lb`, `throttle`, ...), in the error message.
+    pub category: String,
+    /// Calls dropped, per million (above a million: all).
+    pub per_million: u32,
+}
+
+impl DropOverload {
+    /// Drops `per_million` calls of every million in `category`.
+    pub fn new(category: impl Into<String>, per_million: u32) -> Self {
+        Self {
+            category: category.into(),
+            per_million: per_million.min(1_000_000),
+        }
+    }
 }
 
 /// A load balancing policy and its settings, as `loadBalancingConfig` names it.

@@ -81,6 +81,7 @@ fn expected() -> ServiceConfig {
         retry_throttling: Some(RetryThrottling::new(10.0, 0.1)),
         health_check: Some(HealthCheckConfig::default()),
         max_concurrent_requests: None,
+        drop_overloads: Vec::new(),
     }
 }
 

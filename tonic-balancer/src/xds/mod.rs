@@ -31,7 +31,8 @@
 //! `outlier_detection` when it has one (gRFC A50: unset fields take A50's defaults,
 //! success-rate ejection is on unless `enforcing_success_rate` is 0, failure-percentage
 //! ejection only when `enforcing_failure_percentage` is above 0), with its circuit
-//! breaker's `max_requests` (gRFC A32). As in gRPC this replaces the builder's policy
+//! breaker's `max_requests` (gRFC A32), and the share of calls its EDS
+//! `drop_overloads` sheds (failed with UNAVAILABLE before any pick). As in gRPC this replaces the builder's policy
 //! and service config: an `xds:///` channel's policies and method configs come from the
 //! control plane, not from [`Builder::policy`](crate::Builder::policy) or
 //! [`Builder::service_config`](crate::Builder::service_config).

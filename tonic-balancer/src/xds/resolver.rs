@@ -316,6 +316,7 @@ impl ClusterChain {
         let config = ServiceConfig {
             load_balancing: Some(load_balancing(cluster, localities)),
             max_concurrent_requests: Some(cluster.max_requests),
+            drop_overloads: endpoints.drops.clone(),
             ..ServiceConfig::default()
         };
         Ok(Some((addrs, config)))
@@ -705,6 +706,7 @@ mod tests {
                 locality("r/a/", 1, 5, vec![ep(4)]),
                 locality("r/c/", 0, 2, vec![]),
             ],
+            drops: Vec::new(),
         };
         let (addrs, localities) = addresses(&update);
         let got: Vec<(u16, Option<u16>, Option<&str>)> = addrs

@@ -18,6 +18,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
     HttpConnectionManager, http_connection_manager::RouteSpecifier,
 };
 use envoy_types::pb::envoy::service::discovery::v3::Resource as DiscoveryResource;
+use envoy_types::pb::envoy::r#type::v3::fractional_percent;
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 use std::net::{IpAddr, SocketAddr};
@@ -167,6 +168,8 @@ pub(crate) enum LbPolicy {
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct EndpointsUpdate {
     pub(crate) localities: Vec<LocalityEndpoints>,
+    /// `policy.drop_overloads`: shares of calls to drop, by category.
+    pub(crate) drops: Vec<crate::config::DropOverload>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -889,7 +892,34 @@ fn endpoints(cla: &eds::ClusterLoadAssignment) -> Result<EndpointsUpdate, String
             "endpoints: priorities must run from 0 with no gap (priority {p} found where {i} was expected)"
         ));
     }
-    Ok(EndpointsUpdate { localities })
+    let mut drops = Vec::new();
+    for (i, d) in cla
+        .policy
+        .iter()
+        .flat_map(|p| p.drop_overloads.iter())
+        .enumerate()
+    {
+        let per_million = match &d.drop_percentage {
+            None => 0,
+            Some(f) => match fractional_percent::DenominatorType::try_from(f.denominator) {
+                Ok(fractional_percent::DenominatorType::Hundred) => {
+                    f.numerator.saturating_mul(10_000)
+                }
+                Ok(fractional_percent::DenominatorType::TenThousand) => {
+                    f.numerator.saturating_mul(100)
+                }
+                Ok(fractional_percent::DenominatorType::Million) => f.numerator,
+                Err(_) => {
+                    return Err(format!(
+                        "policy.drop_overloads[{i}].drop_percentage.denominator: unknown value {}",
+                        f.denominator
+                    ));
+                }
+            },
+        };
+        drops.push(crate::config::DropOverload::new(&d.category, per_million));
+    }
+    Ok(EndpointsUpdate { localities, drops })
 }
 
 #[cfg(test)]
@@ -1263,6 +1293,58 @@ mod tests {
         assert!(
             reason(Kind::Endpoints, &cla(vec![heavy]))
                 .starts_with("endpoints[0].lb_endpoints[1].load_balancing_weight: the endpoints")
+        );
+    }
+
+    #[test]
+    fn drop_overloads_become_shares_per_million() {
+        use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
+        let drop = |category: &str, numerator, denominator: i32| {
+            eds::cluster_load_assignment::policy::DropOverload {
+                category: category.into(),
+                drop_percentage: Some(FractionalPercent {
+                    numerator,
+                    denominator,
+                }),
+            }
+        };
+        use fractional_percent::DenominatorType as D;
+        let mut cla = eds::ClusterLoadAssignment {
+            cluster_name: "e".into(),
+            endpoints: vec![locality(
+                0,
+                Some(1),
+                vec![lb_endpoint("10.0.0.1", 80, core::HealthStatus::Healthy)],
+            )],
+            policy: Some(eds::cluster_load_assignment::Policy {
+                drop_overloads: vec![
+                    drop("lb", 10, D::Hundred as i32),
+                    drop("throttle", 25, D::TenThousand as i32),
+                    drop("all", 2_000_000, D::Million as i32),
+                ],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let (_, res) = decode(Kind::Endpoints, &any(&cla)).unwrap();
+        let Resource::Endpoints(update) = res else {
+            panic!("{res:?}")
+        };
+        let got: Vec<(&str, u32)> = update
+            .drops
+            .iter()
+            .map(|d| (d.category.as_str(), d.per_million))
+            .collect();
+        assert_eq!(
+            got,
+            vec![("lb", 100_000), ("throttle", 2_500), ("all", 1_000_000)]
+        );
+        if let Some(policy) = cla.policy.as_mut() {
+            policy.drop_overloads = vec![drop("lb", 1, 7)];
+        }
+        assert_eq!(
+            reason(Kind::Endpoints, &any(&cla)),
+            "policy.drop_overloads[0].drop_percentage.denominator: unknown value 7"
         );
     }
 
