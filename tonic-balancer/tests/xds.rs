@@ -1483,9 +1483,18 @@ async fn calls_made_before_the_routes_arrive_wait_for_them_within_their_deadline
             channel.state(),
             tonic_balancer::ConnectivityState::Connecting
         );
+        // A call with 10 s to live, made before any route is known.
         let waiting = tokio::spawn({
             let mut client = client.clone();
-            async move { call(&mut client).await }
+            async move {
+                let mut request = tonic::Request::new(tonic_balancer_testkit::pb::SimpleRequest {
+                    fill_server_id: true,
+                    ..Default::default()
+                });
+                request.set_timeout(Duration::from_secs(10));
+                let response = client.unary_call(request).await?;
+                Ok::<_, tonic::Status>(response.into_inner().server_id)
+            }
         });
         // A call whose deadline passes first fails with DEADLINE_EXCEEDED.
         let mut short = tonic::Request::new(tonic_balancer_testkit::pb::Empty {});
@@ -1498,6 +1507,14 @@ async fn calls_made_before_the_routes_arrive_wait_for_them_within_their_deadline
         assert_eq!(
             waiting.await.unwrap().expect("the waiting call succeeds"),
             "b0"
+        );
+        // The wait counted against its deadline: it had waited 50 ms at least (the
+        // short call's whole life) before its cluster's channel sent it.
+        let seen = b[0].seen();
+        let timeout = seen[0].timeout.expect("a grpc-timeout header");
+        assert!(
+            timeout <= Duration::from_millis(9_950),
+            "sent with {timeout:?} of its 10 s left"
         );
     })
     .await;

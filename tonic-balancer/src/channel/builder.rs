@@ -759,7 +759,8 @@ impl Builder {
             policies,
             service_config: self.service_config,
             failure_codes,
-            budget: self.budget,
+            budget: self.budget.map(|b| Arc::new(Budget::new(b))),
+            replay_held: Arc::default(),
             backoff,
             min_connect_timeout: self.backoff.min_connect_timeout,
             endpoint,
@@ -814,7 +815,10 @@ pub(crate) struct Blueprint {
     policies: Policies,
     service_config: Option<ServiceConfig>,
     failure_codes: CodeSet,
-    budget: Option<RetryBudget>,
+    /// The retry budget and the bytes held for replays: one of each per target, shared
+    /// by an `xds:///` target's clusters.
+    budget: Option<Arc<Budget>>,
+    replay_held: Arc<std::sync::atomic::AtomicUsize>,
     backoff: BackoffParams,
     min_connect_timeout: Duration,
     endpoint: crate::subchannel::EndpointMaker,
@@ -868,7 +872,6 @@ impl Blueprint {
             ..self.policies.clone()
         };
         let (call_config, control_config) = policies.call_config(self.service_config.as_ref())?;
-        let budget = self.budget.as_ref().map(|b| Budget::new(b.clone()));
         let outlier_signal = Arc::new(Notify::new());
         let (stop_tx, stop_rx) = oneshot::channel();
         let ControlConfig {
@@ -922,7 +925,7 @@ impl Blueprint {
             subset: SubsetFilter::new(subset_size, seed),
         };
         self.runtime.spawn(control.supervise(stop_rx));
-        Ok(self.channel(shared, target, budget, stop_tx, seed))
+        Ok(self.channel(shared, target, stop_tx, seed))
     }
 
     /// A channel handle over `shared`, whose control task stops when `stop` is dropped.
@@ -930,7 +933,6 @@ impl Blueprint {
         &self,
         shared: Arc<Shared>,
         target: String,
-        budget: Option<Budget>,
         stop: oneshot::Sender<()>,
         seed: u64,
     ) -> BalancedChannel {
@@ -939,9 +941,9 @@ impl Blueprint {
                 shared,
                 target,
                 wait_for_ready: self.wait_for_ready,
-                budget,
+                budget: self.budget.clone(),
                 replay_limit: self.replay_limit,
-                replay_held: Arc::default(),
+                replay_held: self.replay_held.clone(),
                 channel_replay_limit: crate::defaults::DEFAULT_CHANNEL_REPLAY_BUFFER,
                 sensitive: self.sensitive.clone(),
                 seed,
@@ -951,9 +953,27 @@ impl Blueprint {
                 keepalive_time: self.keepalive_time.clone(),
                 #[cfg(feature = "xds")]
                 router: None,
+                #[cfg(feature = "xds")]
+                routed_here: false,
                 _stop: stop,
             }),
         }
+    }
+
+    /// A channel for one cluster of an `xds:///` target: as [`spawn`](Self::spawn), and
+    /// its calls bring their route's method config.
+    #[cfg(feature = "xds")]
+    pub(crate) fn spawn_cluster(
+        &self,
+        resolver: Box<dyn Resolve>,
+        target: String,
+        seed: u64,
+    ) -> Result<BalancedChannel, Error> {
+        let mut channel = self.spawn(resolver, target, seed)?;
+        if let Some(inner) = Arc::get_mut(&mut channel.inner) {
+            inner.routed_here = true;
+        }
+        Ok(channel)
     }
 
     /// The channel of an `xds:///` target: no subchannels of its own, every call routed
@@ -976,7 +996,7 @@ impl Blueprint {
             self.policies.clone(),
             self.published.clone(),
         ));
-        let mut channel = self.channel(shared, self.name.clone(), None, stop, self.seed);
+        let mut channel = self.channel(shared, self.name.clone(), stop, self.seed);
         if let Some(inner) = Arc::get_mut(&mut channel.inner) {
             inner.router = Some(router);
         }
@@ -1052,6 +1072,11 @@ pub(super) struct Policies {
 }
 
 impl Policies {
+    /// The seed of the channel's pickers and draws.
+    pub(super) fn seed(&self) -> u64 {
+        self.seed
+    }
+
     /// What calls consult, from these settings and a service config; plus what the
     /// control task applies: how to connect, the RTT estimate parameters the policies
     /// need, outlier detection and health checking.
@@ -1105,7 +1130,6 @@ impl Policies {
             default_timeout: self.default_timeout,
             max_concurrent: service_config.and_then(|c| c.max_concurrent_requests),
             drops: service_config.map_or_else(Vec::new, |c| c.drop_overloads.clone()),
-            drop_rng: crate::balance::rng::AtomicRng::new(self.seed ^ 0xD509),
         };
         let control = ControlConfig {
             mode,

@@ -76,6 +76,9 @@ pub(crate) struct Shared {
     policies: Policies,
     /// Calls in flight, counted only while the config limits them (circuit breaking).
     pub(crate) calls_in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    /// Draws for xDS `drop_overloads`; kept across config updates, so that frequent
+    /// updates do not replay the same draws.
+    pub(crate) drop_rng: crate::balance::rng::AtomicRng,
     /// Bumped after every publish; queued calls and observers wait on it. The channels
     /// of one `xds:///` target share it, so their observers see every cluster's news.
     pub(crate) published: Arc<watch::Sender<()>>,
@@ -95,12 +98,14 @@ impl Shared {
         policies: Policies,
         published: Arc<watch::Sender<()>>,
     ) -> Self {
+        let drop_rng = crate::balance::rng::AtomicRng::new(policies.seed() ^ 0xD509);
         Self {
             snapshot: ArcSwap::from_pointee(Snapshot::initial()),
             config: ArcSwap::from_pointee(config),
             mode,
             policies,
             calls_in_flight: Arc::default(),
+            drop_rng,
             published,
             active: AtomicBool::new(false),
             wake_requested: AtomicBool::new(false),

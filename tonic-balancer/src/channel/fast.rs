@@ -132,8 +132,8 @@ impl FastCall {
 
     /// Waits for the response head, or the deadline.
     pub(super) fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Head> {
-        let addr = Peer::from(&self.ready.subchannel.address);
-        if let Poll::Ready(result) = self.sent.poll_response(cx, &addr) {
+        let address = &self.ready.subchannel.address;
+        if let Poll::Ready(result) = self.sent.poll_response(cx, || Peer::from(address)) {
             return Poll::Ready(match result {
                 Ok(response) => Head::Response(response),
                 Err(error) => Head::Failed(error),

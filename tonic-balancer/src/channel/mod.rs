@@ -55,9 +55,8 @@ struct CallConfig {
     default_timeout: Option<std::time::Duration>,
     /// The most calls in flight at once (xDS circuit breaking), if limited.
     max_concurrent: Option<u32>,
-    /// Shares of calls failed before picking (xDS `drop_overloads`), and the draws.
+    /// Shares of calls failed before picking (xDS `drop_overloads`).
     drops: Vec<crate::config::DropOverload>,
-    drop_rng: crate::balance::rng::AtomicRng,
 }
 
 /// A per-call wait-for-ready flag, set as a request extension.
@@ -92,7 +91,7 @@ struct Inner {
     shared: Arc<Shared>,
     target: String,
     wait_for_ready: bool,
-    budget: Option<Budget>,
+    budget: Option<Arc<Budget>>,
     replay_limit: usize,
     /// Request bytes the channel's calls hold for retries, and the most they may.
     replay_held: Arc<std::sync::atomic::AtomicUsize>,
@@ -112,6 +111,10 @@ struct Inner {
     /// route names, and this channel has no subchannels of its own.
     #[cfg(feature = "xds")]
     router: Option<Arc<crate::xds::Router>>,
+    /// Whether this is a cluster's channel of an `xds:///` target, whose calls bring
+    /// their route's method config.
+    #[cfg(feature = "xds")]
+    routed_here: bool,
     /// Dropped with the last handle: stops the control task (or the router's).
     _stop: oneshot::Sender<()>,
 }
@@ -333,9 +336,20 @@ impl BalancedChannel {
 
 impl fmt::Debug for BalancedChannel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BalancedChannel")
+        let mut debug = f.debug_struct("BalancedChannel");
+        debug
             .field("target", &self.inner.target)
-            .field("state", &self.state())
+            .field("state", &self.state());
+        #[cfg(feature = "xds")]
+        if let Some(router) = &self.inner.router {
+            let clusters: Vec<String> = router
+                .channels()
+                .iter()
+                .map(|c| c.inner.target.clone())
+                .collect();
+            return debug.field("clusters", &clusters).finish();
+        }
+        debug
             .field("policy", self.inner.shared.config.load().pickers.get(""))
             .finish()
     }
@@ -405,10 +419,13 @@ impl Inner {
         let config = self.shared.config.load_full();
         // A call an `xds:///` channel routed here brings its route's method config.
         #[cfg(feature = "xds")]
-        let route = request
-            .extensions_mut()
-            .remove::<crate::xds::RouteMethod>()
-            .map(|r| r.0);
+        let route = match self.routed_here {
+            true => request
+                .extensions_mut()
+                .remove::<crate::xds::RouteMethod>()
+                .map(|r| r.0),
+            false => None,
+        };
         #[cfg(not(feature = "xds"))]
         let route: Option<Arc<MethodConfig>> = None;
         let path = request.uri().path();
@@ -424,7 +441,7 @@ impl Inner {
         if let Some(drop) = config
             .drops
             .iter()
-            .find(|d| (config.drop_rng.below(1_000_000) as u32) < d.per_million)
+            .find(|d| (self.shared.drop_rng.below(1_000_000) as u32) < d.per_million)
         {
             record.finish(tonic::Code::Unavailable);
             return ResponseFuture::ready(Err(Status::unavailable(format!(
@@ -571,10 +588,12 @@ impl Inner {
         use crate::xds::Routed;
         let path = request.uri().path().to_owned();
         let requested = deadline::request_timeout(request.headers()).and_then(Result::ok);
-        let deadline = [deadline::current(), requested.map(|t| Instant::now() + t)]
+        let now = Instant::now();
+        let deadline = [deadline::current(), requested.map(|t| now + t)]
             .into_iter()
             .flatten()
-            .min();
+            .min()
+            .or_else(|| self.shared.config.load().default_timeout.map(|t| now + t));
         let wait_for_ready = request
             .extensions()
             .get::<WaitForReady>()
@@ -583,6 +602,13 @@ impl Inner {
         loop {
             let why = match router.route(&path, request.headers()) {
                 Routed::To(cluster, method) => {
+                    // The wait counted: the cluster's channel gets what is left.
+                    if let Some(deadline) = deadline {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        request
+                            .headers_mut()
+                            .insert(deadline::GRPC_TIMEOUT, deadline::encode_timeout(left));
+                    }
                     request
                         .extensions_mut()
                         .insert(crate::xds::RouteMethod(method));

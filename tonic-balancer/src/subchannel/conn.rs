@@ -126,21 +126,22 @@ impl Sent {
         mut self,
         addr: &Peer,
     ) -> Result<http::Response<H2Body>, h2::Error> {
-        poll_fn(|cx| self.poll_response(cx, addr)).await
+        poll_fn(|cx| self.poll_response(cx, || addr.clone())).await
     }
 
-    /// Polls for the response head, as [`Sent::response`] waits for it.
+    /// Polls for the response head, as [`Sent::response`] waits for it; `peer` names
+    /// the server in the body's errors, and is called only once the head is there.
     pub(crate) fn poll_response(
         &mut self,
         cx: &mut Context<'_>,
-        addr: &Peer,
+        peer: impl FnOnce() -> Peer,
     ) -> Poll<Result<http::Response<H2Body>, h2::Error>> {
         let response = std::task::ready!(Pin::new(&mut self.response).poll(cx))?;
         let pump = self.pump.take();
         Poll::Ready(Ok(response.map(|recv| H2Body {
             recv,
             data_done: false,
-            addr: addr.clone(),
+            addr: peer(),
             _pump: pump,
         })))
     }

@@ -341,17 +341,41 @@ fn route_config(rc: &rds::RouteConfiguration) -> Result<RouteConfig, String> {
             let at = format!("virtual_hosts[{i}].routes[{j}]");
             let m = r.r#match.as_ref().ok_or(format!("{at}.match: missing"))?;
             // gRFC A28: a route with query parameters never matches a gRPC call, and one
-            // that takes its cluster from a header (or a plugin) is ignored; both are
+            // that takes its cluster from a header is ignored; so is one whose cluster
+            // specifier plugin is optional (gRFC A51: this client runs none). They are
             // left out before anything else of theirs is read, as in gRPC.
-            let forwards_by_name = match &r.action {
-                Some(route::Action::Route(a)) => matches!(
-                    a.cluster_specifier,
-                    Some(route_action::ClusterSpecifier::Cluster(_))
-                        | Some(route_action::ClusterSpecifier::WeightedClusters(_))
-                ),
-                _ => true,
+            let ignored = match &r.action {
+                Some(route::Action::Route(a)) => match &a.cluster_specifier {
+                    Some(route_action::ClusterSpecifier::ClusterHeader(_)) => true,
+                    Some(route_action::ClusterSpecifier::ClusterSpecifierPlugin(name)) => {
+                        let optional = rc
+                            .cluster_specifier_plugins
+                            .iter()
+                            .filter(|p| p.extension.as_ref().is_some_and(|e| &e.name == name))
+                            .map(|p| p.is_optional)
+                            .next();
+                        match optional {
+                            Some(true) => true,
+                            Some(false) => {
+                                return Err(format!(
+                                    "{at}.route.cluster_specifier_plugin: {name:?} is not \
+                                     supported and not optional"
+                                ));
+                            }
+                            None => {
+                                return Err(format!(
+                                    "{at}.route.cluster_specifier_plugin: {name:?} is not \
+                                     among the route configuration's plugins"
+                                ));
+                            }
+                        }
+                    }
+                    Some(_) => false,
+                    None => return Err(format!("{at}.route.cluster_specifier: missing")),
+                },
+                _ => false,
             };
-            if !m.query_parameters.is_empty() || !forwards_by_name {
+            if !m.query_parameters.is_empty() || ignored {
                 continue;
             }
             let matcher = super::matcher::route_match(m).map_err(|e| format!("{at}.match.{e}"))?;
@@ -1500,6 +1524,24 @@ mod tests {
             Err(
                 "virtual_hosts[0].routes[0].route.weighted_clusters.clusters: the weights add \
                  up to 4294967296, above 2^32 - 1"
+                    .into()
+            )
+        );
+        assert_eq!(
+            decoded(vec![rds::RouteAction::default()]),
+            Err("virtual_hosts[0].routes[0].route.cluster_specifier: missing".into())
+        );
+        let plugin = rds::RouteAction {
+            cluster_specifier: Some(route_action::ClusterSpecifier::ClusterSpecifierPlugin(
+                "lookup".into(),
+            )),
+            ..Default::default()
+        };
+        assert_eq!(
+            decoded(vec![plugin]),
+            Err(
+                "virtual_hosts[0].routes[0].route.cluster_specifier_plugin: \"lookup\" is not \
+                 among the route configuration's plugins"
                     .into()
             )
         );

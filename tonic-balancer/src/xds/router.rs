@@ -182,7 +182,19 @@ pub(crate) fn routed_channel(
     let (stop_tx, stop_rx) = oneshot::channel();
     let channel = blueprint.routed(router.clone(), stop_tx)?;
     let runtime = blueprint.runtime().clone();
-    runtime.spawn(follow(client, name, router, blueprint, stop_rx));
+    runtime.spawn(async move {
+        use futures_util::FutureExt;
+        let followed =
+            std::panic::AssertUnwindSafe(follow(client, name, router.clone(), blueprint, stop_rx))
+                .catch_unwind()
+                .await;
+        // Calls still waiting for routes must not wait for ever.
+        let why = match followed {
+            Ok(()) => "the xDS routes are no longer followed (the channel is shutting down)",
+            Err(_) => "the task following the xDS routes panicked",
+        };
+        router.install(Table::Failed(why.to_owned()));
+    });
     Ok(channel)
 }
 
@@ -336,7 +348,7 @@ fn table(
             let target = format!("{} (cluster {cluster:?})", blueprint.name());
             let seed = blueprint.seed() ^ xxhash_rust::xxh64::xxh64(cluster.as_bytes(), 0);
             blueprint
-                .spawn(Box::new(client.cluster_resolver(cluster)), target, seed)
+                .spawn_cluster(Box::new(client.cluster_resolver(cluster)), target, seed)
                 .map_err(|e| format!("the channel of cluster {cluster:?} could not start: {e}"))
         })?;
         if !named.iter().any(|n| n == cluster) {
