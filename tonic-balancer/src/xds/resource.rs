@@ -1372,29 +1372,58 @@ mod tests {
         );
     }
 
-    #[test]
-    fn routes_keep_domains_matches_and_clusters() {
-        let rc = rds::RouteConfiguration {
+    /// A route configuration `r` with one virtual host for `domains` holding `routes`.
+    fn route_configuration(domains: &[&str], routes: Vec<rds::Route>) -> rds::RouteConfiguration {
+        rds::RouteConfiguration {
             name: "r".into(),
             virtual_hosts: vec![rds::VirtualHost {
-                domains: vec!["orders".into()],
-                routes: vec![rds::Route {
-                    r#match: Some(rds::RouteMatch {
-                        path_specifier: Some(route_match::PathSpecifier::Path("/pkg.S/M".into())),
-                        ..Default::default()
-                    }),
-                    action: Some(route::Action::Route(rds::RouteAction {
-                        cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
-                            "c".into(),
-                        )),
-                        ..Default::default()
-                    })),
-                    ..Default::default()
-                }],
+                domains: domains.iter().map(|d| d.to_string()).collect(),
+                routes,
                 ..Default::default()
             }],
             ..Default::default()
+        }
+    }
+
+    /// A route taking calls that meet `m` where `action` says.
+    fn rds_route(m: rds::RouteMatch, action: rds::RouteAction) -> rds::Route {
+        rds::Route {
+            r#match: Some(m),
+            action: Some(route::Action::Route(action)),
+            ..Default::default()
+        }
+    }
+
+    fn to_cluster(name: &str) -> rds::RouteAction {
+        rds::RouteAction {
+            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(name.into())),
+            ..Default::default()
+        }
+    }
+
+    fn path_prefix(prefix: &str) -> rds::RouteMatch {
+        rds::RouteMatch {
+            path_specifier: Some(route_match::PathSpecifier::Prefix(prefix.into())),
+            ..Default::default()
+        }
+    }
+
+    /// The decoded routes of `rc`'s first virtual host, or why it is NACKed.
+    fn decoded_routes(rc: &rds::RouteConfiguration) -> Result<Vec<Route>, String> {
+        match decode(Kind::RouteConfig, &any(rc)) {
+            Ok((_, Resource::RouteConfig(mut rc))) => Ok(rc.virtual_hosts.remove(0).routes),
+            Ok((_, other)) => panic!("{other:?}"),
+            Err(invalid) => Err(invalid.reason),
+        }
+    }
+
+    #[test]
+    fn routes_keep_domains_matches_and_clusters() {
+        let exact = rds::RouteMatch {
+            path_specifier: Some(route_match::PathSpecifier::Path("/pkg.S/M".into())),
+            ..Default::default()
         };
+        let rc = route_configuration(&["orders"], vec![rds_route(exact, to_cluster("c"))]);
         let (_, res) = decode(Kind::RouteConfig, &any(&rc)).unwrap();
         let Resource::RouteConfig(update) = res else {
             panic!("{res:?}")
@@ -1467,36 +1496,12 @@ mod tests {
             ..Default::default()
         };
         let decoded = |actions: Vec<rds::RouteAction>| {
-            let rc = rds::RouteConfiguration {
-                name: "r".into(),
-                virtual_hosts: vec![rds::VirtualHost {
-                    domains: vec!["*".into()],
-                    routes: actions
-                        .into_iter()
-                        .map(|a| rds::Route {
-                            r#match: Some(rds::RouteMatch {
-                                path_specifier: Some(route_match::PathSpecifier::Prefix(
-                                    String::new(),
-                                )),
-                                ..Default::default()
-                            }),
-                            action: Some(route::Action::Route(a)),
-                            ..Default::default()
-                        })
-                        .collect(),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            };
-            match decode(Kind::RouteConfig, &any(&rc)) {
-                Ok((_, Resource::RouteConfig(rc))) => Ok(rc.virtual_hosts[0]
-                    .routes
-                    .iter()
-                    .map(|r| r.action.clone())
-                    .collect::<Vec<_>>()),
-                Ok((_, other)) => panic!("{other:?}"),
-                Err(invalid) => Err(invalid.reason),
-            }
+            let routes = actions
+                .into_iter()
+                .map(|a| rds_route(path_prefix(""), a))
+                .collect();
+            decoded_routes(&route_configuration(&["*"], routes))
+                .map(|routes| routes.into_iter().map(|r| r.action).collect::<Vec<_>>())
         };
         let by_header = rds::RouteAction {
             cluster_specifier: Some(route_action::ClusterSpecifier::ClusterHeader(
@@ -1555,44 +1560,24 @@ mod tests {
 
     #[test]
     fn a_route_with_query_parameters_is_left_out_unread() {
-        let mut rc = rds::RouteConfiguration {
-            name: "r".into(),
-            virtual_hosts: vec![rds::VirtualHost {
-                domains: vec!["*".into()],
-                routes: vec![rds::Route {
-                    r#match: Some(rds::RouteMatch {
-                        path_specifier: Some(route_match::PathSpecifier::SafeRegex(
-                            envoy_types::pb::envoy::r#type::matcher::v3::RegexMatcher {
-                                regex: "(".into(),
-                                ..Default::default()
-                            },
-                        )),
-                        query_parameters: vec![rds::QueryParameterMatcher::default()],
-                        ..Default::default()
-                    }),
-                    action: Some(route::Action::Route(rds::RouteAction {
-                        cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
-                            "c".into(),
-                        )),
-                        ..Default::default()
-                    })),
+        let bad_regex = rds::RouteMatch {
+            path_specifier: Some(route_match::PathSpecifier::SafeRegex(
+                envoy_types::pb::envoy::r#type::matcher::v3::RegexMatcher {
+                    regex: "(".into(),
                     ..Default::default()
-                }],
-                ..Default::default()
-            }],
+                },
+            )),
+            query_parameters: vec![rds::QueryParameterMatcher::default()],
             ..Default::default()
         };
+        let mut rc = route_configuration(&["*"], vec![rds_route(bad_regex, to_cluster("c"))]);
         // Its invalid regex is never read: gRPC would not NACK it either.
-        let (_, res) = decode(Kind::RouteConfig, &any(&rc)).unwrap();
-        let Resource::RouteConfig(update) = res else {
-            panic!("{res:?}")
-        };
-        assert!(update.virtual_hosts[0].routes.is_empty());
+        assert_eq!(decoded_routes(&rc), Ok(Vec::new()));
         // Without the query parameters the same route is read, and NACKed.
         if let Some(m) = rc.virtual_hosts[0].routes[0].r#match.as_mut() {
             m.query_parameters.clear();
         }
-        let reason = reason(Kind::RouteConfig, &any(&rc));
+        let reason = decoded_routes(&rc).unwrap_err();
         assert!(
             reason.starts_with("virtual_hosts[0].routes[0].match.safe_regex.regex"),
             "{reason}"
@@ -1612,33 +1597,13 @@ mod tests {
         action: rds::RouteAction,
         vh_retry: Option<rds::RetryPolicy>,
     ) -> Result<Route, String> {
-        let rc = rds::RouteConfiguration {
-            name: "r".into(),
-            virtual_hosts: vec![rds::VirtualHost {
-                domains: vec!["*".into()],
-                retry_policy: vh_retry,
-                routes: vec![rds::Route {
-                    r#match: Some(rds::RouteMatch {
-                        path_specifier: Some(route_match::PathSpecifier::Prefix(String::new())),
-                        ..Default::default()
-                    }),
-                    action: Some(route::Action::Route(rds::RouteAction {
-                        cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
-                            "c".into(),
-                        )),
-                        ..action
-                    })),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
+        let action = rds::RouteAction {
+            cluster_specifier: to_cluster("c").cluster_specifier,
+            ..action
         };
-        match decode(Kind::RouteConfig, &any(&rc)) {
-            Ok((_, Resource::RouteConfig(mut rc))) => Ok(rc.virtual_hosts[0].routes.remove(0)),
-            Ok((_, other)) => panic!("{other:?}"),
-            Err(invalid) => Err(invalid.reason),
-        }
+        let mut rc = route_configuration(&["*"], vec![rds_route(path_prefix(""), action)]);
+        rc.virtual_hosts[0].retry_policy = vh_retry;
+        decoded_routes(&rc).map(|mut routes| routes.remove(0))
     }
 
     #[test]
