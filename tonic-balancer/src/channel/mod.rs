@@ -59,6 +59,18 @@ struct CallConfig {
     drops: Vec<crate::config::DropOverload>,
 }
 
+impl CallConfig {
+    /// The method config of a call to `path`: its xDS route's, if it brings one, else
+    /// the channel's for that method.
+    fn method<'a>(
+        &'a self,
+        route: Option<&'a MethodConfig>,
+        path: &str,
+    ) -> Option<&'a MethodConfig> {
+        route.or_else(|| self.methods.get(path).as_deref())
+    }
+}
+
 /// A per-call wait-for-ready flag, set as a request extension.
 ///
 /// With wait-for-ready, a call made while no backend is READY waits for one (until its
@@ -429,10 +441,7 @@ impl Inner {
         #[cfg(not(feature = "xds"))]
         let route: Option<Arc<MethodConfig>> = None;
         let path = request.uri().path();
-        let method = match &route {
-            Some(route) => Some(&**route),
-            None => config.methods.get(path).as_deref(),
-        };
+        let method = config.method(route.as_deref(), path);
         if !span.is_disabled() {
             span.record("policy", tracing::field::debug(config.pickers.get(path)));
         }
@@ -675,10 +684,7 @@ impl Inner {
         } = call;
         let path = parts.uri.path();
         let picker = &**config.pickers.get(path);
-        let method = match &route {
-            Some(route) => Some(&**route),
-            None => config.methods.get(path).as_deref(),
-        };
+        let method = config.method(route.as_deref(), path);
         let retry = method.and_then(|m| m.retry_policy.as_ref());
         let hedging = method.and_then(|m| m.hedging_policy.as_ref());
         // A streaming body's record, kept to be dropped once the call commits: the
