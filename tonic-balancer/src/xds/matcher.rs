@@ -4,6 +4,8 @@
 //! A route matches when all of its matchers do; the first route of the virtual host
 //! that matches takes the call.
 
+use std::borrow::Cow;
+
 use envoy_types::pb::envoy::config::route::v3::{self as rds, header_matcher, route_match};
 use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher, string_matcher};
 use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType;
@@ -257,7 +259,7 @@ impl HeaderMatcher {
     fn matches(&self, headers: &http::HeaderMap) -> bool {
         let value = header_value(headers, &self.name);
         let value = match value {
-            None if self.missing_is_empty => Some(String::new()),
+            None if self.missing_is_empty => Some(Cow::Borrowed("")),
             value => value,
         };
         let matched = match (&self.rule, value) {
@@ -295,14 +297,16 @@ impl TextMatch {
 /// A header's values as one string joined by `,`, as gRPC matches them. Binary
 /// metadata (`-bin`) is never matched on: it counts as absent, as in gRPC. A value that
 /// is not visible ASCII also counts as absent.
-fn header_value(headers: &http::HeaderMap, name: &str) -> Option<String> {
+/// A single value (the usual case) is borrowed, not copied.
+fn header_value<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<Cow<'a, str>> {
     if name.is_empty() || name.ends_with("-bin") {
         return None;
     }
     let mut values = headers.get_all(name).iter();
     let first = values.next()?.to_str().ok()?;
-    let mut joined = first.to_owned();
+    let mut joined = Cow::Borrowed(first);
     for value in values {
+        let joined = joined.to_mut();
         joined.push(',');
         joined.push_str(value.to_str().ok()?);
     }
