@@ -130,12 +130,16 @@ pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
 
 /// Runs a background task's future, turning a panic inside it into `Err` with the
 /// panic's message, so the task's owner can tell calls why it stopped.
-pub(crate) async fn catch_panic<F: std::future::Future>(future: F) -> Result<F::Output, String> {
+///
+/// Not an `async fn`: one would keep `future` as its argument and again inside the
+/// unwind guard, holding the task's largest state twice for the task's whole life.
+pub(crate) fn catch_panic<F: std::future::Future>(
+    future: F,
+) -> impl std::future::Future<Output = Result<F::Output, String>> {
     use futures_util::FutureExt;
     std::panic::AssertUnwindSafe(future)
         .catch_unwind()
-        .await
-        .map_err(|panic| format!("panicked: {}", panic_message(&*panic)))
+        .map(|result| result.map_err(|panic| format!("panicked: {}", panic_message(&*panic))))
 }
 
 /// Transport errors say little at the top ("transport error"); the cause a user needs
@@ -157,6 +161,18 @@ pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn catch_panic_holds_its_future_once() {
+        let large = async {
+            let state = [7u8; 4096];
+            std::future::ready(()).await;
+            std::hint::black_box(state);
+        };
+        let alone = size_of_val(&large);
+        assert!(alone >= 4096);
+        assert!(size_of_val(&catch_panic(large)) < alone + 64);
+    }
+
     use super::*;
 
     #[derive(Debug, thiserror::Error)]

@@ -893,7 +893,7 @@ impl Blueprint {
         let control = Control {
             shared: shared.clone(),
             resolver,
-            settings: ConnectSettings {
+            settings: Arc::new(ConnectSettings {
                 backoff: self.backoff,
                 min_connect_timeout: self.min_connect_timeout,
                 endpoint: self.endpoint.clone(),
@@ -911,7 +911,7 @@ impl Blueprint {
                 conn: self.conn.clone(),
                 connects: self.connects.clone(),
                 telemetry: self.telemetry.clone(),
-            },
+            }),
             seed,
             target: target.clone(),
             mode,

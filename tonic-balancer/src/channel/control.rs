@@ -202,7 +202,8 @@ pub(crate) struct ControlConfig {
 pub(crate) struct Control {
     pub(crate) shared: Arc<Shared>,
     pub(crate) resolver: Box<dyn Resolve>,
-    pub(crate) settings: ConnectSettings,
+    /// Shared by every worker: one copy per channel, not per endpoint.
+    pub(crate) settings: Arc<ConnectSettings>,
     pub(crate) seed: u64,
     pub(crate) target: String,
     pub(crate) mode: ConnectMode,
@@ -412,9 +413,11 @@ impl Control {
             subset_size: _, // Applied by the caller, which can re-apply the addresses.
         } = update;
         self.mode = mode;
-        self.settings.accounting.ewma = ewma;
+        // Workers never read the accounting: those that hold the old settings keep them.
+        let settings = Arc::make_mut(&mut self.settings);
+        settings.accounting.ewma = ewma;
         let limit = outliers.as_ref().map(|o| u64::from(o.consecutive_failures));
-        self.settings.accounting.outliers = limit.map(|l| (self.outlier_signal.clone(), l));
+        settings.accounting.outliers = limit.map(|l| (self.outlier_signal.clone(), l));
         if outliers.is_none() {
             // Outlier detection off: nobody stays ejected.
             for entry in &mut state.entries {

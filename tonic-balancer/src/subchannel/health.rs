@@ -118,7 +118,7 @@ mod tests {
         let settings = crate::subchannel::test_settings(Some(String::new()), 1);
         let subchannel = new_subchannel(0, Address::from(backend.addr()), &Accounting::default());
         let (tx, mut events) = mpsc::unbounded_channel();
-        let _worker = spawn(subchannel, settings, true, 1, tx);
+        let _worker = spawn(subchannel, std::sync::Arc::new(settings), true, 1, tx);
         let run = async {
             assert_eq!(next(&mut events).await, "ready");
             // SERVING again, three times, each sent before the next, then a real change:

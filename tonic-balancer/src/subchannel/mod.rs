@@ -234,7 +234,7 @@ impl WorkerHandle {
 /// Starts the worker for one subchannel.
 pub(crate) fn spawn(
     subchannel: Arc<Subchannel>,
-    settings: ConnectSettings,
+    settings: Arc<ConnectSettings>,
     wanted: bool,
     seed: u64,
     events: mpsc::UnboundedSender<Event>,
@@ -302,7 +302,7 @@ pub(crate) fn new_subchannel(
 
 struct Worker {
     subchannel: Arc<Subchannel>,
-    settings: ConnectSettings,
+    settings: Arc<ConnectSettings>,
     backoff: Backoff,
     rng: SmallRng,
     events: mpsc::UnboundedSender<Event>,
@@ -317,117 +317,123 @@ enum Wake {
 }
 
 impl Worker {
-    async fn run(mut self, stop: &mut oneshot::Receiver<()>) {
-        loop {
-            if !*self.want.borrow_and_update() {
-                if self.subchannel.state() != ConnectivityState::Idle {
-                    self.report(ConnectivityState::Idle, Update::Idle);
+    /// Not an `async fn`, which would keep `self` twice (argument and local) for the
+    /// worker's whole life; the `async move` block keeps it once.
+    #[allow(clippy::manual_async_fn)]
+    fn run(mut self, stop: &mut oneshot::Receiver<()>) -> impl Future<Output = ()> + '_ {
+        async move {
+            loop {
+                if !*self.want.borrow_and_update() {
+                    if self.subchannel.state() != ConnectivityState::Idle {
+                        self.report(ConnectivityState::Idle, Update::Idle);
+                    }
+                    tokio::select! {
+                        biased;
+                        _ = &mut *stop => break,
+                        changed = self.want.changed() => if changed.is_err() { break },
+                    }
+                    continue;
                 }
-                tokio::select! {
+                let mut want = self.want.clone();
+                let attempt = tokio::select! {
                     biased;
                     _ = &mut *stop => break,
-                    changed = self.want.changed() => if changed.is_err() { break },
-                }
-                continue;
-            }
-            let mut want = self.want.clone();
-            let attempt = tokio::select! {
-                biased;
-                _ = &mut *stop => break,
-                _ = want.wait_for(|w| !*w) => continue,
-                // Boxed: a connection attempt (TCP, TLS, the HTTP/2 preface) is the
-                // largest state of this future, and only lives while connecting. Kept
-                // inline, every worker's task would hold its size for ever: ~10 KiB
-                // per endpoint, measured with massif.
-                attempt = Box::pin(self.connect()) => attempt,
-            };
-            match attempt {
-                Ok(ready) => {
-                    let conn = ready.conn.clone();
-                    let link = conn.link.clone();
-                    let serve = async {
-                        let mut health = self.settings.health_service.clone();
-                        loop {
-                            let service = health.borrow_and_update().clone();
-                            let serving = async {
-                                match service {
-                                    Some(service) => {
-                                        // Boxed for the same reason: a gRPC stream's
-                                        // state, only while health checking is on.
-                                        Box::pin(self.watch_health(ready.clone(), service)).await
+                    _ = want.wait_for(|w| !*w) => continue,
+                    // Boxed: a connection attempt (TCP, TLS, the HTTP/2 preface) is the
+                    // largest state of this future, and only lives while connecting. Kept
+                    // inline, every worker's task would hold its size for ever: ~10 KiB
+                    // per endpoint, measured with massif.
+                    attempt = Box::pin(self.connect()) => attempt,
+                };
+                match attempt {
+                    Ok(ready) => {
+                        let conn = ready.conn.clone();
+                        let link = conn.link.clone();
+                        let serve = async {
+                            let mut health = self.settings.health_service.clone();
+                            loop {
+                                let service = health.borrow_and_update().clone();
+                                let serving = async {
+                                    match service {
+                                        Some(service) => {
+                                            // Boxed for the same reason: a gRPC stream's
+                                            // state, only while health checking is on.
+                                            Box::pin(self.watch_health(ready.clone(), service))
+                                                .await
+                                        }
+                                        None => {
+                                            self.report(
+                                                ConnectivityState::Ready,
+                                                Update::Ready(ready.clone()),
+                                            );
+                                            std::future::pending().await
+                                        }
                                     }
-                                    None => {
-                                        self.report(
-                                            ConnectivityState::Ready,
-                                            Update::Ready(ready.clone()),
-                                        );
-                                        std::future::pending().await
-                                    }
+                                };
+                                // A new health setting restarts the watch on this connection.
+                                tokio::select! {
+                                    () = serving => break,
+                                    Ok(()) = health.changed() => {}
                                 }
-                            };
-                            // A new health setting restarts the watch on this connection.
-                            tokio::select! {
-                                () = serving => break,
-                                Ok(()) = health.changed() => {}
                             }
+                        };
+                        let closed = async {
+                            tokio::select! {
+                                _ = link.closed() => {}
+                                () = serve => {}
+                            }
+                        };
+                        let mut want = self.want.clone();
+                        let wake = tokio::select! {
+                            biased;
+                            _ = &mut *stop => Wake::Stop,
+                            _ = want.wait_for(|w| !*w) => Wake::Unwanted,
+                            () = closed => Wake::Done,
+                        };
+                        if let Some(telemetry) = &self.settings.telemetry {
+                            telemetry.disconnected();
                         }
-                    };
-                    let closed = async {
-                        tokio::select! {
-                            _ = link.closed() => {}
-                            () = serve => {}
+                        match wake {
+                            Wake::Stop => break,
+                            // Letting go of our handle; calls in flight keep theirs.
+                            Wake::Unwanted => continue,
+                            Wake::Done => {}
                         }
-                    };
-                    let mut want = self.want.clone();
-                    let wake = tokio::select! {
-                        biased;
-                        _ = &mut *stop => Wake::Stop,
-                        _ = want.wait_for(|w| !*w) => Wake::Unwanted,
-                        () = closed => Wake::Done,
-                    };
-                    if let Some(telemetry) = &self.settings.telemetry {
-                        telemetry.disconnected();
-                    }
-                    match wake {
-                        Wake::Stop => break,
-                        // Letting go of our handle; calls in flight keep theirs.
-                        Wake::Unwanted => continue,
-                        Wake::Done => {}
-                    }
-                    let why = self.why_lost(&conn);
-                    // Only a connection that proved itself resets the backoff: one that
-                    // closes right after its preface, or before it answered anything,
-                    // counts as a failed attempt, so a flapping server is not hammered.
-                    let proven = conn.tap.answers() > 0
-                        || conn.since.elapsed() >= crate::defaults::CONNECTION_PROVEN_AFTER;
-                    if proven {
-                        self.backoff.reset();
+                        let why = self.why_lost(&conn);
+                        // Only a connection that proved itself resets the backoff: one that
+                        // closes right after its preface, or before it answered anything,
+                        // counts as a failed attempt, so a flapping server is not hammered.
+                        let proven = conn.tap.answers() > 0
+                            || conn.since.elapsed() >= crate::defaults::CONNECTION_PROVEN_AFTER;
+                        if proven {
+                            self.backoff.reset();
+                            tracing::debug!(address = %self.subchannel.address, "{why}");
+                            self.report(ConnectivityState::Idle, Update::Lost(why));
+                            continue;
+                        }
+                        let why = format!("{why} before it served anything");
                         tracing::debug!(address = %self.subchannel.address, "{why}");
-                        self.report(ConnectivityState::Idle, Update::Lost(why));
-                        continue;
+                        self.report(ConnectivityState::TransientFailure, Update::Failed(why));
+                        let delay = self.backoff.next_delay(&mut self.rng);
+                        if let Wake::Stop = self.wait(stop, tokio::time::sleep(delay)).await {
+                            break;
+                        }
                     }
-                    let why = format!("{why} before it served anything");
-                    tracing::debug!(address = %self.subchannel.address, "{why}");
-                    self.report(ConnectivityState::TransientFailure, Update::Failed(why));
-                    let delay = self.backoff.next_delay(&mut self.rng);
-                    if let Wake::Stop = self.wait(stop, tokio::time::sleep(delay)).await {
-                        break;
-                    }
-                }
-                Err(error) => {
-                    tracing::debug!(address = %self.subchannel.address, %error, "connect failed");
-                    if let Some(telemetry) = &self.settings.telemetry {
-                        telemetry.connected(false);
-                    }
-                    self.report(ConnectivityState::TransientFailure, Update::Failed(error));
-                    let delay = self.backoff.next_delay(&mut self.rng);
-                    if let Wake::Stop = self.wait(stop, tokio::time::sleep(delay)).await {
-                        break;
+                    Err(error) => {
+                        tracing::debug!(address = %self.subchannel.address, %error, "connect failed");
+                        if let Some(telemetry) = &self.settings.telemetry {
+                            telemetry.connected(false);
+                        }
+                        self.report(ConnectivityState::TransientFailure, Update::Failed(error));
+                        let delay = self.backoff.next_delay(&mut self.rng);
+                        if let Wake::Stop = self.wait(stop, tokio::time::sleep(delay)).await {
+                            break;
+                        }
                     }
                 }
             }
+            self.subchannel.shut_down();
         }
-        self.subchannel.shut_down();
     }
 
     /// Waits for `done`, the stop signal, or the subchannel becoming unwanted.
@@ -594,7 +600,7 @@ mod tests {
         let permits = settings.connects.clone();
         let subchannel = new_subchannel(0, Address::from(addr), &Accounting::default());
         let (tx, mut events) = mpsc::unbounded_channel();
-        let _worker = spawn(subchannel, settings, true, 1, tx);
+        let _worker = spawn(subchannel, Arc::new(settings), true, 1, tx);
         let run = async {
             // Accepted: the attempt now waits for the server's preface, permit held.
             let (mut socket, _) = listener.accept().await.unwrap();
@@ -632,7 +638,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let subchannel = new_subchannel(0, Address::from(addr), &Accounting::default());
         let (tx, mut events) = mpsc::unbounded_channel();
-        let _worker = spawn(subchannel, settings, true, 1, tx);
+        let _worker = spawn(subchannel, Arc::new(settings), true, 1, tx);
         let (mut socket, _) = listener.accept().await.unwrap();
         socket
             .write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
@@ -704,7 +710,7 @@ mod tests {
         let held = permits.clone().try_acquire_owned().unwrap();
         let subchannel = new_subchannel(0, Address::from(addr), &Accounting::default());
         let (tx, mut events) = mpsc::unbounded_channel();
-        let _worker = spawn(subchannel, settings, true, 1, tx);
+        let _worker = spawn(subchannel, Arc::new(settings), true, 1, tx);
         let run = async {
             let event = events.recv().await.expect("the worker is running");
             assert!(matches!(event.update, Update::Connecting));
