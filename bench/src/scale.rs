@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
-use tonic_balancer::balance::ReadySubchannel;
+use tonic_balancer::balance::{ReadySet, ReadySubchannel};
 use tonic_balancer::load::{CallGuard, Load};
 use tonic_balancer::resolver::Manual;
 use tonic_balancer::{BalancedChannel, ConnectivityState, Policy};
@@ -350,7 +350,7 @@ where
 
 /// Pick plus completion over `n` synthetic READY entries, ns per pick.
 fn pick_cost(n: usize) -> Vec<(String, f64)> {
-    let ready: Vec<ReadySubchannel> = (0..n)
+    let ready: ReadySet = (0..n)
         .map(|i| ReadySubchannel::new(address(i, 1).into(), Arc::new(Load::new())))
         .collect();
     let mut out = Vec::new();

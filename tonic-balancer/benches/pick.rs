@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
 use tonic_balancer::Policy;
-use tonic_balancer::balance::{Picker, ReadySubchannel};
+use tonic_balancer::balance::{Picker, ReadySet, ReadySubchannel};
 use tonic_balancer::load::CallGuard;
 
 const SIZES: [usize; 5] = [2, 10, 100, 1000, 10_000];
@@ -27,7 +27,7 @@ const SIZES: [usize; 5] = [2, 10, 100, 1000, 10_000];
 #[derive(Debug)]
 struct PickerFixture {
     picker: Arc<dyn Picker>,
-    ready: Vec<ReadySubchannel>,
+    ready: ReadySet,
 }
 
 impl PickerFixture {

@@ -5,6 +5,7 @@ mod support;
 
 use futures_util::StreamExt;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
+use std::net::SocketAddr;
 use std::time::Duration;
 use support::*;
 use tonic::Code;
@@ -362,4 +363,67 @@ fn build_outside_a_runtime_is_an_error() {
         .build()
         .unwrap_err();
     assert_eq!(err.kind(), tonic_balancer::ErrorKind::NoRuntime);
+}
+
+/// A fleet of 2 148 addresses spans three of the pickers' chunks (`CHUNK`, 1 024, each):
+/// a change of some subchannels republishes their chunks and shares the others, and the
+/// calls see exactly the set a full rebuild would give. (Debug builds, which the tests
+/// are, also check every publish against a pass over every subchannel.)
+#[tokio::test]
+async fn changes_in_a_fleet_of_many_chunks_reach_the_calls() {
+    use tonic_balancer::balance::CHUNK;
+    within(async {
+        // Two servers on every loopback address, each reached under many addresses
+        // (127.7.0.1, 127.7.0.2, ...): "a" under the first CHUNK + 100, "b" under the
+        // next CHUNK.
+        let start = |id: &'static str| {
+            Backend::builder(id)
+                .bind(SocketAddr::from(([0, 0, 0, 0], 0)))
+                .start()
+        };
+        let (a, b) = (start("a").await.unwrap(), start("b").await.unwrap());
+        let address = |backend: &Backend, i: usize| {
+            let ip = std::net::Ipv4Addr::from(u32::from_be_bytes([127, 7, 0, 1]) + i as u32);
+            SocketAddr::from((ip, backend.addr().port()))
+        };
+        let (n_a, n_b) = (CHUNK + 100, CHUNK);
+        let fleet: Vec<SocketAddr> = (0..n_a)
+            .map(|i| address(&a, i))
+            .chain((n_a..n_a + n_b).map(|i| address(&b, i)))
+            .collect();
+        let (resolver, handle) = Manual::new();
+        let channel = BalancedChannel::builder_with_resolver(resolver)
+            .health_check("")
+            .build()
+            .unwrap();
+        handle.update(fleet.iter().copied());
+        wait_ready(&channel, n_a + n_b).await;
+        let mut client = Client::new(channel.clone());
+        let counts = shares(&mut client, n_a + n_b).await;
+        assert_eq!(counts.get("a"), Some(&n_a), "{counts:?}");
+        assert_eq!(counts.get("b"), Some(&n_b), "{counts:?}");
+
+        // "b" stops serving: its subchannels (in chunks 1 and 2) leave the picks.
+        b.set_serving(false);
+        wait_ready(&channel, n_a).await;
+        let counts = shares(&mut client, 100).await;
+        assert_eq!(counts.get("a"), Some(&100), "{counts:?}");
+
+        // Back: every one of them is picked again, in turn.
+        b.set_serving(true);
+        wait_ready(&channel, n_a + n_b).await;
+        let counts = shares(&mut client, n_a + n_b).await;
+        assert_eq!(counts.get("b"), Some(&n_b), "{counts:?}");
+
+        // An update drops the first 200 of "a" (part of chunk 0) and everything moves
+        // up a place: n_a - 200 of "a" left.
+        handle.update(fleet[200..].iter().copied());
+        let left = n_a + n_b - 200;
+        channel.wait_for(|subs| subs.len() == left).await;
+        wait_ready(&channel, left).await;
+        let counts = shares(&mut client, left).await;
+        assert_eq!(counts.get("a"), Some(&(n_a - 200)), "{counts:?}");
+        assert_eq!(counts.get("b"), Some(&n_b), "{counts:?}");
+    })
+    .await;
 }

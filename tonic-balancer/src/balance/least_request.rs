@@ -1,8 +1,8 @@
 //! `least_request`: the fewest calls in flight among a few random choices (gRFC A48).
 
 use super::Picker;
-use super::ReadySubchannel;
 use super::rng::AtomicRng;
+use super::{ReadySet, ReadySubchannel};
 
 /// Samples `choice_count` distinct READY subchannels at random and picks the one with the
 /// fewest calls in flight ("power of two choices" at the default of 2).
@@ -27,7 +27,7 @@ impl LeastRequest {
 }
 
 impl Picker for LeastRequest {
-    fn pick(&self, ready: &[ReadySubchannel]) -> usize {
+    fn pick(&self, ready: &ReadySet) -> usize {
         p2c(ready, self.choice_count, &self.rng, |r| {
             r.in_flight() as f64
         })
@@ -36,17 +36,24 @@ impl Picker for LeastRequest {
 
 /// Samples `choices` distinct entries and returns the index of the cheapest. With no
 /// more entries than choices, compares them all.
-pub(super) fn p2c<F>(ready: &[ReadySubchannel], choices: usize, rng: &AtomicRng, cost: F) -> usize
+pub(super) fn p2c<F>(ready: &ReadySet, choices: usize, rng: &AtomicRng, cost: F) -> usize
 where
     F: Fn(&ReadySubchannel) -> f64,
 {
-    let n = ready.len();
+    // A set in one chunk (up to CHUNK subchannels) is read as the slice it is.
+    match ready.as_slice() {
+        Some(slice) => p2c_in(slice.len(), |i| &slice[i], choices, rng, cost),
+        None => p2c_in(ready.len(), |i| &ready[i], choices, rng, cost),
+    }
+}
+
+fn p2c_in<'a, G, F>(n: usize, at: G, choices: usize, rng: &AtomicRng, cost: F) -> usize
+where
+    G: Fn(usize) -> &'a ReadySubchannel,
+    F: Fn(&ReadySubchannel) -> f64,
+{
     let cheaper = |a: usize, b: usize| {
-        if cost(&ready[b]) < cost(&ready[a]) {
-            b
-        } else {
-            a
-        }
+        if cost(at(b)) < cost(at(a)) { b } else { a }
     };
     match n {
         0 | 1 => 0,

@@ -40,7 +40,7 @@
 //!   robin rather than starving it.
 
 use super::Picker;
-use super::ReadySubchannel;
+use super::ReadySet;
 use super::rng::AtomicRng;
 use crate::config::LocalityWeightedConfig;
 use std::sync::Arc;
@@ -135,7 +135,7 @@ impl LocalityWeighted {
     }
 
     /// One candidate accepted by weight: `next` gives the candidates.
-    fn accepted(&self, ready: &[ReadySubchannel], mut next: impl FnMut() -> usize) -> usize {
+    fn accepted(&self, ready: &ReadySet, mut next: impl FnMut() -> usize) -> usize {
         let mut heaviest = (0, -1.0);
         for _ in 0..MAX_DRAWS {
             let i = next() % ready.len();
@@ -152,7 +152,7 @@ impl LocalityWeighted {
 }
 
 impl Picker for LocalityWeighted {
-    fn pick(&self, ready: &[ReadySubchannel]) -> usize {
+    fn pick(&self, ready: &ReadySet) -> usize {
         if ready.len() == 1 {
             return 0;
         }
@@ -186,12 +186,13 @@ impl Picker for LocalityWeighted {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::balance::ReadySubchannel;
     use crate::config::{LoadBalancingConfig, LocalityWeight};
     use crate::load::{CallGuard, Load};
     use crate::resolver::Address;
 
     /// `sizes[k]` READY endpoints in locality `l{k}`.
-    fn fleet(sizes: &[usize]) -> Vec<ReadySubchannel> {
+    fn fleet(sizes: &[usize]) -> ReadySet {
         let mut ready = Vec::new();
         let mut port = 1;
         for (k, n) in sizes.iter().enumerate() {
@@ -203,7 +204,7 @@ mod tests {
                 ready.push(ReadySubchannel::new(address, Arc::new(Load::new())));
             }
         }
-        ready
+        ready.into()
     }
 
     fn config(localities: &[(u32, u32)]) -> LocalityWeightedConfig {
@@ -217,7 +218,7 @@ mod tests {
         )
     }
 
-    fn shares(picker: &LocalityWeighted, ready: &[ReadySubchannel], n: usize) -> Vec<usize> {
+    fn shares(picker: &LocalityWeighted, ready: &ReadySet, n: usize) -> Vec<usize> {
         let mut counts = vec![0; ready.len()];
         for _ in 0..n {
             counts[picker.pick(ready) % ready.len()] += 1;
@@ -256,14 +257,18 @@ mod tests {
     fn endpoint_weights_split_their_localitys_share() {
         // One locality of weights 3 and 1, another of one endpoint, localities 1:1:
         // 37.5 %, 12.5 %, 50 %.
-        let mut ready = fleet(&[2, 1]);
+        let ready = fleet(&[2, 1]);
         let weighted = |ready: &ReadySubchannel, w: u32| {
             let mut address = ready.address().clone();
             address.weight = Some(w);
             ReadySubchannel::new(address, ready.load().clone())
         };
-        ready[0] = weighted(&ready[0], 3);
-        ready[1] = weighted(&ready[1], 1);
+        let ready: ReadySet = vec![
+            weighted(&ready[0], 3),
+            weighted(&ready[1], 1),
+            ready[2].clone(),
+        ]
+        .into();
         let mut config = config(&[(1, 4), (1, 1)]);
         config.localities[0] = config.localities[0].clone().with_heaviest_endpoint(3);
         let picker = LocalityWeighted::new(&config, None, 7);
@@ -290,10 +295,10 @@ mod tests {
 
     #[test]
     fn an_unknown_locality_counts_as_the_heaviest() {
-        let mut ready = fleet(&[1, 1]);
         let mut stray = Address::new(([127, 0, 0, 9], 9).into());
         stray.locality = Some(Arc::from("elsewhere"));
-        ready.push(ReadySubchannel::new(stray, Arc::new(Load::new())));
+        let stray = ReadySubchannel::new(stray, Arc::new(Load::new()));
+        let ready: ReadySet = fleet(&[1, 1]).iter().cloned().chain([stray]).collect();
         let picker = LocalityWeighted::new(&config(&[(4, 1), (1, 1)]), None, 2);
         let counts = shares(&picker, &ready, 30_000);
         // Acceptance 1, 1/4, 1: weights 4:1:4.

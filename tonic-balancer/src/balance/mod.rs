@@ -18,6 +18,7 @@ mod least_request;
 pub mod locality_weighted;
 mod peak_ewma;
 mod pick_first;
+pub(crate) mod ready_set;
 pub(crate) mod rng;
 mod round_robin;
 pub mod subset;
@@ -26,6 +27,7 @@ pub use least_request::LeastRequest;
 pub use locality_weighted::LocalityWeighted;
 pub use peak_ewma::PeakEwma;
 pub use pick_first::PickFirst;
+pub use ready_set::{CHUNK, Chunked, ReadySet};
 pub use round_robin::RoundRobin;
 
 use crate::config::LoadBalancingConfig;
@@ -45,11 +47,11 @@ pub use crate::defaults::{
 ///
 /// ```
 /// # use std::sync::Arc;
-/// use tonic_balancer::balance::{Picker, ReadySubchannel};
+/// use tonic_balancer::balance::{Picker, ReadySet, ReadySubchannel};
 /// use tonic_balancer::load::{CallGuard, Load};
 /// use tonic_balancer::Policy;
 ///
-/// let ready: Vec<ReadySubchannel> = (1..=3)
+/// let ready: ReadySet = (1..=3)
 ///     .map(|port| {
 ///         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
 ///         ReadySubchannel::new(addr.into(), Arc::new(Load::new()))
@@ -95,6 +97,12 @@ impl ReadySubchannel {
         &self.load
     }
 
+    /// Whether the two share their load and their address (the same view of a
+    /// subchannel, not a copy made after it was readdressed).
+    pub(crate) fn same_as(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.load, &other.load) && Arc::ptr_eq(&self.address, &other.address)
+    }
+
     /// Calls in flight on this subchannel right now.
     pub fn in_flight(&self) -> usize {
         self.load.in_flight()
@@ -122,7 +130,7 @@ impl fmt::Debug for ReadySubchannel {
 pub trait Picker: Send + Sync + fmt::Debug + 'static {
     /// Returns the index in `ready` of the subchannel to use. `ready` is never empty
     /// and lists subchannels in resolver order. An index past the end wraps around.
-    fn pick(&self, ready: &[ReadySubchannel]) -> usize;
+    fn pick(&self, ready: &ReadySet) -> usize;
 }
 
 /// A load-balancing policy: which [`Picker`] a channel (or a method) uses.
@@ -352,7 +360,7 @@ mod tests {
     use proptest::prelude::*;
 
     /// `n` READY subchannels on 127.0.0.1 ports 1, 2, ..., timing round trips.
-    fn fleet(n: usize) -> Vec<ReadySubchannel> {
+    fn fleet(n: usize) -> ReadySet {
         let policy = Policy::peak_ewma();
         (1..=n as u16)
             .map(|port| {

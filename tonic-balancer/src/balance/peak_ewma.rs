@@ -1,7 +1,7 @@
 //! `peak_ewma`: power of two choices over a latency-and-load cost (Finagle, linkerd).
 
 use super::Picker;
-use super::ReadySubchannel;
+use super::ReadySet;
 use super::least_request::p2c;
 use super::rng::AtomicRng;
 
@@ -28,7 +28,7 @@ impl PeakEwma {
 }
 
 impl Picker for PeakEwma {
-    fn pick(&self, ready: &[ReadySubchannel]) -> usize {
+    fn pick(&self, ready: &ReadySet) -> usize {
         p2c(ready, 2, &self.rng, |r| {
             r.load().rtt_nanos() * (r.in_flight() as f64 + 1.0)
         })

@@ -1,7 +1,7 @@
 //! `pick_first`: the first READY subchannel in resolver order.
 
 use super::Picker;
-use super::ReadySubchannel;
+use super::ReadySet;
 
 /// Sends every call to the first READY subchannel in resolver order.
 ///
@@ -13,7 +13,7 @@ use super::ReadySubchannel;
 pub struct PickFirst;
 
 impl Picker for PickFirst {
-    fn pick(&self, _ready: &[ReadySubchannel]) -> usize {
+    fn pick(&self, _ready: &ReadySet) -> usize {
         // The snapshot lists READY subchannels in resolver order.
         0
     }

@@ -1,7 +1,7 @@
 //! `round_robin`: READY subchannels in turn.
 
 use super::Picker;
-use super::ReadySubchannel;
+use super::ReadySet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Picks READY subchannels in turn: A, B, C, A, ...
@@ -24,7 +24,7 @@ impl RoundRobin {
 }
 
 impl Picker for RoundRobin {
-    fn pick(&self, ready: &[ReadySubchannel]) -> usize {
+    fn pick(&self, ready: &ReadySet) -> usize {
         self.next.fetch_add(1, Ordering::Relaxed) % ready.len()
     }
 }

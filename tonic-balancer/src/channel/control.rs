@@ -7,8 +7,9 @@
 
 use super::CallConfig;
 use super::builder::Policies;
-use crate::balance::ReadySubchannel;
+use crate::balance::ready_set::share_runs;
 use crate::balance::subset::SubsetFilter;
+use crate::balance::{CHUNK, Chunked, ReadySet, ReadySubchannel};
 use crate::config::ServiceConfig;
 use crate::connectivity::ConnectivityState;
 use crate::error::Error;
@@ -37,10 +38,11 @@ type Key = (SocketAddr, Option<Arc<Path>>);
 /// What calls see of the channel: an immutable picture, replaced whole on every change.
 #[derive(Debug)]
 pub(crate) struct Snapshot {
-    /// READY subchannels as the pickers see them, in resolver order.
-    pub(crate) ready: Vec<ReadySubchannel>,
-    /// Their connections, index for index.
-    pub(crate) conns: Vec<ReadyConn>,
+    /// READY subchannels as the pickers see them, in resolver order. Its chunks are
+    /// shared with the snapshots before and after wherever they did not change.
+    pub(crate) ready: ReadySet,
+    /// Their connections, index for index (chunked the same way).
+    pub(crate) conns: Chunked<ReadyConn>,
     /// The channel's aggregate state (gRPC's round_robin rule, with sticky failure).
     pub(crate) state: ConnectivityState,
     /// The newest connection or resolution error, for the message of failed calls.
@@ -53,8 +55,8 @@ pub(crate) struct Snapshot {
 impl Snapshot {
     pub(crate) fn initial() -> Self {
         Self {
-            ready: Vec::new(),
-            conns: Vec::new(),
+            ready: ReadySet::default(),
+            conns: Chunked::default(),
             state: ConnectivityState::Idle,
             error: None,
             subchannels: Arc::new([]),
@@ -146,6 +148,9 @@ struct Entry {
     /// the attributes (weight, priority, locality) of the latest address set, which the
     /// pickers and the priority tiers read.
     address: Arc<Address>,
+    /// `address.priority`, kept here where a publish's pass over every entry reads it
+    /// without following a pointer per entry.
+    priority: Option<u16>,
     /// READY by its connection and, with health checking, by its health, with the
     /// pickers' view of it made once when it became READY: a publish then only copies
     /// pointers.
@@ -163,8 +168,25 @@ struct Entry {
 }
 
 impl Entry {
+    /// Its connection and view if calls may go to it: READY and not ejected in the
+    /// priority used, or connected at all in that priority in panic mode.
+    fn pickable(
+        &self,
+        priority: Option<u16>,
+        panic: bool,
+    ) -> Option<&(ReadyConn, ReadySubchannel)> {
+        if self.priority != priority {
+            None
+        } else if panic {
+            self.ready.as_ref().or(self.unhealthy.as_ref())
+        } else {
+            self.ready.as_ref().filter(|_| !self.ejection.is_ejected())
+        }
+    }
+
     /// Takes the attributes of `address` (same key) for the pickers and the tiers.
     fn readdress(&mut self, address: Address) {
+        self.priority = address.priority;
         self.address = Arc::new(address);
         for view in [&mut self.ready, &mut self.unhealthy].into_iter().flatten() {
             view.1 = ReadySubchannel::shared(self.address.clone(), view.1.load().clone());
@@ -254,6 +276,40 @@ struct State {
     /// The resolver's last address set (kept by the subset filter) is applied again on
     /// waking.
     idle: bool,
+    /// What the last publish put in the snapshot, one run per
+    /// [`CHUNK`](crate::balance::CHUNK) entries of `entries`: the next publish shares
+    /// every run whose members did not change.
+    runs: Vec<PublishedRun>,
+    /// Per chunk of `entries`, its entries counted by SRV priority, as of the last
+    /// publish (or since, for chunks not stale).
+    chunk_tiers: Vec<Vec<(Option<u16>, Tier)>>,
+    /// Per chunk of `entries`: an entry in it changed since the last publish.
+    stale: Vec<bool>,
+    /// `entries` was rebuilt or reordered since the last publish: every chunk is stale.
+    all_stale: bool,
+    /// The priority and panic mode the last publish chose its members by.
+    picked: Option<(Option<u16>, bool)>,
+}
+
+/// The pickable members among one [`CHUNK`](crate::balance::CHUNK) of
+/// `State::entries`, as last published.
+struct PublishedRun {
+    views: Arc<[ReadySubchannel]>,
+    conns: Arc<[ReadyConn]>,
+}
+
+impl PublishedRun {
+    /// Whether it holds exactly these members, in this order, each with the same
+    /// connection and the same view (a readdressed subchannel gets a new view).
+    fn holds(&self, members: &[&(ReadyConn, ReadySubchannel)]) -> bool {
+        self.conns.len() == members.len()
+            && members
+                .iter()
+                .zip(self.conns.iter().zip(self.views.iter()))
+                .all(|((conn, view), (old_conn, old_view))| {
+                    Arc::ptr_eq(&conn.conn, &old_conn.conn) && view.same_as(old_view)
+                })
+    }
 }
 
 impl Control {
@@ -289,6 +345,11 @@ impl Control {
             last_error: None,
             published_state: ConnectivityState::Idle,
             idle: false,
+            runs: Vec::new(),
+            chunk_tiers: Vec::new(),
+            stale: Vec::new(),
+            all_stale: true,
+            picked: None,
         };
         let mut idle_check = idle_interval(self.idle_timeout);
         let mut last_active = Instant::now();
@@ -420,6 +481,7 @@ impl Control {
         settings.accounting.outliers = limit.map(|l| (self.outlier_signal.clone(), l));
         if outliers.is_none() {
             // Outlier detection off: nobody stays ejected.
+            state.all_stale = true;
             for entry in &mut state.entries {
                 entry.ejection = Ejection::default();
                 entry
@@ -582,6 +644,7 @@ impl Control {
         tracing::trace!(target = %self.target, address = %subchannel.address, "address added");
         Entry {
             subchannel,
+            priority: shared_address.priority,
             address: shared_address,
             ready: None,
             unhealthy: None,
@@ -616,6 +679,7 @@ impl Control {
                 entry.ready = None;
                 entry.unhealthy = None;
                 entry.failing = false;
+                mark_stale(&mut state.stale, &mut state.all_stale, i);
             }
             worker.set_wanted(wanted);
         }
@@ -623,10 +687,10 @@ impl Control {
 
     /// Takes a worker's news; says how soon the calls must see it.
     fn handle(&mut self, state: &mut State, event: Event) -> News {
-        let Some(entry) = state
+        let Some((i, entry)) = state
             .by_id
             .get(&event.id)
-            .and_then(|&i| state.entries.get_mut(i))
+            .and_then(|&i| Some((i, state.entries.get_mut(i)?)))
         else {
             return News::Nothing; // A worker of a removed address, winding down.
         };
@@ -678,6 +742,7 @@ impl Control {
                 self.resolver.re_resolve();
             }
         }
+        state.touch(i);
         news
     }
 
@@ -702,12 +767,15 @@ impl Control {
             tracing::debug!(target = %self.target, ejected, "outlier ejections changed");
         }
         drop(hosts);
-        for entry in &state.entries {
+        for (i, entry) in state.entries.iter().enumerate() {
             let now = entry.ejection.is_ejected();
             let was = entry
                 .subchannel
                 .ejected
                 .swap(now, std::sync::atomic::Ordering::Relaxed);
+            if now != was {
+                mark_stale(&mut state.stale, &mut state.all_stale, i);
+            }
             if now && !was {
                 tracing::debug!(target = %self.target, address = %entry.subchannel.address, "ejected as an outlier");
                 entry
@@ -741,59 +809,71 @@ impl Control {
         state.reindex();
     }
 
-    /// Publishes a new snapshot. Its cost is one pass over the subchannels copying
-    /// pointers: nothing is allocated per subchannel, hashed or formatted, and the list
-    /// of every subchannel is shared with the previous snapshot.
+    /// Publishes a new snapshot. Its cost is the work of what changed: the chunks
+    /// ([`CHUNK`] subchannels each) in which a subchannel changed since the last publish
+    /// are counted and copied again, and every other chunk, and the list of every
+    /// subchannel, is shared with the previous snapshot. A change of tier (SRV priority)
+    /// or of panic mode, an address update and a config update that resets ejections
+    /// look at every chunk.
     fn publish(&self, state: &mut State) {
         // SRV priorities (RFC 2782): calls go to the lowest priority with a usable
         // backend. A priority is passed over only once every backend in it has failed
         // (none READY, none still connecting); while one is still connecting, calls
         // wait for it. Addresses without a priority are one group.
-        let mut tiers: std::collections::BTreeMap<Option<u16>, Tier<'_>> =
-            std::collections::BTreeMap::new();
-        for entry in &state.entries {
-            let tier = tiers.entry(entry.address.priority).or_default();
-            tier.size += 1;
-            if let Some(c) = entry.ready.as_ref().or(entry.unhealthy.as_ref()) {
-                tier.connected.push(c);
-            }
-            match &entry.ready {
-                Some(r) if !entry.ejection.is_ejected() => tier.ready.push(r),
-                Some(_) => {}
-                None => tier.connecting |= !entry.failing,
+        //
+        // The counts are kept per chunk of entries and counted again only for chunks in
+        // which something changed, so one subchannel's change costs one chunk's count,
+        // not a pass over the fleet.
+        let chunks = state.entries.len().div_ceil(CHUNK);
+        let all_stale =
+            state.all_stale || state.stale.len() != chunks || state.chunk_tiers.len() != chunks;
+        if all_stale {
+            state.chunk_tiers = state.entries.chunks(CHUNK).map(count_tiers).collect();
+        } else {
+            for (c, chunk) in state.entries.chunks(CHUNK).enumerate() {
+                if state.stale[c] {
+                    state.chunk_tiers[c] = count_tiers(chunk);
+                }
             }
         }
-        let mut chosen = Tier::default();
-        for tier in tiers.into_values() {
-            chosen = tier;
-            if !chosen.ready.is_empty() || chosen.connecting {
+        let mut tiers: std::collections::BTreeMap<Option<u16>, Tier> =
+            std::collections::BTreeMap::new();
+        for (priority, counted) in state.chunk_tiers.iter().flatten() {
+            tiers.entry(*priority).or_default().add(counted);
+        }
+        #[cfg(debug_assertions)]
+        {
+            // A pass over every entry must agree with the counts kept per chunk.
+            let fresh: std::collections::BTreeMap<_, _> =
+                count_tiers(&state.entries).into_iter().collect();
+            debug_assert_eq!(tiers, fresh, "stale per-chunk tier counts");
+        }
+        let mut chosen = (None, Tier::default());
+        for (priority, tier) in tiers {
+            chosen = (priority, tier);
+            if chosen.1.ready > 0 || chosen.1.connecting {
                 break;
             }
         }
-        let Tier {
-            mut ready,
-            connecting,
-            connected,
-            size,
-        } = chosen;
+        let (priority, tier) = chosen;
         // Panic mode: too few usable backends in the priority used, so use every
         // connected one of it.
         let panic = self.panic_threshold.is_some_and(|threshold| {
-            (ready.len() as u64) * 100 < u64::from(threshold) * size as u64
-                && connected.len() > ready.len()
+            (tier.ready as u64) * 100 < u64::from(threshold) * tier.size as u64
+                && tier.connected > tier.ready
         });
         if panic {
-            tracing::debug!(target = %self.target, usable = ready.len(), connected = connected.len(), "panic mode");
-            ready = connected;
+            tracing::debug!(target = %self.target, usable = tier.ready, connected = tier.connected, "panic mode");
         }
         if self.panic_threshold.is_some()
             && let Some(telemetry) = &self.settings.telemetry
         {
             telemetry.panic_mode(panic);
         }
+        let usable = if panic { tier.connected } else { tier.ready };
         let (aggregate, error) = if state.idle {
             (ConnectivityState::Idle, None)
-        } else if !ready.is_empty() {
+        } else if usable > 0 {
             (ConnectivityState::Ready, state.last_error.clone())
         } else if !state.resolved {
             match &state.resolver_error {
@@ -805,7 +885,7 @@ impl Control {
                 ConnectivityState::TransientFailure,
                 Some("the resolver returned no addresses".to_owned()),
             )
-        } else if connecting {
+        } else if tier.connecting {
             (ConnectivityState::Connecting, state.last_error.clone())
         } else {
             (
@@ -817,23 +897,51 @@ impl Control {
             tracing::debug!(target = %self.target, from = %state.published_state, to = %aggregate, "channel state");
             state.published_state = aggregate;
         }
+        // One run per CHUNK entries; a run whose members did not change is shared with
+        // the last snapshot, so one subchannel's change copies one run, not the fleet.
+        let repick = state.picked != Some((priority, panic));
+        let stale = std::mem::take(&mut state.stale);
+        let shared = share_runs(
+            &state.entries,
+            std::mem::take(&mut state.runs),
+            |c| all_stale || repick || stale[c],
+            |entry| entry.pickable(priority, panic),
+            PublishedRun::holds,
+            |members| PublishedRun {
+                views: members.iter().map(|m| m.1.clone()).collect(),
+                conns: members.iter().map(|m| m.0.clone()).collect(),
+            },
+        );
         #[cfg(feature = "metrics")]
         {
-            let usable: std::collections::HashSet<*const Subchannel> =
-                ready.iter().map(|r| Arc::as_ptr(&r.0.subchannel)).collect();
-            for entry in &state.entries {
-                if let Some(exported) = &entry.subchannel.load.exported {
-                    let now = usable.contains(&Arc::as_ptr(&entry.subchannel));
-                    exported.ready.set(if now { 1.0 } else { 0.0 });
-                }
+            for run in &shared.replaced {
+                set_ready_gauges(run.conns.iter(), false);
+            }
+            for &i in &shared.built {
+                set_ready_gauges(shared.runs[i].conns.iter(), true);
             }
         }
-        let (conns, views) = ready
-            .into_iter()
-            .map(|(c, v)| (c.clone(), v.clone()))
-            .unzip();
+        let runs = shared.runs;
+        #[cfg(debug_assertions)]
+        {
+            // Every run must hold what a look at its chunk finds now.
+            debug_assert_eq!(runs.len(), chunks);
+            for (chunk, run) in state.entries.chunks(CHUNK).zip(&runs) {
+                let members: Vec<_> = chunk
+                    .iter()
+                    .filter_map(|e| e.pickable(priority, panic))
+                    .collect();
+                debug_assert!(run.holds(&members), "a stale run was shared");
+            }
+        }
+        state.stale = vec![false; chunks];
+        state.all_stale = false;
+        state.picked = Some((priority, panic));
+        let ready = ReadySet::from_runs(runs.iter().map(|run| run.views.clone()));
+        let conns = Chunked::from_runs(runs.iter().map(|run| run.conns.clone()));
+        state.runs = runs;
         self.shared.snapshot.store(Arc::new(Snapshot {
-            ready: views,
+            ready,
             conns,
             state: aggregate,
             error,
@@ -843,7 +951,23 @@ impl Control {
     }
 }
 
+/// Sets the `metrics` facade's READY gauge of these subchannels.
+#[cfg(feature = "metrics")]
+fn set_ready_gauges<'a>(conns: impl Iterator<Item = &'a ReadyConn>, ready: bool) {
+    for conn in conns {
+        if let Some(exported) = &conn.subchannel.load.exported {
+            exported.ready.set(if ready { 1.0 } else { 0.0 });
+        }
+    }
+}
+
 impl State {
+    /// Entry `i` changed in a way the pickers or the tiers see: its chunk is published
+    /// again at the next publish.
+    fn touch(&mut self, i: usize) {
+        mark_stale(&mut self.stale, &mut self.all_stale, i);
+    }
+
     /// Whether any call is in flight on a subchannel (streams count until they end).
     fn in_flight(&self) -> bool {
         self.entries
@@ -854,6 +978,7 @@ impl State {
     /// Rebuilds the indexes and the shared subchannel list after `entries` was rebuilt
     /// or reordered.
     fn reindex(&mut self) {
+        self.all_stale = true;
         self.by_key.clear();
         self.by_id.clear();
         for (i, entry) in self.entries.iter().enumerate() {
@@ -865,17 +990,60 @@ impl State {
     }
 }
 
-/// The subchannels of one SRV priority, as `publish` sorts them.
-#[derive(Default)]
-struct Tier<'a> {
+/// Marks the chunk of entry `i` stale (all of them if the chunks changed).
+fn mark_stale(stale: &mut [bool], all_stale: &mut bool, i: usize) {
+    match stale.get_mut(i / CHUNK) {
+        Some(chunk) => *chunk = true,
+        None => *all_stale = true,
+    }
+}
+
+/// Counts a chunk's entries by SRV priority, in the order the priorities first appear.
+fn count_tiers(chunk: &[Entry]) -> Vec<(Option<u16>, Tier)> {
+    let mut tiers: Vec<(Option<u16>, Tier)> = Vec::new();
+    for entry in chunk {
+        let k = match tiers.iter().position(|(p, _)| *p == entry.priority) {
+            Some(k) => k,
+            None => {
+                tiers.push((entry.priority, Tier::default()));
+                tiers.len() - 1
+            }
+        };
+        let tier = &mut tiers[k].1;
+        tier.size += 1;
+        if entry.ready.is_some() || entry.unhealthy.is_some() {
+            tier.connected += 1;
+        }
+        match &entry.ready {
+            Some(_) if !entry.ejection.is_ejected() => tier.ready += 1,
+            Some(_) => {}
+            None => tier.connecting |= !entry.failing,
+        }
+    }
+    tiers
+}
+
+/// The subchannels of one SRV priority, as `publish` counts them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Tier {
     /// READY and not ejected.
-    ready: Vec<&'a (ReadyConn, ReadySubchannel)>,
+    ready: usize,
     /// Some are still trying their first connection (not failing).
     connecting: bool,
     /// Connected, healthy or not (panic mode's pool).
-    connected: Vec<&'a (ReadyConn, ReadySubchannel)>,
+    connected: usize,
     size: usize,
 }
+
+impl Tier {
+    fn add(&mut self, other: &Tier) {
+        self.ready += other.ready;
+        self.connecting |= other.connecting;
+        self.connected += other.connected;
+        self.size += other.size;
+    }
+}
+
 /// How soon a worker's news must reach the calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum News {
@@ -894,14 +1062,15 @@ const APPLY_SLICE: usize = 32;
 const APPLY_BATCH: usize = 256;
 
 /// Paces the publishes that workers' news causes, so that their cost stays a small
-/// share of the control task's time however large the fleet. A publish copies a
-/// pointer per READY subchannel: at 10 000 endpoints that is a few hundred
-/// microseconds, and a wave of connections reports thousands of READYs, most of them
-/// alone. After a publish that took `c`, the next one caused by a worker's READY waits
-/// until `PUBLISH_SPACING × c` has passed since it, taking every change that came
-/// meanwhile (microseconds for tens of endpoints, tens of milliseconds for 10 000,
-/// where a publish takes 1-3 ms). A subchannel leaving the picks, the first READY one,
-/// an address update, a config update, outlier detection and idleness publish at once.
+/// share of the control task's time however large the fleet. A publish copies the
+/// chunks in which something changed: during a wave of connections at 10 000
+/// endpoints, thousands of READYs, most of them alone, each would copy a chunk of 1 024.
+/// After a publish that took `c`, the next one caused by a worker's READY waits until
+/// `PUBLISH_SPACING × c` has passed since it, taking every change that came meanwhile
+/// (microseconds for tens of endpoints; a median publish took 0.12 ms during such a
+/// wave at 10 000, so about 2.5 ms). A subchannel leaving the picks, the first READY
+/// one, an address update, a config update, outlier detection and idleness publish at
+/// once.
 #[derive(Debug)]
 struct Pacer {
     last: Instant,

@@ -795,12 +795,15 @@ impl Inner {
             return None;
         }
         let first = picker.pick(&snapshot.ready) % conns.len();
+        // A set in one chunk is read as the slice it is.
+        let slice = conns.as_slice();
+        let at = |i: usize| slice.map_or_else(|| &conns[i], |slice| &slice[i]);
         // A connection that ended a moment ago may still be in this snapshot; take the
         // next live one rather than send a call into a closed connection. One whose
         // liveness check is out (a PING unanswered) is taken only if no other will do.
         let mut fallback = None;
         for k in 0..conns.len() {
-            let conn = &conns[(first + k) % conns.len()];
+            let conn = at((first + k) % conns.len());
             if conn.is_trusted() {
                 return Some(conn.clone());
             }
