@@ -91,6 +91,7 @@ impl<T> Chunked<T> {
     }
 
     /// Entry `i`, if `i < len()`.
+    #[inline]
     pub fn get(&self, i: usize) -> Option<&T> {
         // Branches on the set, not on `i`, so that they are predicted: a pick's `i` is
         // random.
@@ -103,19 +104,25 @@ impl<T> Chunked<T> {
         }
         // Each run holds at most CHUNK items, so the run holding `i` is this one or one
         // after it: exactly this one when the runs are full.
-        let mut at = i / CHUNK;
-        if !self.full {
-            // Gallop forward to a run starting past `i`, then search the last stride.
-            let mut stride = 1;
-            while at + stride < runs.len() && runs[at + stride].start <= i {
-                at += stride;
-                stride *= 2;
-            }
-            let end = (at + stride).min(runs.len());
-            at += runs[at..end].partition_point(|run| run.start <= i) - 1;
-        }
+        let at = if self.full { i / CHUNK } else { self.search(i) };
         let run = runs.get(at)?;
         run.items.get(i - run.start)
+    }
+
+    /// The run holding entry `i < len()` of a set whose runs are not all full: gallops
+    /// forward from run `i / CHUNK` to one starting past `i`, then searches the last
+    /// stride.
+    #[inline(never)]
+    fn search(&self, i: usize) -> usize {
+        let runs = &*self.runs;
+        let mut at = i / CHUNK;
+        let mut stride = 1;
+        while at + stride < runs.len() && runs[at + stride].start <= i {
+            at += stride;
+            stride *= 2;
+        }
+        let end = (at + stride).min(runs.len());
+        at + runs[at..end].partition_point(|run| run.start <= i) - 1
     }
 
     /// The entries as one slice, if they are in one chunk (up to [`CHUNK`] of the
@@ -135,6 +142,7 @@ impl<T> Index<usize> for Chunked<T> {
     type Output = T;
 
     /// Entry `i`; panics if `i >= len()`, as a slice does.
+    #[inline]
     fn index(&self, i: usize) -> &T {
         match self.get(i) {
             Some(item) => item,
