@@ -12,9 +12,9 @@ use std::sync::Arc;
 /// snapshots share: when one subchannel of 10 000 changes, the channel publishes a set
 /// that copies one chunk and shares every other with the set before, where a slice
 /// would be copied whole. Each chunk holds the READY ones among [`CHUNK`] of the
-/// channel's subchannels. Entry `i` is found without a search in the first chunk, and
-/// in any chunk while every chunk is full (all READY); otherwise a short search from
-/// chunk `i / CHUNK` finds it.
+/// channel's subchannels. Entry `i` is found without a search in a set of one chunk,
+/// and in any chunk while every chunk is full (all READY); otherwise a short search
+/// from chunk `i / CHUNK` finds it.
 ///
 /// ```
 /// # use std::sync::Arc;
@@ -65,6 +65,10 @@ impl<T> Chunked<T> {
                 run
             })
             .collect();
+        debug_assert!(
+            runs.iter().all(|run| run.items.len() <= CHUNK),
+            "a run over CHUNK"
+        );
         let full = runs
             .iter()
             .rev()

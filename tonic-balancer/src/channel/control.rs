@@ -285,7 +285,8 @@ struct State {
     chunk_tiers: Vec<Vec<(Option<u16>, Tier)>>,
     /// Per chunk of `entries`: an entry in it changed since the last publish.
     stale: Vec<bool>,
-    /// `entries` was rebuilt or reordered since the last publish: every chunk is stale.
+    /// `entries` was rebuilt or reordered, or every ejection reset, since the last
+    /// publish: every chunk is stale.
     all_stale: bool,
     /// The priority and panic mode the last publish chose its members by.
     picked: Option<(Option<u16>, bool)>,
