@@ -76,6 +76,43 @@ async fn call_until(
     panic!("condition not reached within {limit} calls");
 }
 
+/// Four tasks calling without pause until stopped, each at most `limit` calls whatever
+/// happens; every call must succeed.
+struct Callers {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    workers: Vec<tokio::task::JoinHandle<u32>>,
+}
+
+impl Callers {
+    fn start(client: &Client, limit: u32) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let workers = (0..4)
+            .map(|_| {
+                let (mut client, stop) = (client.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut calls = 0u32;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) && calls < limit {
+                        call(&mut client).await.expect("no call may fail");
+                        calls += 1;
+                    }
+                    calls
+                })
+            })
+            .collect();
+        Self { stop, workers }
+    }
+
+    /// Stops them; the calls they made in all.
+    async fn stop(self) -> u32 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut total = 0;
+        for worker in self.workers {
+            total += worker.await.expect("a worker panicked: a call failed");
+        }
+        total
+    }
+}
+
 #[tokio::test]
 async fn xds_target_spreads_calls_over_the_eds_endpoints_and_acks_each_version() {
     within(async {
@@ -170,20 +207,7 @@ async fn endpoint_changes_under_concurrent_calls_fail_no_call() {
         set_orders(&cp, &healthy(&[&b[0], &b[1]]));
         let (channel, client) = orders_channel(&cp);
         wait_ready(&channel, 2).await;
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut workers = Vec::new();
-        for _ in 0..4 {
-            let (mut client, stop) = (client.clone(), stop.clone());
-            workers.push(tokio::spawn(async move {
-                let mut calls = 0u32;
-                // Bounded: at most 20 000 calls per worker, whatever happens.
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) && calls < 20_000 {
-                    call(&mut client).await.expect("no call may fail");
-                    calls += 1;
-                }
-                calls
-            }));
-        }
+        let callers = Callers::start(&client, 20_000);
         cp.set([xds::endpoints(
             "orders-eds",
             &healthy(&[&b[0], &b[1], &b[2]]),
@@ -207,11 +231,7 @@ async fn endpoint_changes_under_concurrent_calls_fail_no_call() {
         while b[2].calls() < served_by_new + 50 {
             tokio::task::yield_now().await;
         }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let mut total = 0;
-        for worker in workers {
-            total += worker.await.expect("a worker panicked: a call failed");
-        }
+        let total = callers.stop().await;
         assert!(total > 50, "{total} calls");
     })
     .await;
@@ -1627,20 +1647,7 @@ async fn route_flips_between_clusters_under_concurrent_calls_fail_no_call() {
         set_cluster_of(&cp, "canary", &[&b[1]]);
         let (channel, client) = orders_channel(&cp);
         wait_ready(&channel, 1).await;
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut workers = Vec::new();
-        for _ in 0..4 {
-            let (mut client, stop) = (client.clone(), stop.clone());
-            workers.push(tokio::spawn(async move {
-                let mut calls = 0u32;
-                // Bounded: at most 50 000 calls per worker, whatever happens.
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) && calls < 50_000 {
-                    call(&mut client).await.expect("no call may fail");
-                    calls += 1;
-                }
-                calls
-            }));
-        }
+        let callers = Callers::start(&client, 50_000);
         for flip in 0..10 {
             let (to, backend) = match flip % 2 {
                 0 => ("canary", &b[1]),
@@ -1657,11 +1664,7 @@ async fn route_flips_between_clusters_under_concurrent_calls_fail_no_call() {
                 tokio::task::yield_now().await;
             }
         }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let mut total = 0;
-        for worker in workers {
-            total += worker.await.expect("a worker panicked: a call failed");
-        }
+        let total = callers.stop().await;
         assert!(total >= 200, "{total} calls");
     })
     .await;
