@@ -36,9 +36,10 @@ impl Picker for LeastRequest {
 
 /// Samples `choices` distinct entries and returns the index of the cheapest. With no
 /// more entries than choices, compares them all.
-pub(super) fn p2c<F>(ready: &ReadySet, choices: usize, rng: &AtomicRng, cost: F) -> usize
+pub(super) fn p2c<C, F>(ready: &ReadySet, choices: usize, rng: &AtomicRng, cost: F) -> usize
 where
-    F: Fn(&ReadySubchannel) -> f64,
+    C: PartialOrd,
+    F: Fn(&ReadySubchannel) -> C,
 {
     // A set in one chunk (up to CHUNK subchannels) is read as the slice it is.
     match ready.as_slice() {
@@ -47,21 +48,26 @@ where
     }
 }
 
-fn p2c_in<'a, G, F>(n: usize, at: G, choices: usize, rng: &AtomicRng, cost: F) -> usize
+#[inline(always)]
+fn p2c_in<'a, C, G, F>(n: usize, at: G, choices: usize, rng: &AtomicRng, cost: F) -> usize
 where
+    C: PartialOrd,
     G: Fn(usize) -> &'a ReadySubchannel,
-    F: Fn(&ReadySubchannel) -> f64,
+    F: Fn(&ReadySubchannel) -> C,
 {
+    if choices == 2 && n > 2 {
+        // The common case as straight-line code: both candidates' loads are read before
+        // either is compared, so that their cache misses overlap.
+        let (a, b) = rng.two_distinct(n);
+        let (cost_a, cost_b) = (cost(at(a)), cost(at(b)));
+        return if cost_b < cost_a { b } else { a };
+    }
     let cheaper = |a: usize, b: usize| {
         if cost(at(b)) < cost(at(a)) { b } else { a }
     };
     match n {
         0 | 1 => 0,
         _ if n <= choices => (1..n).fold(0, cheaper),
-        _ if choices == 2 => {
-            let (a, b) = rng.two_distinct(n);
-            cheaper(a, b)
-        }
         _ => {
             let mut picked = [0usize; 10];
             let picked = &mut picked[..choices];
